@@ -1,0 +1,41 @@
+"""prunekit: prune CIFAR convolutional networks and prove it with measured numbers.
+
+The public API (imported lazily, so ``import prunekit`` and ``prunekit --help`` stay fast)::
+
+    create_model, list_models          the model zoo (models/)
+    get_data                           CIFAR-10/100 and synthetic data (data/)
+    fit, evaluate_split                training and evaluation (train/)
+    profile                            params, MACs, size, memory, latency (measure/)
+    save_checkpoint, load_checkpoint, load_weights
+    prune_unstructured, prune_channels pruning (prune/)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "create_model": "prunekit.models",
+    "list_models": "prunekit.models",
+    "get_data": "prunekit.data",
+    "fit": "prunekit.train",
+    "evaluate_split": "prunekit.train",
+    "profile": "prunekit.measure",
+    "save_checkpoint": "prunekit.checkpoint",
+    "load_checkpoint": "prunekit.checkpoint",
+    "load_weights": "prunekit.checkpoint",
+    "prune_unstructured": "prunekit.prune",
+    "prune_channels": "prunekit.prune",
+    "make_permanent": "prunekit.prune.mask",
+    "PrunekitError": "prunekit.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'prunekit' has no attribute {name!r}")

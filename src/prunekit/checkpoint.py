@@ -1,0 +1,171 @@
+"""One checkpoint format for every artefact prunekit writes.
+
+A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights_only=True``:
+
+``format``      ``"prunekit"`` and ``version``
+``arch``        architecture as data: ``{"name", "kwargs", "channels"}`` (per-layer channel counts), so a
+                structurally pruned model rebuilds with no extra code or arguments; ``None`` for a user model
+``state_dict``  effective weights (masked entries exactly zero)
+``masks``       ``{param_name: bool tensor}`` of the masked weights, empty if none
+``meta``        dataset, normalisation, accuracy, history, prunekit version, …
+``train_state`` optional, for ``--resume``: optimizer, scheduler, epoch, RNG and loader states
+
+Writes are atomic (temporary file in the same folder, fsync, rename), so a crash never leaves a broken
+file where a good one was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.models import arch_of, build_model
+from prunekit.prune.mask import Masks, apply_masks, effective_state_dict, extract_masks
+
+FORMAT = "prunekit"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt (and re-masked) model plus everything saved beside it."""
+
+    model: nn.Module
+    arch: dict | None
+    masks: Masks
+    meta: dict = field(default_factory=dict)
+    train_state: dict | None = None
+    path: Path | None = None
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` atomically; creates the parent folder. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def checkpoint_dict(model: nn.Module, meta: dict | None = None, train_state: dict | None = None) -> dict:
+    """The checkpoint dict for ``model`` (unmodified); a model without ``arch`` is saved with ``arch=None``."""
+    from prunekit import __version__
+
+    arch = arch_of(model) if hasattr(model, "arch") else None
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "state_dict": {k: v.detach().cpu() for k, v in effective_state_dict(model).items()},
+        "masks": extract_masks(model),
+        "meta": {"prunekit_version": __version__, **(meta or {})},
+        "train_state": train_state,
+    }
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, meta: dict | None = None,
+                    train_state: dict | None = None) -> Path:
+    """Write ``model`` (architecture, effective weights, masks) and ``meta`` to ``path`` atomically."""
+    return atomic_save(checkpoint_dict(model, meta, train_state), path)
+
+
+def read_checkpoint_file(path: str | Path) -> dict:
+    """Load the raw dict with ``weights_only=True``; clear errors for missing, corrupt or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrunekitError(f"checkpoint not found: {path}")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated/corrupt/unsafe files
+        raise PrunekitError(
+            f"cannot read {path}: the file is corrupt or not a PyTorch checkpoint ({type(exc).__name__})"
+        ) from None
+    return raw
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> Checkpoint:
+    """Rebuild the model stored in ``path`` (or load into ``model`` for a user model) and re-apply masks."""
+    raw = read_checkpoint_file(path)
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise PrunekitError(
+            f"{path} is not a prunekit checkpoint; for a plain state dict use "
+            "`--model NAME --weights FILE` (Python: prunekit.load_weights)"
+        )
+    arch = raw.get("arch")
+    if model is None:
+        if arch is None:
+            raise PrunekitError(f"{path} holds a user model with no architecture data: pass the model to load it into")
+        model = build_model(arch)
+    load_state(model, raw["state_dict"], source=str(path))
+    masks = raw.get("masks") or {}
+    if masks:
+        apply_masks(model, masks)
+    return Checkpoint(model=model, arch=arch, masks=masks, meta=raw.get("meta") or {},
+                      train_state=raw.get("train_state"), path=Path(path))
+
+
+def load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
+    """``load_state_dict(strict=True)`` with an error that says which architecture mismatch it is."""
+    expected = model.state_dict()
+    # BatchNorm fills a missing num_batches_tracked itself (files from older PyTorch lack it)
+    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+             for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        name = getattr(model, "arch", {}).get("name", type(model).__name__)
+        details = []
+        if missing:
+            details.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            details.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:3])})")
+        raise PrunekitError(
+            f"{source} is for another architecture than {name}: " + "; ".join(details)
+            + ". Check the model name (`prunekit models`)."
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file saved by another tool: unwraps ``{"state_dict": …}``/``{"model": …}`` and
+    strips ``module.`` prefixes (DataParallel)."""
+    raw = read_checkpoint_file(path)
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        return raw["state_dict"]
+    for key in ("state_dict", "model", "net"):
+        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+            raw = raw[key]
+            break
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise PrunekitError(f"{path} holds no state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in raw.items()}
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a foreign state dict file into ``model`` (strict, with a clear mismatch error). Returns it."""
+    load_state(model, foreign_state_dict(path), source=str(path))
+    return model
+
+
+def update_meta(path: str | Path, **entries: Any) -> Path:
+    """Merge ``entries`` into the ``meta`` of the checkpoint at ``path`` (atomic rewrite, nothing else changes)."""
+    raw = read_checkpoint_file(path)
+    raw["meta"] = {**(raw.get("meta") or {}), **entries}
+    return atomic_save(raw, path)

@@ -1,0 +1,88 @@
+"""Arguments and helpers shared by several subcommands (the same data options everywhere)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+
+def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "cifar10") -> None:
+    """``--dataset``, ``--data``, ``--val-split``: identical for every command that reads data."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default=dataset_default,
+                       help="cifar10 | cifar100 | synthetic (default: %(default)s; a checkpoint's own dataset "
+                            "when a command reads one)")
+    group.add_argument("--data", metavar="DIR", default=None,
+                       help="folder holding cifar-10-batches-py/ or cifar-100-python/ (or the .tar.gz); "
+                            "default: $PRUNEKIT_DATA, else ~/.cache/prunekit (downloaded when online)")
+    group.add_argument("--val-split", type=float, default=0.0, metavar="F",
+                       help="fraction of the training set held out for validation, seeded (default: 0)")
+    group.add_argument("--limit-train", type=int, default=None, metavar="N",
+                       help="use only the first N training images (quick runs)")
+
+
+def add_train_args(parser: argparse.ArgumentParser, epochs: int | None = None) -> None:
+    """Hyper-parameters of :class:`prunekit.config.TrainConfig`; unset flags keep its defaults."""
+    from prunekit.config import TrainConfig
+
+    defaults = TrainConfig()
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int, default=epochs if epochs is not None else defaults.epochs,
+                       help="default: %(default)s")
+    group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
+    group.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default: %(default)s)")
+    group.add_argument("--momentum", type=float, default=defaults.momentum, help="default: %(default)s")
+    group.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="default: %(default)s")
+    group.add_argument("--schedule", choices=["cosine", "step", "constant"], default=defaults.schedule,
+                       help="lr decay per step; step = ×0.1 at 50%% and 75%% (default: %(default)s)")
+    group.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs, help="default: %(default)s")
+    group.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
+                       help="default: %(default)s")
+    group.add_argument("--cutout", type=int, default=defaults.cutout, help="cutout side in pixels (default: off)")
+    group.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device,
+                       help="default: %(default)s (CUDA when present)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the model")
+    group.add_argument("--sparsity-reg", type=float, default=0.0, metavar="LAMBDA",
+                       help="network slimming: add λ·Σ|γ| over BN scales to the loss (default: off)")
+
+
+def train_config_from(args: argparse.Namespace):
+    """Build a validated :class:`TrainConfig` from parsed arguments."""
+    from prunekit.config import TrainConfig
+
+    fields = TrainConfig.model_fields
+    return TrainConfig(**{k: getattr(args, k) for k in fields if hasattr(args, k)})
+
+
+def load_data(args: argparse.Namespace, dataset: str | None = None, seed: int = 0):
+    """The :class:`DataBundle` the data options describe (``dataset`` overrides ``--dataset``)."""
+    from prunekit.data import get_data
+
+    return get_data(dataset or args.dataset, root=args.data, val_split=args.val_split, seed=seed,
+                    limit_train=getattr(args, "limit_train", None))
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """Rows of dicts as a Markdown table (floats with 4 significant decimals at most)."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"{value:,}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

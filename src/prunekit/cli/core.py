@@ -1,0 +1,272 @@
+"""Foundation subcommands: models, train, evaluate, info, profile."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prunekit.cli.common import (add_data_args, add_train_args, load_data, markdown_table, print_json,
+                                 train_config_from)
+
+NORMALISATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the registered models")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train a model from scratch (or --resume a run)")
+    p.add_argument("--model", default="vgg11", help="registered model name (`prunekit models`)")
+    p.add_argument("--model-cfg", default=None, metavar="CFG",
+                   help="VGG channel config, e.g. 64,M,128,M,256,256,M,512,512,M,512,512")
+    p.add_argument("--save", metavar="DIR", default=None,
+                   help="run folder for last.pt/best.pt/metrics (default: runs/MODEL-DATASET-seedS)")
+    p.add_argument("--resume", metavar="CKPT", default=None, help="continue the run saved in CKPT (last.pt)")
+    p.add_argument("--save-every-epoch", action="store_true",
+                   help="also keep epoch_N.pt (e.g. for lottery-ticket rewinding)")
+    p.add_argument("--no-progress", action="store_true")
+    add_data_args(p)
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy and loss of a checkpoint or foreign weights")
+    add_model_source_args(p)
+    add_data_args(p, dataset_default=None)
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
+                   help="input normalisation: dataset (default for foreign weights), imagenet, or six numbers "
+                        "'m1,m2,m3,s1,s2,s3'; a prunekit checkpoint uses its own")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("info", help="what a checkpoint holds: architecture, masks, metadata")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("profile", help="params, non-zero params, MACs, size, memory, latency")
+    add_model_source_args(p)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--batch-size", type=int, default=64, help="batch for the throughput figure")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs at batch 1 (median reported)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+
+def add_model_source_args(parser: argparse.ArgumentParser) -> None:
+    """A prunekit checkpoint (positional) or ``--model NAME [--weights FILE]``."""
+    parser.add_argument("checkpoint", metavar="CKPT", nargs="?", help="a prunekit checkpoint")
+    parser.add_argument("--model", default=None, help="registered model name, instead of CKPT")
+    parser.add_argument("--weights", metavar="FILE", default=None,
+                        help="with --model: a state dict file (a {'state_dict': …} wrapper and 'module.' "
+                             "prefixes are handled)")
+    parser.add_argument("--num-classes", type=int, default=None, help="with --model (default: the dataset's)")
+
+
+def load_model_source(args: argparse.Namespace, num_classes: int | None = None):
+    """The :class:`prunekit.checkpoint.Checkpoint` that ``CKPT`` or ``--model/--weights`` names."""
+    from prunekit.checkpoint import Checkpoint, load_checkpoint, load_weights
+    from prunekit.errors import PrunekitError
+    from prunekit.models import create_model
+
+    if args.checkpoint and args.model:
+        raise PrunekitError("give either CKPT or --model NAME, not both")
+    if args.checkpoint:
+        return load_checkpoint(args.checkpoint)
+    if not args.model:
+        raise PrunekitError("name a checkpoint (CKPT) or a model (--model NAME [--weights FILE])")
+    model = create_model(args.model, num_classes=args.num_classes or num_classes or 10)
+    if args.weights:
+        load_weights(model, args.weights)
+    return Checkpoint(model=model, arch=None, masks={}, meta={}, path=Path(args.weights) if args.weights else None)
+
+
+def parse_normalisation(text: str | None, info) -> tuple[tuple, tuple]:
+    from prunekit.errors import PrunekitError
+
+    if text in (None, "dataset"):
+        return tuple(info.mean), tuple(info.std)
+    if text in NORMALISATIONS:
+        return NORMALISATIONS[text]
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 6:
+        raise PrunekitError(f"--normalize {text!r}: use dataset, imagenet, or six numbers m1,m2,m3,s1,s2,s3")
+    return tuple(values[:3]), tuple(values[3:])
+
+
+def cmd_models(args) -> int:
+    from prunekit.measure import count_parameters
+    from prunekit.models import create_model, list_models, model_spec
+
+    rows = []
+    for name in list_models():
+        spec = model_spec(name)
+        rows.append({"name": name, "family": spec.family,
+                     "params": count_parameters(create_model(name, num_classes=args.num_classes)),
+                     "description": spec.description})
+    print_json(rows) if args.json else print(markdown_table(rows))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from prunekit.checkpoint import load_checkpoint, update_meta
+    from prunekit.config import TrainConfig
+    from prunekit.models import create_model
+    from prunekit.train import evaluate_split, fit
+    from prunekit.train.loop import resolve_device
+
+    resume_state = None
+    if args.resume:
+        loaded = load_checkpoint(args.resume)
+        if not loaded.train_state:
+            from prunekit.errors import PrunekitError
+            raise PrunekitError(f"{args.resume} holds no training state; resume from a run's last.pt")
+        model, resume_state = loaded.model, loaded.train_state
+        config = TrainConfig(**resume_state["config"])
+        dataset = loaded.meta.get("dataset", args.dataset)
+        save = Path(args.save or Path(args.resume).parent)
+        val_split = loaded.meta.get("val_split", args.val_split)
+        args.limit_train = loaded.meta.get("limit_train", args.limit_train)
+    else:
+        config = train_config_from(args)
+        dataset, val_split = args.dataset, args.val_split
+        save = Path(args.save or f"runs/{args.model}-{dataset}-seed{config.seed}")
+        model = None
+    args.val_split = val_split
+    data = load_data(args, dataset=dataset, seed=config.seed)
+    if model is None:
+        kwargs = {"cfg": parse_cfg(args.model_cfg)} if args.model_cfg else {}
+        model = create_model(args.model, num_classes=data.info.num_classes, **kwargs)
+    meta = {"dataset": dataset, "synthetic": data.synthetic, "num_classes": data.info.num_classes,
+            "mean": list(data.info.mean), "std": list(data.info.std), "val_split": val_split,
+            "limit_train": args.limit_train, "train_images": len(data.train[1])}
+    callbacks = [EpochSnapshots(model, save, meta)] if args.save_every_epoch else []
+    print(f"training {model.arch['name']} on {dataset} ({len(data.train[1])} images"
+          f"{', SYNTHETIC' if data.synthetic else ''}) for {config.epochs} epochs on "
+          f"{resolve_device(config.device)} → {save}")
+    result = fit(model, data, config, run_dir=save, resume=resume_state, meta=meta,
+                 callbacks=callbacks, progress=not args.no_progress)
+    for record in result.history[len(result.history) - (config.epochs - (resume_state or {}).get("epoch", 0)):]:
+        print(format_record(record))
+    test = evaluate_split(model, data, "test", device=resolve_device(config.device))
+    if (save / "last.pt").exists():
+        update_meta(save / "last.pt", test_top1=test.top1, test_top5=test.top5, test_loss=test.loss,
+                    test_images=test.images, train_seconds=result.seconds)
+    print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}%  loss {test.loss:.4f} on {test.images} images; "
+          f"{result.seconds:.0f} s; saved {save / 'last.pt'}")
+    return 0
+
+
+class EpochSnapshots:
+    """Callback keeping ``epoch_N.pt`` after every epoch (rewinding points for lottery tickets)."""
+
+    def __init__(self, model, run_dir: Path, meta: dict):
+        self.model, self.run_dir, self.meta = model, Path(run_dir), meta
+
+    def after_backward(self, model) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, record: dict) -> None:
+        from prunekit.checkpoint import save_checkpoint
+
+        save_checkpoint(self.model, self.run_dir / f"epoch_{epoch + 1}.pt", {**self.meta, "epoch": epoch + 1})
+
+
+def parse_cfg(text: str) -> list:
+    from prunekit.errors import PrunekitError
+
+    items = []
+    for token in text.replace(" ", "").split(","):
+        if token.upper() == "M":
+            items.append("M")
+        elif token.isdigit() and int(token) > 0:
+            items.append(int(token))
+        else:
+            raise PrunekitError(f"channel config entry {token!r} is neither a positive integer nor M")
+    return items
+
+
+def format_record(record: dict) -> str:
+    evaluated = ", ".join(f"{k} {record[k]:.2f}" for k in record if k.endswith("_top1") and k != "train_top1")
+    return (f"epoch {record['epoch']:>3}: train loss {record['train_loss']:.4f} acc {record['train_top1']:.2f}% | "
+            f"{evaluated} | {record['images_per_second']:.0f} img/s")
+
+
+def cmd_evaluate(args) -> int:
+    from prunekit.data import get_data
+    from prunekit.train import evaluate_split
+    from prunekit.train.loop import resolve_device
+
+    loaded = load_model_source(args)
+    dataset = args.dataset or loaded.meta.get("dataset") or "cifar10"
+    data = get_data(dataset, root=args.data, val_split=args.val_split or loaded.meta.get("val_split", 0.0),
+                    seed=loaded.meta.get("seed", 0))
+    if loaded.meta.get("mean") and args.normalize is None:
+        mean, std = tuple(loaded.meta["mean"]), tuple(loaded.meta["std"])
+    else:
+        mean, std = parse_normalisation(args.normalize, data.info)
+    metrics = evaluate_split(loaded.model, data, args.split, mean, std, resolve_device(args.device))
+    result = {"source": str(loaded.path or args.model), "dataset": dataset, "split": args.split,
+              "synthetic": data.synthetic, **metrics.as_dict()}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{result['source']} on {dataset} {args.split} ({metrics.images} images): top-1 {metrics.top1:.2f}%  "
+              f"top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from prunekit.checkpoint import load_checkpoint
+    from prunekit.measure import count_nonzero_parameters, count_parameters
+    from prunekit.prune.mask import sparsity_of
+
+    loaded = load_checkpoint(args.checkpoint)
+    meta = {k: v for k, v in loaded.meta.items() if k != "history"}
+    info = {
+        "file": str(args.checkpoint),
+        "file_bytes": Path(args.checkpoint).stat().st_size,
+        "model": loaded.arch["name"] if loaded.arch else None,
+        "kwargs": loaded.arch.get("kwargs") if loaded.arch else None,
+        "params": count_parameters(loaded.model),
+        "nonzero_params": count_nonzero_parameters(loaded.model),
+        "masked_tensors": len(loaded.masks),
+        "mask_sparsity": sparsity_of(loaded.masks),
+        "epochs_in_history": len(loaded.meta.get("history", [])),
+        "resumable": loaded.train_state is not None,
+        "meta": meta,
+    }
+    if args.json:
+        print_json(info)
+    else:
+        for key, value in info.items():
+            if key != "meta":
+                print(f"{key:>18}: {value}")
+        for key, value in meta.items():
+            print(f"{'meta.' + key:>18}: {value}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from prunekit.measure import profile
+
+    loaded = load_model_source(args)
+    result = profile(loaded.model, device=args.device, checkpoint_path=args.checkpoint,
+                     timing=not args.no_timing, batch_size=args.batch_size, repeats=args.repeats,
+                     threads=args.threads)
+    if args.json:
+        print_json(result.as_dict())
+        return 0
+    rows = [{"metric": k, "value": v} for k, v in result.as_dict().items()]
+    print(markdown_table(rows))
+    print("\nMACs: multiply-accumulates per image of conv and linear layers (torch.utils.flop_counter / 2). "
+          "Latency: median of repeated runs after warm-up, batch 1, per image.")
+    return 0

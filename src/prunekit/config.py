@@ -1,0 +1,59 @@
+"""Typed configurations with their defaults in one place (units in the names or comments)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StrictModel(BaseModel):
+    """Rejects unknown fields so a typo in a YAML file is an error that names the field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(StrictModel):
+    """Training hyper-parameters. Defaults follow common CIFAR practice (SGD + momentum, batch 128,
+    lr 0.1 with cosine decay, weight decay 5e-4); the papers train 160–200 epochs."""
+
+    epochs: int = Field(160, ge=0, description="passes over the training split")
+    batch_size: int = Field(128, ge=1, description="images per optimizer step (global, all ranks)")
+    lr: float = Field(0.1, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, description="L2 penalty on every parameter")
+    nesterov: bool = False
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: tuple[float, ...] = Field((0.5, 0.75), description="step schedule: fractions of training")
+    gamma: float = Field(0.1, gt=0, description="step schedule: lr factor at each milestone")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0, in epochs")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    cutout: int = Field(0, ge=0, description="side of the cutout square in pixels (0: off)")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = Field(False, description="torch.compile the model (CUDA recommended)")
+    sparsity_reg: float = Field(0.0, ge=0, description="network slimming: λ of λ·Σ|γ| on BN scales")
+    log_every: int = Field(20, ge=1, description="steps between progress updates (host syncs)")
+
+
+class PruneConfig(StrictModel):
+    """What to prune and how (shared by every granularity and schedule).
+
+    ``sparsity`` is the target fraction of weights (unstructured) or of conv filters (filter); ``ratios``
+    maps layer names to per-layer fractions (``default`` applies to unnamed layers); ``cfg`` (VGG) and
+    ``macs_target`` (fraction of the original MACs to keep at most) are filter-only allocations.
+    """
+
+    granularity: Literal["unstructured", "filter"] = "unstructured"
+    sparsity: float | None = Field(None, ge=0, lt=1)
+    scope: Literal["global", "layer"] = "global"
+    ratios: dict[str, float] | None = None
+    criterion: str = Field("l1", description="filter score: l1 | l2 | bn_scale | random")
+    cfg: list[int | str] | None = None
+    macs_target: float | None = Field(None, gt=0, le=1)
+    include_classifier: bool = Field(False, description="prune the classifier with a global/uniform target")
+    schedule: Literal["oneshot", "iterative"] = "oneshot"
+    iterations: int = Field(3, ge=1, description="IMP rounds")
+    finetune_epochs: int = Field(0, ge=0, description="masked retraining epochs after each round")
+    rewind_to: str | None = Field(None, description="checkpoint whose weights survivors rewind to (IMP)")
+    seed: int = 0

@@ -1,0 +1,53 @@
+"""Static counts: parameters, non-zero parameters, MACs, serialised size."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from prunekit.prune.mask import effective_state_dict
+
+
+def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter as the forward pass sees it (a masked ``x_orig`` becomes ``x = orig * mask``)."""
+    param_names = set()
+    for name, _ in model.named_parameters():
+        param_names.add(name.removesuffix("_orig"))
+    return {k: v for k, v in effective_state_dict(model).items() if k in param_names}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (masked tensors count at full size)."""
+    return sum(p.numel() for p in effective_parameters(model).values())
+
+
+def count_nonzero_parameters(model: nn.Module) -> int:
+    """Number of parameters that are not exactly zero (what unstructured pruning reduces)."""
+    return sum(int(torch.count_nonzero(p)) for p in effective_parameters(model).values())
+
+
+def count_macs(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
+    """Multiply-accumulates of one forward pass per image, counted by ``torch.utils.flop_counter``.
+
+    Convention of the pruning papers: convolutions and linear layers (matrix products) only; BN, ReLU,
+    pooling and additions are not counted; zeros in masked weights still count (dense maths). The
+    counter reports FLOPs = 2 × MACs; we divide by 2 and by the batch size.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(input_size, device=device))
+    model.train(was_training)
+    return counter.get_total_flops() // 2 // input_size[0]
+
+
+def serialized_size(model: nn.Module) -> int:
+    """Bytes of ``torch.save(effective state dict)``: what a plain dense checkpoint of the weights costs."""
+    buffer = io.BytesIO()
+    torch.save(effective_state_dict(model), buffer)
+    return buffer.tell()

@@ -1,0 +1,68 @@
+"""``profile(model)``: every static and measured cost of a model in one record."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunekit.measure.counts import count_macs, count_nonzero_parameters, count_parameters, serialized_size
+from prunekit.measure.timing import peak_inference_memory, time_inference
+
+
+@dataclass
+class Profile:
+    params: int
+    nonzero_params: int
+    macs: int  # multiply-accumulates per image, conv + linear
+    file_bytes: int  # the checkpoint file, or the serialised state dict when no file is given
+    peak_memory_bytes: int  # batch-1 inference: weights + buffers + peak live activations
+    device: str
+    threads: int
+    latency_ms: float | None = None  # per image at batch 1, median
+    latency_iqr_ms: tuple[float, float] | None = None
+    throughput_batch: int | None = None
+    throughput_ips: float | None = None  # images per second at ``throughput_batch``, median
+    hardware: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def hardware_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs)"
+
+
+def profile(model: nn.Module, input_size=(1, 3, 32, 32), device: str | torch.device = "cpu",
+            checkpoint_path: str | Path | None = None, timing: bool = True, batch_size: int = 64,
+            repeats: int = 50, threads: int | None = None) -> Profile:
+    """Measure ``model``: params, non-zero params, MACs, size, peak memory and (if ``timing``) latency at
+    batch 1 and throughput at ``batch_size``. Side effect: moves the model to ``device`` and eval mode."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    threads = threads or torch.get_num_threads()
+    result = Profile(
+        params=count_parameters(model),
+        nonzero_params=count_nonzero_parameters(model),
+        macs=count_macs(model, input_size),
+        file_bytes=Path(checkpoint_path).stat().st_size if checkpoint_path else serialized_size(model),
+        peak_memory_bytes=peak_inference_memory(model, 1, device, tuple(input_size[1:])),
+        device=device.type,
+        threads=threads,
+        hardware=hardware_name(device),
+    )
+    if timing:
+        single = time_inference(model, 1, device, repeats=repeats, threads=threads, input_size=tuple(input_size[1:]))
+        batched = time_inference(model, batch_size, device, repeats=max(5, repeats // 5), threads=threads,
+                                 input_size=tuple(input_size[1:]))
+        result.latency_ms = single.per_image_ms
+        result.latency_iqr_ms = (single.q1_ms, single.q3_ms)
+        result.throughput_batch = batch_size
+        result.throughput_ips = batched.images_per_second
+    return result

@@ -1,0 +1,181 @@
+"""Architecture as data: per-layer channel counts, so a structurally pruned model rebuilds without code.
+
+``arch_of(model)`` describes a registry model; ``build_model(arch)`` rebuilds it
+(fresh weights, pruned shapes) ready for ``load_state_dict(strict=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.models.registry import create_model
+from prunekit.models.resnet import ZeroPadShortcut
+
+# kind -> (module class, config fields). ZeroPadShortcut first: order decides the kind.
+_KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "ZeroPadShortcut": (ZeroPadShortcut, ("in_channels", "out_channels", "source_index")),
+    "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "groups")),
+    "BatchNorm2d": (nn.BatchNorm2d, ("num_features",)),
+    "Linear": (nn.Linear, ("in_features", "out_features")),
+}
+
+
+def channel_config(model: nn.Module) -> dict[str, dict]:
+    """Channel counts of every Conv2d, BatchNorm2d, Linear and ZeroPadShortcut, by qualified name.
+
+    Plain JSON types only; does not modify the model.
+    """
+    return {name: _describe(m) for name, m in model.named_modules() if _kind_of(m) is not None}
+
+
+def apply_channel_config(model: nn.Module, config: dict[str, dict]) -> nn.Module:
+    """Resize ``model`` in place to ``config`` and return it.
+
+    Every listed module whose current config differs is replaced by a freshly
+    initialised module of the stored sizes (conv keeps kernel, stride, padding,
+    dilation, bias presence and padding mode; BN keeps eps, momentum, affine and
+    running-stat tracking; Linear keeps bias presence), on the old module's
+    device, dtype and train/eval mode. Replaced modules lose their weights, hooks
+    and masks: apply the config before loading a state dict. Modules absent from
+    ``config`` are left alone. An unknown name, a kind mismatch or an invalid
+    size raises PrunekitError naming the module.
+    """
+    if not isinstance(config, dict):
+        raise PrunekitError(f"a channel config must be a dict of module name -> sizes, got {type(config).__name__}")
+    modules = dict(model.named_modules())
+    for name, stored in config.items():
+        module = modules.get(name)
+        if module is None or name == "":
+            raise PrunekitError(
+                f"channel config names module '{name}', which this model does not have; "
+                "was the config saved from a different architecture?"
+            )
+        wanted = _normalise(name, module, stored)
+        if wanted != _describe(module):
+            _set_submodule(model, name, _rebuild(name, module, wanted))
+    return model
+
+
+def arch_of(model: nn.Module) -> dict:
+    """``{"name", "kwargs", "channels"}`` describing a registry model, current (pruned) shapes included.
+
+    Needs ``model.arch`` as set by ``create_model``/``build_model``; other models raise PrunekitError.
+    """
+    arch = getattr(model, "arch", None)
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+        raise PrunekitError(
+            "this model has no `arch` attribute, so it cannot be described as data; "
+            "build it with prunekit.models.create_model, or save it as a user model"
+        )
+    return {"name": arch["name"], "kwargs": copy.deepcopy(arch.get("kwargs", {})), "channels": channel_config(model)}
+
+
+def build_model(arch: dict) -> nn.Module:
+    """Rebuild a model from ``arch_of`` output: ``create_model`` then ``apply_channel_config``.
+
+    Weights are freshly initialised; the returned model's ``arch`` is the base
+    ``{"name", "kwargs"}`` (channels are read from the modules, not stored twice).
+    """
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+        raise PrunekitError(f"an arch must be a dict with a 'name' (see arch_of), got {arch!r:.200}")
+    kwargs = arch.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise PrunekitError(f"arch['kwargs'] must be a dict, got {type(kwargs).__name__}")
+    model = create_model(arch["name"], **kwargs)
+    if arch.get("channels"):
+        apply_channel_config(model, arch["channels"])
+    model.arch = {"name": arch["name"], "kwargs": copy.deepcopy(model.arch["kwargs"])}
+    return model
+
+
+def _kind_of(module: nn.Module) -> str | None:
+    for kind, (cls, _) in _KINDS.items():
+        if isinstance(module, cls):
+            return kind
+    return None
+
+
+def _describe(module: nn.Module) -> dict:
+    kind = _kind_of(module)
+    fields = _KINDS[kind][1]
+    out = {"kind": kind}
+    for field in fields:
+        value = getattr(module, field)
+        out[field] = [int(v) for v in value] if field == "source_index" else int(value)
+    return out
+
+
+def _normalise(name: str, module: nn.Module, stored: object) -> dict:
+    """The stored entry reduced to its kind's fields, validated against the live module."""
+    kind = _kind_of(module)
+    if not isinstance(stored, dict) or stored.get("kind") != kind:
+        got = stored.get("kind") if isinstance(stored, dict) else stored
+        raise PrunekitError(f"module '{name}' is a {type(module).__name__} (kind {kind}) but the config says {got!r}")
+    out = {"kind": kind}
+    for field in _KINDS[kind][1]:
+        if field not in stored:
+            raise PrunekitError(f"channel config for '{name}' ({kind}) lacks '{field}'")
+        out[field] = _check_value(name, field, stored[field])
+    return out
+
+
+def _check_value(name: str, field: str, value: object) -> int | list[int]:
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if field == "source_index":
+        if isinstance(value, (list, tuple)) and all(is_int(v) for v in value):
+            return [int(v) for v in value]
+    elif is_int(value) and value > 0:
+        return int(value)
+    raise PrunekitError(f"channel config for '{name}': '{field}' has invalid value {value!r}")
+
+
+def _rebuild(name: str, old: nn.Module, c: dict) -> nn.Module:
+    try:
+        new = _BUILDERS[c["kind"]](old, c)
+    except (ValueError, PrunekitError) as exc:
+        raise PrunekitError(f"cannot resize module '{name}' to {c}: {exc}") from None
+    return new.train(old.training)
+
+
+def _factory(old: nn.Module) -> dict:
+    tensor = next(iter(old.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(old.buffers()), None)
+    return {} if tensor is None else {"device": tensor.device, "dtype": tensor.dtype}
+
+
+def _new_conv(old: nn.Conv2d, c: dict) -> nn.Module:
+    return nn.Conv2d(
+        c["in_channels"], c["out_channels"], old.kernel_size, stride=old.stride, padding=old.padding,
+        dilation=old.dilation, groups=c["groups"], bias=old.bias is not None, padding_mode=old.padding_mode,
+        **_factory(old),
+    )
+
+
+def _new_bn(old: nn.BatchNorm2d, c: dict) -> nn.Module:
+    return nn.BatchNorm2d(
+        c["num_features"], eps=old.eps, momentum=old.momentum, affine=old.affine,
+        track_running_stats=old.track_running_stats, **_factory(old),
+    )
+
+
+def _new_linear(old: nn.Linear, c: dict) -> nn.Module:
+    return nn.Linear(c["in_features"], c["out_features"], bias=old.bias is not None, **_factory(old))
+
+
+def _new_shortcut(old: ZeroPadShortcut, c: dict) -> nn.Module:
+    new = ZeroPadShortcut(c["in_channels"], c["out_channels"], old.stride, c["source_index"])
+    return new.to(old.gather_index.device)
+
+
+_BUILDERS = {"Conv2d": _new_conv, "BatchNorm2d": _new_bn, "Linear": _new_linear, "ZeroPadShortcut": _new_shortcut}
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, new)

@@ -1,0 +1,1 @@
+"""Pruning: masks, scoring, allocation, surgery."""

@@ -1,0 +1,261 @@
+"""The training loop: short, device-resident, extended through callbacks.
+
+It knows nothing about pruning: a masked model trains here unchanged because its masks live in the model
+(forward pre-hooks), and pruning-specific behaviour (e.g. the slimming regulariser) plugs in as a callback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunekit.checkpoint import atomic_save, checkpoint_dict
+from prunekit.config import TrainConfig
+from prunekit.data import DataBundle, DeviceLoader
+from prunekit.train.optim import make_optimizer, make_scheduler
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU raises a clear error."""
+    from prunekit.errors import PrunekitError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PrunekitError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA, nothing elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@dataclass
+class Metrics:
+    top1: float  # percent
+    top5: float  # percent
+    loss: float
+    images: int
+
+    def as_dict(self, prefix: str = "") -> dict:
+        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+
+
+class Callback:
+    """Hooks into :func:`fit`; override what you need. Every hook may mutate the model in place."""
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Called after ``loss.backward()``, before the optimizer step (e.g. to edit gradients)."""
+
+    def on_epoch_end(self, epoch: int, record: dict) -> None:
+        """Called after each epoch with its metrics record."""
+
+
+class SlimmingRegularizer(Callback):
+    """Network slimming (Liu et al. 2017): adds the subgradient of ``λ·Σ|γ|`` to every BN scale's gradient."""
+
+    def __init__(self, strength: float):
+        self.strength = strength
+
+    def after_backward(self, model: nn.Module) -> None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+                if module.weight.grad is not None:
+                    module.weight.grad.add_(self.strength * torch.sign(module.weight.detach()))
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DeviceLoader, device: torch.device | None = None) -> Metrics:
+    """Top-1/top-5 accuracy (percent) and mean cross-entropy over the whole loader. Puts ``model`` in eval mode."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    top1 = torch.zeros((), device=device, dtype=torch.int64)
+    top5 = torch.zeros((), device=device, dtype=torch.int64)
+    images = 0
+    for x, y in loader:
+        with autocast_for(device):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        k = min(5, logits.shape[1])
+        ranked = logits.topk(k, dim=1).indices
+        hits = ranked == y[:, None]
+        top1 += hits[:, 0].sum()
+        top5 += hits.any(dim=1).sum()
+        images += y.numel()
+    if images == 0:
+        return Metrics(float("nan"), float("nan"), float("nan"), 0)
+    return Metrics(100.0 * top1.item() / images, 100.0 * top5.item() / images, loss_sum.item() / images, images)
+
+
+def evaluate_split(model: nn.Module, data: DataBundle, split: str = "test", mean=None, std=None,
+                   device: torch.device | str = "cpu", batch_size: int = 500) -> Metrics:
+    """Evaluate on ``data``'s ``split`` (train/val/test), normalised with ``mean``/``std`` (default: the
+    dataset's). Side effect: moves ``model`` to ``device``."""
+    from prunekit.errors import PrunekitError
+
+    images = getattr(data, split)
+    if images is None:
+        raise PrunekitError(f"the data has no {split!r} split; use --val-split F to hold out a validation set")
+    device = torch.device(device)
+    loader = DeviceLoader(*images, batch_size, mean=mean or data.info.mean, std=std or data.info.std,
+                          train=False, device=device, channels_last=device.type == "cuda")
+    return evaluate(model.to(device), loader, device)
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+               loss_fn, device: torch.device, callbacks: Iterable[Callback] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns (summed loss, number correct) as device tensors (no host sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_for(device):
+        logits = model(x)
+    loss = loss_fn(logits.float(), y)
+    loss.backward()
+    for cb in callbacks:
+        cb.after_backward(model)
+    optimizer.step()
+    return loss.detach() * y.numel(), (logits.detach().argmax(1) == y).sum()
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None  # the history record of the best validation epoch
+    seconds: float = 0.0
+
+
+def make_loaders(data: DataBundle, config: TrainConfig, device: torch.device,
+                 rank: int = 0, world_size: int = 1) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
+    """Training loader (augmented, sharded across ranks) plus evaluation loaders for val and test."""
+    common = dict(mean=data.info.mean, std=data.info.std, device=device, channels_last=device.type == "cuda")
+    train = DeviceLoader(*data.train, config.batch_size // world_size, train=True, seed=config.seed,
+                         cutout=config.cutout, rank=rank, world_size=world_size, **common)
+    val = DeviceLoader(*data.val, 500, train=False, **common) if data.val is not None else None
+    test = DeviceLoader(*data.test, 500, train=False, **common)
+    return train, val, test
+
+
+def fit(model: nn.Module, data: DataBundle, config: TrainConfig, run_dir: str | Path | None = None,
+        resume: dict | None = None, callbacks: Iterable[Callback] = (), meta: dict | None = None,
+        progress: bool = True) -> FitResult:
+    """Train ``model`` in place for ``config.epochs`` epochs.
+
+    Side effects: moves the model to the training device; when ``run_dir`` is given writes
+    ``last.pt`` every epoch (with the resumable ``train_state``), ``best.pt`` on the best validation
+    top-1 (only when the data has a validation split), ``metrics.csv``/``metrics.json`` and
+    ``config.json``. ``resume`` is a ``train_state`` from ``last.pt``: optimizer, scheduler, epoch,
+    RNG and loader state are restored so the run continues exactly.
+    """
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    callbacks = list(callbacks)
+    if config.sparsity_reg > 0:
+        callbacks.append(SlimmingRegularizer(config.sparsity_reg))
+    train_loader, val_loader, test_loader = make_loaders(data, config, device)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, len(train_loader))
+    result = FitResult()
+    start_epoch, best_top1 = 0, -math.inf
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        train_loader.load_state_dict(resume["loader"])
+        torch.set_rng_state(resume["rng_cpu"])
+        start_epoch = resume["epoch"]
+        result.history = list(resume.get("history", []))
+        best_top1 = resume.get("best_top1", -math.inf)
+        result.best = resume.get("best")
+    step_model = torch.compile(model) if config.compile else model
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    run_dir = Path(run_dir) if run_dir else None
+    if run_dir:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
+    started = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs):
+        record = train_epoch(step_model, train_loader, optimizer, scheduler, loss_fn, device, callbacks,
+                             epoch, config, progress)
+        record["lr"] = scheduler.get_last_lr()[0]
+        eval_loader, split = (val_loader, "val") if val_loader is not None else (test_loader, "test")
+        record.update(evaluate(model, eval_loader, device).as_dict(f"{split}_"))
+        result.history.append(record)
+        is_best = split == "val" and record["val_top1"] > best_top1
+        if is_best:
+            best_top1, result.best = record["val_top1"], record
+        if run_dir:
+            save_epoch(model, run_dir, record, result, meta, is_best, dict(
+                epoch=epoch + 1, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                loader=train_loader.state_dict(), rng_cpu=torch.get_rng_state(), history=result.history,
+                best_top1=best_top1, best=result.best, config=config.model_dump(mode="json")))
+        for cb in callbacks:  # after saving: a callback that interrupts never loses the finished epoch
+            cb.on_epoch_end(epoch, record)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def train_epoch(model, loader, optimizer, scheduler, loss_fn, device, callbacks, epoch: int,
+                config: TrainConfig, progress: bool) -> dict:
+    """One pass over ``loader``; returns the epoch's mean training loss/accuracy and wall time."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    started = time.perf_counter()
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    for step, (x, y) in enumerate(loader):
+        batch_loss, batch_correct = train_step(model, x, y, optimizer, loss_fn, device, callbacks)
+        scheduler.step()
+        loss_sum += batch_loss
+        correct += batch_correct
+        seen += y.numel()
+        if progress and ((step + 1) % config.log_every == 0 or step + 1 == len(loader)):
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%")
+            bar.update(step + 1 - bar.n)
+    bar.close()
+    seconds = time.perf_counter() - started
+    return {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(seen, 1),
+            "train_top1": 100.0 * correct.item() / max(seen, 1), "epoch_seconds": seconds,
+            "images_per_second": seen / seconds if seconds else float("nan")}
+
+
+def save_epoch(model: nn.Module, run_dir: Path, record: dict, result: FitResult, meta: dict | None,
+               is_best: bool, train_state: dict) -> None:
+    """Write last.pt (resumable), best.pt when it improved, and the metrics files, all atomically."""
+    meta = {**(meta or {}), "history": result.history, "epoch": record["epoch"]}
+    atomic_save(checkpoint_dict(model, meta, train_state), run_dir / "last.pt")
+    if is_best:
+        atomic_save(checkpoint_dict(model, {**meta, "best_val_top1": record["val_top1"]}), run_dir / "best.pt")
+    write_metrics(run_dir, result.history)
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """Per-epoch metrics as ``metrics.csv`` and ``metrics.json`` (rewritten whole each epoch)."""
+    keys = list(dict.fromkeys(k for rec in history for k in rec))
+    tmp = run_dir / "metrics.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(run_dir / "metrics.csv")
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(history, indent=2))
+    tmp.replace(run_dir / "metrics.json")

@@ -1,0 +1,42 @@
+"""Shared fixtures: where ../shared is, tiny models and data for fast CPU tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PRUNEKIT_SHARED", ROOT.parent / "shared"))
+REAL_DATA = SHARED / "data" / "cifar10-subset"
+PRETRAINED = SHARED / "pretrained"
+
+needs_shared = pytest.mark.skipif(
+    not (REAL_DATA / "cifar-10-batches-py").is_dir(),
+    reason=f"real CIFAR-10 subset not found at {REAL_DATA} (../shared is only beside CI's and developers' clones)",
+)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_threads():
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture
+def tiny_vgg():
+    """A 4-conv VGG that trains in a second on CPU."""
+    from prunekit.models import create_model
+
+    torch.manual_seed(0)
+    return create_model("vgg11", num_classes=10, cfg=[8, "M", 16, "M", 16, 16])
+
+
+@pytest.fixture
+def tiny_data():
+    """Synthetic data: 512 training and 256 test images, 10 classes."""
+    from prunekit.data import get_data
+
+    return get_data("synthetic", limit_train=512, limit_test=256)

@@ -1,0 +1,74 @@
+"""Checkpoint format: round trip, masks, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import torch
+import pytest
+
+from prunekit.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from prunekit.errors import PrunekitError
+from prunekit.models import create_model
+from prunekit.prune.mask import apply_masks, extract_masks
+
+
+def test_round_trip_same_outputs_and_meta(tmp_path, tiny_vgg):
+    tiny_vgg.eval()
+    x = torch.randn(4, 3, 32, 32)
+    path = save_checkpoint(tiny_vgg, tmp_path / "m.pt", meta={"dataset": "synthetic", "test_top1": 12.5})
+    loaded = load_checkpoint(path)
+    loaded.model.eval()
+    assert torch.equal(loaded.model(x), tiny_vgg(x))
+    assert loaded.arch["kwargs"]["cfg"] == [8, "M", 16, "M", 16, 16]
+    assert loaded.meta["test_top1"] == 12.5 and loaded.meta["prunekit_version"]
+
+
+def test_masks_survive_save_load_and_weights_stay_zero(tmp_path, tiny_vgg):
+    weight = tiny_vgg.features[0].weight
+    mask = torch.rand_like(weight) > 0.5
+    apply_masks(tiny_vgg, {"features.0.weight": mask})
+    path = save_checkpoint(tiny_vgg, tmp_path / "m.pt")
+    loaded = load_checkpoint(path)
+    assert torch.equal(extract_masks(loaded.model)["features.0.weight"], mask)
+    assert torch.all(loaded.model.features[0].weight[~mask] == 0)
+    raw = torch.load(path, weights_only=True)
+    assert "features.0.weight_orig" not in raw["state_dict"]
+    assert torch.all(raw["state_dict"]["features.0.weight"][~mask] == 0)
+
+
+def test_failed_write_keeps_the_good_file(tmp_path, tiny_vgg, monkeypatch):
+    path = save_checkpoint(tiny_vgg, tmp_path / "m.pt", meta={"good": True})
+    before = path.read_bytes()
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(tiny_vgg, path, meta={"good": False})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_corrupt_and_missing_files_give_clear_errors(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(PrunekitError, match="corrupt"):
+        load_checkpoint(bad)
+    with pytest.raises(PrunekitError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    torch.save({"state_dict": create_model("resnet32").state_dict()}, tmp_path / "r32.th")
+    with pytest.raises(PrunekitError, match="another architecture than resnet20"):
+        load_weights(create_model("resnet20"), tmp_path / "r32.th")
+
+
+def test_foreign_wrapper_and_module_prefix(tmp_path):
+    source = create_model("resnet20")
+    wrapped = {"best_prec1": 1.0, "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}
+    torch.save(wrapped, tmp_path / "r20.th")
+    target = load_weights(create_model("resnet20"), tmp_path / "r20.th")
+    for (k, a), b in zip(source.state_dict().items(), target.state_dict().values()):
+        assert torch.equal(a, b), k

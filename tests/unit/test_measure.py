@@ -1,0 +1,58 @@
+"""Measurement: counts against hand-computed numbers, memory and timing sanity."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunekit.measure import (count_macs, count_nonzero_parameters, count_parameters, peak_inference_memory,
+                              profile, time_inference)
+from prunekit.prune.mask import apply_masks
+
+
+def small_net():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 10))
+
+
+def test_macs_match_hand_count():
+    # conv: 4 out × 3 in × 3×3 kernel × 32×32 positions; linear: 4 × 10
+    assert count_macs(small_net()) == 4 * 3 * 9 * 32 * 32 + 4 * 10
+    assert count_macs(small_net(), (8, 3, 32, 32)) == 4 * 3 * 9 * 32 * 32 + 4 * 10  # per image
+
+
+def test_depthwise_macs():
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False))
+    assert count_macs(net, (1, 8, 32, 32)) == 8 * 9 * 32 * 32
+
+
+def test_parameter_counts_with_masks():
+    net = small_net()
+    assert count_parameters(net) == 3 * 4 * 9 + 4 * 10 + 10
+    mask = torch.ones(4, 3, 3, 3, dtype=torch.bool)
+    mask[0] = False
+    apply_masks(net, {"0.weight": mask})
+    assert count_parameters(net) == 3 * 4 * 9 + 4 * 10 + 10  # masked tensors count at full size
+    with torch.no_grad():
+        net[4].weight.fill_(1.0)
+        net[4].bias.fill_(1.0)
+    assert count_nonzero_parameters(net) == 3 * 4 * 9 - 27 + 50
+
+
+def test_peak_memory_grows_with_batch_and_covers_weights():
+    net = small_net()
+    weights = sum(p.numel() * 4 for p in net.parameters())
+    one = peak_inference_memory(net, 1)
+    eight = peak_inference_memory(net, 8)
+    activation = 4 * 32 * 32 * 4  # the conv output at batch 1, fp32
+    assert one >= weights + activation
+    assert eight - one >= 7 * activation
+
+
+def test_timing_and_profile_record():
+    net = small_net()
+    timing = time_inference(net, 4, repeats=5, warmup=1)
+    assert timing.repeats == 5 and timing.q1_ms <= timing.median_ms <= timing.q3_ms
+    result = profile(net, repeats=5, batch_size=8)
+    assert result.macs == count_macs(net) and result.params == count_parameters(net)
+    assert result.latency_ms > 0 and result.throughput_ips > 0 and result.file_bytes > result.params * 4
