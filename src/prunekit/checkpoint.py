@@ -101,6 +101,12 @@ def read_checkpoint_file(path: str | Path) -> dict:
 def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> Checkpoint:
     """Rebuild the model stored in ``path`` (or load into ``model`` for a user model) and re-apply masks."""
     raw = read_checkpoint_file(path)
+    if isinstance(raw, dict) and raw.get("format") == "prunekit-int8":  # lazy imports: export imports us
+        from prunekit.export.quantize import load_quantized
+        return load_quantized(raw, path)
+    if isinstance(raw, dict) and raw.get("format") == "prunekit-compact":
+        from prunekit.export.compact import decode
+        raw = decode(raw)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise PrunekitError(
             f"{path} is not a prunekit checkpoint; for a plain state dict use "

@@ -28,10 +28,12 @@ class TrainConfig(StrictModel):
     gamma: float = Field(0.1, gt=0, description="step schedule: lr factor at each milestone")
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0, in epochs")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = Field(True, description="random crop (pad 4) and horizontal flip of training images")
     cutout: int = Field(0, ge=0, description="side of the cutout square in pixels (0: off)")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = Field(False, description="torch.compile the model (CUDA recommended)")
+    sync_bn: bool = Field(False, description="SyncBatchNorm across ranks in distributed training")
     sparsity_reg: float = Field(0.0, ge=0, description="network slimming: λ of λ·Σ|γ| on BN scales")
     log_every: int = Field(20, ge=1, description="steps between progress updates (host syncs)")
 

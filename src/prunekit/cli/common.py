@@ -45,6 +45,8 @@ def add_train_args(parser: argparse.ArgumentParser, epochs: int | None = None) -
     group.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device,
                        help="default: %(default)s (CUDA when present)")
     group.add_argument("--compile", action="store_true", help="torch.compile the model")
+    group.add_argument("--sync-bn", action="store_true",
+                       help="SyncBatchNorm across processes under torchrun (CUDA only)")
     group.add_argument("--sparsity-reg", type=float, default=0.0, metavar="LAMBDA",
                        help="network slimming: add λ·Σ|γ| over BN scales to the loss (default: off)")
 

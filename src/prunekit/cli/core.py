@@ -121,6 +121,8 @@ def cmd_train(args) -> int:
     from prunekit.config import TrainConfig
     from prunekit.models import create_model
     from prunekit.train import evaluate_split, fit
+    from prunekit.train.callbacks import EpochSnapshots, PrintEpoch
+    from prunekit.train.distributed import is_main_process, requested_world_size
     from prunekit.train.loop import resolve_device
 
     resume_state = None
@@ -148,36 +150,24 @@ def cmd_train(args) -> int:
     meta = {"dataset": dataset, "synthetic": data.synthetic, "num_classes": data.info.num_classes,
             "mean": list(data.info.mean), "std": list(data.info.std), "val_split": val_split,
             "limit_train": args.limit_train, "train_images": len(data.train[1])}
-    callbacks = [EpochSnapshots(model, save, meta)] if args.save_every_epoch else []
-    print(f"training {model.arch['name']} on {dataset} ({len(data.train[1])} images"
-          f"{', SYNTHETIC' if data.synthetic else ''}) for {config.epochs} epochs on "
-          f"{resolve_device(config.device)} → {save}")
+    callbacks = [PrintEpoch()] + ([EpochSnapshots(model, save, meta)] if args.save_every_epoch else [])
+    world_size = requested_world_size()
+    if is_main_process():
+        print(f"training {model.arch['name']} on {dataset} ({len(data.train[1])} images"
+              f"{', SYNTHETIC' if data.synthetic else ''}) for {config.epochs} epochs on "
+              f"{resolve_device(config.device)} × {world_size} process(es): effective batch {config.batch_size} "
+              f"({config.batch_size // world_size} per process), peak lr {config.lr} → {save}")
     result = fit(model, data, config, run_dir=save, resume=resume_state, meta=meta,
                  callbacks=callbacks, progress=not args.no_progress)
-    for record in result.history[len(result.history) - (config.epochs - (resume_state or {}).get("epoch", 0)):]:
-        print(format_record(record))
-    test = evaluate_split(model, data, "test", device=resolve_device(config.device))
+    if not is_main_process():
+        return 0
+    test = evaluate_split(model, data, "test", device=next(model.parameters()).device)
     if (save / "last.pt").exists():
         update_meta(save / "last.pt", test_top1=test.top1, test_top5=test.top5, test_loss=test.loss,
                     test_images=test.images, train_seconds=result.seconds)
     print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}%  loss {test.loss:.4f} on {test.images} images; "
           f"{result.seconds:.0f} s; saved {save / 'last.pt'}")
     return 0
-
-
-class EpochSnapshots:
-    """Callback keeping ``epoch_N.pt`` after every epoch (rewinding points for lottery tickets)."""
-
-    def __init__(self, model, run_dir: Path, meta: dict):
-        self.model, self.run_dir, self.meta = model, Path(run_dir), meta
-
-    def after_backward(self, model) -> None:
-        pass
-
-    def on_epoch_end(self, epoch: int, record: dict) -> None:
-        from prunekit.checkpoint import save_checkpoint
-
-        save_checkpoint(self.model, self.run_dir / f"epoch_{epoch + 1}.pt", {**self.meta, "epoch": epoch + 1})
 
 
 def parse_cfg(text: str) -> list:
@@ -192,12 +182,6 @@ def parse_cfg(text: str) -> list:
         else:
             raise PrunekitError(f"channel config entry {token!r} is neither a positive integer nor M")
     return items
-
-
-def format_record(record: dict) -> str:
-    evaluated = ", ".join(f"{k} {record[k]:.2f}" for k in record if k.endswith("_top1") and k != "train_top1")
-    return (f"epoch {record['epoch']:>3}: train loss {record['train_loss']:.4f} acc {record['train_top1']:.2f}% | "
-            f"{evaluated} | {record['images_per_second']:.0f} img/s")
 
 
 def cmd_evaluate(args) -> int:

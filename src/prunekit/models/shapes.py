@@ -18,7 +18,8 @@ from prunekit.models.resnet import ZeroPadShortcut
 _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
     "ZeroPadShortcut": (ZeroPadShortcut, ("in_channels", "out_channels", "source_index")),
     "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "groups")),
-    "BatchNorm2d": (nn.BatchNorm2d, ("num_features",)),
+    # SyncBatchNorm (distributed training) has the same state and saves as a plain BatchNorm2d
+    "BatchNorm2d": ((nn.BatchNorm2d, nn.SyncBatchNorm), ("num_features",)),
     "Linear": (nn.Linear, ("in_features", "out_features")),
 }
 

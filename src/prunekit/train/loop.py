@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 from prunekit.checkpoint import atomic_save, checkpoint_dict
 from prunekit.config import TrainConfig
 from prunekit.data import DataBundle, DeviceLoader
+from prunekit.train import distributed
+from prunekit.train.callbacks import Callback, SlimmingRegularizer
 from prunekit.train.optim import make_optimizer, make_scheduler
 
 
@@ -53,29 +55,6 @@ class Metrics:
 
     def as_dict(self, prefix: str = "") -> dict:
         return {f"{prefix}{k}": v for k, v in asdict(self).items()}
-
-
-class Callback:
-    """Hooks into :func:`fit`; override what you need. Every hook may mutate the model in place."""
-
-    def after_backward(self, model: nn.Module) -> None:
-        """Called after ``loss.backward()``, before the optimizer step (e.g. to edit gradients)."""
-
-    def on_epoch_end(self, epoch: int, record: dict) -> None:
-        """Called after each epoch with its metrics record."""
-
-
-class SlimmingRegularizer(Callback):
-    """Network slimming (Liu et al. 2017): adds the subgradient of ``λ·Σ|γ|`` to every BN scale's gradient."""
-
-    def __init__(self, strength: float):
-        self.strength = strength
-
-    def after_backward(self, model: nn.Module) -> None:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
-                if module.weight.grad is not None:
-                    module.weight.grad.add_(self.strength * torch.sign(module.weight.detach()))
 
 
 @torch.inference_mode()
@@ -141,10 +120,17 @@ class FitResult:
 
 def make_loaders(data: DataBundle, config: TrainConfig, device: torch.device,
                  rank: int = 0, world_size: int = 1) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
-    """Training loader (augmented, sharded across ranks) plus evaluation loaders for val and test."""
+    """Training loader (augmented, sharded across ranks) plus evaluation loaders for val and test.
+
+    ``config.batch_size`` is the global batch: each of ``world_size`` ranks takes an equal part."""
+    from prunekit.errors import PrunekitError
+
+    if config.batch_size % world_size:
+        raise PrunekitError(f"batch size {config.batch_size} does not split evenly over {world_size} processes")
     common = dict(mean=data.info.mean, std=data.info.std, device=device, channels_last=device.type == "cuda")
     train = DeviceLoader(*data.train, config.batch_size // world_size, train=True, seed=config.seed,
-                         cutout=config.cutout, rank=rank, world_size=world_size, **common)
+                         crop_padding=4 if config.augment else 0, flip=config.augment, cutout=config.cutout,
+                         rank=rank, world_size=world_size, **common)
     val = DeviceLoader(*data.val, 500, train=False, **common) if data.val is not None else None
     test = DeviceLoader(*data.test, 500, train=False, **common)
     return train, val, test
@@ -160,8 +146,12 @@ def fit(model: nn.Module, data: DataBundle, config: TrainConfig, run_dir: str | 
     top-1 (only when the data has a validation split), ``metrics.csv``/``metrics.json`` and
     ``config.json``. ``resume`` is a ``train_state`` from ``last.pt``: optimizer, scheduler, epoch,
     RNG and loader state are restored so the run continues exactly.
+
+    Under ``torchrun`` each process trains its shard through DistributedDataParallel and only rank 0
+    writes files or shows progress (see :mod:`prunekit.train.distributed`).
     """
-    device = resolve_device(config.device)
+    rank, world_size, device = distributed.setup(resolve_device(config.device))
+    main_process = rank == 0
     torch.manual_seed(config.seed)
     model.to(device)
     if device.type == "cuda":
@@ -169,7 +159,7 @@ def fit(model: nn.Module, data: DataBundle, config: TrainConfig, run_dir: str | 
     callbacks = list(callbacks)
     if config.sparsity_reg > 0:
         callbacks.append(SlimmingRegularizer(config.sparsity_reg))
-    train_loader, val_loader, test_loader = make_loaders(data, config, device)
+    train_loader, val_loader, test_loader = make_loaders(data, config, device, rank, world_size)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, len(train_loader))
     result = FitResult()
@@ -183,16 +173,17 @@ def fit(model: nn.Module, data: DataBundle, config: TrainConfig, run_dir: str | 
         result.history = list(resume.get("history", []))
         best_top1 = resume.get("best_top1", -math.inf)
         result.best = resume.get("best")
-    step_model = torch.compile(model) if config.compile else model
+    step_model = distributed.wrap(model, device, config.sync_bn)
+    step_model = torch.compile(step_model) if config.compile else step_model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    run_dir = Path(run_dir) if run_dir else None
+    run_dir = Path(run_dir) if run_dir and main_process else None
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         record = train_epoch(step_model, train_loader, optimizer, scheduler, loss_fn, device, callbacks,
-                             epoch, config, progress)
+                             epoch, config, progress and main_process)
         record["lr"] = scheduler.get_last_lr()[0]
         eval_loader, split = (val_loader, "val") if val_loader is not None else (test_loader, "test")
         record.update(evaluate(model, eval_loader, device).as_dict(f"{split}_"))

@@ -1,0 +1,60 @@
+"""Callbacks that extend :func:`prunekit.train.fit` without touching the loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunekit.train.distributed import is_main_process
+
+
+class Callback:
+    """Hooks into :func:`fit`; override what you need. Every hook may mutate the model in place."""
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Called after ``loss.backward()``, before the optimizer step (e.g. to edit gradients)."""
+
+    def on_epoch_end(self, epoch: int, record: dict) -> None:
+        """Called after each epoch with its metrics record."""
+
+
+class SlimmingRegularizer(Callback):
+    """Network slimming (Liu et al. 2017): adds the subgradient of ``λ·Σ|γ|`` to every BN scale's gradient."""
+
+    def __init__(self, strength: float):
+        self.strength = strength
+
+    def after_backward(self, model: nn.Module) -> None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+                if module.weight.grad is not None:
+                    module.weight.grad.add_(self.strength * torch.sign(module.weight.detach()))
+
+
+class EpochSnapshots(Callback):
+    """Keeps ``epoch_N.pt`` after every epoch (rewinding points for lottery tickets); rank 0 only."""
+
+    def __init__(self, model, run_dir: Path, meta: dict):
+        self.model, self.run_dir, self.meta = model, Path(run_dir), meta
+
+    def on_epoch_end(self, epoch: int, record: dict) -> None:
+        from prunekit.checkpoint import save_checkpoint
+
+        if is_main_process():
+            save_checkpoint(self.model, self.run_dir / f"epoch_{epoch + 1}.pt", {**self.meta, "epoch": epoch + 1})
+
+
+class PrintEpoch(Callback):
+    """Prints one line of metrics per epoch (rank 0 only)."""
+
+    def on_epoch_end(self, epoch: int, record: dict) -> None:
+        if is_main_process():
+            print(format_record(record), flush=True)
+
+
+def format_record(record: dict) -> str:
+    evaluated = ", ".join(f"{k} {record[k]:.2f}" for k in record if k.endswith("_top1") and k != "train_top1")
+    return (f"epoch {record['epoch']:>3}: train loss {record['train_loss']:.4f} acc {record['train_top1']:.2f}% | "
+            f"{evaluated} | {record['images_per_second']:.0f} img/s")
