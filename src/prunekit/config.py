@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """The mapping in the YAML file ``path``; clear errors for a missing file, bad YAML or a non-mapping."""
+    import yaml
+
+    from prunekit.errors import PrunekitError
+
+    path = Path(path)
+    if not path.is_file():
+        raise PrunekitError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PrunekitError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise PrunekitError(f"{path} must be a YAML mapping ({what})")
+    return data
 
 
 class StrictModel(BaseModel):

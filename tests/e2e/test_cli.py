@@ -47,3 +47,18 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
 def test_models_lists_vgg11_param_count(capsys):
     rows = run_json(capsys, ["models", "--json"])
     assert {r["name"]: r["params"] for r in rows}["vgg11"] == 9_228_362
+
+
+def test_convert_foreign_weights_keeps_normalisation(tmp_path, capsys):
+    import torch
+
+    from prunekit.checkpoint import load_checkpoint
+    from prunekit.models import create_model
+
+    source = create_model("resnet20")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "w.th")
+    assert main(["convert", "--model", "resnet20", "--weights", str(tmp_path / "w.th"), "--normalize", "imagenet",
+                 "--out", str(tmp_path / "r20.pt")]) == 0
+    loaded = load_checkpoint(tmp_path / "r20.pt")
+    assert loaded.meta["mean"] == [0.485, 0.456, 0.406] and loaded.meta["dataset"] == "cifar10"
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in source.state_dict().items())

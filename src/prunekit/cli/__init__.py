@@ -13,6 +13,10 @@ import sys
 
 COMMAND_MODULES = [
     "prunekit.cli.core",
+    "prunekit.cli.ship",
+    "prunekit.cli.prune",
+    "prunekit.cli.report",
+    "prunekit.cli.structured",
 ]
 
 

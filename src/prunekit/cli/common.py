@@ -29,8 +29,9 @@ def add_train_args(parser: argparse.ArgumentParser, epochs: int | None = None) -
 
     defaults = TrainConfig()
     group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=int, default=epochs if epochs is not None else defaults.epochs,
-                       help="default: %(default)s")
+    group.add_argument("--epochs", type=int, default=epochs,
+                       help=f"default: {epochs if epochs is not None else defaults.epochs}; with --resume, "
+                            "a larger number extends the run")
     group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
     group.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default: %(default)s)")
     group.add_argument("--momentum", type=float, default=defaults.momentum, help="default: %(default)s")
@@ -56,7 +57,7 @@ def train_config_from(args: argparse.Namespace):
     from prunekit.config import TrainConfig
 
     fields = TrainConfig.model_fields
-    return TrainConfig(**{k: getattr(args, k) for k in fields if hasattr(args, k)})
+    return TrainConfig(**{k: getattr(args, k) for k in fields if getattr(args, k, None) is not None})
 
 
 def load_data(args: argparse.Namespace, dataset: str | None = None, seed: int = 0):

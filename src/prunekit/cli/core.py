@@ -42,6 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("convert", help="make a prunekit checkpoint from foreign weights (e.g. public pretrained)")
+    p.add_argument("--model", required=True, help="registered model name the weights belong to")
+    p.add_argument("--weights", metavar="FILE", required=True, help="state dict file ({'state_dict': …} and "
+                                                                    "'module.' prefixes handled)")
+    p.add_argument("--dataset", default="cifar10", help="dataset the weights were trained on (default: %(default)s)")
+    p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
+                   help="input normalisation the weights expect: dataset (default), imagenet, or six numbers")
+    p.add_argument("--out", metavar="CKPT", required=True)
+    p.set_defaults(func=cmd_convert)
+
     p = sub.add_parser("info", help="what a checkpoint holds: architecture, masks, metadata")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--json", action="store_true")
@@ -133,6 +143,8 @@ def cmd_train(args) -> int:
             raise PrunekitError(f"{args.resume} holds no training state; resume from a run's last.pt")
         model, resume_state = loaded.model, loaded.train_state
         config = TrainConfig(**resume_state["config"])
+        if args.epochs is not None:  # extend (or shorten) the schedule of the resumed run
+            config = config.model_copy(update={"epochs": args.epochs})
         dataset = loaded.meta.get("dataset", args.dataset)
         save = Path(args.save or Path(args.resume).parent)
         val_split = loaded.meta.get("val_split", args.val_split)
@@ -205,6 +217,23 @@ def cmd_evaluate(args) -> int:
     else:
         print(f"{result['source']} on {dataset} {args.split} ({metrics.images} images): top-1 {metrics.top1:.2f}%  "
               f"top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from prunekit.checkpoint import load_weights, save_checkpoint
+    from prunekit.data import DATASETS
+    from prunekit.errors import PrunekitError
+    from prunekit.models import create_model
+
+    if args.dataset not in DATASETS:
+        raise PrunekitError(f"--dataset {args.dataset!r}: weights can be converted for {', '.join(DATASETS)}")
+    info = DATASETS[args.dataset]
+    mean, std = parse_normalisation(args.normalize, info)
+    model = load_weights(create_model(args.model, num_classes=info.num_classes), args.weights)
+    path = save_checkpoint(model, args.out, {"dataset": args.dataset, "num_classes": info.num_classes,
+                                             "mean": list(mean), "std": list(std), "weights": str(args.weights)})
+    print(f"{args.weights} → {path} ({args.model}, {args.dataset}, mean {mean}, std {std})")
     return 0
 
 

@@ -34,9 +34,15 @@ def count_macs(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
 
     Convention of the pruning papers: convolutions and linear layers (matrix products) only; BN, ReLU,
     pooling and additions are not counted; zeros in masked weights still count (dense maths). The
-    counter reports FLOPs = 2 × MACs; we divide by 2 and by the batch size.
+    counter reports FLOPs = 2 × MACs; we divide by 2 and by the batch size. An int8 model (see
+    :mod:`prunekit.export.quantize`) performs the MACs of its fp32 architecture, in int8.
     """
-    device = next(model.parameters()).device
+    int8_arch = (getattr(model, "prunekit_int8", None) or {}).get("arch")
+    if int8_arch:  # quantized ops are invisible to the counter: count the same network in fp32
+        from prunekit.models import build_model
+
+        return count_macs(build_model(int8_arch), input_size)
+    device = next(iter(model.parameters()), torch.empty(0)).device
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)

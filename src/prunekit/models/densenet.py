@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.models.init import init_conv_bn
 from prunekit.models.registry import register_model
 
 
@@ -57,7 +58,7 @@ class DenseNet(nn.Module):
         self.bn = nn.BatchNorm2d(channels)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        _init_weights(self)
+        init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.trans1(self.dense1(self.conv1(x)))
@@ -69,15 +70,6 @@ class DenseNet(nn.Module):
 def _make_block(in_channels: int, growth_rate: int, layers: int) -> tuple[nn.Sequential, int]:
     block = nn.Sequential(*(BasicLayer(in_channels + i * growth_rate, growth_rate) for i in range(layers)))
     return block, in_channels + layers * growth_rate
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 @register_model

@@ -1,1 +1,39 @@
-"""Pruning: masks, scoring, allocation, surgery."""
+"""Pruning: scores, allocation and masks; it never imports the training loop.
+
+``compute_masks`` dispatches a :class:`prunekit.config.PruneConfig` by granularity: ``unstructured``
+(magnitude, :mod:`prunekit.prune.unstructured`) or ``filter`` (whole conv filters,
+:mod:`prunekit.prune.channels`, imported on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+from prunekit.prune.mask import Masks, apply_masks, extract_masks, make_permanent, sparsity_of
+from prunekit.prune.report import sparsity_report
+from prunekit.prune.unstructured import prune_unstructured, unstructured_masks
+
+_CHANNEL_EXPORTS = ("prune_channels", "filter_masks", "filter_sparsity", "shrink")
+
+__all__ = ["Masks", "apply_masks", "compute_masks", "extract_masks", "make_permanent", "prune_unstructured",
+           "sparsity_of", "sparsity_report", "unstructured_masks", *_CHANNEL_EXPORTS]
+
+
+def compute_masks(model: nn.Module, config, progress: float = 1.0, example_inputs=None) -> Masks:
+    """The masks ``config`` asks for at ``progress`` ∈ (0, 1] of its target; does not modify ``model``.
+
+    ``example_inputs`` (a batch the model accepts) is needed by filter pruning to trace coupled channels.
+    """
+    if config.granularity == "unstructured":
+        return unstructured_masks(model, config, progress)
+    from prunekit.prune.channels import filter_masks
+
+    return filter_masks(model, example_inputs, config, progress)
+
+
+def __getattr__(name: str):
+    if name in _CHANNEL_EXPORTS:
+        return getattr(importlib.import_module("prunekit.prune.channels"), name)
+    raise AttributeError(f"module 'prunekit.prune' has no attribute {name!r}")

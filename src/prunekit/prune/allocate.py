@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from pathlib import Path
 from typing import Iterable
 
@@ -19,17 +20,25 @@ def check_ratio(name: str, ratio) -> float:
 
 
 def validate_ratios(ratios: dict, valid_names: Iterable[str]) -> dict[str, float]:
-    """Check layer names and ratio values; expand ``default`` to every unnamed valid layer.
+    """Check layer names and ratio values; expand patterns and ``default``.
 
-    Unknown names raise an error listing the valid names and the closest match. Returns
-    ``{layer_name: ratio}`` for every layer with a ratio (named or via ``default``).
+    A key is an exact layer name or a glob pattern (``layer1.*.conv1``); exact names win over patterns,
+    and ``default`` applies to every layer left unnamed. An unknown name (or a pattern that matches
+    nothing) raises an error listing the valid names and the closest match. Returns
+    ``{layer_name: ratio}`` for every layer with a ratio.
     """
     valid = list(valid_names)
     if not isinstance(ratios, dict) or not ratios:
         raise PrunekitError("a ratio file must map layer names to ratios, e.g. `features.0: 0.5` or `default: 0.8`")
+    patterns = {k: v for k, v in ratios.items() if k != "default" and any(c in str(k) for c in "*?[")}
     resolved: dict[str, float] = {}
+    for pattern, ratio in patterns.items():
+        matched = fnmatch.filter(valid, str(pattern))
+        if not matched:
+            raise PrunekitError(f"pattern {pattern!r} in ratios matches no layer. Valid layers: {', '.join(valid)}")
+        resolved.update(dict.fromkeys(matched, check_ratio(str(pattern), ratio)))
     for name, ratio in ratios.items():
-        if name == "default":
+        if name == "default" or name in patterns:
             continue
         if name not in valid:
             close = difflib.get_close_matches(str(name), valid, n=1)
@@ -46,18 +55,9 @@ def validate_ratios(ratios: dict, valid_names: Iterable[str]) -> dict[str, float
 
 def load_ratio_file(path: str | Path) -> dict:
     """Read a YAML ratio file (``layer: ratio`` entries, optional ``default``) without validating names."""
-    import yaml
+    from prunekit.config import read_yaml_mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise PrunekitError(f"ratio file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise PrunekitError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise PrunekitError(f"{path} must be a mapping of layer names to ratios")
-    return data
+    return read_yaml_mapping(path, "ratio file")
 
 
 def round_fraction(target: float, progress: float) -> float:

@@ -1,0 +1,280 @@
+"""Benchmark: structured (filter) pruning of every zoo model, beside Torch-Pruning, and what it buys on CPU.
+
+1. Pruning. Every registered model (10 classes, random init; BN statistics calibrated on one random batch
+   and γ/β randomised, so equivalence checks are meaningful) at ratios 0.3 and 0.5 of every channel group
+   (L1 criterion, layer scope): ``prune_channels`` wall time, params and MACs before/after
+   (``prunekit.measure``), and the equivalence of masked and physical pruning: ``filter_masks`` + the
+   masked forward vs ``shrink`` + the physical forward (max |Δ| over 4 random images).
+2. Torch-Pruning, side by side when ``torch_pruning`` imports (run this script with /tmp/tpvenv/bin/python):
+   ``MetaPruner`` + ``MagnitudeImportance(p=1)`` at the same ratio, classifier ignored. Its own
+   equivalence check: the groups it prunes are recorded (interactive mode), the same channels are zeroed
+   in a copy (conv rows/biases, BN γ/β), and the copy's output is compared with the pruned model's. A
+   crash, a wrong output shape or a mismatch is recorded as the status.
+3. Speed-up. VGG-11, VGG-16, ResNet-56: CPU latency (``time_inference``: eval, inference_mode, warm-up,
+   median; torch threads fixed by ``--threads``, default 1) of the original and the pruned models at batch 1 and 64,
+   in alternating rounds (median of round medians) so background load hits all alike, beside the MACs
+   reduction.
+
+    /tmp/tpvenv/bin/python benchmarks/structured.py [--quick] [--threads 1] [--part all|pruning|latency]
+
+Writes ``benchmarks/results/structured.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import time
+import traceback
+
+import torch
+from torch import nn
+
+from common import RESULTS, write_results
+from prunekit.cli.common import markdown_table
+from prunekit.config import PruneConfig
+from prunekit.measure import count_macs, count_parameters, time_inference
+from prunekit.models import create_model, list_models
+from prunekit.prune.channels import filter_masks, prune_channels, shrink
+from prunekit.prune.mask import apply_masks
+
+RATIOS = (0.3, 0.5)
+LATENCY_MODELS = ("vgg11", "vgg16", "resnet56")
+EQUIVALENCE_IMAGES = 4
+
+
+def torch_pruning():
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        return None
+    return tp
+
+
+def calibrated(name: str, seed: int = 0) -> nn.Module:
+    """A freshly initialised model with random γ/β and BN statistics of one random batch; eval mode."""
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=10)
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.weight.data.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+        bn.bias.data.copy_(torch.rand(bn.num_features, generator=g) * 0.4 - 0.2)
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32, generator=g))
+    for bn in bns:
+        bn.momentum = 0.1
+    return model.eval()
+
+
+def images(n: int = EQUIVALENCE_IMAGES) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) if a.shape == b.shape else float("nan")
+
+
+def prunekit_row(name: str, ratio: float) -> dict:
+    """prune_channels time and costs, and masked-vs-physical equivalence, for one model and ratio."""
+    model = calibrated(name)
+    x, example = images(), torch.zeros(1, 3, 32, 32)
+    row = {"params_before": count_parameters(model), "macs_before": count_macs(model)}
+    start = time.perf_counter()
+    pruned = prune_channels(copy.deepcopy(model), example, ratio=ratio, criterion="l1", scope="layer")
+    row["prunekit_seconds"] = time.perf_counter() - start
+    row.update(prunekit_params=count_parameters(pruned), prunekit_macs=count_macs(pruned))
+    config = PruneConfig(granularity="filter", sparsity=ratio, scope="layer", criterion="l1")
+    masked = apply_masks(model, filter_masks(model, example, config))
+    with torch.no_grad():
+        reference = masked(x)
+        physical = shrink(masked, example)(x)
+    row["prunekit_max_diff"] = max_difference(physical, reference)
+    return row
+
+
+def tp_row(tp, name: str, ratio: float) -> dict:
+    """Torch-Pruning at the same ratio: status, time, costs and its own masked-vs-physical equivalence."""
+    model = calibrated(name)
+    x, example = images(), torch.zeros(1, 3, 32, 32)
+    reference_model = copy.deepcopy(model)
+    names = {id(m): n for n, m in model.named_modules()}
+    try:
+        start = time.perf_counter()
+        pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
+                                      pruning_ratio=ratio, ignored_layers=[model.get_submodule(model.classifier_name)])
+        removed = record_tp_groups(pruner, names)
+        seconds = time.perf_counter() - start
+    except Exception as exc:  # Torch-Pruning raises many types on graphs it does not understand
+        return {"tp_status": f"prune failed: {type(exc).__name__}: {str(exc)[:120]}"}
+    row = {"tp_seconds": seconds}
+    zero_channels(reference_model, removed)
+    try:
+        with torch.no_grad():
+            out = model(x)
+            expected = reference_model(x)
+    except Exception as exc:
+        return {**row, "tp_status": f"broken model, forward fails: {type(exc).__name__}: {str(exc)[:120]}"}
+    row.update(tp_params=count_parameters(model), tp_macs=count_macs(model), tp_max_diff=max_difference(out, expected))
+    if out.shape != (len(x), 10):
+        row["tp_status"] = f"broken model: output shape {tuple(out.shape)}"
+    elif not row["tp_max_diff"] <= 1e-4 * max(1.0, float(expected.abs().max())):
+        row["tp_status"] = "broken model: output differs from the zeroed original"
+    else:
+        row["tp_status"] = "ok"
+    return row
+
+
+def record_tp_groups(pruner, names: dict) -> dict[str, set[int]]:
+    """Prune group by group, recording the *original* output indices each conv/BN loses."""
+    alive: dict[str, list[int]] = {}
+    removed: dict[str, set[int]] = {}
+    for group in pruner.step(interactive=True):
+        for item in group:
+            module = item.dep.target.module
+            handler = getattr(item.dep.handler, "__name__", str(item.dep.handler))
+            if not isinstance(module, (nn.Conv2d, nn.BatchNorm2d)) or handler != "prune_out_channels":
+                continue
+            name = names[id(module)]
+            width = module.out_channels if isinstance(module, nn.Conv2d) else module.num_features
+            current = alive.setdefault(name, list(range(width)))
+            lost = {current[i] for i in item.idxs}
+            removed.setdefault(name, set()).update(lost)
+            alive[name] = [c for c in current if c not in lost]
+        group.prune()
+    return removed
+
+
+def zero_channels(model: nn.Module, removed: dict[str, set[int]]) -> None:
+    """Zero conv rows + biases and BN γ/β at the recorded indices (what the pruned channels contribute)."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, indices in removed.items():
+            index = torch.tensor(sorted(indices), dtype=torch.long)
+            for param in ("weight", "bias"):
+                tensor = getattr(modules[name], param, None)
+                if tensor is not None:
+                    tensor[index] = 0
+
+
+def pruning_rows(names: list[str], ratios: tuple[float, ...], tp) -> list[dict]:
+    rows = []
+    for name in names:
+        for ratio in ratios:
+            row = {"model": name, "ratio": ratio}
+            try:
+                row.update(prunekit_row(name, ratio))
+            except Exception as exc:
+                row["prunekit_status"] = f"failed: {type(exc).__name__}: {exc}"
+                traceback.print_exc()
+            row["tp_status"] = "torch_pruning not installed"
+            if tp is not None:
+                row.update(tp_row(tp, name, ratio))
+            print(f"{name} r={ratio}: prunekit {row.get('prunekit_seconds', float('nan')):.2f}s "
+                  f"Δ={row.get('prunekit_max_diff')}; TP: {row['tp_status']}", flush=True)
+            rows.append(row)
+    return rows
+
+
+def latency_rows(names: tuple[str, ...], ratios: tuple[float, ...], batches: tuple[int, ...], threads: int,
+                 rounds: int) -> list[dict]:
+    rows = []
+    for name in names:
+        models = {0.0: calibrated(name)}
+        for ratio in ratios:
+            models[ratio] = prune_channels(copy.deepcopy(models[0.0]), torch.zeros(1, 3, 32, 32), ratio=ratio)
+        macs = {r: count_macs(m) for r, m in models.items()}
+        for batch in batches:
+            medians = alternating_medians(models, batch, threads, rounds)
+            for ratio in ratios:
+                rows.append({"model": name, "ratio": ratio, "batch": batch,
+                             "macs_reduction": macs[0.0] / macs[ratio],
+                             "original_ms": medians[0.0], "pruned_ms": medians[ratio],
+                             "speedup": medians[0.0] / medians[ratio]})
+                print(f"latency {name} r={ratio} batch {batch}: {rows[-1]['speedup']:.2f}x "
+                      f"(MACs {rows[-1]['macs_reduction']:.2f}x)", flush=True)
+    return rows
+
+
+def alternating_medians(models: dict, batch: int, threads: int, rounds: int) -> dict:
+    """Median over rounds of each model's median batch latency (ms); models timed in turn each round."""
+    repeats = 20 if batch == 1 else 3
+    samples = {key: [] for key in models}
+    for _ in range(rounds):
+        for key, model in models.items():
+            timing = time_inference(model, batch, "cpu", warmup=3 if batch == 1 else 1, repeats=repeats,
+                                    threads=threads)
+            samples[key].append(timing.median_ms)
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def pruning_table(rows: list[dict]) -> str:
+    def m(value):
+        return None if value is None else round(value / 1e6, 2)
+
+    table = [{"model": r["model"], "ratio": r["ratio"],
+              "params M": f"{m(r.get('params_before'))} → {m(r.get('prunekit_params'))}",
+              "MACs M": f"{m(r.get('macs_before'))} → {m(r.get('prunekit_macs'))}",
+              "prunekit s": r.get("prunekit_seconds"), "prunekit max|Δ|": r.get("prunekit_max_diff"),
+              "TP status": r.get("tp_status"), "TP params M": m(r.get("tp_params")), "TP MACs M": m(r.get("tp_macs")),
+              "TP s": r.get("tp_seconds"), "TP max|Δ|": r.get("tp_max_diff")} for r in rows]
+    return markdown_table(table)
+
+
+def latency_table(rows: list[dict]) -> str:
+    return markdown_table([{"model": r["model"], "ratio": r["ratio"], "batch": r["batch"],
+                            "MACs reduction": f"{r['macs_reduction']:.2f}x", "original ms": r["original_ms"],
+                            "pruned ms": r["pruned_ms"], "speed-up": f"{r['speedup']:.2f}x"} for r in rows])
+
+
+def previous_results() -> dict:
+    path = RESULTS / "structured.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 models, ratio 0.5, batch 1 only (smoke run)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for latency (default: 1: stable on shared cores, where one preempted "
+                             "OpenMP thread stalls every op of a multi-threaded run; use 2+ on an idle machine)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (default: 5)")
+    parser.add_argument("--part", choices=["all", "pruning", "latency"], default="all",
+                        help="re-run one part, keeping the other from the last results (e.g. time again "
+                             "when the machine is quiet)")
+    args = parser.parse_args()
+    tp = torch_pruning()
+    names = ["vgg11", "resnet20", "mobilenetv2"] if args.quick else list_models()
+    ratios = (0.5,) if args.quick else RATIOS
+    rounds = 2 if args.quick else args.rounds
+    previous = previous_results() if args.part != "all" else {}
+    start = time.perf_counter()
+    torch.set_num_threads(1)  # pruning and equivalence: one thread is fastest on shared cores
+    pruning = previous.get("pruning", []) if args.part == "latency" else pruning_rows(names, ratios, tp)
+    torch.set_num_threads(args.threads)  # latency (and the hardware header) use the fixed thread count
+    load_before = os.getloadavg()[0]
+    latency = previous.get("latency", []) if args.part == "pruning" else latency_rows(
+        ("vgg11",) if args.quick else LATENCY_MODELS, ratios, (1,) if args.quick else (1, 64), args.threads, rounds)
+    load = [load_before, os.getloadavg()[0]] if args.part != "pruning" else previous.get("latency_load_average")
+    payload = {"quick": args.quick, "ratios": ratios, "criterion": "l1", "scope": "layer",
+               "torch_pruning": getattr(tp, "__version__", None) if tp else None, "latency_threads": args.threads,
+               "latency_rounds": rounds, "latency_load_average": load,
+               "seconds": time.perf_counter() - start, "pruning": pruning, "latency": latency}
+    notes = ("prunekit max|Δ|: masked (filter_masks) vs physical (shrink) output, 4 random images, calibrated BN. "
+             "TP max|Δ|: Torch-Pruning's pruned model vs the original with the channels it removed zeroed. "
+             f"Latency: ms per batch, median of {rounds} alternating rounds (original, r=0.3, r=0.5 in turn), "
+             f"{args.threads} threads, 1-min load average {load[0]:.1f} before / {load[1]:.1f} after on "
+             f"{os.cpu_count()} CPUs.")
+    table = "## Pruning (L1, layer scope)\n\n" + pruning_table(pruning) + "\n\n## CPU latency\n\n" \
+            + latency_table(latency) + "\n\n" + notes
+    write_results("structured", payload, table)
+
+
+if __name__ == "__main__":
+    main()

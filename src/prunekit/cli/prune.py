@@ -1,0 +1,303 @@
+"""Pruning subcommands: layers, prune, finetune, sparsity, plot."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prunekit.cli.common import (add_data_args, add_train_args, load_data, markdown_table, print_json,
+                                 train_config_from)
+from prunekit.cli.core import add_model_source_args, load_model_source
+
+FINETUNE_LR = 0.01  # peak lr of masked retraining: a tenth of training from scratch
+FINETUNE_EPOCHS = 40  # `prunekit finetune` default (common fine-tuning budget on CIFAR)
+
+FILTER_SPARSITY_MEANING = ("filter sparsity = fraction of all conv filters (output channels; depthwise convs "
+                           "follow their producer) removed; the matching BN channels and input channels of the "
+                           "next layers go with them")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("layers", help="prunable layers: the names ratio files use, shapes, sizes, sparsity")
+    add_model_source_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_layers)
+
+    register_prune(sub)
+    register_finetune(sub)
+
+    p = sub.add_parser("sparsity", help="per-layer and overall sparsity of a checkpoint")
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sparsity)
+
+    register_plot(sub)
+
+
+def register_prune(sub: argparse._SubParsersAction) -> None:
+    from prunekit.config import PruneConfig
+
+    # "resolve": the pruning --schedule, added after add_train_args, replaces its lr --schedule (now
+    # --lr-schedule), and --finetune-epochs takes over --epochs.
+    p = sub.add_parser("prune", conflict_handler="resolve",
+                       help="prune a checkpoint (unstructured or filters; one-shot or iterative) and retrain",
+                       description="Prune CKPT to a target, retrain with the mask after every round, save "
+                                   "OUT/Omp_unstructured_<sparsity>_acc_<top-1>.pt (name from the achieved "
+                                   "sparsity and test top-1) unless --name is given.")
+    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint (e.g. a run's last.pt)")
+    p.add_argument("--granularity", choices=["unstructured", "filter"], default="unstructured",
+                   help="single weights, or whole conv filters removed physically (default: %(default)s)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--sparsity", type=float, metavar="S",
+                        help="target fraction in [0, 1) of weights (unstructured) or filters (filter)")
+    target.add_argument("--ratios", metavar="FILE",
+                        help="YAML of `layer: ratio` (+ optional `default: r`); `prunekit layers CKPT` lists names")
+    p.add_argument("--scope", choices=["global", "layer"], default="global",
+                   help="with --sparsity: one threshold over all layers, or the same ratio per layer")
+    p.add_argument("--criterion", choices=["l1", "l2", "bn_scale", "random"], default=None,
+                   help="filter score (filter granularity; default l1); unstructured always uses |w|")
+    p.add_argument("--include-classifier", action="store_true",
+                   help="also prune the classifier with --sparsity or a ratio file's default")
+    p.add_argument("--iterations", type=int, default=PruneConfig.model_fields["iterations"].default, metavar="K",
+                   help="IMP rounds (default: %(default)s)")
+    p.add_argument("--rewind-to", metavar="CKPT", default=None,
+                   help="reset surviving weights to this checkpoint's after each pruning step (lottery ticket)")
+    p.add_argument("--name", default=None, help="file name of the result (default: from method and results)")
+    p.add_argument("--out", metavar="DIR", required=True, help="folder for the result and the round folders")
+    p.add_argument("--no-progress", action="store_true")
+    add_data_args(p, dataset_default=None)
+    add_train_args(p)
+    p.add_argument("--schedule", dest="prune_schedule", choices=["oneshot", "iterative"], default="oneshot",
+                   help="oneshot (OMP) or iterative (IMP) pruning (default: %(default)s)")
+    p.add_argument("--finetune-epochs", "--epochs", dest="epochs", type=int, default=0, metavar="E",
+                   help="masked retraining epochs after each round (default: %(default)s)")
+    p.add_argument("--lr-schedule", dest="schedule", choices=["cosine", "step", "constant"], default="cosine",
+                   help="lr decay during each retraining (default: %(default)s)")
+    p.set_defaults(func=cmd_prune, lr=FINETUNE_LR)
+
+
+def register_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="masked retraining of a pruned checkpoint; pruned weights stay zero")
+    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="the pruned checkpoint (not needed with --resume)")
+    p.add_argument("--save", metavar="DIR", default=None,
+                   help="run folder for last.pt/best.pt/metrics (default: runs/finetune-<CKPT name>)")
+    p.add_argument("--resume", metavar="CKPT", default=None, help="continue the run saved in CKPT (last.pt)")
+    p.add_argument("--no-progress", action="store_true")
+    add_data_args(p, dataset_default=None)
+    add_train_args(p, epochs=FINETUNE_EPOCHS)
+    # None = not given: a resumed run keeps its own epoch count unless --epochs extends it
+    p.set_defaults(func=cmd_finetune, lr=FINETUNE_LR, epochs=None)
+    for action in p._actions:
+        if action.dest == "epochs":
+            action.help = f"default: {FINETUNE_EPOCHS}; with --resume the run's own count, or extend it to this many"
+
+
+def register_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="figures as PNG, with the plotted numbers as CSV beside them")
+    kinds = p.add_subparsers(dest="plot_kind", metavar="KIND", required=True)
+    q = kinds.add_parser("accuracy-sparsity", help="test top-1 vs overall sparsity, labelled by method")
+    q.add_argument("checkpoints", metavar="CKPT", nargs="+")
+    q.add_argument("--out", metavar="FILE.png", required=True)
+    q.set_defaults(func=cmd_plot_accuracy_sparsity)
+    q = kinds.add_parser("mask", help="kept/pruned pattern of one layer: one row per filter, in×kh×kw columns")
+    q.add_argument("checkpoint", metavar="CKPT")
+    q.add_argument("--layer", required=True, help="prunable layer name (`prunekit layers CKPT`)")
+    q.add_argument("--out", metavar="FILE.png", required=True)
+    q.set_defaults(func=cmd_plot_mask)
+    from prunekit.cli.report import register_plot_commands  # hist, layers, sweep, sensitivity
+    register_plot_commands(kinds)
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def data_for(args: argparse.Namespace, meta: dict):
+    """The data to retrain on: ``--dataset`` or the checkpoint's own, checked against its class count."""
+    from prunekit.errors import PrunekitError
+
+    dataset = args.dataset or meta.get("dataset") or "cifar10"
+    data = load_data(args, dataset=dataset, seed=meta.get("seed", 0))
+    if meta.get("num_classes") and meta["num_classes"] != data.info.num_classes:
+        raise PrunekitError(f"the checkpoint has {meta['num_classes']} classes but {dataset} has "
+                            f"{data.info.num_classes}; pass the dataset it was trained on (--dataset)")
+    return data
+
+
+def layer_rows(report: dict) -> list[dict]:
+    return [{"name": r["name"], "type": r["type"], "shape": "×".join(map(str, r["shape"])), "params": r["params"],
+             "sparsity": r["sparsity"], "classifier": "yes" if r["classifier"] else ""} for r in report["layers"]]
+
+
+def percent_change(before: int, after: int) -> str:
+    return f"{before:,} → {after:,} (−{100 * (1 - after / before):.1f}%)" if before else f"{before} → {after}"
+
+
+# --- commands -----------------------------------------------------------------------------------------
+
+
+def cmd_layers(args) -> int:
+    from prunekit.prune import sparsity_report
+
+    report = sparsity_report(load_model_source(args).model)
+    if args.json:
+        print_json(report)
+        return 0
+    print(markdown_table(layer_rows(report)))
+    print(f"\noverall sparsity {report['overall']:.4f} of {report['params']:,} conv + linear weights. A ratio file "
+          "uses these names (e.g. `features.0: 0.5`, `default: 0.8`); the classifier is pruned only when named.")
+    return 0
+
+
+def prune_config_from(args, model):
+    from prunekit.errors import PrunekitError
+    from prunekit.prune.allocate import load_ratio_file
+    from prunekit.prune.unstructured import make_prune_config, resolve_ratios
+
+    if args.granularity == "unstructured" and args.criterion not in (None, "l1", "l2"):
+        raise PrunekitError(f"--criterion {args.criterion} scores filters; unstructured pruning ranks single "
+                            "weights by |w| (drop --criterion or use --granularity filter)")
+    ratios = load_ratio_file(args.ratios) if args.ratios else None
+    config = make_prune_config(
+        granularity=args.granularity, sparsity=args.sparsity, ratios=ratios, scope=args.scope,
+        criterion=args.criterion or "l1", include_classifier=args.include_classifier,
+        schedule=args.prune_schedule, iterations=args.iterations, finetune_epochs=args.epochs,
+        rewind_to=args.rewind_to, seed=args.seed)
+    if ratios is not None and args.granularity == "unstructured":
+        resolve_ratios(model, ratios, args.include_classifier)  # fail before loading data
+    return config
+
+
+def cmd_prune(args) -> int:
+    from prunekit.checkpoint import load_checkpoint
+    from prunekit.pipeline import run_pruning
+    from prunekit.train.callbacks import PrintEpoch
+
+    loaded = load_checkpoint(args.checkpoint)
+    prune_config = prune_config_from(args, loaded.model)
+    train_config = train_config_from(args)
+    data = data_for(args, loaded.meta)
+    meta = {**loaded.meta, "source": str(args.checkpoint), "val_split": args.val_split,
+            "limit_train": args.limit_train}
+    print(f"pruning {args.checkpoint} ({prune_config.granularity}, {prune_config.schedule}, "
+          f"{1 if prune_config.schedule == 'oneshot' else prune_config.iterations} round(s), "
+          f"{prune_config.finetune_epochs} retraining epoch(s) each) on {data.info.name}"
+          f"{' (SYNTHETIC)' if data.synthetic else ''}", flush=True)
+    result = run_pruning(loaded.model, data, prune_config, train_config, args.out, name=args.name, meta=meta,
+                         progress=not args.no_progress, callbacks=[PrintEpoch()])
+    print_prune_summary(result)
+    return 0
+
+
+def print_prune_summary(result) -> None:
+    meta = result.meta
+    target = f"; target {result.target:.4f}" if result.target is not None else ""
+    if result.filter_sparsity is not None:
+        print(f"filter sparsity {result.filter_sparsity:.4f}{target} ({FILTER_SPARSITY_MEANING})")
+        print(f"params {percent_change(meta['dense_params'], meta['params'])}; "
+              f"MACs {percent_change(meta['dense_macs'], meta['macs'])}")
+        print(f"achieved overall sparsity {result.sparsity:.4f} (conv + linear weights zeroed, before removal)")
+    else:
+        from prunekit.prune import sparsity_report
+
+        report = sparsity_report(result.model)
+        print(f"achieved overall sparsity {result.sparsity:.4f}: {report['zeros']:,} of {report['params']:,} conv + "
+              f"linear weights are zero ({report['overall_without_classifier']:.4f} without the classifier{target})")
+        print(f"params {meta['params']:,}, non-zero {meta['nonzero_params']:,}")
+    print(f"test top-1 {result.test_top1:.2f}%  top-5 {result.test_top5:.2f}%; saved {result.path}")
+
+
+def cmd_finetune(args) -> int:
+    from prunekit.checkpoint import load_checkpoint
+    from prunekit.config import TrainConfig
+    from prunekit.errors import PrunekitError
+    from prunekit.pipeline import finetune, inherited_meta
+    from prunekit.prune import sparsity_report
+    from prunekit.train.callbacks import PrintEpoch
+
+    source = args.resume or args.checkpoint
+    if not source:
+        raise PrunekitError("name the pruned checkpoint to fine-tune (CKPT), or --resume a run's last.pt")
+    loaded = load_checkpoint(source)
+    if args.resume:
+        if not loaded.train_state:
+            raise PrunekitError(f"{args.resume} holds no training state; resume from a run's last.pt")
+        config = TrainConfig(**loaded.train_state["config"])
+        if args.epochs is not None:
+            config = config.model_copy(update={"epochs": args.epochs})
+        args.val_split = loaded.meta.get("val_split", args.val_split)
+        args.limit_train = loaded.meta.get("limit_train", args.limit_train)
+        save = Path(args.save or Path(args.resume).parent)
+    else:
+        args.epochs = FINETUNE_EPOCHS if args.epochs is None else args.epochs
+        config = train_config_from(args)
+        save = Path(args.save or f"runs/finetune-{Path(args.checkpoint).stem}")
+    data = data_for(args, loaded.meta)
+    meta = {**inherited_meta(loaded.meta, data), "val_split": args.val_split, "limit_train": args.limit_train,
+            "finetuned_from": loaded.meta.get("finetuned_from", str(source)) if args.resume else str(source)}
+    before = sparsity_report(loaded.model)["overall"]
+    print(f"fine-tuning {source} (sparsity {before:.4f}) on {data.info.name} for {config.epochs} epochs → {save}",
+          flush=True)
+    out = finetune(loaded.model, data, config, save, resume=loaded.train_state if args.resume else None,
+                   meta=meta, progress=not args.no_progress, callbacks=[PrintEpoch()])
+    print(f"sparsity {out['sparsity']['overall']:.4f}; test top-1 {out['test'].top1:.2f}%  "
+          f"top-5 {out['test'].top5:.2f}%; saved {save / 'last.pt'}")
+    return 0
+
+
+def cmd_sparsity(args) -> int:
+    from prunekit.checkpoint import load_checkpoint
+    from prunekit.prune import sparsity_report
+
+    report = sparsity_report(load_checkpoint(args.checkpoint).model)
+    if args.json:
+        print_json(report)
+        return 0
+    print(markdown_table(layer_rows(report)))
+    print(f"\noverall sparsity {report['overall']:.4f}: {report['zeros']:,} of {report['params']:,} conv + linear "
+          f"weights are zero ({report['overall_without_classifier']:.4f} without the classifier)")
+    return 0
+
+
+def point_of(path: str) -> dict:
+    """One accuracy-sparsity point from a checkpoint: its meta's test accuracy and method."""
+    from prunekit.checkpoint import load_checkpoint
+    from prunekit.errors import PrunekitError
+    from prunekit.prune import sparsity_report
+
+    loaded = load_checkpoint(path)
+    meta = loaded.meta
+    if meta.get("test_top1") is None:
+        raise PrunekitError(f"{path} records no test accuracy; plot checkpoints written by `prunekit train`, "
+                            "`prune` or `finetune`")
+    sparsity = meta.get("sparsity")
+    if sparsity is None:
+        sparsity = sparsity_report(loaded.model)["overall"]
+    return {"label": method_of(meta), "sparsity": sparsity, "top1": meta["test_top1"],
+            "top5": meta.get("test_top5"), "source": str(path)}
+
+
+def method_of(meta: dict) -> str:
+    """``IMP unstructured``, ``OMP filter + rewind``, … from a checkpoint's meta; ``dense`` when unpruned."""
+    if not meta.get("method"):
+        return "dense"
+    rewind = " + rewind" if (meta.get("prune_config") or {}).get("rewind_to") else ""
+    return f"{meta['method']} {meta.get('granularity', '')}".strip() + rewind
+
+
+def cmd_plot_accuracy_sparsity(args) -> int:
+    from prunekit.report.plots import plot_accuracy_sparsity
+
+    png, csv_path = plot_accuracy_sparsity([point_of(path) for path in args.checkpoints], args.out)
+    print(f"wrote {png} and {csv_path}")
+    return 0
+
+
+def cmd_plot_mask(args) -> int:
+    from prunekit.checkpoint import load_checkpoint
+    from prunekit.prune.report import layer_mask_matrix
+    from prunekit.report.plots import plot_mask
+
+    kept = layer_mask_matrix(load_checkpoint(args.checkpoint).model, args.layer)
+    png, csv_path = plot_mask(kept.numpy(), args.out, title=f"{args.layer} in {Path(args.checkpoint).name}")
+    print(f"wrote {png} and {csv_path} ({kept.shape[0]} filters × {kept.shape[1]} weights, 1 = kept)")
+    return 0

@@ -1,0 +1,364 @@
+"""Measure-and-report subcommands: compare, sweep, sensitivity, report, and the plot kinds hist, layers,
+sweep and sensitivity (hooked into the ``plot`` parser by :func:`register_plot_commands`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prunekit.cli.common import add_data_args, load_data, markdown_table, print_json
+from prunekit.cli.core import add_model_source_args, load_model_source
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="one row per checkpoint: accuracy, params, MACs, size, memory, speed, ratios",
+                       description="Measure every CKPT the same way; ratios are against the first one. Each model "
+                                   "is evaluated with its checkpoint's own normalisation and dataset.")
+    p.add_argument("checkpoints", metavar="CKPT", nargs="+")
+    add_data_args(p, dataset_default=None)
+    add_measure_args(p)
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the rows and the method as JSON (compare.json)")
+    output.add_argument("--csv", metavar="FILE", default=None, help="also write the raw rows to FILE as CSV")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", help="accuracy vs pruning rate, no retraining (CSV + PNG, resumable)",
+                       description="Prune a fresh copy of CKPT to each rate and evaluate it. Points already in the "
+                                   "CSV are skipped, so an interrupted sweep continues where it stopped.")
+    p.add_argument("checkpoint", metavar="CKPT")
+    add_granularity_args(p)
+    p.add_argument("--scope", choices=["global", "layer"], default="global",
+                   help="one threshold over all layers, or the same rate in each (default: %(default)s)")
+    p.add_argument("--from", dest="start", type=float, default=0.0, help="first rate (default: %(default)s)")
+    p.add_argument("--to", dest="stop", type=float, default=0.95, help="last rate (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="number of rates, evenly spaced (default: %(default)s)")
+    add_analysis_args(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("sensitivity", help="each layer pruned alone at each sparsity (CSV + PNG grid, resumable)",
+                       description="Per-layer accuracy curves with no retraining; --suggest S turns them into a "
+                                   "ratio file for `prunekit prune --ratios` reaching overall sparsity S.")
+    p.add_argument("checkpoint", metavar="CKPT")
+    add_granularity_args(p)
+    p.add_argument("--sparsities", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+                   help="comma-separated sparsities per layer (default: %(default)s)")
+    p.add_argument("--suggest", type=float, default=None, metavar="S",
+                   help="write a layer-wise ratio YAML reaching overall sparsity S, sensitive layers pruned less")
+    p.add_argument("--suggest-out", metavar="FILE", default=None,
+                   help="where --suggest writes (default: OUT/ratios_<granularity>_<S>.yaml)")
+    add_analysis_args(p)
+    p.set_defaults(func=cmd_sensitivity)
+
+    p = sub.add_parser("report", help="one self-contained HTML page (+ Markdown) for a run folder",
+                       description="Table (compare.json, or computed from the folder's checkpoints and saved), every "
+                                   "PNG with its CSV, and the configuration files. See docs/measure.md for the layout.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="FILE", default=None, help="HTML file (default: RUN_DIR/report.html); the "
+                                                                 "Markdown twin goes beside it")
+    add_data_args(p, dataset_default=None)
+    add_measure_args(p)
+    p.set_defaults(func=cmd_report)
+
+
+def register_plot_commands(kinds: argparse._SubParsersAction) -> None:
+    """Add ``hist``, ``layers``, ``sweep`` and ``sensitivity`` to the subparsers of ``prunekit plot``."""
+    q = kinds.add_parser("hist", help="histogram of the non-zero weights of every prunable layer")
+    add_model_source_args(q)
+    q.add_argument("--out", metavar="FILE.png", required=True)
+    q.add_argument("--bins", type=int, default=60, help="bins per layer (default: %(default)s)")
+    q.set_defaults(func=cmd_plot_hist)
+    q = kinds.add_parser("layers", help="weights (non-zero / zero) and sparsity of every prunable layer")
+    add_model_source_args(q)
+    q.add_argument("--out", metavar="FILE.png", required=True)
+    q.set_defaults(func=cmd_plot_layers)
+    q = kinds.add_parser("sweep", help="re-plot a saved sweep CSV")
+    q.add_argument("csv", metavar="FILE.csv")
+    q.add_argument("--out", metavar="FILE.png", default=None, help="default: FILE.png beside the CSV")
+    q.set_defaults(func=cmd_plot_sweep)
+    q = kinds.add_parser("sensitivity", help="re-plot a saved sensitivity CSV")
+    q.add_argument("csv", metavar="FILE.csv")
+    q.add_argument("--out", metavar="FILE.png", default=None, help="default: FILE.png beside the CSV")
+    q.set_defaults(func=cmd_plot_sensitivity)
+
+
+# --- shared arguments ----------------------------------------------------------------------------------
+
+
+def add_measure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", choices=["test", "val", "train"], default="test", help="default: %(default)s")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads while timing (default: torch's)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch of the throughput figure (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=50,
+                   help="timed runs at batch 1; the throughput batch gets max(5, N/5) (default: %(default)s)")
+    p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_granularity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--granularity", choices=["unstructured", "filter"], default="unstructured",
+                   help="single weights (fraction of weights) or whole conv filters (fraction of filters)")
+    p.add_argument("--criterion", choices=["l1", "l2", "bn_scale", "random"], default="l1",
+                   help="filter score (filter granularity; default: %(default)s); unstructured ranks by |w|")
+    p.add_argument("--include-classifier", action="store_true", help="also prune the classifier")
+
+
+def add_analysis_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="DIR", default=None, help="folder for the CSV/PNG (default: CKPT's folder/plots)")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test", help="default: %(default)s")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
+    p.add_argument("--no-progress", action="store_true")
+    add_data_args(p, dataset_default=None)
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def data_source(args: argparse.Namespace):
+    """``meta -> DataBundle``: ``--dataset`` or the checkpoint's own, loaded once per (dataset, seed)."""
+    from prunekit.errors import PrunekitError
+
+    cache = {}
+
+    def data_for(meta: dict):
+        dataset = args.dataset or meta.get("dataset") or "cifar10"
+        key = (dataset, meta.get("seed", 0))
+        if key not in cache:
+            cache[key] = load_data(args, dataset=dataset, seed=key[1])
+        data = cache[key]
+        if meta.get("num_classes") and meta["num_classes"] != data.info.num_classes:
+            raise PrunekitError(f"a checkpoint has {meta['num_classes']} classes but {dataset} has "
+                                f"{data.info.num_classes}; pass the dataset it was trained on (--dataset)")
+        return data
+
+    return data_for
+
+
+def compare_settings(args: argparse.Namespace):
+    from prunekit.errors import PrunekitError
+    from prunekit.report.compare import CompareSettings
+    from prunekit.train.loop import resolve_device
+
+    resolve_device(args.device)  # a clear error for --device cuda without a GPU
+    if args.batch_size < 1 or args.repeats < 1:
+        raise PrunekitError("--batch-size and --repeats must be at least 1")
+    return CompareSettings(device=args.device, threads=args.threads, batch_size=args.batch_size,
+                           repeats=args.repeats, timing=not args.no_timing, split=args.split)
+
+
+def analysis_setup(args: argparse.Namespace):
+    """The loaded checkpoint, an evaluator with its own normalisation, the output folder and saved settings."""
+    from prunekit.checkpoint import load_checkpoint
+    from prunekit.report.compare import meta_normalisation
+    from prunekit.report.files import file_sha256
+    from prunekit.report.points import Evaluator
+    from prunekit.train.loop import resolve_device
+
+    loaded = load_checkpoint(args.checkpoint)
+    data = data_source(args)(loaded.meta)
+    mean, std = meta_normalisation(loaded.meta, data)
+    evaluator = Evaluator(data, mean, std, resolve_device(args.device), args.split)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "plots"
+    settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint)}
+    return loaded, evaluator, out, settings
+
+
+def subject(info: dict) -> str:
+    """``'last.pt on synthetic test (500 images, SYNTHETIC)'`` from saved analysis settings."""
+    synthetic = ", SYNTHETIC" if info.get("synthetic") else ""
+    return (f"{Path(str(info.get('checkpoint', '?'))).name} on {info.get('dataset')} {info.get('split')} "
+            f"({info.get('images')} images{synthetic})")
+
+
+def sweep_title(info: dict) -> str:
+    return f"{subject(info)}\n{info.get('granularity')} {info.get('scope')} pruning, no retraining"
+
+
+def sensitivity_title(info: dict) -> str:
+    return f"{subject(info)}\n{info.get('granularity')} pruning of one layer at a time, no retraining"
+
+
+def saved_settings(csv_path: str | Path) -> dict | None:
+    """The settings saved beside a sweep/sensitivity CSV (``NAME.json``), or None."""
+    import json
+
+    path = Path(csv_path).with_suffix(".json")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def sweep_xlabel(granularity: str, include_classifier: bool) -> str:
+    if granularity == "filter":
+        return "pruning rate (% of conv filters)"
+    spared = "" if include_classifier else ", classifier spared"
+    return f"pruning rate (% of conv + linear weights{spared})"
+
+
+# --- commands ------------------------------------------------------------------------------------------
+
+
+def cmd_compare(args) -> int:
+    from prunekit.report.compare import compare_checkpoints, display_rows, save_comparison_csv
+
+    comparison = compare_checkpoints(args.checkpoints, data_source(args), compare_settings(args),
+                                     progress=not args.no_progress)
+    if args.json:
+        print_json(comparison.as_dict())
+        return 0
+    print(markdown_table(display_rows(comparison)))
+    print(f"\n{comparison.method}")
+    if any(row["synthetic"] for row in comparison.rows):
+        print("SYNTHETIC data: these numbers demonstrate the tool, they are not CIFAR results.")
+    if args.csv:
+        print(f"wrote {save_comparison_csv(comparison, args.csv)}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from prunekit.report.plots import plot_sweep
+    from prunekit.report.sweep import run_sweep, sweep_name, sweep_rates
+
+    rates = sweep_rates(args.start, args.stop, args.steps)
+    loaded, evaluator, out, settings = analysis_setup(args)
+    csv_path = out / f"{sweep_name(args.granularity, args.scope, args.start, args.stop)}.csv"
+    rows = run_sweep(loaded.model, rates, evaluator, csv_path, args.granularity, args.scope, args.criterion,
+                     args.include_classifier, settings, progress=not args.no_progress)
+    png, _ = plot_sweep(rows, csv_path.with_suffix(".png"), title=sweep_title(saved_settings(csv_path)),
+                        xlabel=sweep_xlabel(args.granularity, args.include_classifier), write_data=False)
+    columns = ["rate", "sparsity", "nonzero_params", "nonzero_bytes", "top1", "top5"]
+    print(markdown_table([{c: row[c] for c in columns} for row in rows]))
+    print(f"\nrate: target of {args.granularity} {args.scope} pruning; sparsity: achieved zeros over all conv + "
+          f"linear weights; nonzero_bytes: non-zero parameters × 4 bytes (32-bit). No retraining.\n"
+          f"wrote {csv_path} and {png}")
+    return 0
+
+
+def cmd_sensitivity(args) -> int:
+    from prunekit.report.plots import plot_sensitivity
+    from prunekit.report.sensitivity import parse_sparsities, run_sensitivity
+
+    sparsities = parse_sparsities(args.sparsities)
+    check_suggest_target(args.suggest)
+    loaded, evaluator, out, settings = analysis_setup(args)
+    csv_path = out / f"sensitivity_{args.granularity}.csv"
+    rows = run_sensitivity(loaded.model, sparsities, evaluator, csv_path, args.granularity, args.criterion,
+                           args.include_classifier, settings, progress=not args.no_progress)
+    png, _ = plot_sensitivity(rows, csv_path.with_suffix(".png"), title=sensitivity_title(saved_settings(csv_path)),
+                              write_data=False)
+    print(f"wrote {csv_path} and {png}")
+    if args.suggest is not None:
+        path = Path(args.suggest_out) if args.suggest_out else out / f"ratios_{args.granularity}_{args.suggest:g}.yaml"
+        write_suggestion(rows, args.suggest, path, args)
+    return 0
+
+
+def check_suggest_target(target: float | None) -> None:
+    from prunekit.errors import PrunekitError
+    from prunekit.report.sensitivity import MAX_SUGGESTED_RATIO
+
+    if target is not None and not 0.0 <= target <= MAX_SUGGESTED_RATIO:
+        raise PrunekitError(f"--suggest {target}: the overall sparsity must lie in [0, {MAX_SUGGESTED_RATIO}]")
+
+
+def write_suggestion(rows: list[dict], target: float, path: Path, args) -> None:
+    from prunekit.report.sensitivity import drop_curves, suggest_ratios, weighted_mean, write_ratio_file
+
+    ratios, threshold = suggest_ratios(rows, target)
+    sizes = {layer: size for layer, (_, _, size) in drop_curves(rows).items()}
+    achieved = weighted_mean(ratios, sizes)
+    unit = "filters" if args.granularity == "filter" else "weights"
+    header = [f"prunekit sensitivity --suggest {target:g} for {args.checkpoint} ({args.granularity})",
+              f"overall {achieved:.4f}: parameter-weighted mean ratio over the {sum(sizes.values()):,} weights of "
+              f"these layers (ratios are fractions of each layer's {unit})",
+              f"common accuracy-drop threshold {threshold:.3f} points top-1 (single-layer, no retraining), "
+              "then rescaled to the target",
+              f"use: prunekit prune {args.checkpoint} --granularity {args.granularity} --ratios {path}"]
+    write_ratio_file(ratios, path, header)
+    print(f"wrote {path}: {len(ratios)} layer ratios, overall sparsity {achieved:.4f} (target {target:g})")
+
+
+def cmd_report(args) -> int:
+    from prunekit.errors import PrunekitError
+    from prunekit.report.compare import compare_checkpoints, save_comparison
+    from prunekit.report.html import COMPARE_FILE, find_checkpoints, load_comparison, write_report
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise PrunekitError(f"run folder not found: {run_dir}")
+    comparison = load_comparison(run_dir)
+    if comparison is None and find_checkpoints(run_dir):
+        comparison = compare_checkpoints(find_checkpoints(run_dir), data_source(args), compare_settings(args),
+                                         progress=not args.no_progress)
+        saved = save_comparison(comparison, run_dir / COMPARE_FILE)
+        print(f"measured {len(comparison.rows)} checkpoint(s); saved {saved}")
+    html_path, md_path = write_report(run_dir, args.out, comparison)
+    print(f"wrote {html_path} and {md_path}")
+    return 0
+
+
+def cmd_plot_hist(args) -> int:
+    from prunekit.models.layers import prunable_layers
+    from prunekit.prune.report import effective_weight
+    from prunekit.report.plots import plot_weight_histograms
+
+    loaded = load_model_source(args)
+    weights = {name: effective_weight(m).detach().cpu().numpy().ravel()
+               for name, m in prunable_layers(loaded.model).items()}
+    source = Path(args.checkpoint).name if args.checkpoint else args.model
+    png, csv_path = plot_weight_histograms(weights, args.out, bins=args.bins,
+                                           title=f"Weight distribution per layer: {source}")
+    print(f"wrote {png} and {csv_path}")
+    return 0
+
+
+def cmd_plot_layers(args) -> int:
+    from prunekit.prune import sparsity_report
+    from prunekit.report.plots import plot_layer_sparsity
+
+    loaded = load_model_source(args)
+    report = sparsity_report(loaded.model)
+    source = Path(args.checkpoint).name if args.checkpoint else args.model
+    png, csv_path = plot_layer_sparsity(report["layers"], args.out, title=f"Parameters and sparsity per layer: "
+                                        f"{source} (overall {100 * report['overall']:.1f}% zero)")
+    print(f"wrote {png} and {csv_path}")
+    return 0
+
+
+def cmd_plot_sweep(args) -> int:
+    from prunekit.report.files import read_csv_rows
+    from prunekit.report.plots import plot_sweep
+
+    rows = read_csv_rows(args.csv)
+    require_columns(args.csv, rows, ("rate", "top1", "top5", "nonzero_bytes"))
+    info = saved_settings(args.csv)
+    png, _ = plot_sweep(rows, args.out or Path(args.csv).with_suffix(".png"),
+                        title=sweep_title(info) if info else f"{Path(args.csv).stem} (no retraining)",
+                        xlabel=sweep_xlabel(info["granularity"], info["include_classifier"]) if info
+                        else "pruning rate (%)", write_data=args.out is not None)
+    print(f"wrote {png}")
+    return 0
+
+
+def cmd_plot_sensitivity(args) -> int:
+    from prunekit.report.files import read_csv_rows
+    from prunekit.report.plots import plot_sensitivity
+
+    rows = read_csv_rows(args.csv)
+    require_columns(args.csv, rows, ("layer", "layer_params", "sparsity", "top1"))
+    info = saved_settings(args.csv)
+    png, _ = plot_sensitivity(rows, args.out or Path(args.csv).with_suffix(".png"),
+                              title=sensitivity_title(info) if info else f"{Path(args.csv).stem} (no retraining)",
+                              write_data=args.out is not None)
+    print(f"wrote {png}")
+    return 0
+
+
+def require_columns(path: str, rows: list[dict], columns: tuple[str, ...]) -> None:
+    from prunekit.errors import PrunekitError
+
+    missing = [c for c in columns if not rows or c not in rows[0]]
+    if missing:
+        raise PrunekitError(f"{path} lacks the columns {', '.join(missing)} (or has no rows); give a CSV written "
+                            "by `prunekit sweep` / `prunekit sensitivity`")

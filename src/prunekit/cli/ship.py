@@ -1,0 +1,119 @@
+"""Shipping subcommands: export (compact sparse file or ONNX) and quantize (int8, CPU)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prunekit.cli.common import add_data_args, load_data, print_json
+from prunekit.cli.core import add_model_source_args, load_model_source, parse_normalisation
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a compact sparse checkpoint or an ONNX file")
+    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint (compact files are accepted too)")
+    p.add_argument("--format", choices=["compact", "onnx"], required=True)
+    p.add_argument("--out", metavar="FILE", required=True)
+    p.add_argument("--values", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="compact: how kept weights are stored; fp32 is lossless (default: %(default)s)")
+    p.add_argument("--no-check", action="store_true", help="onnx: skip the ONNX Runtime vs PyTorch check")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quantize", help="int8 post-training static quantization for CPU inference")
+    add_model_source_args(p)
+    add_data_args(p, dataset_default=None)
+    p.add_argument("--calib-batches", type=int, default=8, metavar="N",
+                   help="training batches observed for the activation ranges (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per calibration batch (default: %(default)s)")
+    p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
+                   help="input normalisation as for `evaluate` (a prunekit checkpoint uses its own)")
+    p.add_argument("--out", metavar="FILE", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quantize)
+
+
+def cmd_export(args) -> int:
+    from prunekit.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(args.checkpoint)
+    result = export_compact(loaded, args) if args.format == "compact" else export_onnx_file(loaded, args)
+    if args.json:
+        print_json(result)
+    return 0
+
+
+def export_compact(loaded, args) -> dict:
+    """Sizes compared: the dense checkpoint ``save_checkpoint`` writes for this model (effective weights +
+    bool masks + meta, no training state) and the plain fp32 state dict alone (``serialized_size``)."""
+    from prunekit.checkpoint import checkpoint_dict
+    from prunekit.errors import PrunekitError
+    from prunekit.export import encoded_size, is_quantized, save_compact
+    from prunekit.measure import serialized_size
+
+    if is_quantized(loaded.model):
+        raise PrunekitError(f"{args.checkpoint} is an int8 model; the compact format takes float checkpoints")
+    dense = checkpoint_dict(loaded.model, loaded.meta)
+    path = save_compact(dense, args.out, values=args.values)
+    result = {"out": str(path), "values": args.values, "dense_bytes": encoded_size(dense),
+              "weights_bytes": serialized_size(loaded.model), "compact_bytes": path.stat().st_size}
+    result["ratio"] = result["compact_bytes"] / result["dense_bytes"]
+    result["ratio_to_weights"] = result["compact_bytes"] / result["weights_bytes"]
+    if not args.json:
+        print(f"dense checkpoint {result['dense_bytes']:,} B (fp32 weights alone {result['weights_bytes']:,} B) → "
+              f"compact ({args.values}) {result['compact_bytes']:,} B = {100 * result['ratio']:.1f}% of the "
+              f"checkpoint, {100 * result['ratio_to_weights']:.1f}% of the weights; wrote {path}")
+    return result
+
+
+def export_onnx_file(loaded, args) -> dict:
+    from prunekit.export import export_onnx
+
+    diff = export_onnx(loaded.model, args.out, check=not args.no_check)
+    result = {"out": args.out, "onnx_bytes": Path(args.out).stat().st_size, "max_abs_diff": diff}
+    if not args.json:
+        checked = "not checked (no onnxruntime)" if diff is None else f"max |ONNX Runtime − PyTorch| = {diff:.2e}"
+        print(f"wrote {args.out} ({result['onnx_bytes']:,} B, dynamic batch axis); {checked}")
+    return result
+
+
+def cmd_quantize(args) -> int:
+    from prunekit.data import DeviceLoader
+    from prunekit.errors import PrunekitError
+    from prunekit.export import quantize_model, save_quantized
+
+    if args.calib_batches < 1:
+        raise PrunekitError("--calib-batches must be at least 1: int8 calibration needs real training images")
+    loaded, dataset, data = source_and_data(args)
+    if loaded.meta.get("mean") and args.normalize is None:
+        mean, std = tuple(loaded.meta["mean"]), tuple(loaded.meta["std"])
+    else:
+        mean, std = parse_normalisation(args.normalize, data.info)
+    loader = DeviceLoader(*data.train, args.batch_size, mean=mean, std=std, train=False)
+    quantized = quantize_model(loaded.model, loader, max_batches=args.calib_batches)
+    images = min(args.calib_batches * args.batch_size, len(data.train[1]))
+    calibration = {"dataset": dataset, "synthetic": data.synthetic, "batches": min(args.calib_batches, len(loader)),
+                   "batch_size": args.batch_size, "images": images}
+    meta = {**loaded.meta, "dataset": dataset, "mean": list(mean), "std": list(std),
+            "num_classes": loaded.meta.get("num_classes", data.info.num_classes), "calibration": calibration,
+            "source": str(loaded.path or args.model)}
+    path = save_quantized(quantized, args.out, meta)
+    result = {"out": str(path), "int8_bytes": path.stat().st_size, "calibration": calibration}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"int8 (FX graph mode, x86 backend) calibrated on {images} {dataset} training images"
+              f"{' (SYNTHETIC)' if data.synthetic else ''}; wrote {path} ({result['int8_bytes']:,} B)")
+    return 0
+
+
+def source_and_data(args):
+    """The model to quantize, its dataset's name and data: the checkpoint's own dataset, else ``--dataset``
+    (default cifar10); ``--model NAME`` gets the dataset's class count unless ``--num-classes`` says."""
+    if args.checkpoint:
+        loaded = load_model_source(args)
+        dataset = args.dataset or loaded.meta.get("dataset") or "cifar10"
+        return loaded, dataset, load_data(args, dataset=dataset, seed=loaded.meta.get("seed", 0))
+    dataset = args.dataset or "cifar10"
+    data = load_data(args, dataset=dataset)
+    return load_model_source(args, num_classes=data.info.num_classes), dataset, data

@@ -1,0 +1,132 @@
+"""Structured-pruning subcommands: ``shrink`` (masked filters → smaller model) and ``prune-channels``."""
+
+from __future__ import annotations
+
+import argparse
+
+from prunekit.cli.common import markdown_table, print_json
+
+INPUT_SIZE = (3, 32, 32)  # CIFAR images
+CHECK_BATCH = 8  # random images compared before/after shrinking
+TOLERANCE = 1e-4  # max |Δ output| allowed by shrink, relative to max(1, max |output|)
+STALE_AFTER_PRUNING = {"history", "epoch", "test_top1", "test_top5", "test_loss", "test_images", "best_val_top1",
+                       "prunekit_version"}  # measured on the unpruned model: no longer true
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shrink", help="physically remove the filters a filter-pruned checkpoint zeroed "
+                                      "(output unchanged)")
+    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint (e.g. from `prune --granularity filter`)")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the smaller checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_shrink)
+
+    p = sub.add_parser("prune-channels", help="one-shot physical filter pruning, no retraining")
+    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--ratio", type=float, metavar="R", help="fraction of every channel group to remove")
+    target.add_argument("--ratios", metavar="FILE",
+                        help="YAML of conv name: fraction (`default` allowed); a coupled group (residual "
+                             "stream) uses the ratio of its first named conv")
+    target.add_argument("--cfg", metavar="64,M,128,...", help="VGG widths per conv (M = max pool)")
+    target.add_argument("--macs-target", type=float, metavar="F", help="keep at most this fraction of the MACs")
+    p.add_argument("--criterion", default="l1", help="l1 | l2 | bn_scale | random (default: %(default)s)")
+    p.add_argument("--scope", choices=["layer", "global"], default="layer",
+                   help="layer: same fraction per group; global: one ranking normalised per group "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="for --criterion random (default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned checkpoint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_prune_channels)
+
+
+def costs(model) -> dict:
+    """Parameters and MACs per image of ``model``."""
+    from prunekit.measure import count_macs, count_parameters
+
+    return {"params": count_parameters(model), "macs": count_macs(model, (1, *INPUT_SIZE))}
+
+
+def cost_rows(before: dict, after: dict) -> list[dict]:
+    return [{"metric": key, "before": before[key], "after": after[key], "after/before": after[key] / before[key]}
+            for key in before]
+
+
+def cmd_shrink(args) -> int:
+    import torch
+
+    from prunekit.checkpoint import load_checkpoint, save_checkpoint
+    from prunekit.errors import PrunekitError
+    from prunekit.prune.channels import filter_sparsity, shrink
+
+    loaded = load_checkpoint(args.checkpoint)
+    model = loaded.model.eval()
+    before, sparsity = costs(model), filter_sparsity(model, model)
+    batch = torch.randn(CHECK_BATCH, *INPUT_SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(batch)
+        shrink(model, batch[:1])
+        difference = float((model(batch) - reference).abs().max())
+    allowed = TOLERANCE * max(1.0, float(reference.abs().max()))
+    if difference > allowed:
+        raise PrunekitError(f"shrinking changed the output by {difference:.3g} (allowed {allowed:.3g}); "
+                            "this is a prunekit bug, please report it with the checkpoint")
+    after = costs(model)
+    meta = {k: v for k, v in loaded.meta.items() if k != "prunekit_version"}
+    meta.update(shrunk_from=str(args.checkpoint), filter_sparsity=sparsity, max_output_change=difference)
+    save_checkpoint(model, args.out, meta)
+    result = {"out": args.out, "filter_sparsity": sparsity, "max_output_change": difference,
+              "before": before, "after": after}
+    if args.json:
+        print_json(result)
+        return 0
+    print(markdown_table(cost_rows(before, after)))
+    print(f"\nfilter sparsity {sparsity:.4f} (fraction of conv output channels removed, over all prunable conv "
+          f"layers); output unchanged on {CHECK_BATCH} random images (max |Δ| = {difference:.2e}); saved {args.out}")
+    return 0
+
+
+def channel_target(args) -> dict:
+    """The keyword arguments of ``prune_channels`` that ``--ratio/--ratios/--cfg/--macs-target`` give."""
+    from prunekit.cli.core import parse_cfg
+    from prunekit.prune.allocate import load_ratio_file
+
+    if args.ratios:
+        return {"ratios": load_ratio_file(args.ratios)}
+    if args.cfg:
+        return {"cfg": parse_cfg(args.cfg)}
+    if args.macs_target is not None:
+        return {"macs_target": args.macs_target}
+    return {"ratio": args.ratio}
+
+
+def cmd_prune_channels(args) -> int:
+    import copy
+    import time
+
+    import torch
+
+    from prunekit.checkpoint import load_checkpoint, save_checkpoint
+    from prunekit.prune.channels import filter_sparsity, prune_channels
+    from prunekit.prune.mask import make_permanent
+
+    loaded = load_checkpoint(args.checkpoint)
+    model = make_permanent(loaded.model.eval())  # masked modules cannot be deep-copied
+    original, before = copy.deepcopy(model), costs(model)
+    target = channel_target(args)
+    start = time.perf_counter()
+    prune_channels(model, torch.zeros(1, *INPUT_SIZE), criterion=args.criterion, scope=args.scope,
+                   seed=args.seed, **target)
+    seconds = time.perf_counter() - start
+    after, sparsity = costs(model), filter_sparsity(original, model)
+    record = {"criterion": args.criterion, "scope": args.scope, "seed": args.seed, "source": str(args.checkpoint),
+              **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds}
+    meta = {k: v for k, v in loaded.meta.items() if k not in STALE_AFTER_PRUNING}
+    save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity})
+    if args.json:
+        print_json({"out": args.out, **record, "before": before, "after": after})
+        return 0
+    print(markdown_table(cost_rows(before, after)))
+    print(f"\nfilter sparsity {sparsity:.4f} (fraction of conv output channels removed); pruned in {seconds:.2f} s, "
+          f"not retrained (accuracy will drop until you fine-tune: `prunekit finetune`); saved {args.out}")
+    return 0

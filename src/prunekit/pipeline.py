@@ -1,0 +1,279 @@
+"""The experiment runner: the only module that joins pruning (``prune/``) and training (``train/``).
+
+Schedules (``PruneConfig.schedule``):
+
+* ``oneshot`` (OMP): prune to the target once, then retrain with the mask for ``finetune_epochs``;
+* ``iterative`` (IMP): ``K = iterations`` rounds; round ``k`` prunes to ``round_fraction(target, k/K)``
+  = ``1 − (1 − target)^(k/K)``, i.e. the same fraction of the *remaining* weights each round, so the
+  last round lands exactly on the target; masked retraining after every round.
+
+With ``rewind_to`` the surviving weights (and BN statistics) are reset to that checkpoint's values after
+each pruning step, masks kept (lottery-ticket rewinding). Masks live in the model as forward pre-hooks
+(``weight_orig * weight_mask``), so pruned weights stay exactly zero whatever the optimizer does.
+
+Each round works in ``OUT/<run name>/round_<k>/``: ``fit``'s resumable ``last.pt`` while retraining,
+``round.pt`` once done. Running the same command again resumes instead of recomputing; a folder written
+with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from prunekit.checkpoint import (Checkpoint, foreign_state_dict, load_checkpoint, read_checkpoint_file,
+                                 save_checkpoint, update_meta)
+from prunekit.config import PruneConfig, TrainConfig
+from prunekit.data import DataBundle
+from prunekit.errors import PrunekitError
+from prunekit.measure import count_macs, count_nonzero_parameters, count_parameters
+from prunekit.prune import apply_masks, compute_masks, extract_masks, make_permanent, sparsity_of, sparsity_report
+from prunekit.prune.allocate import round_fraction
+from prunekit.prune.mask import effective_state_dict
+from prunekit.train import Callback, evaluate_split, fit, resolve_device
+
+# Per-run meta of an input checkpoint that must not be copied onto a pruned result.
+RUN_SPECIFIC_META = {"history", "epoch", "test_top1", "test_top5", "test_loss", "test_images", "best_val_top1",
+                     "train_seconds", "prunekit_version", "round_record", "fingerprint", "rounds",
+                     "finetuned_from"}
+
+
+@dataclass
+class PruneResult:
+    """What :func:`run_pruning` produced. ``sparsity`` is the achieved overall weight sparsity (zeros over
+    all conv + linear weights); ``filter_sparsity`` is set for filter granularity."""
+
+    model: nn.Module
+    path: Path
+    rounds: list[dict] = field(default_factory=list)
+    target: float | None = None
+    sparsity: float = 0.0
+    filter_sparsity: float | None = None
+    test_top1: float = float("nan")
+    test_top5: float = float("nan")
+    meta: dict = field(default_factory=dict)
+
+
+def method_label(config: PruneConfig) -> str:
+    """``Omp`` (one-shot magnitude pruning) or ``Imp`` (iterative)."""
+    return "Omp" if config.schedule == "oneshot" else "Imp"
+
+
+def rounds_of(config: PruneConfig) -> int:
+    return 1 if config.schedule == "oneshot" else config.iterations
+
+
+def with_normalisation(data: DataBundle, meta: dict | None) -> DataBundle:
+    """``data`` normalised as the checkpoint was trained (``meta`` mean/std), else unchanged."""
+    meta = meta or {}
+    if not (meta.get("mean") and meta.get("std")):
+        return data
+    info = dataclasses.replace(data.info, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    return dataclasses.replace(data, info=info)
+
+
+def example_inputs(data: DataBundle, device: torch.device) -> torch.Tensor:
+    """One zero image of the data's shape, for tracing and MAC counting."""
+    return torch.zeros(1, *data.test[0].shape[1:], device=device)
+
+
+def fingerprint_of(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_config: TrainConfig) -> dict:
+    """Identifies a run: both configs, the data and a checksum of the starting weights (rounded, so it does
+    not depend on the device's summation order)."""
+    with torch.no_grad():
+        checksum = sum(float(v.double().abs().sum()) for v in effective_state_dict(model).values()
+                       if v.is_floating_point())
+    data_id = {"dataset": data.info.name, "train_images": len(data.train[1]), "mean": list(data.info.mean),
+               "std": list(data.info.std), "val_images": 0 if data.val is None else len(data.val[1])}
+    return {"prune": prune_config.model_dump(mode="json"), "train": train_config.model_dump(mode="json"),
+            "data": data_id, "weights_checksum": float(f"{checksum:.6g}")}
+
+
+def restore(model: nn.Module, path: Path, fingerprint: dict) -> Checkpoint:
+    """Load the round checkpoint ``path`` into ``model`` (weights and masks) after checking it belongs to
+    this run; ``model`` keeps its identity."""
+    saved = read_checkpoint_file(path).get("meta", {}).get("fingerprint")
+    if saved != fingerprint:
+        raise PrunekitError(f"{path.parent.parent} holds a pruning run with other settings or another starting "
+                            "model; choose another --out (or --name), or delete that folder to start over")
+    make_permanent(model)
+    return load_checkpoint(path, model=model)
+
+
+def rewind_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Set every parameter and buffer of ``model`` to ``state`` (an effective state dict); masked tensors
+    get the value in ``<name>_orig``, so masks stay and pruned weights stay zero."""
+    current = model.state_dict()
+    expected = set(effective_state_dict(model))
+    if set(state) != expected or any(state[k].shape != current.get(k + "_orig", current.get(k)).shape
+                                     for k in expected):
+        raise PrunekitError("--rewind-to names a checkpoint of another architecture (or another shape) than the "
+                            "model being pruned; rewind to an earlier checkpoint of the same training run")
+    with torch.no_grad():
+        for key, value in state.items():
+            current.get(key + "_orig", current.get(key)).copy_(value)
+
+
+def prune_step(model: nn.Module, data: DataBundle, config: PruneConfig, k: int, rounds: int,
+               rewind: dict | None, device: torch.device) -> dict:
+    """Round ``k``: compute and apply masks, measure, then rewind survivors if asked. Returns the record."""
+    progress = k / rounds
+    masks = compute_masks(model, config, progress, example_inputs=example_inputs(data, device))
+    apply_masks(model, masks)
+    pruned = evaluate_split(model, data, "test", device=device)
+    if rewind is not None:
+        rewind_weights(model, rewind)
+    target = round_fraction(config.sparsity, progress) if config.sparsity is not None else None
+    record = {"round": k, "target": target, "sparsity": sparsity_report(model)["overall"],
+              "masked_sparsity": sparsity_of(extract_masks(model)), "pruned_top1": pruned.top1,
+              "pruned_top5": pruned.top5}
+    if config.granularity == "filter":
+        from prunekit.prune import filter_sparsity
+
+        record["filter_sparsity"] = filter_sparsity(model, model)  # zeroed filters / all conv filters
+    return record
+
+
+def run_round(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_config: TrainConfig,
+              run_dir: Path, k: int, rewind: dict | None, fingerprint: dict, meta: dict, progress: bool,
+              callbacks: Sequence[Callback] = ()) -> dict:
+    """Prune (round ``k``) and retrain in ``run_dir``; resumes a finished or interrupted round."""
+    device = resolve_device(train_config.device)
+    done, last = run_dir / "round.pt", run_dir / "last.pt"
+    if done.exists():
+        return restore(model, done, fingerprint).meta["round_record"]
+    resume = None
+    if last.exists():  # retraining was interrupted: the round is pruned already
+        saved = restore(model, last, fingerprint)
+        record, resume = dict(saved.meta["round_record"]), saved.train_state
+    else:
+        record = prune_step(model, data, prune_config, k, rounds_of(prune_config), rewind, device)
+    round_meta = {**meta, "round_record": record, "fingerprint": fingerprint}
+    fit(model, data, train_config, run_dir=run_dir, resume=resume, meta=round_meta, callbacks=callbacks,
+        progress=progress)
+    retrained = evaluate_split(model, data, "test", device=device)
+    record.update(retrained_top1=retrained.top1, retrained_top5=retrained.top5)
+    save_checkpoint(model, done, {**round_meta, "round_record": record})
+    return record
+
+
+def format_round(record: dict, rounds: int) -> str:
+    """``round 2/3: sparsity 0.5480 overall, 0.5528 of masked weights (target 0.5528) | test top-1 …``."""
+    target = f" (target {record['target']:.4f})" if record.get("target") is not None else ""
+    if "filter_sparsity" in record:
+        reached = f"filter sparsity {record['filter_sparsity']:.4f}{target}, weight sparsity {record['sparsity']:.4f}"
+    else:
+        reached = (f"sparsity {record['sparsity']:.4f} overall, {record['masked_sparsity']:.4f} of masked "
+                   f"weights{target}")
+    return (f"round {record['round']}/{rounds}: {reached} | test top-1 after pruning {record['pruned_top1']:.2f}% "
+            f"→ after retraining {record['retrained_top1']:.2f}%")
+
+
+def result_name(config: PruneConfig, achieved: float, top1: float) -> str:
+    """``Omp_unstructured_0.80_acc_91.52``: method, granularity, achieved sparsity, test top-1."""
+    return f"{method_label(config)}_{config.granularity}_{achieved:.2f}_acc_{top1:.2f}"
+
+
+def work_name(config: PruneConfig, name: str | None) -> str:
+    if name:
+        return name.removesuffix(".pt")
+    target = f"{config.sparsity:.2f}" if config.sparsity is not None else "ratios"
+    return f"{method_label(config)}_{config.granularity}_{target}"
+
+
+def inherited_meta(meta: dict, data: DataBundle) -> dict:
+    """The input checkpoint's meta without its run-specific entries; dataset and normalisation filled in."""
+    kept = {k: v for k, v in meta.items() if k not in RUN_SPECIFIC_META}
+    kept.setdefault("dataset", data.info.name)
+    kept.setdefault("num_classes", data.info.num_classes)
+    kept.setdefault("mean", list(data.info.mean))
+    kept.setdefault("std", list(data.info.std))
+    return kept
+
+
+def shrink_filters(model: nn.Module, data: DataBundle, device: torch.device) -> tuple[nn.Module, float]:
+    """Filter granularity: measure the filter sparsity, then remove the masked filters physically."""
+    from prunekit.prune import filter_sparsity, shrink
+
+    achieved = filter_sparsity(model, model)
+    return shrink(model, example_inputs(data, device)), achieved
+
+
+def run_pruning(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_config: TrainConfig,
+                out_dir: str | Path, name: str | None = None, meta: dict | None = None,
+                progress: bool = True, callbacks: Sequence[Callback] = ()) -> PruneResult:
+    """Prune ``model`` by ``prune_config``'s schedule, retraining with ``train_config`` (its ``epochs`` is
+    replaced by ``finetune_epochs``) after every round; save the result in ``out_dir``.
+
+    ``meta`` is the input checkpoint's metadata: its dataset/normalisation are used for retraining and
+    evaluation and copied into the result. ``callbacks`` go to every retraining ``fit`` (e.g.
+    ``PrintEpoch``). Prints one line per round. Side effects: ``model`` is pruned
+    and retrained in place (for filter granularity it is then also shrunk physically, in place, and
+    ``result.model`` is that smaller model); writes round folders under ``out_dir/<run name>/`` and the final checkpoint
+    ``out_dir/<name or Omp_unstructured_0.80_acc_91.52>.pt``.
+    """
+    data = with_normalisation(data, meta)
+    meta = inherited_meta(meta or {}, data)
+    train_config = train_config.model_copy(update={"epochs": prune_config.finetune_epochs})
+    device = resolve_device(train_config.device)
+    model.to(device)
+    dense = {"dense_params": count_parameters(model), "dense_macs": count_macs(model)}
+    rewind = foreign_state_dict(prune_config.rewind_to) if prune_config.rewind_to else None
+    fingerprint = fingerprint_of(model, data, prune_config, train_config)
+    work, rounds = Path(out_dir) / work_name(prune_config, name), []
+    for k in range(1, rounds_of(prune_config) + 1):
+        record = run_round(model, data, prune_config, train_config, work / f"round_{k}", k, rewind, fingerprint,
+                           meta, progress, callbacks)
+        rounds.append(record)
+        print(format_round(record, rounds_of(prune_config)), flush=True)
+    return finish(model, data, prune_config, train_config, out_dir, name, meta, rounds, dense, device)
+
+
+def finish(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_config: TrainConfig,
+           out_dir: str | Path, name: str | None, meta: dict, rounds: list[dict], dense: dict,
+           device: torch.device) -> PruneResult:
+    """Measure the pruned model (shrinking it for filter granularity), name it and save it."""
+    sparsity = sparsity_report(model)["overall"]
+    filters = None
+    if prune_config.granularity == "filter":
+        model, filters = shrink_filters(model, data, device)
+    test = evaluate_split(model, data, "test", device=device)
+    achieved = filters if filters is not None else sparsity
+    result_meta = {
+        **meta, "method": method_label(prune_config).upper(),
+        "granularity": prune_config.granularity, "schedule": prune_config.schedule,
+        "target_sparsity": prune_config.sparsity, "sparsity": sparsity, "filter_sparsity": filters,
+        "params": count_parameters(model), "nonzero_params": count_nonzero_parameters(model),
+        "macs": count_macs(model), **dense, "rounds": rounds, "test_top1": test.top1, "test_top5": test.top5,
+        "test_loss": test.loss, "test_images": test.images,
+        "prune_config": prune_config.model_dump(mode="json"), "train_config": train_config.model_dump(mode="json"),
+    }
+    stem = name.removesuffix(".pt") if name else result_name(prune_config, achieved, test.top1)
+    path = save_checkpoint(model, Path(out_dir) / f"{stem}.pt", result_meta)
+    return PruneResult(model=model, path=path, rounds=rounds, target=prune_config.sparsity, sparsity=sparsity,
+                       filter_sparsity=filters, test_top1=test.top1, test_top5=test.top5, meta=result_meta)
+
+
+def finetune(model: nn.Module, data: DataBundle, train_config: TrainConfig, run_dir: str | Path,
+             resume: dict | None = None, meta: dict | None = None, progress: bool = True,
+             callbacks: Sequence[Callback] = ()) -> dict:
+    """Masked retraining of a (pruned) model: ``fit`` in ``run_dir``, then test metrics and sparsity are
+    added to ``run_dir/last.pt``'s meta. Masks stay in the model, so pruned weights stay exactly zero
+    (also across ``resume``). Returns ``{"fit": FitResult, "test": Metrics, "sparsity": report}``."""
+    meta = dict(meta or {})
+    data = with_normalisation(data, meta)
+    result = fit(model, data, train_config, run_dir=run_dir, resume=resume, meta=meta, callbacks=callbacks,
+                 progress=progress)
+    test = evaluate_split(model, data, "test", device=resolve_device(train_config.device))
+    report = sparsity_report(model)
+    last = Path(run_dir) / "last.pt"
+    if last.exists():
+        update_meta(last, test_top1=test.top1, test_top5=test.top5, test_loss=test.loss, test_images=test.images,
+                    sparsity=report["overall"], nonzero_params=count_nonzero_parameters(model),
+                    train_seconds=result.seconds)
+    return {"fit": result, "test": test, "sparsity": report}

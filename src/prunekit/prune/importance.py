@@ -1,0 +1,169 @@
+"""Channel importance: one score per prunable channel, by a registered criterion.
+
+Criteria (``CRITERIA``; ``register_criterion`` adds one):
+
+``l1``        Σ |w| of the channel's filter (weight row of the producing conv; biases excluded); for a
+              channel coupled across several convs (a residual stream), the sum over its producers.
+``l2``        ‖w‖₂ of the filter, summed over producers the same way.
+``bn_scale``  |γ| of the BatchNorm2d applied right after each producing conv, summed over producers
+              (network slimming). Pre-activation networks (DenseNet) have no BN after the conv: there
+              the first BN that normalises the channel is used; a channel no BN touches falls back to
+              ``l1`` (scores are only compared within a group or after per-group normalisation).
+``random``    uniform in [0, 1), from ``torch.Generator().manual_seed(seed)``, in channel-id order.
+
+Scores are read from the *effective* weights (``weight_orig * weight_mask`` for a masked module), so a
+channel zeroed by an earlier round scores 0. Nothing is modified.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.prune.graph import ChannelGraph
+
+Criterion = Callable[[nn.Module, ChannelGraph, int], dict[int, float]]
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
+    """Register ``fn(model, graph, seed) -> {channel id: score}`` under ``name``; higher = more important."""
+
+    def decorate(fn: Criterion) -> Criterion:
+        if name in CRITERIA:
+            raise PrunekitError(f"channel criterion '{name}' is registered twice")
+        CRITERIA[name] = fn
+        return fn
+
+    return decorate
+
+
+def get_criterion(name: str) -> Criterion:
+    """The criterion registered as ``name``; an unknown name raises PrunekitError listing the valid ones."""
+    if name not in CRITERIA:
+        close = difflib.get_close_matches(str(name), list(CRITERIA), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise PrunekitError(f"unknown channel criterion '{name}'.{hint} Valid criteria: {', '.join(CRITERIA)}.")
+    return CRITERIA[name]
+
+
+def channel_scores(model: nn.Module, graph: ChannelGraph, criterion: str = "l1", seed: int = 0) -> dict[int, float]:
+    """``{channel id: score}`` for every prunable channel of ``graph`` under ``criterion``."""
+    return get_criterion(criterion)(model, graph, seed)
+
+
+def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """``module.<name>`` as the forward pass sees it: ``<name>_orig * <name>_mask`` when masked, else the
+    parameter itself (None when absent). Detached."""
+    if hasattr(module, f"{name}_orig") and hasattr(module, f"{name}_mask"):
+        return (getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")).detach()
+    value = getattr(module, name, None)
+    return value.detach() if isinstance(value, torch.Tensor) else None
+
+
+def _prunable(graph: ChannelGraph) -> list[int]:
+    return [cid for cid, channel in graph.channels.items() if channel.prunable]
+
+
+def _filter_norm_scores(model: nn.Module, graph: ChannelGraph, p: int) -> dict[int, float]:
+    modules = dict(model.named_modules())
+    norms: dict[str, list[float]] = {}
+    scores = {}
+    for cid in _prunable(graph):
+        total = 0.0
+        for slot in graph.channels[cid].producers:
+            if slot.module not in norms:
+                weight = effective_tensor(modules[slot.module], "weight").flatten(1).float()
+                norms[slot.module] = weight.norm(p=p, dim=1).tolist()
+            total += norms[slot.module][slot.index]
+        scores[cid] = total
+    return scores
+
+
+@register_criterion("l1")
+def l1_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dict[int, float]:
+    """Σ |w| of each producing filter, summed over the channel's producers."""
+    return _filter_norm_scores(model, graph, 1)
+
+
+@register_criterion("l2")
+def l2_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dict[int, float]:
+    """‖w‖₂ of each producing filter, summed over the channel's producers."""
+    return _filter_norm_scores(model, graph, 2)
+
+
+@register_criterion("bn_scale")
+def bn_scale_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dict[int, float]:
+    """|γ| of the BN right after each producing conv, summed; else the first BN on the channel."""
+    modules = dict(model.named_modules())
+    gammas: dict[str, list[float]] = {}
+
+    def gamma(bn_name: str, index: int) -> float:
+        if bn_name not in gammas:
+            weight = effective_tensor(modules[bn_name], "weight")
+            if weight is None:
+                raise PrunekitError(f"criterion bn_scale: BatchNorm2d '{bn_name}' has no affine γ; use l1 or l2")
+            gammas[bn_name] = weight.abs().tolist()
+        return gammas[bn_name][index]
+
+    scores, fallback = {}, None
+    for cid in _prunable(graph):
+        channel = graph.channels[cid]
+        pairs = [(graph.bn_after[s.module], s.index) for s in channel.producers if s.module in graph.bn_after]
+        if not pairs:
+            pairs = [(s.module, s.index) for s in channel.slots if s.role == "bn"][:1]
+        if pairs:
+            scores[cid] = sum(gamma(name, index) for name, index in pairs)
+        else:  # no BN anywhere on this channel (e.g. a last conv feeding the classifier): its filter's L1
+            fallback = fallback or l1_scores(model, graph)
+            scores[cid] = fallback[cid]
+    return scores
+
+
+@register_criterion("random")
+def random_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dict[int, float]:
+    """Uniform scores from a generator seeded with ``seed`` (reproducible baseline)."""
+    ids = _prunable(graph)
+    values = torch.rand(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
+    return dict(zip(ids, values))
+
+
+def zeroed_channels(model: nn.Module, graph: ChannelGraph) -> set[int]:
+    """Prunable channels that are exactly zero wherever they appear: every slot's parameters are zero
+    (producing conv rows and biases, depthwise rows and biases, γ and β of every BN on the channel) and
+    every channel copied into it by a ZeroPadShortcut is zeroed too. Removing these changes no output."""
+    modules = dict(model.named_modules())
+    nonzero: dict[tuple[str, str], torch.Tensor] = {}
+
+    def live(module: str, role: str, index: int) -> bool:
+        key = (module, role)
+        if key not in nonzero:
+            nonzero[key] = _nonzero_rows(modules[module], role)
+        return bool(nonzero[key][index]) if nonzero[key] is not None else False
+
+    own = {cid for cid in _prunable(graph)
+           if not any(live(s.module, s.role, s.index) for s in graph.channels[cid].slots
+                      if s.role in ("conv_out", "depthwise", "bn"))}
+    changed = True
+    while changed:  # a copy of a live channel keeps a channel alive
+        dead = {cid for cid in own if graph.channels[cid].depends_on <= own}
+        changed, own = dead != own, dead
+    return own
+
+
+def _nonzero_rows(module: nn.Module, role: str) -> torch.Tensor | None:
+    """Per output index: whether any parameter entry of that index (weight row, bias) is non-zero."""
+    flags = None
+    for name in ("weight", "bias"):
+        tensor = effective_tensor(module, name)
+        if tensor is None:
+            continue
+        rows = tensor.reshape(tensor.shape[0], -1).ne(0).any(dim=1).cpu()  # one transfer, not one per channel
+        flags = rows if flags is None else flags | rows
+    if role == "bn" and flags is None:  # a non-affine BN never zeroes a channel
+        return torch.ones(module.num_features, dtype=torch.bool)
+    return flags

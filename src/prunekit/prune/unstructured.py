@@ -1,0 +1,161 @@
+"""Unstructured magnitude pruning: the weights with the smallest ``|w|`` are masked.
+
+Three separate steps:
+
+* scoring: ``|w|`` of the effective weight of each prunable layer (:func:`magnitude_scores`);
+* allocation: how many weights go where: one global count over all layers in scope (``scope="global"``,
+  one magnitude threshold), the same fraction in each layer (``scope="layer"``), or a fraction per layer
+  from a ratio file (``ratios``); :func:`prunekit.prune.allocate.round_fraction` for schedules;
+* selection: the ``k`` smallest scores among the weights still alive (:func:`smallest`), with
+  ``torch.topk`` exactly as ``torch.nn.utils.prune.L1Unstructured`` does, so ties break the same way.
+
+Weights already masked count as pruned and are never selected again, so masks only shrink: a target
+sparsity ``S`` over ``n`` weights means exactly ``round(S × n)`` masked weights in total, of which the new
+mask adds ``round(S × n) − already_masked`` (none when the model is already sparser than ``S``).
+The classifier is spared unless ``include_classifier`` is set or a ratio file names it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from prunekit.config import PruneConfig
+from prunekit.errors import PrunekitError
+from prunekit.models.layers import prunable_layers
+from prunekit.prune.allocate import check_ratio, load_ratio_file, round_fraction, validate_ratios
+from prunekit.prune.mask import Masks, apply_masks, is_masked
+from prunekit.prune.report import effective_weight, find_classifier
+
+
+def magnitude_scores(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """``|w|`` of each module's effective weight, flattened and detached."""
+    return {name: effective_weight(m).detach().abs().flatten() for name, m in modules.items()}
+
+
+def alive(module: nn.Module) -> torch.Tensor:
+    """Flat bool tensor: True where the weight is not masked yet (all True for an unmasked module)."""
+    if is_masked(module):
+        return module.weight_mask.detach().bool().flatten()
+    return torch.ones(module.weight.numel(), dtype=torch.bool, device=module.weight.device)
+
+
+def smallest(scores: torch.Tensor, kept: torch.Tensor, target_pruned: int) -> torch.Tensor:
+    """New flat keep-mask: ``kept`` minus the lowest-scored alive entries, so exactly
+    ``max(target_pruned, already pruned)`` entries are False.
+
+    Selection is ``torch.topk(largest=False)`` on the alive scores in their flat order, which is what
+    ``torch.nn.utils.prune`` computes (it also prunes only among entries its current mask keeps).
+    """
+    mask = kept.clone()
+    k = target_pruned - int((~kept).sum())
+    if k <= 0:
+        return mask
+    alive_idx = kept.nonzero().squeeze(1)
+    chosen = torch.topk(scores[alive_idx], k, largest=False).indices
+    mask[alive_idx[chosen]] = False
+    return mask
+
+
+def layer_mask(module: nn.Module, fraction: float) -> torch.Tensor:
+    """Keep-mask of one layer with exactly ``round(fraction × n)`` of its ``n`` weights pruned (at least
+    those already masked)."""
+    scores = magnitude_scores({"": module})[""]
+    return smallest(scores, alive(module), round(fraction * scores.numel())).view(module.weight.shape)
+
+
+def global_masks(modules: dict[str, nn.Module], fraction: float) -> Masks:
+    """One threshold over all ``modules``: exactly ``round(fraction × total)`` weights pruned in all."""
+    scores = torch.cat(list(magnitude_scores(modules).values()))
+    kept = torch.cat([alive(m) for m in modules.values()])
+    flat = smallest(scores, kept, round(fraction * scores.numel()))
+    sizes = [m.weight.numel() for m in modules.values()]
+    return {f"{name}.weight": part.view(m.weight.shape)
+            for (name, m), part in zip(modules.items(), flat.split(sizes))}
+
+
+def scoped_layers(model: nn.Module, include_classifier: bool) -> dict[str, nn.Module]:
+    """The prunable layers a global/uniform target applies to: all but the classifier unless included."""
+    classifier = None if include_classifier else find_classifier(model)
+    layers = {n: m for n, m in prunable_layers(model).items() if n != classifier}
+    if not layers:
+        raise PrunekitError("the model has no prunable layer (nn.Conv2d / nn.Linear) besides its classifier; "
+                            "pass include_classifier=True (--include-classifier) to prune it")
+    return layers
+
+
+def resolve_ratios(model: nn.Module, ratios: dict, include_classifier: bool = False) -> dict[str, float]:
+    """``{layer: fraction}`` from a ratio mapping (names checked by ``validate_ratios``).
+
+    ``default`` covers every unnamed layer except the classifier, which is pruned only when named
+    explicitly or when ``include_classifier`` is set.
+    """
+    layers = prunable_layers(model)
+    resolved = validate_ratios(ratios, layers)
+    classifier = find_classifier(model)
+    if classifier in resolved and classifier not in ratios and not include_classifier:
+        del resolved[classifier]
+    return resolved
+
+
+def check_config(config: PruneConfig) -> None:
+    if config.granularity != "unstructured":
+        raise PrunekitError(f"unstructured_masks got granularity {config.granularity!r}; "
+                            "use prunekit.prune.compute_masks to dispatch by granularity")
+    if (config.sparsity is None) == (config.ratios is None):
+        raise PrunekitError("give exactly one of a target sparsity (--sparsity S) or a ratio file (--ratios FILE)")
+
+
+def unstructured_masks(model: nn.Module, config: PruneConfig, progress: float = 1.0) -> Masks:
+    """Magnitude masks for ``model`` at ``progress`` ∈ (0, 1] of ``config``'s target; does not modify it.
+
+    Returns ``{"<layer>.weight": bool tensor}`` (True = kept) for every layer in scope. The target at
+    ``progress`` is ``round_fraction(target, progress)``, per layer for ratios. Existing masks are kept:
+    every returned mask is a subset of the layer's current mask.
+    """
+    check_config(config)
+    layers = prunable_layers(model)
+    if config.ratios is not None:
+        fractions = resolve_ratios(model, config.ratios, config.include_classifier)
+        return {f"{n}.weight": layer_mask(layers[n], round_fraction(r, progress)) for n, r in fractions.items()}
+    scoped = scoped_layers(model, config.include_classifier)
+    fraction = round_fraction(config.sparsity, progress)
+    if config.scope == "layer":
+        return {f"{n}.weight": layer_mask(m, fraction) for n, m in scoped.items()}
+    return global_masks(scoped, fraction)
+
+
+def make_prune_config(**fields) -> PruneConfig:
+    """A :class:`PruneConfig`, with validation failures raised as :class:`PrunekitError`."""
+    if fields.get("sparsity") is not None:
+        check_ratio("sparsity", fields["sparsity"])
+    try:
+        return PruneConfig(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PrunekitError(f"invalid pruning settings: {problems}") from None
+
+
+def prune_unstructured(model: nn.Module, sparsity: float | None = None, ratios: dict | str | Path | None = None,
+                       scope: str = "global", include_classifier: bool = False) -> Masks:
+    """Mask the smallest-magnitude weights of any nn.Module; returns the masks it applied.
+
+    ``sparsity`` is the fraction of the weights in scope to prune (``scope="global"``: one threshold over
+    all prunable layers; ``"layer"``: that fraction in each); ``ratios`` is a ``{layer: fraction}``
+    mapping or the path of a YAML ratio file (``default`` for unnamed layers). The classifier is spared
+    unless ``include_classifier`` or named in ``ratios``.
+
+    Side effect: each pruned weight is re-parametrised in place (``weight_orig`` + ``weight_mask`` +
+    forward pre-hook, see :func:`prunekit.prune.mask.apply_masks`). Call ``make_permanent`` to bake the
+    zeros into plain parameters.
+    """
+    if isinstance(ratios, (str, Path)):
+        ratios = load_ratio_file(ratios)
+    config = make_prune_config(granularity="unstructured", sparsity=sparsity, ratios=ratios, scope=scope,
+                               include_classifier=include_classifier)
+    masks = unstructured_masks(model, config)
+    apply_masks(model, masks)
+    return masks

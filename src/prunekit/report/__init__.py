@@ -1,0 +1,1 @@
+"""Reports: comparison tables, sweeps, sensitivity scans, plots, HTML."""

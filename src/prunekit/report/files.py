@@ -1,0 +1,128 @@
+"""Files the report tools write: atomic text/CSV writes, typed CSV reads, and a resumable table of points.
+
+A sweep or sensitivity analysis evaluates one point at a time and rewrites its CSV after every point
+through a temporary file and an atomic rename, so an interruption never leaves a half-written file and a
+re-run skips the points already there (:class:`PointTable`). The settings that produced the points are
+kept beside the CSV as ``NAME.json``; a re-run with other settings is refused instead of mixing results.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Hashable, Sequence
+
+from prunekit.errors import PrunekitError
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_csv_atomic(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
+    """``rows`` as CSV with a header of ``columns`` (extra keys ignored, missing ones empty), atomically."""
+    return atomic_write_text(path, csv_text(rows, columns))
+
+
+def parse_cell(text: str):
+    """A CSV cell back as int, float, bool or None (empty) where it parses, else the string."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_csv_rows(path: str | Path) -> list[dict]:
+    """The rows of a CSV with a header, cells typed by :func:`parse_cell`."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrunekitError(f"CSV not found: {path}")
+    with path.open(newline="", encoding="utf-8") as f:
+        return [{k: parse_cell(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class PointTable:
+    """The rows of ``csv_path``, keyed by ``key(row)``; :meth:`add` appends one and rewrites the file.
+
+    ``settings`` (JSON-serialisable) describe what produced the points; they are saved to the ``.json``
+    beside the CSV. Opening a table whose saved settings differ raises :class:`PrunekitError`.
+    """
+
+    def __init__(self, csv_path: str | Path, columns: Sequence[str], key: Callable[[dict], Hashable],
+                 settings: dict):
+        self.path = Path(csv_path)
+        self.settings_path = self.path.with_suffix(".json")
+        self.columns = list(columns)
+        self.key = key
+        self.rows: list[dict] = []
+        self._check_settings(settings)
+        if self.path.exists():
+            self.rows = read_csv_rows(self.path)
+        atomic_write_text(self.settings_path, json.dumps(settings, indent=2, default=str))
+
+    def _check_settings(self, settings: dict) -> None:
+        if not (self.path.exists() and self.settings_path.exists()):
+            return
+        saved = json.loads(self.settings_path.read_text())
+        ignored = {"checkpoint"}  # the same file may be given by another path
+        differ = sorted(k for k in set(saved) | set(settings)
+                        if k not in ignored and json.dumps(saved.get(k), default=str)
+                        != json.dumps(settings.get(k), default=str))
+        if differ:
+            raise PrunekitError(f"{self.path} holds points computed with other settings ({', '.join(differ)}); "
+                                "choose another --out, or delete that file to start over")
+
+    def done(self) -> set:
+        return {self.key(row) for row in self.rows}
+
+    def add(self, row: dict) -> None:
+        """Record one finished point and rewrite the CSV atomically."""
+        self.rows.append(row)
+        write_csv_atomic(self.path, self.rows, self.columns)

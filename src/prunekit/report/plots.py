@@ -1,0 +1,242 @@
+"""Figures: each function takes plain data, writes a PNG and the CSV of the plotted numbers beside it.
+
+Matplotlib is imported inside the functions and drives the Agg canvas directly (no pyplot, no global
+backend), so importing this module is free and plotting works headless. Functions are independent.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+KEPT_COLOUR = "#1f4e79"  # dark blue
+PRUNED_COLOUR = "#e6e6e6"  # light grey
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path]:
+    """``(FILE.png, FILE.csv)`` for ``--out FILE.png`` (``.png`` added when missing); creates the folder."""
+    png = Path(out)
+    if png.suffix.lower() != ".png":
+        png = png.with_name(png.name + ".png")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    return png, png.with_suffix(".csv")
+
+
+def new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_accuracy_sparsity(points: Sequence[dict], out: str | Path,
+                           title: str = "Test accuracy vs sparsity") -> tuple[Path, Path]:
+    """Test top-1 (%) against overall sparsity, one line per ``label``.
+
+    ``points``: dicts with ``label``, ``sparsity`` (fraction in [0, 1)), ``top1`` (percent), optional
+    ``top5`` and ``source``. Writes ``out`` (PNG) and the same rows as CSV beside it; returns both paths.
+    """
+    png, csv_path = output_paths(out)
+    rows = sorted(points, key=lambda p: (p["label"], p["sparsity"]))
+    write_csv(csv_path, rows, ["label", "sparsity", "top1", "top5", "source"])
+    figure = new_figure(6.4, 4.4)
+    ax = figure.add_subplot()
+    for label in dict.fromkeys(p["label"] for p in rows):
+        series = [p for p in rows if p["label"] == label]
+        ax.plot([100 * p["sparsity"] for p in series], [p["top1"] for p in series], marker="o", label=label)
+    ax.set_xlabel("overall sparsity (% of conv + linear weights that are zero)")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    figure.savefig(png, dpi=150)
+    return png, csv_path
+
+
+def plot_mask(kept, out: str | Path, title: str = "") -> tuple[Path, Path]:
+    """A 2-D keep-pattern (rows: filters; columns: in × kh × kw) in two colours, kept dark, pruned light.
+
+    ``kept``: 2-D bool tensor or nested sequence. The CSV beside the PNG holds the same matrix as 0/1
+    (1 = kept), one row per filter. Returns ``(png, csv)``.
+    """
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    png, csv_path = output_paths(out)
+    matrix = np.asarray(kept, dtype=np.uint8)
+    np.savetxt(csv_path, matrix, fmt="%d", delimiter=",")
+    rows, cols = matrix.shape
+    figure = new_figure(min(12.0, max(6.0, 3.0 + cols / 40)), min(10.0, 2.5 + rows / 12))
+    ax = figure.add_subplot()
+    ax.imshow(matrix, cmap=ListedColormap([PRUNED_COLOUR, KEPT_COLOUR]), vmin=0, vmax=1, aspect="auto",
+              interpolation="nearest")
+    ax.set_xlabel("input channel × kh × kw")
+    ax.set_ylabel("filter (output channel)")
+    pruned = 1.0 - matrix.mean() if matrix.size else 0.0
+    ax.set_title(f"{title}\n{rows}×{cols}, {100 * pruned:.1f}% pruned".strip(), fontsize="medium")
+    figure.legend(handles=[Patch(color=KEPT_COLOUR, label="kept"), Patch(color=PRUNED_COLOUR, label="pruned")],
+                  loc="outside lower center", ncols=2, frameon=False)
+    figure.savefig(png, dpi=120)
+    return png, csv_path
+
+
+# --- sweeps, sensitivity, weight histograms and per-layer bars (used by `prunekit sweep`, `sensitivity`,
+# `plot hist|layers|sweep|sensitivity`) ------------------------------------------------------------------
+
+SWEEP_PLOT_COLUMNS = ["rate", "sparsity", "params", "nonzero_params", "nonzero_bytes", "top1", "top5", "loss"]
+SENSITIVITY_PLOT_COLUMNS = ["layer", "layer_params", "sparsity", "top1", "top5", "loss", "drop"]
+LAYER_PLOT_COLUMNS = ["name", "type", "params", "zeros", "sparsity"]
+
+
+def plot_sweep(rows: Sequence[dict], out: str | Path, title: str = "Accuracy vs pruning rate (no retraining)",
+               xlabel: str = "pruning rate (%)", write_data: bool = True) -> tuple[Path, Path]:
+    """Top-1/top-5 (%) against the pruning rate, with the non-zero parameters' 32-bit footprint on a second axis.
+
+    ``rows``: dicts with ``rate`` (fraction), ``top1``, ``top5`` (percent) and ``nonzero_bytes``; the dense
+    accuracy (rate 0, when present) is drawn as a dashed line. ``write_data=False`` leaves the CSV alone
+    (re-plotting a saved sweep). Returns ``(png, csv)``.
+    """
+    png, csv_path = output_paths(out)
+    rows = sorted(rows, key=lambda r: r["rate"])
+    if write_data:
+        write_csv(csv_path, rows, SWEEP_PLOT_COLUMNS)
+    figure = new_figure(6.4, 4.4)
+    ax = figure.add_subplot()
+    rates = [100 * r["rate"] for r in rows]
+    ax.plot(rates, [r["top1"] for r in rows], marker="o", label="top-1")
+    ax.plot(rates, [r["top5"] for r in rows], marker="s", markersize=4, alpha=0.7, label="top-5")
+    dense = [r for r in rows if r["rate"] == 0]
+    if dense:
+        ax.axhline(dense[0]["top1"], color="grey", linestyle="--", linewidth=1, label="dense top-1")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    memory = ax.twinx()
+    memory.plot(rates, [r["nonzero_bytes"] / 1e6 for r in rows], color="black", alpha=0.35, linestyle=":",
+                label="non-zero params (MB, 32-bit)")
+    memory.set_ylabel("non-zero parameters, MB at 32 bits")
+    memory.set_ylim(bottom=0)
+    lines = ax.get_legend_handles_labels()
+    extra = memory.get_legend_handles_labels()
+    ax.legend(lines[0] + extra[0], lines[1] + extra[1], loc="best", fontsize="small")
+    figure.savefig(png, dpi=150)
+    return png, csv_path
+
+
+def plot_sensitivity(rows: Sequence[dict], out: str | Path, title: str = "Per-layer sensitivity (no retraining)",
+                     write_data: bool = True) -> tuple[Path, Path]:
+    """A grid with one panel per layer: top-1 (%) against that layer's own sparsity, the others dense.
+
+    ``rows``: dicts with ``layer``, ``layer_params``, ``sparsity`` (fraction), ``top1``; a ``layer`` named
+    ``dense`` is the unpruned model (dashed line, and the 0 point of every curve). Returns ``(png, csv)``.
+    """
+    import math
+
+    png, csv_path = output_paths(out)
+    if write_data:
+        write_csv(csv_path, rows, SENSITIVITY_PLOT_COLUMNS)
+    dense = next((r["top1"] for r in rows if r["layer"] == "dense"), None)
+    layers = list(dict.fromkeys(r["layer"] for r in rows if r["layer"] != "dense"))
+    cols = max(1, math.ceil(math.sqrt(len(layers))))
+    grid_rows = max(1, math.ceil(len(layers) / cols))
+    figure = new_figure(2.6 * cols + 0.6, 2.1 * grid_rows + 0.8)
+    axes = figure.subplots(grid_rows, cols, sharex=True, sharey=True, squeeze=False)
+    for ax, layer in zip(axes.flat, layers):
+        points = sorted((r["sparsity"], r["top1"]) for r in rows if r["layer"] == layer)
+        if dense is not None:
+            points = [(0.0, dense)] + [p for p in points if p[0] > 0]
+            ax.axhline(dense, color="grey", linestyle="--", linewidth=0.8)
+        ax.plot([100 * s for s, _ in points], [t for _, t in points], marker="o", markersize=3)
+        params = next(r["layer_params"] for r in rows if r["layer"] == layer)
+        ax.set_title(f"{layer} ({params:,})", fontsize="x-small")
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize="x-small")
+    for ax in list(axes.flat)[len(layers):]:
+        ax.set_visible(False)
+    figure.supxlabel("sparsity of that layer alone (%)", fontsize="small")
+    figure.supylabel("top-1 accuracy (%)", fontsize="small")
+    figure.suptitle(title, fontsize="medium")
+    figure.savefig(png, dpi=110)
+    return png, csv_path
+
+
+def plot_weight_histograms(weights: dict, out: str | Path, bins: int = 60,
+                           title: str = "Weight distribution per layer") -> tuple[Path, Path]:
+    """One histogram per layer of its non-zero weights; exact zeros (pruned) are counted in the panel title.
+
+    ``weights``: ``{layer name: 1-D array-like of the effective weights}``. The CSV beside the PNG holds
+    ``layer, bin_left, bin_right, count`` (non-zero weights only). Returns ``(png, csv)``.
+    """
+    import math
+
+    import numpy as np
+
+    png, csv_path = output_paths(out)
+    cols = max(1, math.ceil(math.sqrt(len(weights))))
+    grid_rows = max(1, math.ceil(len(weights) / cols))
+    figure = new_figure(2.6 * cols + 0.6, 2.0 * grid_rows + 0.8)
+    axes = figure.subplots(grid_rows, cols, squeeze=False)
+    table = []
+    for ax, (layer, values) in zip(axes.flat, weights.items()):
+        values = np.asarray(values, dtype=np.float64).ravel()
+        nonzero = values[values != 0]
+        counts, edges = np.histogram(nonzero, bins=bins) if nonzero.size else (np.zeros(0, int), np.zeros(1))
+        table += [{"layer": layer, "bin_left": float(a), "bin_right": float(b), "count": int(c)}
+                  for a, b, c in zip(edges[:-1], edges[1:], counts)]
+        if nonzero.size:
+            ax.stairs(counts, edges, fill=True, alpha=0.8)
+        zero_pct = 100.0 * (values.size - nonzero.size) / max(values.size, 1)
+        ax.set_title(f"{layer}\n{values.size:,} w, {zero_pct:.1f}% zero", fontsize="x-small")
+        ax.tick_params(labelsize="xx-small")
+    for ax in list(axes.flat)[len(weights):]:
+        ax.set_visible(False)
+    write_csv(csv_path, table, ["layer", "bin_left", "bin_right", "count"])
+    figure.supxlabel("weight value (non-zero weights)", fontsize="small")
+    figure.supylabel("count", fontsize="small")
+    figure.suptitle(title, fontsize="medium")
+    figure.savefig(png, dpi=110)
+    return png, csv_path
+
+
+def plot_layer_sparsity(rows: Sequence[dict], out: str | Path,
+                        title: str = "Parameters and sparsity per layer") -> tuple[Path, Path]:
+    """Per prunable layer: weights as kept/zero stacked bars (top) and sparsity in % (bottom).
+
+    ``rows``: dicts with ``name``, ``params``, ``zeros``, ``sparsity`` (fraction), e.g.
+    ``prunekit.prune.sparsity_report(model)["layers"]``. Returns ``(png, csv)``.
+    """
+    png, csv_path = output_paths(out)
+    write_csv(csv_path, rows, LAYER_PLOT_COLUMNS)
+    names = [r["name"] for r in rows]
+    positions = range(len(rows))
+    figure = new_figure(max(6.4, 0.28 * len(rows) + 2.0), 6.0)
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    kept = [r["params"] - r["zeros"] for r in rows]
+    top.bar(positions, kept, color=KEPT_COLOUR, label="non-zero")
+    top.bar(positions, [r["zeros"] for r in rows], bottom=kept, color=PRUNED_COLOUR, edgecolor="#999999",
+            linewidth=0.3, label="zero")
+    top.set_ylabel("weights")
+    top.set_yscale("log" if rows and max(r["params"] for r in rows) > 50 * min(r["params"] for r in rows)
+                   else "linear")
+    top.legend(fontsize="small")
+    top.set_title(title, fontsize="medium")
+    bottom.bar(positions, [100 * r["sparsity"] for r in rows], color="#c0504d")
+    bottom.set_ylabel("sparsity (%)")
+    bottom.set_ylim(0, 100)
+    bottom.set_xticks(list(positions), names, rotation=90, fontsize="x-small")
+    for ax in (top, bottom):
+        ax.grid(True, axis="y", alpha=0.3)
+    figure.savefig(png, dpi=120)
+    return png, csv_path

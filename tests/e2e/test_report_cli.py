@@ -1,0 +1,167 @@
+"""End-to-end: compare, sweep, sensitivity, plot and report through the real CLI, in-process on CPU."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+
+from prunekit.checkpoint import load_checkpoint, save_checkpoint
+from prunekit.cli import main
+from prunekit.models.layers import prunable_layers
+from prunekit.prune import prune_unstructured, sparsity_report
+from prunekit.prune.allocate import load_ratio_file, validate_ratios
+from prunekit.report import sensitivity as sensitivity_module
+from prunekit.report.files import read_csv_rows
+from prunekit.report.sensitivity import weighted_mean
+
+CPU = ["--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_vgg, tiny_data):
+    """A run folder with a dense and a 70%-pruned tiny VGG (synthetic data, their own normalisation)."""
+    meta = {"dataset": "synthetic", "num_classes": 10, "mean": list(tiny_data.info.mean),
+            "std": list(tiny_data.info.std)}
+    run = tmp_path / "run"
+    save_checkpoint(tiny_vgg, run / "a_dense.pt", meta)
+    pruned = copy.deepcopy(tiny_vgg)
+    prune_unstructured(pruned, 0.7)
+    save_checkpoint(pruned, run / "b_pruned.pt", meta)
+    return run
+
+
+def run_json(capsys, argv):
+    capsys.readouterr()
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_compare_equals_profile_and_evaluate(run_dir, capsys, tmp_path):
+    paths = [str(run_dir / "a_dense.pt"), str(run_dir / "b_pruned.pt")]
+    dense, pruned = run_json(capsys, ["compare", *paths, "--no-timing", "--json", *CPU])["rows"]
+    profiled = run_json(capsys, ["profile", paths[1], "--no-timing", "--json"])
+    evaluated = run_json(capsys, ["evaluate", paths[1], "--json", "--device", "cpu"])
+    for key in ("params", "nonzero_params", "macs", "file_bytes", "peak_memory_bytes"):
+        assert pruned[key] == profiled[key], key
+    assert (pruned["top1"], pruned["top5"], pruned["loss"], pruned["images"]) == (
+        evaluated["top1"], evaluated["top5"], evaluated["loss"], evaluated["images"])
+    assert pruned["nonzero_reduction"] == dense["nonzero_params"] / pruned["nonzero_params"] > 2
+
+    assert main(["compare", paths[0], "--repeats", "3", "--batch-size", "4", "--threads", "1",
+                 "--csv", str(tmp_path / "c.csv"), *CPU]) == 0
+    out = capsys.readouterr().out
+    assert "| a_dense.pt |" in out and "latency ms [IQR]" in out and "img/s @4" in out
+    assert "untimed warm-up runs, then 3 timed runs at batch 1" in out and "1 thread(s)" in out
+    assert [r["model"] for r in read_csv_rows(tmp_path / "c.csv")] == ["a_dense.pt"]
+
+
+def test_sweep_writes_csv_and_png_and_resumes(run_dir):
+    out = run_dir / "plots"
+    argv = ["sweep", str(run_dir / "a_dense.pt"), "--from", "0", "--to", "0.6", "--steps", "3", "--out", str(out),
+            *CPU]
+    assert main(argv) == 0
+    csv_path = out / "sweep_unstructured_global_0-0.6.csv"
+    rows = read_csv_rows(csv_path)
+    assert [r["rate"] for r in rows] == [0.0, 0.3, 0.6] and (out / "sweep_unstructured_global_0-0.6.png").exists()
+    assert rows[0]["nonzero_params"] > rows[1]["nonzero_params"] > rows[2]["nonzero_params"]
+    before = csv_path.stat().st_mtime_ns
+    assert main(argv) == 0  # every point is there: nothing recomputed, the CSV not rewritten
+    assert csv_path.stat().st_mtime_ns == before and read_csv_rows(csv_path) == rows
+    assert main(["plot", "sweep", str(csv_path), "--out", str(run_dir / "replot.png")]) == 0
+    assert (run_dir / "replot.png").stat().st_size > 0 and read_csv_rows(run_dir / "replot.csv") == rows
+
+
+def test_sensitivity_suggests_a_ratio_file_that_prune_accepts(run_dir, monkeypatch):
+    out = run_dir / "plots"
+    ratios_path = run_dir / "ratios.yaml"
+    argv = ["sensitivity", str(run_dir / "a_dense.pt"), "--sparsities", "0.9", "--out", str(out),
+            "--suggest", "0.6", "--suggest-out", str(ratios_path), *CPU]
+    assert main(argv) == 0
+    assert (out / "sensitivity_unstructured.png").exists()
+    rows = read_csv_rows(out / "sensitivity_unstructured.csv")
+    model = load_checkpoint(run_dir / "a_dense.pt").model
+    ratios = load_ratio_file(ratios_path)
+    assert validate_ratios(ratios, prunable_layers(model)) == ratios
+    sizes = {n: m.weight.numel() for n, m in prunable_layers(model).items()}
+    assert abs(weighted_mean(ratios, sizes) - 0.6) <= 0.005 and "classifier" not in ratios
+    assert "# use: prunekit prune" in ratios_path.read_text()
+
+    calls = []
+    monkeypatch.setattr(sensitivity_module, "pruned_copy", lambda *a: calls.append(a))
+    assert main(argv) == 0 and calls == []  # resumed: every point is in the CSV
+    assert read_csv_rows(out / "sensitivity_unstructured.csv") == rows
+
+    prune_unstructured(model, ratios=ratios_path)  # what `prunekit prune --ratios FILE` applies, without data
+    report = {r["name"]: r for r in sparsity_report(model)["layers"]}
+    for layer, ratio in ratios.items():
+        assert report[layer]["zeros"] == round(ratio * report[layer]["params"])
+
+
+def test_plot_hist_and_layers(run_dir):
+    for kind in ("hist", "layers"):
+        png = run_dir / "plots" / f"{kind}.png"
+        assert main(["plot", kind, str(run_dir / "b_pruned.pt"), "--out", str(png)]) == 0
+        assert png.stat().st_size > 0 and png.with_suffix(".csv").exists()
+    layers = read_csv_rows(run_dir / "plots" / "layers.csv")
+    assert [r["name"] for r in layers] == list(prunable_layers(load_checkpoint(run_dir / "b_pruned.pt").model))
+
+
+class Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+
+def make_report(run_dir):
+    (run_dir / "config.yaml").write_text("model: vgg11\nsparsity: 0.7\n")
+    assert main(["plot", "layers", str(run_dir / "b_pruned.pt"), "--out", str(run_dir / "plots" / "layers.png")]) == 0
+    assert main(["report", str(run_dir), "--no-timing", *CPU]) == 0
+    return run_dir / "report.html"
+
+
+def test_report_computes_the_table_when_missing(run_dir, capsys):
+    html_path = make_report(run_dir)
+    assert "saved" in capsys.readouterr().out
+    saved = json.loads((run_dir / "compare.json").read_text())
+    assert [r["model"] for r in saved["rows"]] == ["a_dense.pt", "b_pruned.pt"]
+    page = Images()
+    page.feed(html_path.read_text())
+    assert len(page.sources) == 1 and page.sources[0].startswith("data:image/png;base64,")
+    text = html_path.read_text()
+    assert f"{saved['rows'][1]['nonzero_params']:,}" in text and "sparsity: 0.7" in text
+    assert (run_dir / "report.md").read_text().count("![") == 1
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    """The page, opened from disk with no network, shows every image (naturalWidth > 0) and is not blank."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no chromium (apt-get install chromium)")
+    html_path = make_report(run_dir)
+    probe = tmp_path / "probe.html"  # the report plus a script that records what the browser decoded
+    probe.write_text(html_path.read_text().replace("</body>", "<script>window.addEventListener('load', () => "
+                     "document.body.setAttribute('data-widths', [...document.images].map(i => i.naturalWidth)"
+                     ".join(',')));</script></body>"))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True,
+                         text=True, timeout=120).stdout
+    widths = dom.split('data-widths="', 1)[1].split('"', 1)[0].split(",")
+    assert len(widths) == 1 and all(int(w) > 0 for w in widths)
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, "--window-size=1200,900", f"--screenshot={shot}", html_path.as_uri()],
+                   capture_output=True, timeout=120)
+    import numpy as np
+    from matplotlib.image import imread
+
+    pixels = imread(shot)[..., :3]
+    assert pixels.std() > 0.05 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
