@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "prunekit.cli.prune",
     "prunekit.cli.report",
     "prunekit.cli.structured",
+    "prunekit.cli.experiment",
 ]
 
 

@@ -1,0 +1,350 @@
+"""``prunekit run``: baseline → variants (prune / fine-tune / quantize) → sweeps → plots → compare → report.
+
+Every stage writes into the run folder and leaves a file that marks it finished; re-running skips
+finished stages and resumes an interrupted one (training from its ``last.pt``, pruning rounds from
+theirs, sweeps from their CSV). Layout::
+
+    RUN/config.yaml                 the resolved experiment (written first)
+    RUN/models/00_baseline.pt       the baseline, then one checkpoint per variant (and int8 files)
+    RUN/models/<variant>.json       a variant's result record: its checkpoint and numbers (stage marker)
+    RUN/plots/*.png + *.csv         accuracy-sparsity, masks, sweeps
+    RUN/compare.json/.md/.csv       the comparison table
+    RUN/report.html, RUN/report.md  the report
+    RUN/work/                       training and pruning rounds (resumable state; left out of reports)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from prunekit.checkpoint import Checkpoint, load_checkpoint, load_weights, save_checkpoint
+from prunekit.config import TrainConfig
+from prunekit.data import DataBundle, get_data
+from prunekit.experiment.config import Experiment, SweepSpec, VariantSpec
+from prunekit.measure import count_nonzero_parameters, count_parameters
+from prunekit.report.files import atomic_write_text
+
+BASELINE = "00_baseline.pt"
+
+
+@dataclass
+class Run:
+    """One experiment in one folder, with the data it reads."""
+
+    experiment: Experiment
+    folder: Path
+    data: DataBundle
+    progress: bool = True
+
+    @property
+    def models(self) -> Path:
+        return self.folder / "models"
+
+    @property
+    def work(self) -> Path:
+        return self.folder / "work"
+
+    def say(self, text: str) -> None:
+        print(f"[{self.experiment.name}] {text}", flush=True)
+
+
+def run_folder(experiment: Experiment, root: str | Path = "runs") -> Path:
+    """``root/NAME-HASH``: the hash of the resolved configuration, so a changed config gets a new folder."""
+    text = json.dumps(experiment.model_dump(mode="json", exclude={"quick", "description"}), sort_keys=True)
+    return Path(root) / f"{experiment.name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def load_run_data(experiment: Experiment, root: str | None = None) -> DataBundle:
+    spec = experiment.data
+    return get_data(spec.dataset, root=spec.root or root, val_split=spec.val_split, seed=experiment.seed,
+                    limit_train=spec.limit_train, limit_test=spec.limit_test)
+
+
+def run_experiment(run: Run) -> Path:
+    """Run every stage that is not finished yet; returns the HTML report's path."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    write_config(run)
+    baseline = ensure_baseline(run)
+    paths = [baseline]
+    for variant in run.experiment.variants:
+        paths += ensure_variant(run, variant)
+    for sweep in run.experiment.sweeps:
+        ensure_sweep(run, sweep)
+    write_plots(run, paths)
+    ensure_comparison(run, paths)
+    from prunekit.report.html import write_report
+
+    html, _ = write_report(run.folder)
+    run.say(f"report: {html}")
+    return html
+
+
+def write_config(run: Run) -> None:
+    resolved = run.experiment.model_dump(mode="json", exclude={"quick"})
+    resolved["data"]["resolved"] = {"dataset": run.data.info.name, "synthetic": run.data.synthetic,
+                                    "train_images": len(run.data.train[1]), "test_images": len(run.data.test[1])}
+    atomic_write_text(run.folder / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    (run.work).mkdir(parents=True, exist_ok=True)
+    (run.work / ".noreport").touch()
+
+
+# --- stages ----------------------------------------------------------------------------------------------
+
+def ensure_baseline(run: Run) -> Path:
+    """The baseline checkpoint: trained (resuming ``work/baseline/last.pt``), or loaded from a file."""
+    path = run.models / BASELINE
+    if path.exists():
+        run.say(f"baseline: done ({path})")
+        return path
+    spec = run.experiment.baseline
+    meta = data_meta(run.data)
+    if spec.checkpoint:
+        loaded = load_checkpoint(spec.checkpoint)
+        model, meta = loaded.model, {**meta, **loaded.meta}
+    else:
+        from prunekit.models import create_model
+
+        torch.manual_seed(run.experiment.seed)
+        model = create_model(spec.model, num_classes=run.data.info.num_classes, **spec.model_kwargs)
+        if spec.weights:
+            load_weights(model, spec.weights)
+            meta.update(foreign_normalisation(spec.normalize, run.data), weights=spec.weights)
+        else:
+            model = train_baseline(run, model, spec.train.model_copy(update={"seed": run.experiment.seed}), meta)
+    metrics = evaluate(run, model, meta)
+    save_checkpoint(model, path, {**meta, **metrics, "stage": "baseline"})
+    run.say(f"baseline: top-1 {metrics['test_top1']:.2f}% on {metrics['test_images']} test images → {path}")
+    return path
+
+
+def train_baseline(run: Run, model, config: TrainConfig, meta: dict):
+    from prunekit.train import fit
+    from prunekit.train.callbacks import PrintEpoch
+
+    folder = run.work / "baseline"
+    resume = resumable_state(folder)
+    if resume:
+        model = resume.model
+    run.say(f"baseline: training {run.experiment.baseline.model} for {config.epochs} epochs"
+            + (f" (resuming after epoch {resume.train_state['epoch']})" if resume else ""))
+    fit(model, run.data, config, run_dir=folder, resume=resume.train_state if resume else None, meta=meta,
+        callbacks=[PrintEpoch()], progress=run.progress)
+    return model
+
+
+def ensure_variant(run: Run, variant: VariantSpec) -> list[Path]:
+    """Prune and/or fine-tune ``variant.source``; returns the variant's checkpoint (and int8 file)."""
+    record_path = run.models / f"{variant.name}.json"
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        run.say(f"variant {variant.name}: done ({record['path']})")
+        return [Path(p) for p in record["paths"]]
+    source = load_checkpoint(source_path(run, variant.source))
+    model, meta, path = source.model, clean_meta(source.meta), None
+    if variant.prune is not None:
+        model, meta, path = prune_variant(run, variant, model, meta)
+    if variant.finetune is not None:
+        model, meta, path = finetune_variant(run, variant, model, meta)
+    if path is None:  # quantize only
+        path = source_path(run, variant.source)
+    paths = [path]
+    if variant.quantize is not None:
+        paths.append(quantize_variant(run, variant, path))
+    record = {"name": variant.name, "path": str(path), "paths": [str(p) for p in paths],
+              "test_top1": meta.get("test_top1")}
+    atomic_write_text(record_path, json.dumps(record, indent=2))
+    return paths
+
+
+def prune_variant(run: Run, variant: VariantSpec, model, meta: dict):
+    from prunekit.pipeline import run_pruning
+    from prunekit.prune.allocate import load_ratio_file
+    from prunekit.train.callbacks import PrintEpoch
+
+    config = variant.prune
+    if variant.ratios_file:
+        config = config.model_copy(update={"ratios": {**load_ratio_file(variant.ratios_file), **(config.ratios or {})}})
+    config = config.model_copy(update={"seed": run.experiment.seed})
+    train = retrain_config(run, variant.retrain)
+    run.say(f"variant {variant.name}: {config.schedule} {config.granularity} pruning from {variant.source}")
+    result = run_pruning(model, run.data, config, train, run.work / variant.name, meta=meta,
+                         progress=run.progress, callbacks=[PrintEpoch()])
+    final = run.models / f"{variant.name}__{result.path.name}"
+    result.path.replace(final)
+    return result.model, result.meta, final
+
+
+def finetune_variant(run: Run, variant: VariantSpec, model, meta: dict):
+    from prunekit.pipeline import finetune
+    from prunekit.train.callbacks import PrintEpoch
+
+    folder = run.work / f"{variant.name}_finetune"
+    resume = resumable_state(folder)
+    if resume:
+        model = resume.model
+    config = variant.finetune.model_copy(update={"seed": run.experiment.seed})
+    run.say(f"variant {variant.name}: fine-tuning {config.epochs} epochs"
+            + (f" (resuming after epoch {resume.train_state['epoch']})" if resume else ""))
+    outcome = finetune(model, run.data, config, folder, resume=resume.train_state if resume else None,
+                       meta=meta, progress=run.progress, callbacks=[PrintEpoch()])
+    test = outcome["test"]
+    meta = {**meta, "test_top1": test.top1, "test_top5": test.top5, "test_images": test.images,
+            "finetune_epochs": config.epochs, "sparsity": outcome["sparsity"]["overall"]}
+    final = run.models / f"{variant.name}_acc_{test.top1:.2f}.pt"
+    save_checkpoint(model, final, {**meta, "stage": variant.name})
+    return model, meta, final
+
+
+def quantize_variant(run: Run, variant: VariantSpec, path: Path) -> Path:
+    from prunekit.data import DeviceLoader
+    from prunekit.export.quantize import quantize_model, save_quantized
+
+    loaded = load_checkpoint(path)
+    mean, std = loaded.meta.get("mean", run.data.info.mean), loaded.meta.get("std", run.data.info.std)
+    spec = variant.quantize
+    calibration = DeviceLoader(*run.data.train, spec.batch_size, mean=mean, std=std, train=False)
+    quantized = quantize_model(loaded.model, calibration, max_batches=spec.calib_batches)
+    out = run.models / f"{path.stem}_int8.pt"
+    save_quantized(quantized, out, {**clean_meta(loaded.meta), "quantized": "int8",
+                                    "calib_batches": spec.calib_batches})
+    run.say(f"variant {variant.name}: int8 → {out}")
+    return out
+
+
+def ensure_sweep(run: Run, sweep: SweepSpec) -> None:
+    from prunekit.report.plots import plot_sweep
+    from prunekit.report.points import Evaluator
+    from prunekit.report.sweep import run_sweep, sweep_name, sweep_rates
+
+    loaded = load_checkpoint(source_path(run, sweep.source))
+    mean, std = loaded.meta.get("mean", run.data.info.mean), loaded.meta.get("std", run.data.info.std)
+    evaluator = Evaluator(run.data, tuple(mean), tuple(std), torch.device("cpu"))
+    ranges = [(sweep.start, sweep.stop)] + ([tuple(sweep.zoom)] if sweep.zoom else [])
+    for start, stop in ranges:
+        stem = f"{sweep.source}_{sweep_name(sweep.granularity, sweep.scope, start, stop)}"
+        csv_path = run.folder / "plots" / f"{stem}.csv"
+        rows = run_sweep(loaded.model, sweep_rates(start, stop, sweep.steps), evaluator, csv_path,
+                         granularity=sweep.granularity, scope=sweep.scope, progress=run.progress)
+        plot_sweep(rows, csv_path.with_suffix(".png"), title=f"{sweep.source}: accuracy vs pruning rate "
+                                                            f"({sweep.granularity}, {sweep.scope}, no retraining)")
+    run.say(f"sweep of {sweep.source}: {len(ranges)} range(s) → plots/")
+
+
+def write_plots(run: Run, paths: list[Path]) -> None:
+    """Accuracy against sparsity over every model, and the mask figures the variants ask for."""
+    from prunekit.report.plots import plot_accuracy_sparsity, plot_mask
+
+    plots = run.folder / "plots"
+    checkpoints = {p: load_checkpoint(p) for p in paths if "_int8" not in p.name}
+    if run.experiment.accuracy_sparsity_plot:
+        dense = count_parameters(checkpoints[paths[0]].model)
+        points = [accuracy_point(path, loaded, dense) for path, loaded in checkpoints.items()]
+        plot_accuracy_sparsity(points, plots / "accuracy_sparsity.png",
+                               title=f"{run.experiment.name}: test accuracy vs sparsity{synthetic_note(run)}")
+    for variant in run.experiment.variants:
+        for layer in variant.mask_plots:
+            weight = dict(mask_model(run, variant).named_modules())[layer].weight.detach()
+            kept = (weight != 0).reshape(weight.shape[0], -1)
+            plot_mask(kept, plots / f"mask_{variant.name}_{layer}.png",
+                      title=f"{variant.name}: {layer} ({100 * (1 - kept.float().mean()):.1f}% pruned)")
+
+
+def mask_model(run: Run, variant: VariantSpec):
+    """The model whose masks a variant's mask figures show: for filter pruning the masked model of the last
+    round (the saved result is physically smaller and has no zeros left), else the result itself."""
+    rounds = sorted((run.work / variant.name).glob("*/round_*/round.pt"),
+                    key=lambda p: int(p.parent.name.removeprefix("round_")))
+    if variant.prune is not None and variant.prune.granularity == "filter" and rounds:
+        return load_checkpoint(rounds[-1]).model
+    return load_checkpoint(variant_path(run, variant)).model
+
+
+def ensure_comparison(run: Run, paths: list[Path]) -> None:
+    from prunekit.cli.common import markdown_table
+    from prunekit.report.compare import (CompareSettings, compare_checkpoints, display_rows, save_comparison,
+                                         save_comparison_csv)
+
+    spec = run.experiment.compare
+    settings = CompareSettings(device=spec.device, threads=spec.threads, batch_size=spec.batch_size,
+                               repeats=spec.repeats, timing=spec.timing)
+    comparison = compare_checkpoints(paths, lambda meta: run.data, settings, progress=run.progress)
+    save_comparison(comparison, run.folder / "compare.json")
+    save_comparison_csv(comparison, run.folder / "compare.csv")
+    table = markdown_table(display_rows(comparison)) + "\n\n" + comparison.method
+    atomic_write_text(run.folder / "compare.md", table + "\n")
+    print(table, flush=True)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+def source_path(run: Run, name: str) -> Path:
+    if name == "baseline":
+        return run.models / BASELINE
+    return variant_path(run, next(v for v in run.experiment.variants if v.name == name))
+
+
+def variant_path(run: Run, variant: VariantSpec) -> Path:
+    return Path(json.loads((run.models / f"{variant.name}.json").read_text())["path"])
+
+
+def resumable_state(folder: Path) -> Checkpoint | None:
+    last = folder / "last.pt"
+    if last.exists():
+        loaded = load_checkpoint(last)
+        if loaded.train_state:
+            return loaded
+    return None
+
+
+def retrain_config(run: Run, overrides: dict) -> TrainConfig:
+    """Retraining inside a pruning schedule: the baseline's settings with a fine-tuning lr, then overrides."""
+    base = run.experiment.baseline.train.model_dump()
+    base.update({"lr": 0.01, "warmup_epochs": 0, "seed": run.experiment.seed})
+    return TrainConfig(**{**base, **overrides})
+
+
+def data_meta(data: DataBundle) -> dict:
+    return {"dataset": data.info.name, "synthetic": data.synthetic, "num_classes": data.info.num_classes,
+            "mean": list(data.info.mean), "std": list(data.info.std), "train_images": len(data.train[1])}
+
+
+def foreign_normalisation(name: str | None, data: DataBundle) -> dict:
+    from prunekit.cli.core import parse_normalisation
+
+    mean, std = parse_normalisation(name, data.info)
+    return {"mean": list(mean), "std": list(std)}
+
+
+def evaluate(run: Run, model, meta: dict) -> dict:
+    from prunekit.train import evaluate_split
+
+    metrics = evaluate_split(model, run.data, "test", tuple(meta["mean"]), tuple(meta["std"]))
+    return {"test_top1": metrics.top1, "test_top5": metrics.top5, "test_loss": metrics.loss,
+            "test_images": metrics.images}
+
+
+def clean_meta(meta: dict) -> dict:
+    """A source's meta without its run-specific entries (history, results), keeping data and normalisation."""
+    keep = ("dataset", "synthetic", "num_classes", "mean", "std", "train_images", "weights")
+    return {k: meta[k] for k in keep if k in meta}
+
+
+def accuracy_point(path: Path, loaded: Checkpoint, dense_params: int) -> dict:
+    """One point of the accuracy-sparsity figure. Sparsity = 1 − non-zero parameters / the baseline's
+    parameters, so masked zeros and physically removed filters count alike."""
+    meta = loaded.meta
+    label = meta.get("method") or ("dense" if path.name == BASELINE else path.stem.split("__")[0])
+    if meta.get("granularity"):
+        label = f"{label} {meta['granularity']}"
+    return {"label": label, "sparsity": 1.0 - count_nonzero_parameters(loaded.model) / dense_params,
+            "top1": meta.get("test_top1"), "top5": meta.get("test_top5"), "source": path.name}
+
+
+def synthetic_note(run: Run) -> str:
+    return " (SYNTHETIC data)" if run.data.synthetic else ""

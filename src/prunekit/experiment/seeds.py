@@ -1,0 +1,77 @@
+"""Replicates over seeds: one run folder per seed, then mean ± std of each model's accuracy."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from prunekit.errors import PrunekitError
+from prunekit.experiment.config import Experiment
+from prunekit.experiment.runner import Run, load_run_data, run_experiment, run_folder
+from prunekit.report.files import atomic_write_text
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise PrunekitError(f"--seeds {text!r}: give integers separated by commas, e.g. 1,2,3") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise PrunekitError(f"--seeds {text!r}: give distinct integers, e.g. 1,2,3")
+    return seeds
+
+
+def run_seeds(experiment: Experiment, seeds: list[int], data_root: str | None = None, out: str | Path = "runs",
+              progress: bool = True) -> list[Path]:
+    """Run ``experiment`` once per seed; with several seeds also write a summary folder. Returns run folders."""
+    folders = []
+    for seed in seeds:
+        replicate = experiment.model_copy(update={"seed": seed})
+        folder = run_folder(replicate, out)
+        run_experiment(Run(replicate, folder, load_run_data(replicate, data_root), progress))
+        folders.append(folder)
+    if len(seeds) > 1:
+        summarise(experiment, seeds, folders, Path(out) / f"{experiment.name}-seeds-{'_'.join(map(str, seeds))}")
+    return folders
+
+
+def summarise(experiment: Experiment, seeds: list[int], folders: list[Path], summary_dir: Path) -> Path:
+    """``summary_dir/plots/seeds_top1.png`` + ``.csv`` (mean ± std per model) and a report of them."""
+    from prunekit.report.html import write_report
+
+    tables = [json.loads((folder / "compare.json").read_text())["rows"] for folder in folders]
+    rows = []
+    for position, first in enumerate(tables[0]):
+        name = first["model"].split("__")[0] if "__" in first["model"] else first["model"]
+        top1 = [table[position]["top1"] for table in tables]
+        top5 = [table[position]["top5"] for table in tables]
+        rows.append({"model": name, "seeds": len(seeds), "top1_mean": statistics.mean(top1),
+                     "top1_std": statistics.stdev(top1), "top5_mean": statistics.mean(top5),
+                     "top5_std": statistics.stdev(top5), "params": first["params"],
+                     "nonzero_params": first["nonzero_params"], "macs": first["macs"]})
+    plot_seed_summary(rows, summary_dir / "plots" / "seeds_top1.png",
+                      title=f"{experiment.name}: test top-1 over seeds {', '.join(map(str, seeds))} (mean ± std)")
+    atomic_write_text(summary_dir / "runs.json", json.dumps({"seeds": seeds, "runs": [str(f) for f in folders]},
+                                                            indent=2))
+    html, _ = write_report(summary_dir)
+    print(f"[{experiment.name}] seeds {seeds}: summary report {html}")
+    for row in rows:
+        print(f"  {row['model']}: top-1 {row['top1_mean']:.2f} ± {row['top1_std']:.2f}%")
+    return summary_dir
+
+
+def plot_seed_summary(rows: list[dict], out: Path, title: str) -> None:
+    """Bar chart of mean top-1 with ± std error bars per model; the rows go to a CSV beside it."""
+    from prunekit.report.plots import new_figure, output_paths, write_csv
+
+    png, csv_path = output_paths(out)
+    write_csv(csv_path, rows, list(rows[0]))
+    figure = new_figure(6.4, 4.0)
+    ax = figure.add_subplot()
+    ax.bar([r["model"] for r in rows], [r["top1_mean"] for r in rows], yerr=[r["top1_std"] for r in rows],
+           capsize=6, color="#4c72b0")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", labelrotation=20)
+    figure.savefig(png, dpi=150)
