@@ -56,3 +56,20 @@ def test_timing_and_profile_record():
     result = profile(net, repeats=5, batch_size=8)
     assert result.macs == count_macs(net) and result.params == count_parameters(net)
     assert result.latency_ms > 0 and result.throughput_ips > 0 and result.file_bytes > result.params * 4
+
+
+def test_int8_model_counts_its_packed_weights(tiny_vgg):
+    from prunekit.export.quantize import quantize_model
+
+    tiny_vgg.eval()
+    with torch.no_grad():
+        tiny_vgg.features[4].weight[:2] = 0  # two zero filters must stay zero in int8
+    quantized = quantize_model(tiny_vgg, [torch.randn(8, 3, 32, 32) for _ in range(2)])
+    bn = sum(m.num_features for m in tiny_vgg.modules() if isinstance(m, nn.BatchNorm2d))
+    # BN folded: its scale and shift (2 per channel) become one conv bias per channel
+    assert count_parameters(quantized) == count_parameters(tiny_vgg) - bn
+    zeros = 2 * tiny_vgg.features[4].weight[0].numel()
+    assert count_parameters(quantized) - count_nonzero_parameters(quantized) >= zeros
+    int8_weights = sum(m.weight.numel() for m in tiny_vgg.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert peak_inference_memory(quantized) >= int8_weights  # one byte per weight at least
+    assert count_macs(quantized) == count_macs(tiny_vgg)

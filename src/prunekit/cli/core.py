@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation the weights expect: dataset (default), imagenet, or six numbers")
     p.add_argument("--out", metavar="CKPT", required=True)
+    p.add_argument("--evaluate", action="store_true",
+                   help="also measure the test accuracy (data from --data) and record it in the checkpoint")
+    p.add_argument("--data", metavar="DIR", default=None, help="with --evaluate: the dataset folder")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="what a checkpoint holds: architecture, masks, metadata")
@@ -231,8 +234,16 @@ def cmd_convert(args) -> int:
     info = DATASETS[args.dataset]
     mean, std = parse_normalisation(args.normalize, info)
     model = load_weights(create_model(args.model, num_classes=info.num_classes), args.weights)
-    path = save_checkpoint(model, args.out, {"dataset": args.dataset, "num_classes": info.num_classes,
-                                             "mean": list(mean), "std": list(std), "weights": str(args.weights)})
+    meta = {"dataset": args.dataset, "num_classes": info.num_classes, "mean": list(mean), "std": list(std),
+            "weights": str(args.weights)}
+    if args.evaluate:
+        from prunekit.data import get_data
+        from prunekit.train import evaluate_split
+
+        test = evaluate_split(model, get_data(args.dataset, root=args.data), "test", mean, std)
+        meta.update(test_top1=test.top1, test_top5=test.top5, test_loss=test.loss, test_images=test.images)
+        print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}% on {test.images} images")
+    path = save_checkpoint(model, args.out, meta)
     print(f"{args.weights} → {path} ({args.model}, {args.dataset}, mean {mean}, std {std})")
     return 0
 

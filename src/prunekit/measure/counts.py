@@ -16,7 +16,26 @@ def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     param_names = set()
     for name, _ in model.named_parameters():
         param_names.add(name.removesuffix("_orig"))
-    return {k: v for k, v in effective_state_dict(model).items() if k in param_names}
+    state = effective_state_dict(model)
+    params = {k: v for k, v in state.items() if k in param_names}
+    params.update(packed_int8_weights(state))
+    return params
+
+
+def packed_int8_weights(state: dict) -> dict[str, torch.Tensor]:
+    """The weights an int8 model keeps outside ``nn.Parameter``: quantized tensors (as integer codes, so a
+    pruned 0 stays 0), the float bias beside each, and the (weight, bias) tuples of quantized Linear layers."""
+    found = {}
+    for key, value in state.items():
+        if key.endswith(".bias") and getattr(state.get(key[:-5] + ".weight"), "is_quantized", False):
+            found[key] = value
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        for i, item in enumerate(items):
+            if isinstance(item, torch.Tensor) and (item.is_quantized or isinstance(value, tuple)):
+                found[f"{key}.{i}" if isinstance(value, tuple) else key] = (
+                    item.int_repr() if item.is_quantized else item)
+    return found
 
 
 def count_parameters(model: nn.Module) -> int:

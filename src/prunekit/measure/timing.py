@@ -96,6 +96,20 @@ class _LiveTensorBytes(TorchDispatchMode):
         return out
 
 
+def static_bytes(model: nn.Module) -> int:
+    """Bytes of the parameters, buffers and state-dict tensors (an int8 model's packed weights), each
+    storage counted once."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    tensors += [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
+    seen, total = set(), 0
+    for t in tensors:
+        key = (t.untyped_storage().data_ptr(), t.dtype) if not t.is_quantized else id(t)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
 def peak_inference_memory(model: nn.Module, batch_size: int = 1, device: torch.device | str = "cpu",
                           input_size=(3, 32, 32)) -> int:
     """Peak bytes held during one inference: parameters and buffers plus the largest set of live tensors.
@@ -105,7 +119,7 @@ def peak_inference_memory(model: nn.Module, batch_size: int = 1, device: torch.d
     """
     device = torch.device(device)
     model.eval()
-    static = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    static = static_bytes(model)
     x = torch.randn(batch_size, *input_size, device=device)
     input_bytes = x.numel() * x.element_size()
     if device.type == "cuda":
