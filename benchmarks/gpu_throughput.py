@@ -78,10 +78,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--images", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--quick", action="store_true", help="2,048 images, no compile: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="1,024 images, no compile: a smoke run")
     args = parser.parse_args()
     device = torch.device(args.device)
-    n = 2048 if args.quick else args.images
+    n = 1024 if args.quick else args.images
     batch = min(args.batch_size, n // 4)
     images, labels = make_synthetic(n, seed=0)
     training = [measure_training(spec, images, labels, device, batch, compiled)

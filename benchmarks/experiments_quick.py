@@ -1,0 +1,72 @@
+"""Benchmark: every shipped experiment with `--quick` on real data, and one table of their key numbers.
+
+Runs `prunekit run experiments/X.yaml --quick` for each recipe (resuming: finished stages are skipped),
+then reads each run folder's `compare.json` into `results/experiments_quick.{json,md}`. CIFAR-100 is not
+in ../shared, so the GoogLeNet/CIFAR-100 recipe runs on CIFAR-10 here (`--set data.dataset=cifar10`).
+
+    python benchmarks/experiments_quick.py --data ../shared/data/cifar10-subset [--only NAME] [--summarise]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import write_results
+from prunekit.cli.common import markdown_table
+from prunekit.experiment import load_experiment, run_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTRA = {"googlenet_cifar100": ["--set", "data.dataset=cifar10"]}
+
+
+def run(recipe: Path, data: str, out: Path) -> float:
+    command = [sys.executable, "-m", "prunekit", "run", str(recipe), "--quick", "--data", data, "--out", str(out),
+               "--no-progress", *EXTRA.get(recipe.stem, [])]
+    started = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True)
+    return time.perf_counter() - started
+
+
+def folder_of(recipe: Path, out: Path, extra_sets: list[str]) -> Path:
+    experiment = load_experiment(recipe, quick=True, assignments=[a for a in extra_sets if a != "--set"])
+    return run_folder(experiment, out)
+
+
+def key_rows(recipe: Path, folder: Path) -> list[dict]:
+    rows = json.loads((folder / "compare.json").read_text())["rows"]
+    return [{"experiment": recipe.stem, "model": r["model"].split("__")[0].removesuffix(".pt"),
+             "dataset": r["dataset"], "images": r["images"], "top1": r["top1"], "params": r["params"],
+             "nonzero": r["nonzero_params"], "MACs": r["macs"], "compact_bytes": r["compact_bytes"],
+             "latency_ms": r["latency_ms"], "speed-up": r.get("speedup")} for r in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="CIFAR-10 folder (e.g. ../shared/data/cifar10-subset)")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "quick"))
+    parser.add_argument("--only", default=None, help="one recipe stem")
+    parser.add_argument("--summarise", action="store_true", help="only read the finished run folders")
+    args = parser.parse_args()
+    out = Path(args.out)
+    recipes = sorted((ROOT / "experiments").glob("*.yaml"))
+    if args.only:
+        recipes = [r for r in recipes if r.stem == args.only]
+    rows, seconds = [], {}
+    for recipe in recipes:
+        if not args.summarise:
+            seconds[recipe.stem] = run(recipe, args.data, out)
+        folder = folder_of(recipe, out, EXTRA.get(recipe.stem, []))
+        if (folder / "compare.json").exists():
+            rows += key_rows(recipe, folder)
+    table = markdown_table(rows) + "\n\nAll `--quick` budgets on the real CIFAR-10 subset (509 test images); " \
+                                   "latency at batch 1 from each run's compare table."
+    write_results("experiments_quick", {"rows": rows, "seconds": seconds}, table)
+
+
+if __name__ == "__main__":
+    main()
