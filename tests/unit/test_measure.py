@@ -73,3 +73,12 @@ def test_int8_model_counts_its_packed_weights(tiny_vgg):
     int8_weights = sum(m.weight.numel() for m in tiny_vgg.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     assert peak_inference_memory(quantized) >= int8_weights  # one byte per weight at least
     assert count_macs(quantized) == count_macs(tiny_vgg)
+
+
+def test_masked_model_is_profiled_as_deployed():
+    dense, masked = small_net(), small_net()
+    masked.load_state_dict(dense.state_dict())
+    apply_masks(masked, {"0.weight": torch.rand(4, 3, 3, 3) > 0.5})
+    a, b = profile(dense, timing=False), profile(masked, timing=False)
+    assert b.peak_memory_bytes == a.peak_memory_bytes  # no second weight copy, no mask buffers
+    assert b.nonzero_params < a.nonzero_params and hasattr(masked[0], "weight_mask")  # the model itself untouched

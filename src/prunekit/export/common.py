@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
-from prunekit.prune.mask import is_masked, make_permanent
+from prunekit.prune.mask import permanent_copy
 
 QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")
 
 
 def inference_copy(model: nn.Module) -> nn.Module:
     """A CPU, float32, eval-mode copy of ``model`` with its masks made permanent (pruned weights are plain
-    zeros, no hooks). ``model`` is not modified.
-
-    A masked module's ``weight`` attribute is the product ``orig * mask`` computed by the last forward,
-    which ``copy.deepcopy`` refuses (it is not a leaf tensor); the copy gets a detached clone instead, and
-    ``make_permanent`` then recomputes it from the copied ``weight_orig`` and ``weight_mask``.
-    """
-    memo = {}
-    for module in model.modules():
-        for name, value in list(vars(module).items()):
-            if isinstance(value, torch.Tensor) and is_masked(module, name):
-                memo[id(value)] = value.detach().clone()
-    clone = copy.deepcopy(model, memo)
-    return make_permanent(clone).cpu().float().eval()
+    zeros, no hooks). ``model`` is not modified."""
+    return permanent_copy(model).cpu().float().eval()
 
 
 def is_quantized(model: nn.Module) -> bool:

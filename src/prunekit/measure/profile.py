@@ -39,27 +39,41 @@ def hardware_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs)"
 
 
+def deployable(model: nn.Module) -> nn.Module:
+    """``model`` itself, or for a masked model a copy with its masks made permanent (same outputs)."""
+    from prunekit.prune.mask import permanent_copy
+
+    if any(name.endswith("_mask") for name, _ in model.named_buffers()):
+        return permanent_copy(model)
+    return model
+
+
 def profile(model: nn.Module, input_size=(1, 3, 32, 32), device: str | torch.device = "cpu",
             checkpoint_path: str | Path | None = None, timing: bool = True, batch_size: int = 64,
             repeats: int = 50, threads: int | None = None) -> Profile:
     """Measure ``model``: params, non-zero params, MACs, size, peak memory and (if ``timing``) latency at
-    batch 1 and throughput at ``batch_size``. Side effect: moves the model to ``device`` and eval mode."""
+    batch 1 and throughput at ``batch_size``. Side effect: moves the model to ``device`` and eval mode.
+
+    A masked model is measured as it would be deployed: memory and time on a copy whose masks are made
+    permanent (the ``weight_orig * weight_mask`` re-parametrisation is a training device that would
+    otherwise add a multiplication per layer and a second copy of every weight)."""
     device = torch.device(device)
     model = model.to(device).eval()
+    deployed = deployable(model)
     threads = threads or torch.get_num_threads()
     result = Profile(
         params=count_parameters(model),
         nonzero_params=count_nonzero_parameters(model),
         macs=count_macs(model, input_size),
         file_bytes=Path(checkpoint_path).stat().st_size if checkpoint_path else serialized_size(model),
-        peak_memory_bytes=peak_inference_memory(model, 1, device, tuple(input_size[1:])),
+        peak_memory_bytes=peak_inference_memory(deployed, 1, device, tuple(input_size[1:])),
         device=device.type,
         threads=threads,
         hardware=hardware_name(device),
     )
     if timing:
-        single = time_inference(model, 1, device, repeats=repeats, threads=threads, input_size=tuple(input_size[1:]))
-        batched = time_inference(model, batch_size, device, repeats=max(5, repeats // 5), threads=threads,
+        single = time_inference(deployed, 1, device, repeats=repeats, threads=threads, input_size=tuple(input_size[1:]))
+        batched = time_inference(deployed, batch_size, device, repeats=max(5, repeats // 5), threads=threads,
                                  input_size=tuple(input_size[1:]))
         result.latency_ms = single.per_image_ms
         result.latency_iqr_ms = (single.q1_ms, single.q3_ms)

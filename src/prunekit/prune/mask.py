@@ -98,6 +98,24 @@ def make_permanent(model: nn.Module) -> nn.Module:
     return model
 
 
+def permanent_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every mask made permanent (plain parameters holding the zeros, no
+    hooks); ``model`` is not modified. Same device and dtype.
+
+    A masked module's ``weight`` attribute is the product ``orig * mask`` of the last forward, which
+    ``copy.deepcopy`` refuses (not a leaf tensor); the copy gets a detached clone, and ``make_permanent``
+    then recomputes it from the copied ``weight_orig`` and ``weight_mask``.
+    """
+    import copy
+
+    memo = {}
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and is_masked(module, name):
+                memo[id(value)] = value.detach().clone()
+    return make_permanent(copy.deepcopy(model, memo))
+
+
 def sparsity_of(masks: Masks) -> float:
     """Fraction of pruned entries over all masked tensors (0 for no masks)."""
     total = sum(m.numel() for m in masks.values())

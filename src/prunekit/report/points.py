@@ -6,7 +6,6 @@ No retraining happens anywhere here: each point is the loaded model, deep-copied
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +15,7 @@ from prunekit.config import PruneConfig
 from prunekit.data import DataBundle
 from prunekit.measure import count_nonzero_parameters, count_parameters
 from prunekit.prune import apply_masks, compute_masks, sparsity_report
+from prunekit.prune.mask import permanent_copy
 
 BYTES_PER_WEIGHT = 4  # 32-bit floats: the memory footprint of the non-zero parameters
 
@@ -47,8 +47,9 @@ class Evaluator:
 
 
 def pruned_copy(model: nn.Module, config: PruneConfig, example_inputs: torch.Tensor) -> nn.Module:
-    """A deep copy of ``model`` with ``compute_masks(config)`` applied; ``model`` itself is untouched."""
-    pruned = copy.deepcopy(model)
+    """A deep copy of ``model`` with ``compute_masks(config)`` applied; ``model`` itself is untouched. An
+    already masked model is copied with its masks made permanent: its zeros score lowest and stay pruned."""
+    pruned = permanent_copy(model)
     apply_masks(pruned, compute_masks(pruned, config, example_inputs=example_inputs))
     return pruned
 
