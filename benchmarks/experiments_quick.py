@@ -2,7 +2,9 @@
 
 Runs `prunekit run experiments/X.yaml --quick` for each recipe (resuming: finished stages are skipped),
 then reads each run folder's `compare.json` into `results/experiments_quick.{json,md}`. CIFAR-100 is not
-in ../shared, so the GoogLeNet/CIFAR-100 recipe runs on CIFAR-10 here (`--set data.dataset=cifar10`).
+in ../shared, so the GoogLeNet/CIFAR-100 recipe runs on CIFAR-10 here (`--set data.dataset=cifar10`). The
+VGG-11 channel-config recipe starts from `runs/vgg11-real/last.pt` when it exists (the README's 20-epoch
+`prunekit train` run) instead of its 8-epoch quick baseline.
 
     python benchmarks/experiments_quick.py --data ../shared/data/cifar10-subset [--only NAME] [--summarise]
 """
@@ -22,6 +24,8 @@ from prunekit.experiment import load_experiment, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRA = {"googlenet_cifar100": ["--set", "data.dataset=cifar10"]}
+if (ROOT / "runs" / "vgg11-real" / "last.pt").exists():
+    EXTRA["vgg11_l1_cfg"] = ["--set", "baseline.checkpoint=runs/vgg11-real/last.pt"]
 
 
 def run(recipe: Path, data: str, out: Path) -> float:
