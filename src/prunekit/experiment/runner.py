@@ -251,8 +251,7 @@ def write_plots(run: Run, paths: list[Path]) -> None:
         for layer in variant.mask_plots:
             weight = dict(mask_model(run, variant).named_modules())[layer].weight.detach()
             kept = (weight != 0).reshape(weight.shape[0], -1)
-            plot_mask(kept, plots / f"mask_{variant.name}_{layer}.png",
-                      title=f"{variant.name}: {layer} ({100 * (1 - kept.float().mean()):.1f}% pruned)")
+            plot_mask(kept, plots / f"mask_{variant.name}_{layer}.png", title=f"{variant.name}: {layer}")
 
 
 def mask_model(run: Run, variant: VariantSpec):
