@@ -1,4 +1,7 @@
-"""The experiment runner: the only module that joins pruning (``prune/``) and training (``train/``).
+"""Pruning schedules with masked retraining: where pruning (``prune/``) meets training (``train/``).
+
+``prune/`` and ``train/`` never import each other; this module and the experiment runner built on it
+(``experiment/``) are the only places that use both.
 
 Schedules (``PruneConfig.schedule``):
 
