@@ -6,7 +6,7 @@ import pytest
 
 from conftest import PRETRAINED, REAL_DATA, needs_shared
 from prunekit.checkpoint import load_weights
-from prunekit.cli.core import NORMALISATIONS
+from prunekit.data.normalisation import NORMALISATIONS
 from prunekit.data import get_data
 from prunekit.models import create_model
 from prunekit.train import evaluate_split

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any
+
+from prunekit.report.table import markdown_table  # noqa: F401  (re-exported for the commands)
 
 
 def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "cifar10") -> None:
@@ -23,20 +25,27 @@ def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None =
                        help="use only the first N training images (quick runs)")
 
 
-def add_train_args(parser: argparse.ArgumentParser, epochs: int | None = None) -> None:
-    """Hyper-parameters of :class:`prunekit.config.TrainConfig`; unset flags keep its defaults."""
+def add_train_args(parser: argparse.ArgumentParser, epochs: int | None = None,
+                   epochs_flags: tuple[str, ...] = ("--epochs",), epochs_help: str | None = None,
+                   lr_schedule_flag: str = "--schedule") -> None:
+    """Hyper-parameters of :class:`prunekit.config.TrainConfig`; unset flags keep its defaults.
+
+    A command whose own options already use ``--schedule`` (e.g. ``prune``'s oneshot/iterative) names the lr
+    schedule flag differently; ``epochs_flags``/``epochs_help`` let it describe what its epochs are.
+    """
     from prunekit.config import TrainConfig
 
     defaults = TrainConfig()
     group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=int, default=epochs,
-                       help=f"default: {epochs if epochs is not None else defaults.epochs}; with --resume, "
-                            "a larger number extends the run")
+    group.add_argument(*epochs_flags, dest="epochs", type=int, default=epochs,
+                       help=epochs_help or f"default: {epochs if epochs is not None else defaults.epochs}; with "
+                                           "--resume, a larger number extends the run")
     group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
     group.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default: %(default)s)")
     group.add_argument("--momentum", type=float, default=defaults.momentum, help="default: %(default)s")
     group.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="default: %(default)s")
-    group.add_argument("--schedule", choices=["cosine", "step", "constant"], default=defaults.schedule,
+    group.add_argument(lr_schedule_flag, dest="schedule", choices=["cosine", "step", "constant"],
+                       default=defaults.schedule,
                        help="lr decay per step; step = ×0.1 at 50%% and 75%% (default: %(default)s)")
     group.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs, help="default: %(default)s")
     group.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
@@ -71,21 +80,3 @@ def load_data(args: argparse.Namespace, dataset: str | None = None, seed: int = 
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
-
-
-def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    """Rows of dicts as a Markdown table (floats with 4 significant decimals at most)."""
-    if not rows:
-        return "(no rows)"
-    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
-
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-        if isinstance(value, int) and not isinstance(value, bool):
-            return f"{value:,}"
-        return "" if value is None else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)

@@ -8,9 +8,6 @@ from pathlib import Path
 from prunekit.cli.common import (add_data_args, add_train_args, load_data, markdown_table, print_json,
                                  train_config_from)
 
-NORMALISATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("--num-classes", type=int, default=10)
@@ -99,22 +96,6 @@ def load_model_source(args: argparse.Namespace, num_classes: int | None = None):
     return Checkpoint(model=model, arch=None, masks={}, meta={}, path=Path(args.weights) if args.weights else None)
 
 
-def parse_normalisation(text: str | None, info) -> tuple[tuple, tuple]:
-    from prunekit.errors import PrunekitError
-
-    if text in (None, "dataset"):
-        return tuple(info.mean), tuple(info.std)
-    if text in NORMALISATIONS:
-        return NORMALISATIONS[text]
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 6:
-        raise PrunekitError(f"--normalize {text!r}: use dataset, imagenet, or six numbers m1,m2,m3,s1,s2,s3")
-    return tuple(values[:3]), tuple(values[3:])
-
-
 def cmd_models(args) -> int:
     from prunekit.measure import count_parameters
     from prunekit.models import create_model, list_models, model_spec
@@ -201,6 +182,7 @@ def parse_cfg(text: str) -> list:
 
 def cmd_evaluate(args) -> int:
     from prunekit.data import get_data
+    from prunekit.data.normalisation import parse_normalisation
     from prunekit.train import evaluate_split
     from prunekit.train.loop import resolve_device
 
@@ -226,6 +208,7 @@ def cmd_evaluate(args) -> int:
 def cmd_convert(args) -> int:
     from prunekit.checkpoint import load_weights, save_checkpoint
     from prunekit.data import DATASETS
+    from prunekit.data.normalisation import parse_normalisation
     from prunekit.errors import PrunekitError
     from prunekit.models import create_model
 

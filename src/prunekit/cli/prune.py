@@ -37,9 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def register_prune(sub: argparse._SubParsersAction) -> None:
     from prunekit.config import PruneConfig
 
-    # "resolve": the pruning --schedule, added after add_train_args, replaces its lr --schedule (now
-    # --lr-schedule), and --finetune-epochs takes over --epochs.
-    p = sub.add_parser("prune", conflict_handler="resolve",
+    p = sub.add_parser("prune",
                        help="prune a checkpoint (unstructured or filters; one-shot or iterative) and retrain",
                        description="Prune CKPT to a target, retrain with the mask after every round, save "
                                    "OUT/Omp_unstructured_<sparsity>_acc_<top-1>.pt (name from the achieved "
@@ -66,13 +64,10 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the result and the round folders")
     p.add_argument("--no-progress", action="store_true")
     add_data_args(p, dataset_default=None)
-    add_train_args(p)
+    add_train_args(p, epochs=0, epochs_flags=("--finetune-epochs", "--epochs"), lr_schedule_flag="--lr-schedule",
+                   epochs_help="masked retraining epochs after each round (default: 0)")
     p.add_argument("--schedule", dest="prune_schedule", choices=["oneshot", "iterative"], default="oneshot",
                    help="oneshot (OMP) or iterative (IMP) pruning (default: %(default)s)")
-    p.add_argument("--finetune-epochs", "--epochs", dest="epochs", type=int, default=0, metavar="E",
-                   help="masked retraining epochs after each round (default: %(default)s)")
-    p.add_argument("--lr-schedule", dest="schedule", choices=["cosine", "step", "constant"], default="cosine",
-                   help="lr decay during each retraining (default: %(default)s)")
     p.set_defaults(func=cmd_prune, lr=FINETUNE_LR)
 
 

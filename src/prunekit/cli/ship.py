@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from prunekit.cli.common import add_data_args, load_data, print_json
-from prunekit.cli.core import add_model_source_args, load_model_source, parse_normalisation
+from prunekit.cli.core import add_model_source_args, load_model_source
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,6 +79,7 @@ def export_onnx_file(loaded, args) -> dict:
 
 def cmd_quantize(args) -> int:
     from prunekit.data import DeviceLoader
+    from prunekit.data.normalisation import parse_normalisation
     from prunekit.errors import PrunekitError
     from prunekit.export import quantize_model, save_quantized
 

@@ -265,7 +265,7 @@ def mask_model(run: Run, variant: VariantSpec):
 
 
 def ensure_comparison(run: Run, paths: list[Path]) -> None:
-    from prunekit.cli.common import markdown_table
+    from prunekit.report.table import markdown_table
     from prunekit.report.compare import (CompareSettings, compare_checkpoints, display_rows, save_comparison,
                                          save_comparison_csv)
 
@@ -314,7 +314,7 @@ def data_meta(data: DataBundle) -> dict:
 
 
 def foreign_normalisation(name: str | None, data: DataBundle) -> dict:
-    from prunekit.cli.core import parse_normalisation
+    from prunekit.data.normalisation import parse_normalisation
 
     mean, std = parse_normalisation(name, data.info)
     return {"mean": list(mean), "std": list(std)}

@@ -257,7 +257,7 @@ def render_html(contents: RunContents) -> str:
 
 def render_markdown(contents: RunContents, md_path: Path) -> str:
     """The Markdown twin: the same sections, images and files referenced relative to ``md_path``."""
-    from prunekit.cli.common import markdown_table
+    from prunekit.report.table import markdown_table
 
     run_dir = contents.run_dir
 

@@ -1,0 +1,24 @@
+"""Input normalisations by name, for weights trained with something other than the dataset's statistics."""
+
+from __future__ import annotations
+
+# the public akamaster CIFAR ResNets were trained on ImageNet-normalised inputs
+NORMALISATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
+
+def parse_normalisation(text: str | None, info) -> tuple[tuple, tuple]:
+    """``(mean, std)`` for ``--normalize``: ``dataset``/None (``info``'s), a name in :data:`NORMALISATIONS`, or
+    six comma-separated numbers ``m1,m2,m3,s1,s2,s3``."""
+    from prunekit.errors import PrunekitError
+
+    if text in (None, "dataset"):
+        return tuple(info.mean), tuple(info.std)
+    if text in NORMALISATIONS:
+        return NORMALISATIONS[text]
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 6:
+        raise PrunekitError(f"--normalize {text!r}: use dataset, imagenet, or six numbers m1,m2,m3,s1,s2,s3")
+    return tuple(values[:3]), tuple(values[3:])
