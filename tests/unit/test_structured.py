@@ -13,8 +13,8 @@ from prunekit.config import PruneConfig
 from prunekit.errors import PrunekitError
 from prunekit.measure import count_macs
 from prunekit.models import ZeroPadShortcut
-from prunekit.prune.channels import (estimate_macs, filter_masks, filter_sparsity, prune_channels, select_channels,
-                                     shrink, ChannelTarget)
+from prunekit.prune.channels import (estimate_macs, filter_masks, filter_sparsity, plan_channels, prune_channels,
+                                     select_channels, shrink, ChannelTarget)
 from prunekit.prune.graph import Slot, trace_channels
 from prunekit.prune.importance import channel_scores
 from prunekit.prune.mask import apply_masks
@@ -319,22 +319,51 @@ class SqueezeExcite(nn.Module):
         return x * gate.view(x.size(0), -1, 1, 1)
 
 
-def test_channel_shuffle_is_refused_naming_op_and_layer():
-    with pytest.raises(PrunekitError) as info:
-        prune_channels(ShuffleNet(), X[:1], ratio=0.5)
-    message = str(info.value)
-    assert "view" in message and "'shuffle'" in message and "channel" in message
+class ComputedShuffle(nn.Module):
+    def forward(self, x):  # the usual spelling: sizes computed from the tensor
+        n, c, h, w = x.size()
+        return x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
 
 
-@pytest.mark.parametrize("middle, words", [
-    (nn.Conv2d(4, 4, 3, padding=1, groups=2), ["groups=2", "middle"]),
-    (nn.GroupNorm(2, 4), ["GroupNorm", "middle"]),
-    (SqueezeExcite(), ["mul", "middle"]),
-])
-def test_unsupported_channel_ops_are_refused(middle, words):
-    with pytest.raises(PrunekitError) as info:
-        trace_channels(Wrapped(middle), X[:1])
-    assert all(word in str(info.value) for word in words)
+def test_literal_channel_shuffle_is_retraced_with_its_channels_kept():
+    model = ShuffleNet()  # view(n, 2, 2, h, w): literal sizes, which cannot follow pruning
+    plan = plan_channels(model, X[:1], ratio=0.5)
+    assert plan.retraced and "conv1" not in plan.removed
+    assert any("view" in where or "view" in why for where, why in plan.blocked.items())
+    reference = model(X)
+    prune_channels(model, X[:1], plan=plan)
+    assert model.conv1.out_channels == 4
+    torch.testing.assert_close(model(X), reference)
+
+
+def test_computed_channel_shuffle_prunes_positions_of_every_group_together():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), ComputedShuffle(), nn.Conv2d(4, 2, 1))
+    graph = trace_channels(model, X[:1])
+    pairs = {frozenset(s.index for s in graph.channels[cid].slots if s.module == "0" and s.role == "conv_out")
+             for cid in graph.ports[("0", "conv_out")].values()}
+    assert pairs == {frozenset({0, 2}), frozenset({1, 3})}  # position p of group 0 and of group 1
+    masked, physical, small = masked_and_physical(model, [("0", "conv_out", 1)])
+    assert small[0].out_channels == 2
+    torch.testing.assert_close(physical, masked, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("middle", [nn.Conv2d(4, 4, 3, padding=1, groups=2), SqueezeExcite()],
+                         ids=["grouped", "squeeze-excite"])
+def test_grouped_convs_and_gates_prune_exactly(middle):
+    model = randomise_bn(Wrapped(middle))
+    masked, physical, small = masked_and_physical(model, [("conv1", "conv_out", 1)])
+    assert small.conv1.out_channels < 4
+    torch.testing.assert_close(physical, masked, atol=1e-6, rtol=1e-5)
+
+
+def test_an_op_without_handler_keeps_its_channels_and_says_where():
+    model = Wrapped(nn.GroupNorm(2, 4))  # group norm mixes channels within a group: not resizable
+    graph = trace_channels(model, X[:1])
+    conv1_channels = {graph.ports[("conv1", "conv_out")][i] for i in range(4)}
+    assert not any(graph.channels[c].prunable for c in conv1_channels)
+    assert any("group_norm" in where and "middle" in where for where in graph.blocked)
+    plan = plan_channels(model, X[:1], ratio=0.5)
+    assert "conv1" not in plan.removed
 
 
 def test_depthwise_conv_passes_channels_through():

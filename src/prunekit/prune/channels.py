@@ -29,8 +29,8 @@ already zero (masked earlier) stay removed and count towards the target, so iter
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -38,10 +38,12 @@ from torch import nn
 from prunekit.config import PruneConfig
 from prunekit.errors import PrunekitError
 from prunekit.prune.allocate import check_ratio, round_fraction, validate_ratios
-from prunekit.prune.graph import ChannelGraph, trace_channels
+from prunekit.prune.graph import ChannelGraph, as_inputs, trace_channels
+from prunekit.prune.handlers import handler_for
 from prunekit.prune.importance import channel_scores, effective_tensor, get_criterion, zeroed_channels
-from prunekit.prune.mask import Masks, make_permanent
+from prunekit.prune.mask import Masks, apply_masks, make_permanent, permanent_copy
 from prunekit.prune.surgery import remove_channels
+from prunekit.prune.verify import check_equivalent
 
 
 @dataclass(frozen=True)
@@ -73,25 +75,109 @@ class ChannelTarget:
 # --------------------------------------------------------------------------- public API
 
 
-def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
-                   ratios: dict | None = None, criterion: str = "l1", scope: str = "layer",
-                   cfg: list | None = None, macs_target: float | None = None, seed: int = 0) -> nn.Module:
-    """Remove whole conv filters (and everything coupled to them) from ``model`` and return it, smaller.
+@dataclass(frozen=True)
+class ChannelPlan:
+    """What :func:`plan_channels` chose, before anything is cut.
 
-    Works on any model torch.fx can trace (``example_inputs``: a tensor or tuple; default one CIFAR image).
-    Give exactly one of ``ratio``, ``ratios`` (per-conv fractions, e.g. from a YAML file; ``default``
-    allowed; a group uses the ratio of its first named producing conv), ``cfg`` (VGG widths) or
-    ``macs_target`` (fraction of MACs to keep). ``criterion``: l1 | l2 | bn_scale | random (seeded by
-    ``seed``); ``scope``: ``layer`` (same fraction per group) or ``global`` (one normalised ranking).
+    ``removed``  {conv name: sorted removed output-channel indices, original numbering}
+    ``masks``    {parameter name: bool tensor, True = kept}: the masked twin (conv rows and biases,
+                 depthwise rows, Linear rows, BN γ and β of every removed channel)
+    ``blocked``  {where: why} for every channel prunekit had to keep (an op it cannot resize, the output)
+    ``retraced`` True when size assumptions did not hold and the plan was made with those channels kept
+    """
 
-    Side effects: modifies ``model`` in place (masks are made permanent first; affected modules get new,
-    smaller parameters, so rebuild any optimizer). No retraining happens here.
+    removed: dict[str, list[int]]
+    masks: Masks
+    blocked: dict[str, str]
+    retraced: bool
+    graph: ChannelGraph = field(repr=False)
+    channel_ids: frozenset[int] = field(repr=False)
+    inputs: tuple = field(repr=False)
+
+
+def plan_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
+                  ratios: dict | None = None, cfg: list | None = None, macs_target: float | None = None,
+                  criterion: str = "l1", scope: str = "layer", seed: int = 0) -> ChannelPlan:
+    """Choose the channels to remove and prove the choice on a copy; ``model`` is not modified.
+
+    Allocation arguments as :func:`prune_channels`. The plan is checked by cutting a copy and comparing it
+    with the masked twin on ``example_inputs`` (see :mod:`prunekit.prune.verify`); when a size the model
+    computes turns out to be a literal (a channel shuffle or split written with fixed sizes), the model is
+    traced again with those channels kept. Raises PrunekitError when no exact plan exists.
     """
     target = ChannelTarget(ratio, ratios, cfg, macs_target, criterion, scope, seed)
-    make_permanent(model)
-    graph = trace_channels(model, example_inputs)
-    removed = select_channels(model, graph, target)
-    return remove_channels(model, graph, removed)
+    return _plan(model, as_inputs(model, example_inputs), lambda graph: select_channels(model, graph, target))[0]
+
+
+def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
+                   ratios: dict | None = None, criterion: str = "l1", scope: str = "layer",
+                   cfg: list | None = None, macs_target: float | None = None, seed: int = 0,
+                   plan: ChannelPlan | None = None) -> nn.Module:
+    """Remove whole conv filters (and everything coupled to them) from ``model``, in place; return it.
+
+    Works on any model whose forward runs on ``example_inputs`` (a tensor or tuple; default one CIFAR
+    image). Give exactly one of ``ratio``, ``ratios`` (per-conv fractions, e.g. from a YAML file;
+    ``default`` allowed; a group uses the ratio of its first named producing conv), ``cfg`` (VGG widths)
+    or ``macs_target`` (fraction of MACs to keep); or a ``plan`` from :func:`plan_channels`.
+    ``criterion``: a registered channel criterion (l1 | l2 | bn_scale | random, seeded by ``seed``);
+    ``scope``: ``layer`` (same fraction per group) or ``global`` (one normalised ranking).
+
+    Never returns a silently different model: a pruned copy is checked against the masked twin and only
+    then swapped into ``model``; on any mismatch a PrunekitError names the first diverging layer and
+    ``model`` is left as it was. Side effects: ``model``'s modules are replaced by the pruned copy's
+    (masks made permanent, affected layers get new, smaller parameters: rebuild any optimizer).
+    """
+    if plan is None:
+        target = ChannelTarget(ratio, ratios, cfg, macs_target, criterion, scope, seed)
+        plan, pruned = _plan(model, as_inputs(model, example_inputs),
+                             lambda graph: select_channels(model, graph, target))
+    else:
+        pruned = _cut_and_check(model, plan.graph, set(plan.channel_ids), plan.inputs)
+    model.__dict__.update(pruned.__dict__)  # swap the checked copy in: same object for the caller
+    return model
+
+
+def _plan(model: nn.Module, inputs: tuple,
+          choose: Callable[[ChannelGraph], set[int]]) -> tuple[ChannelPlan, nn.Module]:
+    """(plan, the checked pruned copy) for the channels ``choose(graph)`` picks; retraces with size
+    assumptions off when the check fails and the trace made some."""
+    for trust_sizes in (True, False):
+        graph = trace_channels(model, inputs, trust_sizes=trust_sizes)
+        removed = choose(graph)
+        try:
+            pruned = _cut_and_check(model, graph, removed, inputs)
+        except PrunekitError:
+            if not trust_sizes or not graph.assumed:
+                raise
+            continue
+        removed_by_conv: dict[str, list[int]] = {}
+        for cid in sorted(removed):
+            for slot in graph.channels[cid].slots:
+                if slot.role in ("conv_out", "depthwise"):
+                    removed_by_conv.setdefault(slot.module, []).append(slot.index)
+        plan = ChannelPlan({k: sorted(v) for k, v in removed_by_conv.items()}, channel_masks(model, graph, removed),
+                           dict(graph.blocked), not trust_sizes, graph, frozenset(removed), inputs)
+        return plan, pruned
+    raise AssertionError("unreachable")
+
+
+def _cut_and_check(model: nn.Module, graph: ChannelGraph, removed: set[int], inputs: tuple) -> nn.Module:
+    """A permanent, physically pruned copy of ``model``, proven equal to the masked twin on ``inputs``."""
+    twin = make_permanent(apply_masks(permanent_copy(model), channel_masks(model, graph, removed)))
+    pruned = remove_channels(permanent_copy(model), graph, removed)
+    _reuse_script_blocks(model, pruned)
+    check_equivalent(twin, pruned, graph, removed, inputs)
+    return pruned
+
+
+def _reuse_script_blocks(model: nn.Module, pruned: nn.Module) -> None:
+    """Put ``model``'s own TorchScript blocks into ``pruned``: a deep-copied ScriptModule no longer trains
+    (its parameters get no gradients), and tracing keeps every channel of a block, so none was cut."""
+    for name, module in model.named_modules():
+        parent, _, child = name.rpartition(".")
+        if isinstance(module, torch.jit.ScriptModule) and name and not isinstance(
+                model.get_submodule(parent), torch.jit.ScriptModule):
+            setattr(pruned.get_submodule(parent), child, module)
 
 
 def filter_masks(model: nn.Module, example_inputs: Any, config: PruneConfig, progress: float = 1.0) -> Masks:
@@ -126,13 +212,15 @@ def shrink(model: nn.Module, example_inputs: Any = None) -> nn.Module:
     A channel is removed when every parameter slice on it is zero (producing conv rows and biases,
     depthwise rows, γ and β of every BN on it) and every channel copied into it is removed too: its
     activation is then zero everywhere, so outputs are unchanged (up to float rounding). Side effects:
-    masks are made permanent first, then ``model`` is modified in place (see ``prune_channels``).
+    as for ``prune_channels`` (checked against the model, then swapped in; masks end up permanent).
     """
-    make_permanent(model)
-    graph = trace_channels(model, example_inputs)
-    dead = zeroed_channels(model, graph)
-    removed = _repair(graph, set(dead), {cid: 0.0 for cid in dead}, dead)
-    return remove_channels(model, graph, removed)
+    def dead_channels(graph: ChannelGraph) -> set[int]:
+        dead = zeroed_channels(model, graph)
+        return _repair(graph, set(dead), {cid: 0.0 for cid in dead}, dead)
+
+    pruned = _plan(model, as_inputs(model, example_inputs), dead_channels)[1]
+    model.__dict__.update(pruned.__dict__)
+    return model
 
 
 def filter_sparsity(before: nn.Module, after: nn.Module) -> float:
@@ -155,27 +243,28 @@ def filter_sparsity(before: nn.Module, after: nn.Module) -> float:
 
 
 def channel_masks(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> Masks:
-    """Bool masks (True = kept) zeroing the channels ``removed``: producer rows and biases, depthwise rows
-    and biases, γ and β of every BN on them. Only tensors with a removed entry are returned."""
+    """Bool masks (True = kept) zeroing the channels ``removed``: conv rows and biases, depthwise rows and
+    biases, Linear rows and biases, γ and β of every BN on them. Only tensors with a removed entry."""
     modules = dict(model.named_modules())
     masks: Masks = {}
     for cid in sorted(removed):
         for slot in graph.channels[cid].slots:
-            if slot.role not in ("conv_out", "depthwise", "bn"):
+            if slot.role not in ("conv_out", "depthwise", "bn", "linear_out"):
                 continue
-            for param in ("weight", "bias"):
-                tensor = effective_tensor(modules[slot.module], param)
+            module = modules[slot.module]
+            for param, index in handler_for(module).zero_entries(module, slot.role, slot.index):
+                tensor = effective_tensor(module, param)
                 if tensor is None:
                     continue
                 key = f"{slot.module}.{param}"
                 if key not in masks:  # built on the CPU (like extract_masks); apply_masks moves them
                     masks[key] = torch.ones(tensor.shape, dtype=torch.bool)
-                masks[key][slot.index] = False
+                masks[key][index] = False
     return masks
 
 
 def estimate_macs(graph: ChannelGraph, model: nn.Module, removed: set[int] = frozenset()) -> int:
-    """MACs per image of every Conv2d and Linear call after removing ``removed`` (the convention of
+    """MACs per image of every Conv and Linear call after removing ``removed`` (the convention of
     :func:`prunekit.measure.count_macs`: conv and linear only), from the traced output sizes."""
     modules = dict(model.named_modules())
     lost = {key: sum(1 for cid in port.values() if cid in removed) for key, port in graph.ports.items()}
@@ -184,10 +273,10 @@ def estimate_macs(graph: ChannelGraph, model: nn.Module, removed: set[int] = fro
         module = modules[call.module]
         if call.kind == "linear":
             features = module.in_features - lost.get((call.module, "linear_in"), 0)
-            total += call.positions * features * module.out_features
+            total += call.positions * features * (module.out_features - lost.get((call.module, "linear_out"), 0))
             continue
         kernel = math.prod(module.kernel_size)
-        if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
+        if (call.module, "depthwise") in graph.ports:
             total += call.positions * kernel * (module.out_channels - lost.get((call.module, "depthwise"), 0))
             continue
         cin = module.in_channels - lost.get((call.module, "conv_in"), 0)

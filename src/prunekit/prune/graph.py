@@ -1,60 +1,66 @@
-"""Trace a model with torch.fx and derive its channel groups: what must be removed together.
+"""Trace a real forward pass and derive a model's channel groups: what must be removed together.
+
+How it traces
+-------------
+:func:`trace_channels` runs the model once on the example input with a ``TorchFunctionMode`` recorder and
+global module hooks (see docs/structured.md for the choice). Whatever Python the model runs simply runs:
+modules created inside ``forward``, ``int(x.size(1) * 0.5)``, branches on shapes, numpy on parameters.
+Every tensor op is seen with the layer it ran in; the layers prunekit knows how to resize (Conv2d,
+ConvTranspose2d, BatchNorm, Linear, ZeroPadShortcut) are seen as one call each, and a TorchScript block
+as one opaque call. What each op does to channels is decided by one registry,
+:mod:`prunekit.prune.handlers`, shared with surgery.
 
 Vocabulary
 ----------
-slot     one index on one axis of one module, e.g. ``Slot("layer1.0.conv1", "conv_out", 5)`` (filter 5:
-         weight row 5 and bias 5). Roles:
+atom     one channel of one traced tensor (a node of a union-find). Ops that must keep channels aligned
+         (add, mul, a gate ``x * s``, BN, a depthwise conv, a grouped conv's groups) unite their atoms.
+slot     one index on one axis of one module, e.g. ``Slot("layer1.0.conv1", "conv_out", 5)``. Roles:
+         ``conv_out`` (filter: weight row + bias of a Conv2d, column of a ConvTranspose2d),
+         ``conv_in`` (input column), ``depthwise`` (output of a conv with one input per group: row + bias),
+         ``bn`` (γ, β, running stats), ``linear_in``/``linear_out`` (Linear columns / rows + bias),
+         ``shortcut_in``/``shortcut_out`` (ZeroPadShortcut).
+channel  the unit of removal: a union-find class of atoms with every slot on it.
+group    channels that share producing convs (a residual stream, one conv's output with its BN).
 
-         ``conv_out``      weight rows + bias of a Conv2d (groups = 1): the conv *produces* the channel
-         ``conv_in``       weight columns of a Conv2d (groups = 1): the conv *consumes* it
-         ``depthwise``     row + bias of a depthwise Conv2d (groups = in = out): output i is input i
-         ``bn``            γ, β, running mean/var of a BatchNorm2d (right after a conv or on a concatenation)
-         ``linear_in``     input features of a Linear (after flatten, H*W consecutive features per channel)
-         ``shortcut_in``   an input channel of a ZeroPadShortcut (entries pointing at it become -1)
-         ``shortcut_out``  an output channel of a ZeroPadShortcut (its ``source_index`` entry is dropped)
+When is a channel prunable?
+---------------------------
+The *masked twin* zeroes, for a removed channel, every producer slot on it (conv rows and biases,
+depthwise rows, Linear rows, BN γ and β). Removing it physically is exact when every op that *mixes*
+channels (a conv's or Linear's input, a reduction over channels) reads an exact zero for it in the twin.
+Each atom has a rule for "is it zero when its channel is removed": producers and BN outputs are; ``x + y``
+is when all operands are, ``x * s`` when any is, ``sigmoid`` never is, an unknown op's output never is.
+A channel is prunable when it has at least one conv filter, no pinned atom (network input or output, an
+op prunekit cannot resize, a literal size) and every mixed read of it is zero. Pinned channels are kept,
+with the reason in :attr:`ChannelGraph.blocked`.
 
-channel  the unit of removal: every slot that carries one channel of activation. Pass-through ops
-         (BN, activations with f(0) = 0, pooling, dropout, depthwise convs) keep a channel's identity; an
-         addition couples the channels of its operands (channel i of both become one channel); ``cat`` on
-         dim 1 places its operands' channels at offsets; flatten maps a channel to H*W features.
-group    channels that share producing convs, e.g. the residual stream of a ResNet stage, or one conv's
-         output with its BN. Allocation works per group (the same ratio of every group, a global ranking
-         normalised per group); a group is never emptied.
+ZeroPadShortcut (option-A ResNets) is a channel *map*: its output channel j copies input channel
+``source_index[j]`` (or is zero); such a copy is a *dependency* (removed only with or after its source).
 
-ZeroPadShortcut (option-A ResNets) is a channel *map*, not a coupling: its output channel j copies input
-channel ``source_index[j]`` (or is zero). The copy enters the output channel as a *dependency*: an output
-channel that copies a live input channel is not zero even when all its convs are masked, so it may only be
-removed together with (or after) its source channel; removing an input channel alone just turns the
-entries that copied it into -1. Stages are never coupled, which is exactly where a coupling-based tracer
-goes wrong on these networks.
-
-Only Conv2d / BatchNorm2d / Linear sizes and ZeroPadShortcut ``source_index`` ever change, so a pruned
-registry model is still described by :func:`prunekit.models.channel_config`.
+Assumptions that only a run can confirm
+---------------------------------------
+A view that splits the channel axis (a channel shuffle) and a slice or ``split`` at explicit sizes are
+exact only when the model computes those sizes from the tensor (``C // g``) rather than from a literal.
+The tracer assumes so (``trust_sizes=True``) and lists them in :attr:`ChannelGraph.assumed`; the pruning
+self-check then proves the result, and :func:`prunekit.prune.channels.plan_channels` retraces with
+``trust_sizes=False`` (those channels pinned) when it does not hold.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple
 
+import numpy as np
 import torch
-import torch.fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.overrides import TorchFunctionMode
 
 from prunekit.errors import PrunekitError
-from prunekit.models.resnet import ZeroPadShortcut
 
-ROLES = ("conv_out", "conv_in", "depthwise", "bn", "linear_in", "shortcut_in", "shortcut_out")
-PRODUCER_ROLES = ("conv_out", "depthwise", "bn", "shortcut_out")
+PRODUCER_ROLES = ("conv_out", "depthwise", "bn", "linear_out", "shortcut_out")
 CONSUMER_ROLES = ("conv_in", "linear_in", "shortcut_in")
-
-SUPPORTED = (
-    "Conv2d (groups 1, or depthwise with groups = in = out), BatchNorm2d, Linear after flatten, "
-    "ZeroPadShortcut, activations with f(0) = 0, pooling, dropout, identity, add/sub of equally wide "
-    "tensors, cat, flatten/view to (N, C*H*W), mul/div by a scalar or a tensor broadcast over channels"
-)
 
 
 class Slot(NamedTuple):
@@ -69,8 +75,6 @@ class Slot(NamedTuple):
 class Channel:
     """The unit of removal: every slot it occupies, and the channels it depends on.
 
-    ``prunable`` is False for channels that reach the model output, pass through an op that is not
-    zero-preserving (a sigmoid, a BN without affine parameters, ``x + 1``) or are the network input.
     ``depends_on``: channels copied into this one by a ZeroPadShortcut; this channel is exactly zero
     only when they are too. ``filters``: how many conv filters (conv_out slots) it removes.
     """
@@ -106,20 +110,22 @@ class ChannelGroup:
 
 @dataclass(frozen=True)
 class ModuleCall:
-    """A Conv2d or Linear call, with what its MACs depend on besides channel counts."""
+    """A Conv2d, ConvTranspose2d or Linear call, with what its MACs depend on besides channel counts."""
 
     module: str
     kind: str  # "conv" | "linear"
-    positions: int  # conv: output H*W; linear: rows per sample (1 for a (N, F) input)
+    positions: int  # conv: output H*W (input H*W for a transposed conv); linear: rows per sample
 
 
 @dataclass
 class ChannelGraph:
     """Everything allocation and surgery need to know about a model's channels.
 
-    ``ports[(module, role)][index]`` is the channel id of that slot; ``bn_after[conv]`` the BatchNorm2d
-    applied directly to that conv's output; ``calls`` every Conv2d/Linear call (MAC estimates);
-    ``layout`` conv names and ``"M"`` (max pool) in call order (checks VGG-style cfgs).
+    ``ports[(module, role)][index]`` is the channel id of that slot; ``bn_after[conv]`` the BatchNorm
+    applied directly to that conv's output; ``calls`` every Conv/Linear call (MAC estimates); ``layout``
+    conv names and ``"M"`` (max pool) in call order (checks VGG-style cfgs); ``outputs[module]`` the
+    channel id of every output channel of each traced layer call (the self-check compares them);
+    ``blocked`` {where: why} for every pin; ``assumed`` the size assumptions made (see module doc).
     """
 
     channels: dict[int, Channel]
@@ -128,6 +134,9 @@ class ChannelGraph:
     bn_after: dict[str, str]
     calls: list[ModuleCall]
     layout: list[str]
+    outputs: dict[str, list[int]] = field(default_factory=dict)
+    blocked: dict[str, str] = field(default_factory=dict)
+    assumed: list[str] = field(default_factory=list)
 
     def prunable(self, group: ChannelGroup) -> list[int]:
         return [c for c in group.channels if self.channels[c].prunable]
@@ -137,24 +146,41 @@ class ChannelGraph:
         return {conv: g.id for g in self.groups for conv in g.producers}
 
 
-def trace_channels(model: nn.Module, example_inputs: Any = None) -> ChannelGraph:
-    """Trace ``model`` (ZeroPadShortcut as a leaf) and return its :class:`ChannelGraph`.
+def trace_channels(model: nn.Module, example_inputs: Any = None, trust_sizes: bool = True) -> ChannelGraph:
+    """Run ``model`` once on ``example_inputs`` and return its :class:`ChannelGraph`.
 
     ``example_inputs``: a tensor or a tuple of tensors for ``model(*inputs)``; default one CIFAR image
-    (1, 3, 32, 32) on the model's device. Side effects: none (one forward pass in eval mode under
-    ``no_grad``; every module's train/eval flag is restored). Raises PrunekitError for a model torch.fx
-    cannot trace or an op whose channel layout cannot be followed, naming the node and the layer.
+    (1, 3, 32, 32) on the model's device. ``trust_sizes``: see the module docstring. Side effects: none
+    (one forward pass in eval mode under ``no_grad``; every module's train/eval flag is restored). Raises
+    PrunekitError when the forward pass itself fails.
     """
-    inputs = _as_tuple(model, example_inputs)
-    graph_module = _trace(model)
-    _propagate_shapes(model, graph_module, inputs)
-    walker = _Walker(model)
-    for node in graph_module.graph.nodes:
-        walker.visit(node)
+    from prunekit.prune import handlers  # the registry imports this module's types
+
+    inputs = as_inputs(model, example_inputs)
+    walker = Walker(model, trust_sizes)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad(), _Recorder(walker, handlers):
+            for tensor in _tensors(inputs):
+                walker.set(tensor, walker.fresh(tensor, "fixed"))
+            output = model(*inputs)
+    except PrunekitError:
+        raise
+    except Exception as exc:
+        raise PrunekitError(f"the model's forward pass fails on the example input "
+                            f"({type(exc).__name__}: {exc}); pass inputs the model accepts") from None
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    for tensor in _tensors(output):
+        walker.consume([tensor])
+        walker.pin(walker.layout(tensor), "model output", "the network's output channels are fixed")
     return walker.result()
 
 
-def _as_tuple(model: nn.Module, example_inputs: Any) -> tuple:
+def as_inputs(model: nn.Module, example_inputs: Any) -> tuple:
+    """``example_inputs`` as the argument tuple of ``model(*inputs)``; default one CIFAR image."""
     if example_inputs is None:
         tensor = next(iter(model.parameters()), None)
         device = tensor.device if tensor is not None else "cpu"
@@ -162,50 +188,42 @@ def _as_tuple(model: nn.Module, example_inputs: Any) -> tuple:
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
 
-class _Tracer(torch.fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ZeroPadShortcut) or super().is_leaf_module(m, qualname)
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
 
 
-def _trace(model: nn.Module) -> torch.fx.GraphModule:
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as exc:  # fx raises many types (TraceError, TypeError on control flow, ...)
-        raise PrunekitError(
-            f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}); channel pruning "
-            "needs a traceable forward (no data-dependent control flow)"
-        ) from None
-    return torch.fx.GraphModule(model, graph)
+# --------------------------------------------------------------------------- atoms and layouts
 
 
-def _propagate_shapes(model: nn.Module, graph_module: torch.fx.GraphModule, inputs: tuple) -> None:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(graph_module).propagate(*inputs)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+class Layout(NamedTuple):
+    """The atoms of a tensor's channel axes: ``atoms`` has the tensor's sizes at ``dims`` (usually (1,))."""
+
+    dims: tuple[int, ...]
+    atoms: np.ndarray
+
+    @property
+    def flat(self) -> list[int]:
+        return [int(a) for a in self.atoms.reshape(-1)]
 
 
-# --------------------------------------------------------------------------- atoms (union-find)
-
-
-class _Atoms:
-    """Union-find over atoms: conv filters, fixed (unprunable) channels, zero channels, shortcut copies."""
+class Atoms:
+    """Union-find over atoms with a zero rule each (see the module docstring)."""
 
     def __init__(self) -> None:
         self.parent: list[int] = []
-        self.kind: list[str] = []
-        self.dep: list[int | None] = []
-        self.has_conv: list[bool] = []
+        self.kind: list[str] = []  # producer | fixed | zero | copy | same | all | any | never
+        self.args: list[tuple[int, ...]] = []
 
-    def new(self, kind: str, dep: int | None = None) -> int:
+    def new(self, kind: str, args: Iterable[int] = ()) -> int:
         self.parent.append(len(self.parent))
         self.kind.append(kind)
-        self.dep.append(dep)
-        self.has_conv.append(kind == "conv")
+        self.args.append(tuple(args))
         return len(self.parent) - 1
 
     def find(self, a: int) -> int:
@@ -220,121 +238,118 @@ class _Atoms:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[rb] = ra
-            self.has_conv[ra] = self.has_conv[ra] or self.has_conv[rb]
 
-    def carries_conv(self, layout: Sequence[int] | None) -> bool:
-        return layout is not None and any(self.has_conv[self.find(a)] for a in layout)
-
-
-# --------------------------------------------------------------------------- op tables
-
-_PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardtanh, nn.Mish, nn.Tanh,
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.MaxPool2d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample, nn.ZeroPad2d,
-)
-_BLOCK_MODULES = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus)
-_PASS_FUNCTIONS = {
-    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "gelu", "silu", "hardswish",
-    "hardtanh", "hardtanh_", "mish", "tanh", "tanh_", "dropout", "dropout1d", "dropout2d", "alpha_dropout",
-    "feature_alpha_dropout", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
-    "interpolate", "upsample", "contiguous", "clone", "detach", "to", "float", "half", "double", "type_as",
-    "neg",
-}
-_BLOCK_FUNCTIONS = {"sigmoid", "sigmoid_", "hardsigmoid", "softplus", "exp"}
-_META_FUNCTIONS = {"size", "dim", "getattr", "numel", "shape", "ndimension"}
-_RESHAPE_FUNCTIONS = {"view", "reshape", "flatten", "squeeze", "unsqueeze"}
-_ADD_FUNCTIONS = {"add", "add_", "iadd", "sub", "sub_", "isub"}
-_MUL_FUNCTIONS = {"mul", "mul_", "imul", "truediv", "div", "div_", "itruediv"}
-_REDUCE_FUNCTIONS = {"mean", "sum", "amax", "amin"}
-_MAX_POOLS = (nn.MaxPool2d,)
-_BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)  # SyncBatchNorm: distributed training, same state
+    def zero(self, a: int, memo: dict[int, bool]) -> bool:
+        """Whether atom ``a`` is exactly zero in the masked twin when its own channel is removed."""
+        if a in memo:
+            return memo[a]
+        memo[a] = False  # cycles (a module called twice) count as not zero
+        kind, args = self.kind[a], self.args[a]
+        same_class = [x for x in args if self.find(x) == self.find(a)]
+        if kind in ("producer", "zero", "copy"):
+            result = True
+        elif kind == "same":
+            result = bool(same_class) and self.zero(same_class[0], memo)
+        elif kind == "all":
+            result = len(same_class) == len(args) and all(self.zero(x, memo) for x in args)
+        elif kind == "any":
+            result = any(self.zero(x, memo) for x in same_class)
+        else:  # fixed, never
+            result = False
+        memo[a] = result
+        return result
 
 
-def _function_name(node: torch.fx.Node) -> str:
-    target = node.target
-    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
+# --------------------------------------------------------------------------- the walker
 
 
-def _layer_of(node: torch.fx.Node) -> str:
-    if node.op == "call_module":
-        return str(node.target)
-    stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack)) if stack else "<top level>"
+class Walker:
+    """State of one trace: a layout per tensor, the module ports, pins and reads. Handlers call its methods."""
 
-
-def _shape(node: Any) -> tuple[int, ...] | None:
-    if not isinstance(node, torch.fx.Node):
-        return None
-    meta = node.meta.get("tensor_meta")
-    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
-
-
-def _keeps_batch_and_channels(index: tuple, ndim: int) -> bool:
-    """Whether ``x[index]`` leaves dims 0 and 1 whole (``x[:, :, ::2]``, ``x[..., 1:]``)."""
-    if any(i is None for i in index):
-        return False
-    full = slice(None)
-    if index and index[0] is Ellipsis:
-        return len(index) - 1 <= ndim - 2
-    first_two = list(index[:2])
-    if len(first_two) == 2 and first_two[1] is Ellipsis:
-        first_two = first_two[:1]
-    return all(isinstance(i, slice) and i == full for i in first_two)
-
-
-def _is_tuple_output(node: torch.fx.Node) -> bool:
-    meta = node.meta.get("tensor_meta")  # TensorMetadata is itself a NamedTuple
-    return isinstance(meta, (tuple, list)) and not isinstance(meta, TensorMetadata)
-
-
-# --------------------------------------------------------------------------- the walk
-
-
-class _Walker:
-    """Visits fx nodes in order, assigning each tensor a channel layout (one atom per channel of dim 1)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.modules = dict(model.named_modules())
-        self.atoms = _Atoms()
-        self.layouts: dict[torch.fx.Node, list[int] | None] = {}
+    def __init__(self, model: nn.Module, trust_sizes: bool) -> None:
+        self.model = model
+        self.names = {id(m): name for name, m in model.named_modules()}
+        self.trust_sizes = trust_sizes
+        self.atoms = Atoms()
+        self.layouts: dict[int, Layout] = {}
+        self.alive: list[torch.Tensor] = []  # keeps traced tensors alive so their ids stay unique
         self.ports: dict[tuple[str, str], dict[int, int]] = {}
+        self.producer_of: dict[int, str] = {}  # id(tensor) -> conv that produced it
         self.conv_atoms: dict[str, list[int]] = {}
         self.conv_order: list[str] = []
-        self.layout: list[str] = []
+        self.sequence: list[str] = []  # conv names and "M" (max pool) in call order
         self.bn_after: dict[str, str] = {}
         self.calls: list[ModuleCall] = []
+        self.outputs: dict[str, list[int]] = {}
+        self.reads: list[int] = []  # atoms read by an op that mixes channels
+        self.pinned: set[int] = set()
+        self.blocked: dict[str, str] = {}
+        self.assumed: list[str] = []
+        self.where = "<top level>"  # the layer the current op runs in
+        self.origin: dict[int, str] = {}  # id(tensor) -> layer that made it
+        self.consumed: set[int] = set()  # ids of tensors a traced op or layer read
 
-    # ---- entry points
+    # ---- tensors and layouts
 
-    def visit(self, node: torch.fx.Node) -> None:
-        if node.op == "placeholder":
-            layout = self._fresh(node, "fixed")
-        elif node.op == "get_attr":
-            layout = None
-        elif node.op == "output":
-            layout = self._block_outputs(node)
-        elif node.op == "call_module":
-            layout = self._call_module(node)
-        else:
-            layout = self._call_function(node)
-        self.layouts[node] = layout
+    def layout(self, value: Any) -> Layout | None:
+        return self.layouts.get(id(value)) if isinstance(value, torch.Tensor) else None
 
-    def result(self) -> ChannelGraph:
-        return _build_graph(self)
+    def set(self, tensor: Any, layout: Layout | None) -> None:
+        if isinstance(tensor, torch.Tensor) and layout is not None:
+            self.alive.append(tensor)
+            self.layouts[id(tensor)] = layout
+            self.origin[id(tensor)] = self.where
 
-    # ---- helpers
+    def consume(self, values: Iterable[Any]) -> None:
+        """Mark tensors as read by a traced op or layer."""
+        for value in values:
+            if isinstance(value, torch.Tensor):
+                self.consumed.add(id(value))
+            elif isinstance(value, (tuple, list)):
+                self.consume(value)
 
-    def _fresh(self, node: torch.fx.Node, kind: str) -> list[int] | None:
-        shape = _shape(node)
-        if shape is None or len(shape) < 2:
+    def pin_dangling(self) -> None:
+        """Pin channel tensors that no traced op read: code prunekit cannot see (a TorchScript function,
+        a C extension) used them, so their channels must stay."""
+        for tensor in self.alive:
+            key = id(tensor)
+            if key not in self.consumed and tensor.is_floating_point():
+                self.pin(self.layouts[key], f"a tensor of layer '{self.origin[key]}'",
+                         "it is read by code prunekit cannot trace (e.g. a TorchScript function)")
+
+    def fresh(self, tensor: torch.Tensor, kind: str, args_of: Layout | None = None) -> Layout | None:
+        """New atoms for dim 1 of ``tensor`` (None below 2 dims); ``args_of``: one argument atom each."""
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() < 2:
             return None
-        return [self.atoms.new(kind) for _ in range(shape[1])]
+        if args_of is not None:
+            return Layout(args_of.dims, np.vectorize(lambda a: self.atoms.new(kind, (a,)), otypes=[np.int64])(
+                args_of.atoms) if args_of.atoms.size else args_of.atoms.copy())
+        return Layout((1,), np.array([self.atoms.new(kind) for _ in range(tensor.shape[1])], dtype=np.int64))
 
-    def _layout(self, arg: Any) -> list[int] | None:
-        return self.layouts.get(arg) if isinstance(arg, torch.fx.Node) else None
+    def known(self, value: Any) -> Layout | None:
+        """The layout of ``value``; a tensor never seen before (a parameter, a constant) gets fixed atoms."""
+        layout = self.layout(value)
+        if layout is None and isinstance(value, torch.Tensor):
+            layout = self.fresh(value, "fixed")
+            self.set(value, layout)
+        return layout
 
-    def _register(self, module: str, role: str, index: int, atom: int) -> None:
+    def new_op(self, kind: str, layouts: list[Layout]) -> Layout:
+        """One new atom per channel with rule ``kind`` over the aligned atoms of ``layouts``, all united."""
+        first = layouts[0]
+        stacked = np.stack([lay.atoms for lay in layouts])
+        out = np.empty_like(first.atoms)
+        for index in np.ndindex(first.atoms.shape):
+            operands = [int(a) for a in stacked[(slice(None), *index)]]
+            atom = self.atoms.new(kind, operands)
+            for other in operands:
+                self.atoms.union(atom, other)
+            out[index] = atom
+        return Layout(first.dims, out)
+
+    # ---- ports, pins and reads
+
+    def register(self, module: str, role: str, index: int, atom: int) -> None:
         """Record that slot (module, role, index) carries ``atom``; a module called twice couples its calls."""
         port = self.ports.setdefault((module, role), {})
         if index in port:
@@ -342,352 +357,150 @@ class _Walker:
         else:
             port[index] = atom
 
-    def _block(self, layout: list[int] | None) -> list[int] | None:
-        """Mark the channels of ``layout`` unprunable (they stop being zero when masked)."""
-        for atom in layout or ():
-            self.atoms.union(atom, self.atoms.new("fixed"))
-        return layout
+    def read(self, layout: Layout | None) -> None:
+        """The op mixes these channels: each must be exactly zero when removed (see the module doc)."""
+        if layout is not None:
+            self.reads.extend(layout.flat)
 
-    def _tracked_inputs(self, node: torch.fx.Node) -> list[torch.fx.Node]:
-        return [n for n in node.all_input_nodes if self.atoms.carries_conv(self.layouts.get(n))]
+    def pin(self, layout: Layout | None, where: str, why: str) -> None:
+        """These channels are kept: record the reason once per place."""
+        if layout is None or not layout.atoms.size:
+            return
+        self.pinned.update(layout.flat)
+        self.blocked.setdefault(where, why)
 
-    def _refuse(self, node: torch.fx.Node, why: str) -> None:
-        if node.op == "call_module":
-            op = f"{type(self.modules[node.target]).__name__} '{node.target}'"
-        else:
-            op = f"'{_function_name(node)}'"
-        raise PrunekitError(
-            f"channel pruning cannot follow channels through {op} (fx node '{node.name}') in layer "
-            f"'{_layer_of(node)}': {why}. Supported: {SUPPORTED}. Change the model, or use unstructured pruning."
-        )
+    def pin_inputs(self, values: Iterable[Any], where: str, why: str) -> None:
+        for value in values:
+            self.pin(self.layout(value), where, why)
 
-    def _unknown(self, node: torch.fx.Node, why: str) -> list[int] | None:
-        """An op we cannot follow: fine on unprunable inputs (fresh fixed output), refused on conv channels."""
-        if self._tracked_inputs(node):
-            self._refuse(node, why)
-        if _is_tuple_output(node):
-            return None
-        return self._fresh(node, "fixed")
+    def assume(self, what: str) -> bool:
+        """Record a size assumption (see the module doc); False when the trace must not make it."""
+        if self.trust_sizes:
+            self.assumed.append(what)
+        return self.trust_sizes
 
-    def _block_outputs(self, node: torch.fx.Node) -> None:
-        for arg in node.all_input_nodes:
-            self._block(self.layouts.get(arg))
-        return None
-
-    # ---- modules
-
-    def _call_module(self, node: torch.fx.Node) -> list[int] | None:
-        module = self.modules[node.target]
-        if isinstance(module, ZeroPadShortcut):
-            return self._shortcut(node, module)
-        if isinstance(module, nn.Conv2d):
-            return self._conv(node, module)
-        if isinstance(module, _BATCHNORMS):
-            return self._batchnorm(node, module)
-        if isinstance(module, nn.Linear):
-            return self._linear(node, module)
-        if isinstance(module, (nn.Flatten, nn.Unflatten)):
-            return self._reshape(node)
-        if isinstance(module, _MAX_POOLS):
-            self.layout.append("M")
-        if isinstance(module, _PASS_MODULES) and not _is_tuple_output(node):
-            return self._pass(node)
-        if isinstance(module, _BLOCK_MODULES):
-            return self._block(self._pass(node))
-        return self._unknown(node, f"prunekit does not know how {type(module).__name__} uses channels")
-
-    def _conv(self, node: torch.fx.Node, conv: nn.Conv2d) -> list[int] | None:
-        name, x = str(node.target), self._layout(node.args[0])
-        out_shape = _shape(node)
-        self.calls.append(ModuleCall(name, "conv", out_shape[2] * out_shape[3] if out_shape else 1))
-        if conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1:
-            return self._depthwise(node, name, x)
-        if conv.groups != 1:
-            if not self.atoms.carries_conv(x):
-                return self._block(self._conv_outputs(name, conv))
-            self._refuse(node, f"grouped convolution (groups={conv.groups}, in={conv.in_channels}, "
-                               f"out={conv.out_channels}); only groups=1 or depthwise (groups=in=out) are supported")
-        for index, atom in enumerate(x or ()):
-            self._register(name, "conv_in", index, atom)
-        return self._conv_outputs(name, conv)
-
-    def _conv_outputs(self, name: str, conv: nn.Conv2d) -> list[int]:
+    def conv_outputs(self, name: str, count: int) -> list[int]:
+        """The producer atoms of conv ``name``'s ``count`` filters (the same atoms on every call)."""
         if name not in self.conv_atoms:
-            self.conv_atoms[name] = [self.atoms.new("conv") for _ in range(conv.out_channels)]
+            self.conv_atoms[name] = [self.atoms.new("producer") for _ in range(count)]
             self.conv_order.append(name)
-            self.layout.append(name)
+            self.sequence.append(name)
         for index, atom in enumerate(self.conv_atoms[name]):
-            self._register(name, "conv_out", index, atom)
+            self.register(name, "conv_out", index, atom)
         return list(self.conv_atoms[name])
 
-    def _depthwise(self, node: torch.fx.Node, name: str, x: list[int] | None) -> list[int] | None:
-        if x is None:
-            x = self._fresh(node, "fixed")
-        for index, atom in enumerate(x):
-            self._register(name, "depthwise", index, atom)
-        return list(x)
+    def result(self) -> ChannelGraph:
+        return _build_graph(self)
 
-    def _batchnorm(self, node: torch.fx.Node, bn: nn.Module) -> list[int] | None:
-        name, source, x = str(node.target), node.args[0], self._layout(node.args[0])
-        if x is None:
-            return self._unknown(node, "its input is not a traced activation")
-        for index, atom in enumerate(x):
-            self._register(name, "bn", index, atom)
-        if isinstance(source, torch.fx.Node) and source.op == "call_module":
-            producer = self.modules[source.target]
-            if isinstance(producer, nn.Conv2d) and producer.groups == 1:
-                self.bn_after.setdefault(str(source.target), name)
-        return list(x) if bn.affine else self._block(list(x))
 
-    def _linear(self, node: torch.fx.Node, linear: nn.Linear) -> list[int] | None:
-        name, x, shape = str(node.target), self._layout(node.args[0]), _shape(node.args[0])
-        if shape is not None and len(shape) != 2 and self.atoms.carries_conv(x):
-            self._refuse(node, f"Linear applied to a {len(shape)}-d tensor acts on its last axis, not on "
-                               "channels; flatten to (N, C*H*W) first")
-        for index, atom in enumerate(x or ()):
-            self._register(name, "linear_in", index, atom)
-        rows = math.prod(shape[1:-1]) if shape and len(shape) > 2 else 1
-        self.calls.append(ModuleCall(name, "linear", rows))
-        return self._fresh(node, "fixed")
+class _Recorder(TorchFunctionMode):
+    """Sends every torch op of the forward pass, and every call of a layer with a handler, to ``handlers``.
 
-    def _shortcut(self, node: torch.fx.Node, shortcut: ZeroPadShortcut) -> list[int]:
-        name, x = str(node.target), self._layout(node.args[0])
-        if x is None:
-            x = [self.atoms.new("fixed") for _ in range(shortcut.in_channels)]
-        for index, atom in enumerate(x):
-            self._register(name, "shortcut_in", index, atom)
-        out = []
-        for j, source in enumerate(shortcut.source_index):
-            atom = self.atoms.new("zero") if source < 0 else self.atoms.new("copy", dep=x[source])
-            self._register(name, "shortcut_out", j, atom)
-            out.append(atom)
-        return out
+    Inside a layer with a handler (a Conv2d, including its mask pre-hook) ops are not recorded: the layer's
+    handler sees its input and output. The hooks are global and removed on exit.
+    """
 
-    # ---- functions and methods
+    def __init__(self, walker: Walker, handlers: Any) -> None:
+        super().__init__()
+        self.walker, self.handlers = walker, handlers
+        self.depth = 0  # > 0 inside a handled layer
+        self.stack: list[str] = []
 
-    def _call_function(self, node: torch.fx.Node) -> list[int] | None:
-        name = _function_name(node)
-        if name in _META_FUNCTIONS or (name == "getitem" and self._layout(node.args[0]) is None
-                                       and not self._tracked_inputs(node)):
-            return None if _shape(node) is None else self._fresh(node, "fixed")
-        handler = {
-            "cat": self._cat, "concat": self._cat, "getitem": self._getitem,
-            "transpose": self._permute, "permute": self._permute, "pad": self._pad, "clamp": self._clamp,
-            "softmax": self._softmax, "log_softmax": self._softmax,
-        }.get(name)
-        if handler is not None:
-            return handler(node)
-        if name in ("max_pool2d",):
-            self.layout.append("M")
-        if name in _PASS_FUNCTIONS and not _is_tuple_output(node):
-            return self._pass(node)
-        if name in _BLOCK_FUNCTIONS:
-            return self._block(self._pass(node))
-        if name in _RESHAPE_FUNCTIONS:
-            return self._reshape(node)
-        if name in _ADD_FUNCTIONS:
-            return self._add(node)
-        if name in _MUL_FUNCTIONS:
-            return self._mul(node, divide="div" in name)
-        if name in _REDUCE_FUNCTIONS:
-            return self._reduce(node)
-        return self._unknown(node, f"prunekit does not know how '{name}' uses channels")
+    def __enter__(self):
+        self._hooks = [register_module_forward_pre_hook(self._enter),
+                       register_module_forward_hook(self._exit, always_call=True)]
+        return super().__enter__()
 
-    def _pass(self, node: torch.fx.Node) -> list[int] | None:
-        """Channel-preserving op on its first argument; other tensor arguments must not carry channels."""
-        x = self._layout(node.args[0]) if node.args else None
-        others = [n for n in self._tracked_inputs(node) if n is not node.args[0]]
-        if others:
-            self._refuse(node, "it combines several channel tensors")
-        if x is None:
-            return self._fresh(node, "fixed")
-        out_shape, in_shape = _shape(node), _shape(node.args[0])
-        if out_shape is None or in_shape is None or out_shape[:2] != in_shape[:2]:
-            return self._unknown(node, "it changes the batch or channel axis")
-        return list(x)
+    def __exit__(self, *exc):
+        for hook in self._hooks:
+            hook.remove()
+        return super().__exit__(*exc)
 
-    def _reshape(self, node: torch.fx.Node) -> list[int] | None:
-        x, in_shape, out_shape = self._layout(node.args[0]), _shape(node.args[0]), _shape(node)
-        if x is None or in_shape is None or out_shape is None:
-            return self._fresh(node, "fixed")
-        if len(in_shape) >= 2 and len(out_shape) >= 2 and out_shape[:2] == in_shape[:2]:
-            return list(x)
-        positions = math.prod(in_shape[2:])
-        if len(out_shape) == 2 and out_shape[0] == in_shape[0] and out_shape[1] == in_shape[1] * positions:
-            return [atom for atom in x for _ in range(positions)]
-        return self._unknown(node, f"reshaping {tuple(in_shape)} to {tuple(out_shape)} mixes or splits the "
-                                   "channel axis (only flatten to (N, C*H*W) is supported)")
+    def _enter(self, module: nn.Module, inputs: tuple) -> None:
+        name = self.walker.names.get(id(module))
+        if name is not None:
+            self.stack.append(name)
+        if self.depth or (name is not None and self.handlers.layer_handler(module) is not None):
+            self.depth += 1
 
-    def _cat(self, node: torch.fx.Node) -> list[int] | None:
-        pieces = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        out_shape = _shape(node)
-        if out_shape is None:
-            return self._unknown(node, "unexpected output")
-        dim = dim % len(out_shape)
-        layouts = [self._layout(p) if self._layout(p) is not None else self._fresh(p, "fixed") for p in pieces]
-        if dim == 1:
-            return [atom for layout in layouts for atom in layout]
-        first = layouts[0]
-        for layout in layouts[1:]:  # cat on batch/space: channel i of every piece is one channel
-            for a, b in zip(first, layout):
-                self.atoms.union(a, b)
-        return list(first)
+    def _exit(self, module: nn.Module, inputs: tuple, output: Any) -> None:
+        name = self.walker.names.get(id(module))
+        handler = self.handlers.layer_handler(module) if name is not None else None
+        if self.depth and (handler is not None or self.depth > 1):
+            self.depth -= 1
+            if self.depth == 0 and handler is not None:
+                self.walker.where = name
+                self.walker.consume(inputs)
+                handler.trace(self.walker, name, module, inputs, output)
+        if name is not None and self.stack and self.stack[-1] == name:
+            self.stack.pop()
 
-    def _getitem(self, node: torch.fx.Node) -> list[int] | None:
-        x, in_shape, out_shape = self._layout(node.args[0]), _shape(node.args[0]), _shape(node)
-        if x is None or in_shape is None or out_shape is None:
-            return self._unknown(node, "indexing the output of an unsupported op")
-        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-        if _keeps_batch_and_channels(index, len(in_shape)) and out_shape[:2] == in_shape[:2]:
-            return list(x)
-        return self._unknown(node, f"indexing with {node.args[1]!r} selects or reorders channels")
-
-    def _permute(self, node: torch.fx.Node) -> list[int] | None:
-        in_shape, name = _shape(node.args[0]), _function_name(node)
-        dims = list(node.args[1:])
-        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
-            dims = list(dims[0])
-        if in_shape is not None and dims and all(isinstance(d, int) for d in dims):
-            dims = [d % len(in_shape) for d in dims]
-            if name == "transpose":
-                moved = set(dims) if dims[0] != dims[1] else set()
-            else:
-                moved = {d for i, d in enumerate(dims) if d != i}
-            if not moved & {0, 1}:
-                return self._pass(node)
-        return self._unknown(node, "it moves the channel axis (e.g. a channel shuffle)")
-
-    def _pad(self, node: torch.fx.Node) -> list[int] | None:
-        pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad", ())
-        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
-        if len(pad) > 4:
-            return self._unknown(node, "it pads the channel axis")
-        return self._pass(node) if not value else self._block(self._pass(node))
-
-    def _clamp(self, node: torch.fx.Node) -> list[int] | None:
-        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
-        high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max")
-        zero_kept = (low is None or low <= 0) and (high is None or high >= 0)
-        layout = self._pass(node)
-        return layout if zero_kept else self._block(layout)
-
-    def _softmax(self, node: torch.fx.Node) -> list[int] | None:
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        shape = _shape(node)
-        if dim is None or shape is None or dim % len(shape) == 1:
-            return self._unknown(node, "softmax over the channel axis mixes channels")
-        return self._block(self._pass(node))
-
-    def _reduce(self, node: torch.fx.Node) -> list[int] | None:
-        in_shape, out_shape = _shape(node.args[0]), _shape(node)
-        x = self._layout(node.args[0])
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        if x is not None and dims is not None and in_shape and out_shape and len(out_shape) >= 2:
-            dims = {d % len(in_shape) for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
-            if not dims & {0, 1} and out_shape[:2] == in_shape[:2]:
-                return list(x)
-        return self._unknown(node, "it reduces over the batch or channel axis")
-
-    # ---- binary elementwise ops
-
-    def _operands(self, node: torch.fx.Node) -> list[tuple[Any, list[int] | None, int]]:
-        """(operand, layout or None, its size on the output's channel axis after broadcasting)."""
-        out_shape = _shape(node)
-        result = []
-        for arg in node.args[:2]:
-            shape = _shape(arg) if isinstance(arg, torch.fx.Node) else ()
-            offset = 1 - (len(out_shape) - len(shape or ())) if out_shape else -1
-            size = shape[offset] if shape and offset >= 0 else 1
-            layout = self._layout(arg) if shape and len(shape) == len(out_shape) else None
-            if layout is None and self.atoms.carries_conv(self._layout(arg)):
-                self._refuse(node, "an operand with channels is broadcast against a wider tensor")
-            result.append((arg, layout, size))
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if not self.depth:
+            self.walker.where = self.stack[-1] if self.stack else "<top level>"
+            name = op_name(func)
+            if name not in self.handlers.METADATA:
+                self.walker.consume(list(args) + list(kwargs.values()))
+            self.handlers.trace_op(self.walker, name, args, kwargs, result)
         return result
 
-    def _add(self, node: torch.fx.Node) -> list[int] | None:
-        """add/sub: equally wide operands are coupled channel by channel; a non-zero constant blocks."""
-        out_shape = _shape(node)
-        if out_shape is None or len(out_shape) < 2:
-            return self._unknown(node, "unexpected operands")
-        width = out_shape[1]
-        operands = self._operands(node)
-        wide = [layout for _, layout, size in operands if layout is not None and size == width]
-        narrow = [(arg, layout, size) for arg, layout, size in operands if not (layout is not None and size == width)]
-        for arg, layout, size in narrow:
-            if self.atoms.carries_conv(layout):
-                self._refuse(node, f"adds a {size}-channel tensor to a {width}-channel one")
-            if size > 1 and any(self.atoms.carries_conv(w) for w in wide):
-                self._refuse(node, "adds a per-channel constant, which cannot be sliced")
-        if not wide:
-            return self._fresh(node, "fixed")
-        for layout in wide[1:]:
-            for a, b in zip(wide[0], layout):
-                self.atoms.union(a, b)
-        nonzero_constant = any(not (isinstance(arg, (int, float)) and arg == 0) for arg, _, _ in narrow)
-        return self._block(list(wide[0])) if nonzero_constant else list(wide[0])
 
-    def _mul(self, node: torch.fx.Node, divide: bool) -> list[int] | None:
-        """mul/div by a scalar or a tensor broadcast over channels keeps zeros; two channel tensors are refused."""
-        out_shape = _shape(node)
-        if out_shape is None or len(out_shape) < 2:
-            return self._unknown(node, "unexpected operands")
-        width = out_shape[1]
-        operands = self._operands(node) + [(1, None, 1)] * (2 - len(node.args[:2]))
-        (_, la, sa), (_, lb, sb) = operands
-        if la is not None and lb is not None and sa == sb == width > 1:
-            if not divide and [self.atoms.find(a) for a in la] == [self.atoms.find(b) for b in lb]:
-                return list(la)  # x * x
-            self._refuse(node, "multiplies two different channel tensors (one is not broadcast over channels)")
-        if la is not None and sa == width and sb == 1:
-            return list(la)
-        if lb is not None and sb == width and sa == 1 and not divide:
-            return list(lb)
-        if self._tracked_inputs(node):
-            self._refuse(node, "multiplies by a per-channel tensor that prunekit cannot slice")
-        return self._fresh(node, "fixed")
+def op_name(func: Any) -> str:
+    """A torch function's plain name: ``Tensor.__iadd__`` -> ``iadd``, ``x.shape`` -> ``shape``."""
+    name = getattr(func, "__name__", str(func))
+    if name == "__get__":
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    return name.strip("_")
 
 
 # --------------------------------------------------------------------------- assembling the result
 
 
-def _build_graph(walker: _Walker) -> ChannelGraph:
+def _build_graph(walker: Walker) -> ChannelGraph:
     atoms = walker.atoms
     root_ids: dict[int, int] = {}
     slots: dict[int, list[Slot]] = {}
     for (module, role), port in walker.ports.items():
         for index in sorted(port):
-            root = atoms.find(port[index])
-            cid = root_ids.setdefault(root, len(root_ids))
+            cid = root_ids.setdefault(atoms.find(port[index]), len(root_ids))
             slots.setdefault(cid, []).append(Slot(module, role, index))
-    members = _atoms_by_channel(atoms, root_ids)
-    groups, group_of = _groups(walker, atoms, root_ids, slots)
+    not_zero: set[int] = set()
+    memo: dict[int, bool] = {}
+    for atom in walker.reads:
+        if not atoms.zero(atom, memo):
+            not_zero.add(atoms.find(atom))
+    walker.pin_dangling()
+    pinned = {atoms.find(a) for a in walker.pinned}
+    pinned |= {atoms.find(a) for a, kind in enumerate(atoms.kind) if kind == "fixed"}
+    deps: dict[int, set[int]] = {}
+    for atom, kind in enumerate(atoms.kind):
+        root = atoms.find(atom)
+        if kind == "copy" and root in root_ids:
+            source = root_ids.get(atoms.find(atom_arg(atoms, atom)))
+            if source is not None and source != root_ids[root]:
+                deps.setdefault(root_ids[root], set()).add(source)
+    groups, group_of = _groups(walker, root_ids, slots)
     channels = {}
     for root, cid in root_ids.items():
-        kinds = {atoms.kind[a] for a in members.get(cid, ())}
-        deps = {root_ids[atoms.find(atoms.dep[a])] for a in members.get(cid, ()) if atoms.kind[a] == "copy"}
-        deps = {d for d in deps if d != cid}
-        channels[cid] = Channel(cid, group_of.get(cid), tuple(slots[cid]), frozenset(deps),
-                                prunable="conv" in kinds and "fixed" not in kinds)
+        has_filter = any(s.role == "conv_out" for s in slots[cid])
+        prunable = has_filter and root not in pinned and root not in not_zero
+        channels[cid] = Channel(cid, group_of.get(cid), tuple(slots[cid]), frozenset(deps.get(cid, ())), prunable)
     ports = {key: {i: root_ids[atoms.find(a)] for i, a in port.items()} for key, port in walker.ports.items()}
-    return ChannelGraph(channels, groups, ports, walker.bn_after, walker.calls, walker.layout)
+    outputs = {name: [root_ids.get(atoms.find(a), -1) for a in layout] for name, layout in walker.outputs.items()}
+    return ChannelGraph(channels, groups, ports, walker.bn_after, walker.calls, walker.sequence, outputs,
+                        dict(walker.blocked), list(walker.assumed))
 
 
-def _atoms_by_channel(atoms: _Atoms, root_ids: dict[int, int]) -> dict[int, list[int]]:
-    members: dict[int, list[int]] = {}
-    for atom in range(len(atoms.parent)):
-        cid = root_ids.get(atoms.find(atom))
-        if cid is not None:
-            members.setdefault(cid, []).append(atom)
-    return members
+def atom_arg(atoms: Atoms, atom: int) -> int:
+    return atoms.args[atom][0]
 
 
-def _groups(walker: _Walker, atoms: _Atoms, root_ids: dict[int, int],
+def _groups(walker: Walker, root_ids: dict[int, int],
             slots: dict[int, list[Slot]]) -> tuple[list[ChannelGroup], dict[int, int]]:
     """Connected components of (channel, producing conv) pairs, ordered by first producer call."""
-    conv_of: dict[str, set[int]] = {}
-    for conv in walker.conv_order:
-        conv_of[conv] = {root_ids[atoms.find(a)] for a in walker.conv_atoms[conv]}
+    atoms = walker.atoms
     parent = {conv: conv for conv in walker.conv_order}
 
     def find(c: str) -> str:
@@ -698,7 +511,8 @@ def _groups(walker: _Walker, atoms: _Atoms, root_ids: dict[int, int],
 
     owner: dict[int, str] = {}
     for conv in walker.conv_order:
-        for cid in conv_of[conv]:
+        for atom in walker.conv_atoms[conv]:
+            cid = root_ids[atoms.find(atom)]
             if cid in owner:
                 parent[find(conv)] = find(owner[cid])
             else:
@@ -708,7 +522,7 @@ def _groups(walker: _Walker, atoms: _Atoms, root_ids: dict[int, int],
         components.setdefault(find(conv), []).append(conv)
     groups, group_of = [], {}
     for gid, producers in enumerate(components.values()):
-        ordered = _ordered_channels(producers, walker, atoms, root_ids)
+        ordered = list(dict.fromkeys(root_ids[atoms.find(a)] for conv in producers for a in walker.conv_atoms[conv]))
         for cid in ordered:
             group_of[cid] = gid
         by_role: dict[str, dict[str, None]] = {}
@@ -720,10 +534,5 @@ def _groups(walker: _Walker, atoms: _Atoms, root_ids: dict[int, int],
     return groups, group_of
 
 
-def _ordered_channels(producers: Iterable[str], walker: _Walker, atoms: _Atoms,
-                      root_ids: dict[int, int]) -> list[int]:
-    ordered: dict[int, None] = {}
-    for conv in producers:
-        for a in walker.conv_atoms[conv]:
-            ordered[root_ids[atoms.find(a)]] = None
-    return list(ordered)
+def positions(shape: torch.Size, start: int = 2) -> int:
+    return math.prod(shape[start:])

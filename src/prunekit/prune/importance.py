@@ -25,6 +25,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.prune.graph import ChannelGraph
+from prunekit.prune.handlers import handler_for
 
 Criterion = Callable[[nn.Module, ChannelGraph, int], dict[int, float]]
 CRITERIA: dict[str, Criterion] = {}
@@ -77,7 +78,8 @@ def _filter_norm_scores(model: nn.Module, graph: ChannelGraph, p: int) -> dict[i
         total = 0.0
         for slot in graph.channels[cid].producers:
             if slot.module not in norms:
-                weight = effective_tensor(modules[slot.module], "weight").flatten(1).float()
+                module = modules[slot.module]
+                weight = handler_for(module).rows(effective_tensor(module, "weight")).float()
                 norms[slot.module] = weight.norm(p=p, dim=1).tolist()
             total += norms[slot.module][slot.index]
         scores[cid] = total
@@ -147,7 +149,7 @@ def zeroed_channels(model: nn.Module, graph: ChannelGraph) -> set[int]:
 
     own = {cid for cid in _prunable(graph)
            if not any(live(s.module, s.role, s.index) for s in graph.channels[cid].slots
-                      if s.role in ("conv_out", "depthwise", "bn"))}
+                      if s.role in ("conv_out", "depthwise", "bn", "linear_out"))}
     changed = True
     while changed:  # a copy of a live channel keeps a channel alive
         dead = {cid for cid in own if graph.channels[cid].depends_on <= own}
@@ -162,6 +164,8 @@ def _nonzero_rows(module: nn.Module, role: str) -> torch.Tensor | None:
         tensor = effective_tensor(module, name)
         if tensor is None:
             continue
+        if name == "weight":
+            tensor = handler_for(module).rows(tensor)
         rows = tensor.reshape(tensor.shape[0], -1).ne(0).any(dim=1).cpu()  # one transfer, not one per channel
         flags = rows if flags is None else flags | rows
     if role == "bn" and flags is None:  # a non-affine BN never zeroes a channel

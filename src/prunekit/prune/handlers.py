@@ -1,0 +1,737 @@
+"""The one registry of what each layer and op does to channels: tracing, masking and surgery read it.
+
+Layers (``LAYERS``, by module type; :func:`register_layer` adds one) are the modules prunekit resizes:
+each :class:`LayerHandler` says how a call maps channels (``trace``), which parameter entries carry an
+output channel (``zero_entries``, the masked twin and the zero test) and how to cut the module
+(``shrink``). Ops (``OPS``, by plain torch function name; :func:`register_op` adds one) are everything
+else a forward pass runs. An op or layer with no entry pins the channels it touches (they are kept),
+with its name and layer in the reason, so an unknown op never yields a wrong model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.models import ZeroPadShortcut
+from prunekit.prune.graph import Layout, ModuleCall, Walker
+
+# --------------------------------------------------------------------------- layers
+
+
+class LayerHandler:
+    """How one module type carries channels. Subclasses set ``types`` and override what applies."""
+
+    types: tuple[type, ...] = ()
+
+    def accepts(self, module: nn.Module) -> bool:
+        """Only the stock forward: a subclass with its own forward is traced op by op instead."""
+        return any(type(module).forward is t.forward for t in self.types)
+
+    def trace(self, w: Walker, name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
+        raise NotImplementedError
+
+    def zero_entries(self, module: nn.Module, role: str, index: int) -> list[tuple[str, tuple]]:
+        """``[(parameter name, index into it)]`` holding output channel ``index`` of ``role``."""
+        return []
+
+    def shrink(self, module: nn.Module, keep: dict[str, list[int]]) -> nn.Module | None:
+        """Cut ``module`` to the indices ``keep[role]``, in place; or return a replacement module."""
+        raise PrunekitError(f"{type(module).__name__} cannot be resized")
+
+    def rows(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` as one row per output channel (filter norms, zero tests)."""
+        return weight.reshape(weight.shape[0], -1)
+
+
+LAYERS: list[LayerHandler] = []
+
+
+def register_layer(handler: LayerHandler) -> LayerHandler:
+    """Add ``handler`` to the layer registry (later registrations win); returns it."""
+    LAYERS.insert(0, handler)
+    return handler
+
+
+def layer_handler(module: nn.Module) -> LayerHandler | None:
+    """The handler of ``module``'s type, or None (its ops are traced one by one)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return OPAQUE
+    return next((h for h in LAYERS if h.accepts(module)), None)
+
+
+def _index(keep: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(keep, dtype=torch.long, device=device)
+
+
+def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
+
+
+def _input(w: Walker, name: str, x: Any) -> Layout | None:
+    layout = w.known(x)
+    if layout is not None and layout.dims != (1,):
+        w.pin(layout, name, "its input's channel axis is split (a view) where it is read")
+        return None
+    return layout
+
+
+class _Conv(LayerHandler):
+    """Conv2d. groups = 1: filters are new channels. One input per group (depthwise, channel multiplier):
+    whole groups go, so output channels join their input channel. Other groups: every group keeps the
+    same width, so position p of every group is one channel (inputs and outputs alike)."""
+
+    types = (nn.Conv2d,)
+
+    def trace(self, w, name, conv, inputs, output):
+        x = _input(w, name, inputs[0])
+        w.calls.append(ModuleCall(name, "conv", output.shape[-1] * output.shape[-2]))
+        per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+        if conv.groups > 1 and per_in == 1:
+            x = x if x is not None else w.fresh(inputs[0], "fixed")
+            out = []
+            for k in range(conv.out_channels):
+                atom = w.atoms.new("producer")
+                w.atoms.union(atom, x.flat[k // per_out])
+                w.register(name, "depthwise", k, atom)
+                out.append(atom)
+        else:
+            for i, atom in enumerate(x.flat if x is not None else ()):
+                w.register(name, "conv_in", i, atom)
+                if i >= per_in:
+                    w.atoms.union(atom, x.flat[i % per_in])
+            w.read(x)
+            out = w.conv_outputs(name, conv.out_channels)
+            for k in range(per_out, conv.out_channels):
+                w.atoms.union(out[k], out[k % per_out])
+        w.producer_of[id(output)] = name
+        w.outputs[name] = list(out)
+        w.set(output, Layout((1,), np.array(out, dtype=np.int64)))
+
+    def zero_entries(self, conv, role, index):
+        return [("weight", (index,)), ("bias", (index,))]
+
+    def shrink(self, conv, keep):
+        device = conv.weight.device
+        per_in = conv.in_channels // conv.groups
+        weight = conv.weight
+        if "depthwise" in keep:
+            rows = keep["depthwise"]
+            multiplier = conv.out_channels // conv.groups
+            weight = weight.index_select(0, _index(rows, device))
+            if conv.bias is not None:
+                _replace(conv, "bias", conv.bias.index_select(0, _index(rows, device)))
+            conv.out_channels = len(rows)
+            conv.in_channels = conv.groups = len(rows) // multiplier
+        if "conv_out" in keep:
+            weight = weight.index_select(0, _index(keep["conv_out"], device))
+            if conv.bias is not None:
+                _replace(conv, "bias", conv.bias.index_select(0, _index(keep["conv_out"], device)))
+            conv.out_channels = len(keep["conv_out"])
+        if "conv_in" in keep:
+            kept = keep["conv_in"]
+            columns = [i for i in kept if i < per_in]  # every group keeps the same positions
+            weight = weight.index_select(1, _index(columns, device))
+            conv.in_channels = len(kept)
+        _replace(conv, "weight", weight)
+        return None
+
+
+class _ConvTranspose(LayerHandler):
+    """ConvTranspose2d with groups = 1: weight is (in, out, kH, kW), so filters are its columns."""
+
+    types = (nn.ConvTranspose2d,)
+
+    def trace(self, w, name, conv, inputs, output):
+        if conv.groups != 1:
+            return OPAQUE.trace(w, name, conv, inputs, output, why="a grouped ConvTranspose2d is not resized")
+        x = _input(w, name, inputs[0])
+        w.calls.append(ModuleCall(name, "conv", inputs[0].shape[-1] * inputs[0].shape[-2]))
+        for i, atom in enumerate(x.flat if x is not None else ()):
+            w.register(name, "conv_in", i, atom)
+        w.read(x)
+        out = w.conv_outputs(name, conv.out_channels)
+        w.outputs[name] = list(out)
+        w.set(output, Layout((1,), np.array(out, dtype=np.int64)))
+
+    def zero_entries(self, conv, role, index):
+        return [("weight", (slice(None), index)), ("bias", (index,))]
+
+    def rows(self, weight):
+        return weight.transpose(0, 1).flatten(1)
+
+    def shrink(self, conv, keep):
+        device, weight = conv.weight.device, conv.weight
+        if "conv_out" in keep:
+            weight = weight.index_select(1, _index(keep["conv_out"], device))
+            if conv.bias is not None:
+                _replace(conv, "bias", conv.bias.index_select(0, _index(keep["conv_out"], device)))
+            conv.out_channels = len(keep["conv_out"])
+        if "conv_in" in keep:
+            weight = weight.index_select(0, _index(keep["conv_in"], device))
+            conv.in_channels = len(keep["conv_in"])
+        _replace(conv, "weight", weight)
+        return None
+
+
+class _BatchNorm(LayerHandler):
+    """BatchNorm1d/2d: per-channel; with γ and β zeroed the output is exactly zero."""
+
+    types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+
+    def trace(self, w, name, bn, inputs, output):
+        x = _input(w, name, inputs[0])
+        if x is None:
+            return
+        for index, atom in enumerate(x.flat):
+            w.register(name, "bn", index, atom)
+        producer = w.producer_of.get(id(inputs[0]))
+        if producer is not None:
+            w.bn_after.setdefault(producer, name)
+        out = w.new_op("producer" if bn.affine else "never", [x])
+        w.outputs[name] = out.flat
+        w.set(output, out)
+
+    def zero_entries(self, bn, role, index):
+        return [("weight", (index,)), ("bias", (index,))]
+
+    def shrink(self, bn, keep):
+        rows = keep["bn"]
+        device = (bn.weight if bn.weight is not None else bn.running_mean).device
+        index = _index(rows, device)
+        for name in ("weight", "bias"):
+            if getattr(bn, name) is not None:
+                _replace(bn, name, getattr(bn, name).index_select(0, index))
+        for name in ("running_mean", "running_var"):
+            if getattr(bn, name) is not None:
+                setattr(bn, name, getattr(bn, name).index_select(0, index).clone())
+        bn.num_features = len(rows)
+        return None
+
+
+class _Linear(LayerHandler):
+    """Linear on (N, F): input features are channels (after a flatten, H*W per channel); its outputs are
+    channels too (an SE gate's expanding layer); they are never filters."""
+
+    types = (nn.Linear,)
+
+    def trace(self, w, name, linear, inputs, output):
+        x = w.known(inputs[0])
+        if inputs[0].dim() != 2:
+            w.pin(x, name, f"Linear on a {inputs[0].dim()}-d tensor acts on its last axis, not on channels")
+            w.calls.append(ModuleCall(name, "linear", math.prod(inputs[0].shape[1:-1])))
+            w.set(output, w.fresh(output, "fixed"))
+            return
+        w.calls.append(ModuleCall(name, "linear", 1))
+        for index, atom in enumerate(x.flat):
+            w.register(name, "linear_in", index, atom)
+        w.read(x)
+        out = [w.atoms.new("producer") for _ in range(linear.out_features)]
+        for index, atom in enumerate(out):
+            w.register(name, "linear_out", index, atom)
+        w.set(output, Layout((1,), np.array(out, dtype=np.int64)))
+
+    def zero_entries(self, linear, role, index):
+        return [("weight", (index,)), ("bias", (index,))]
+
+    def shrink(self, linear, keep):
+        device, weight = linear.weight.device, linear.weight
+        if "linear_out" in keep:
+            weight = weight.index_select(0, _index(keep["linear_out"], device))
+            if linear.bias is not None:
+                _replace(linear, "bias", linear.bias.index_select(0, _index(keep["linear_out"], device)))
+            linear.out_features = len(keep["linear_out"])
+        if "linear_in" in keep:
+            weight = weight.index_select(1, _index(keep["linear_in"], device))
+            linear.in_features = len(keep["linear_in"])
+        _replace(linear, "weight", weight)
+        return None
+
+
+class _Shortcut(LayerHandler):
+    """ZeroPadShortcut: output j copies input ``source_index[j]`` (a dependency) or is zero."""
+
+    types = (ZeroPadShortcut,)
+
+    def trace(self, w, name, shortcut, inputs, output):
+        x = _input(w, name, inputs[0]) or w.fresh(inputs[0], "fixed")
+        for index, atom in enumerate(x.flat):
+            w.register(name, "shortcut_in", index, atom)
+        out = []
+        for j, source in enumerate(shortcut.source_index):
+            atom = w.atoms.new("zero") if source < 0 else w.atoms.new("copy", (x.flat[source],))
+            w.register(name, "shortcut_out", j, atom)
+            out.append(atom)
+        w.outputs[name] = list(out)
+        w.set(output, Layout((1,), np.array(out, dtype=np.int64)))
+
+    def shrink(self, shortcut, keep):
+        kept_inputs = keep.get("shortcut_in", list(range(shortcut.in_channels)))
+        kept_outputs = keep.get("shortcut_out", list(range(shortcut.out_channels)))
+        new_position = {old: new for new, old in enumerate(kept_inputs)}
+        source_index = [new_position.get(shortcut.source_index[j], -1) for j in kept_outputs]
+        new = ZeroPadShortcut(len(kept_inputs), len(source_index), shortcut.stride, source_index)
+        return new.to(shortcut.gather_index.device).train(shortcut.training)
+
+
+class _Opaque(LayerHandler):
+    """A TorchScript block (its ops are compiled, so no recorder sees them): channels in and out are kept."""
+
+    def accepts(self, module):
+        return isinstance(module, torch.jit.ScriptModule)
+
+    def trace(self, w, name, module, inputs, output, why=None):
+        why = why or (f"TorchScript block ({getattr(module, 'original_name', type(module).__name__)}): its ops "
+                      "cannot be traced, so channels into and out of it are kept; script the model after pruning")
+        w.pin_inputs(inputs, name, why)
+        for tensor in _tensor_list(output):
+            w.set(tensor, w.fresh(tensor, "fixed"))
+
+
+OPAQUE = _Opaque()
+for _handler in (_Shortcut(), _BatchNorm(), _Linear(), _ConvTranspose(), _Conv()):
+    register_layer(_handler)
+
+
+def handler_for(module: nn.Module) -> LayerHandler:
+    handler = layer_handler(module)
+    if handler is None or handler is OPAQUE:
+        raise PrunekitError(f"{type(module).__name__} has no channel handler")
+    return handler
+
+
+# --------------------------------------------------------------------------- ops
+
+OpHandler = Callable[[Walker, str, tuple, dict, Any], None]
+OPS: dict[str, OpHandler] = {}
+
+
+def register_op(*names: str) -> Callable[[OpHandler], OpHandler]:
+    """Register ``fn(walker, name, args, kwargs, result)`` for the plain torch function ``names``."""
+
+    def decorate(fn: OpHandler) -> OpHandler:
+        for name in names:
+            OPS[name] = fn
+        return fn
+
+    return decorate
+
+
+def trace_op(w: Walker, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    """Give the op to its handler; an op without one pins the channels it reads (see the module doc)."""
+    handler = OPS.get(name)
+    if handler is not None:
+        handler(w, name, args, kwargs, result)
+    elif _tensor_list(result):
+        unknown(w, name, args, kwargs, result, f"prunekit does not know how '{name}' uses channels")
+
+
+def _tensor_list(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensor_list(v)]
+    return []
+
+
+def unknown(w: Walker, name: str, args: tuple, kwargs: dict, result: Any, why: str) -> None:
+    """Pin every channel tensor the op reads; its outputs get new fixed channels."""
+    for value in _tensor_list(list(args) + list(kwargs.values())):
+        layout = w.layout(value)
+        if layout is not None and not set(layout.flat) <= w.pinned:
+            w.pin(layout, f"'{name}' in layer '{w.where}'", why)
+    for tensor in _tensor_list(result):
+        w.set(tensor, w.fresh(tensor, "fixed"))
+
+
+def _arg(args: tuple, kwargs: dict, position: int, key: str, default: Any = None) -> Any:
+    return args[position] if len(args) > position else kwargs.get(key, default)
+
+
+def _dim(dim: Any, ndim: int) -> Any:
+    return dim % ndim if isinstance(dim, int) and ndim else dim
+
+
+def _same_channels(x: torch.Tensor, out: torch.Tensor, layout: Layout) -> bool:
+    return out.dim() == x.dim() and all(out.shape[d] == x.shape[d] for d in layout.dims)
+
+
+def _pass(w: Walker, name: str, args: tuple, kwargs: dict, result: Any, kind: str = "same") -> None:
+    """Elementwise on its first argument. ``same``: zero stays zero; ``never``: f(0) != 0."""
+    x = args[0] if args else None
+    layout = w.layout(x)
+    outputs = _tensor_list(result)
+    if layout is None:
+        for tensor in outputs:
+            w.set(tensor, w.fresh(tensor, "fixed"))
+        return
+    if not outputs or not all(_same_channels(x, out, layout) for out in outputs):
+        return unknown(w, name, args, kwargs, result, "it changes the channel axis")
+    out_layout = layout if kind == "same" else w.new_op(kind, [layout])
+    for tensor in outputs:
+        w.set(tensor, out_layout)
+
+
+register_op(
+    "relu", "relu6", "leaky_relu", "elu", "gelu", "silu", "hardswish", "hardtanh", "mish", "tanh", "neg",
+    "abs", "sqrt", "square", "dropout", "dropout1d", "dropout2d", "alpha_dropout", "feature_alpha_dropout",
+    "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices",
+    "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "contiguous", "clone", "detach", "to",
+    "float", "half", "double", "cpu", "cuda", "type_as", "data", "expand", "expand_as",
+    "avg_pool1d", "lp_pool2d",
+)(_pass)
+
+
+@register_op("max_pool2d", "max_pool2d_with_indices")
+def _max_pool(w, name, args, kwargs, result):
+    w.sequence.append("M")
+    _pass(w, name, args, kwargs, result)
+
+
+@register_op("sigmoid", "hardsigmoid", "softplus", "exp", "cos", "erfc", "log_sigmoid")
+def _nonzero(w, name, args, kwargs, result):
+    _pass(w, name, args, kwargs, result, kind="never")
+
+
+@register_op("clamp", "clip", "clamp_min", "clamp_max", "threshold")
+def _clamp(w, name, args, kwargs, result):
+    low = _arg(args, kwargs, 1, "min")
+    high = _arg(args, kwargs, 2, "max")
+    if name == "clamp_max":
+        low, high = None, low
+    if name == "threshold":
+        low, high = None, None
+        value = _arg(args, kwargs, 2, "value", 0)
+        zero_kept = value == 0 or _arg(args, kwargs, 1, "threshold", 0) < 0
+    else:
+        zero_kept = all(not isinstance(v, torch.Tensor) for v in (low, high)) and (
+            (low is None or low <= 0) and (high is None or high >= 0))
+    _pass(w, name, args, kwargs, result, kind="same" if zero_kept else "never")
+
+
+@register_op("pow")
+def _pow(w, name, args, kwargs, result):
+    exponent = _arg(args, kwargs, 1, "exponent")
+    if isinstance(exponent, (int, float)) and exponent > 0:
+        return _pass(w, name, args, kwargs, result)
+    unknown(w, name, args, kwargs, result, "a power that is not positive")
+
+
+# ---- binary elementwise
+
+
+def _operand(w: Walker, value: Any, out: torch.Tensor) -> tuple[str, Layout | None]:
+    """('const', None) for a number or a tensor broadcast over channels; ('zero', None) for the number 0;
+    ('wide', layout) for a tensor with the output's channels (a constant one gets pinned atoms)."""
+    if not isinstance(value, torch.Tensor):
+        return ("zero" if value == 0 else "const"), None
+    offset = out.dim() - value.dim()
+    axis = 1 - offset
+    if axis < 0 or value.shape[axis] == 1 or out.dim() < 2:
+        return "const", None
+    layout = w.layout(value)
+    if axis != 1 or layout is None or layout.dims != (1,):
+        layout = Layout((1,), np.array([w.atoms.new("fixed") for _ in range(value.shape[axis])], dtype=np.int64))
+        w.pin(layout, f"a constant in layer '{w.where}'", "a per-channel constant tensor cannot be cut")
+    return "wide", layout
+
+
+def _binary(w: Walker, name: str, args: tuple, kwargs: dict, result: Any, rule: str) -> None:
+    if not isinstance(result, torch.Tensor) or result.dim() < 2:
+        return
+    kinds = [_operand(w, value, result) for value in (args[0], _arg(args, kwargs, 1, "other", 0))]
+    if name.startswith("r"):  # __rsub__(x, c) = c - x, __rtruediv__(x, c) = c / x
+        kinds.reverse()
+    wide = [layout for kind, layout in kinds if kind == "wide"]
+    if not wide:
+        return w.set(result, w.fresh(result, "fixed"))
+    if rule == "add" and any(kind == "const" for kind, _ in kinds):
+        rule = "never"  # x + c: a removed channel becomes c, not zero
+    elif rule == "div":
+        rule = "same" if kinds[0][0] == "wide" else "never"
+    kind = {"add": "all", "mul": "any"}.get(rule, rule)
+    w.set(result, w.new_op(kind, wide))
+
+
+@register_op("add", "iadd", "radd", "sub", "isub", "rsub", "subtract")
+def _add(w, name, args, kwargs, result):
+    _binary(w, name, args, kwargs, result, "add")
+
+
+@register_op("mul", "imul", "rmul", "multiply")
+def _mul(w, name, args, kwargs, result):
+    _binary(w, name, args, kwargs, result, "mul")
+
+
+@register_op("div", "truediv", "itruediv", "rtruediv", "true_divide", "divide")
+def _div(w, name, args, kwargs, result):
+    _binary(w, name, args, kwargs, result, "div")
+
+
+# ---- creation from a tensor
+
+
+@register_op("zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like")
+def _like(w, name, args, kwargs, result):
+    layout = w.layout(args[0])
+    if layout is None:
+        return w.set(result, w.fresh(result, "fixed"))
+    w.set(result, w.new_op("zero" if name == "zeros_like" else "never", [layout]))
+
+
+# ---- concatenation, slicing, splitting
+
+
+@register_op("cat", "concat", "concatenate")
+def _cat(w, name, args, kwargs, result):
+    pieces = list(_arg(args, kwargs, 0, "tensors"))
+    dim = _dim(_arg(args, kwargs, 1, "dim", 0), result.dim())
+    layouts = [w.known(p) for p in pieces]
+    if any(lay is None or lay.dims != (1,) for lay in layouts) or result.dim() < 2:
+        return unknown(w, name, args, kwargs, result, "concatenates tensors whose channel axis is split")
+    if dim == 1:
+        return w.set(result, Layout((1,), np.concatenate([lay.atoms for lay in layouts])))
+    if len({len(lay.atoms) for lay in layouts}) != 1:
+        return unknown(w, name, args, kwargs, result, "concatenates tensors of different widths")
+    w.set(result, w.new_op("all", layouts))
+
+
+def _even_pieces(w: Walker, layout: Layout, width: int, what: str, assumed: bool) -> bool:
+    """Couple position p of every ``width``-wide piece of ``layout`` so each piece keeps the same positions.
+
+    False (caller pins) when the pieces do not tile the channels evenly or the size assumption is off.
+    """
+    total = len(layout.atoms)
+    if width <= 0 or total % width or (assumed and not w.assume(what)):
+        return False
+    for start in range(width, total, width):
+        for p in range(width):
+            w.atoms.union(int(layout.atoms[p]), int(layout.atoms[start + p]))
+    return True
+
+
+def _channel_slice(index: Any, ndim: int) -> slice | None:
+    """The slice on dim 1 of ``x[index]`` when dim 0 stays whole and only later dims are indexed (``None``
+    adds a dim after them, ``x[:, :, ::2]``, ``x[..., None, None]``); else None."""
+    index = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (torch.Tensor, np.ndarray, list, bool)) for i in index):
+        return None
+    if index and index[0] is Ellipsis:
+        return slice(None) if sum(i is not None for i in index[1:]) <= ndim - 2 else None
+    if not index or index[0] != slice(None):
+        return None
+    if len(index) == 1 or index[1] is Ellipsis:
+        return slice(None)
+    return index[1] if isinstance(index[1], slice) else None
+
+
+@register_op("getitem")
+def _getitem(w, name, args, kwargs, result):
+    x, index = args[0], args[1]
+    layout = w.layout(x)
+    if layout is None or not isinstance(result, torch.Tensor):
+        return w.set(result, w.fresh(result, "fixed")) if isinstance(result, torch.Tensor) else None
+    chosen = _channel_slice(index, x.dim()) if layout.dims == (1,) else None
+    if chosen is None or result.dim() < 2 or result.shape[0] != x.shape[0]:
+        return unknown(w, name, args, kwargs, result, "it selects channels by an index prunekit cannot renumber")
+    start, stop, step = chosen.indices(x.shape[1])
+    if (start, stop, step) == (0, x.shape[1], 1):
+        return w.set(result, layout)
+    if step != 1 or start % (stop - start) or not _even_pieces(
+            w, layout, stop - start, f"x[:, {start}:{stop}] in layer '{w.where}' follows the width", True):
+        return unknown(w, name, args, kwargs, result, f"slice [{start}:{stop}] of {x.shape[1]} channels is not "
+                                                      "an even fraction that can follow pruning")
+    w.set(result, Layout((1,), layout.atoms[start:stop]))
+
+
+@register_op("narrow")
+def _narrow(w, name, args, kwargs, result):
+    dim, start, length = (_arg(args, kwargs, i, k) for i, k in ((1, "dim"), (2, "start"), (3, "length")))
+    index = (slice(None),) * _dim(dim, args[0].dim()) + (slice(int(start), int(start) + int(length)),)
+    _getitem(w, "narrow", (args[0], index), {}, result)
+
+
+@register_op("split", "chunk", "tensor_split", "split_with_sizes")
+def _split(w, name, args, kwargs, result):
+    x, pieces = args[0], _tensor_list(result)
+    layout = w.layout(x)
+    if layout is None:
+        return [w.set(p, w.fresh(p, "fixed")) for p in pieces] and None
+    dim = _dim(_arg(args, kwargs, 2, "dim", 0), x.dim())
+    if layout.dims != (1,) or (dim == 1 and name == "tensor_split"):
+        return unknown(w, name, args, kwargs, result, "it splits the channel axis at fixed indices")
+    if dim != 1:
+        for piece in pieces:
+            w.set(piece, layout)
+        return None
+    widths = [p.shape[1] for p in pieces]
+    even = len(set(widths)) == 1
+    assumed = name != "chunk"  # chunk(k) always re-splits the current width; split sizes may be literals
+    what = f"{name} of {x.shape[1]} channels in layer '{w.where}' follows the width"
+    if not even or not _even_pieces(w, layout, widths[0], what, assumed):
+        return unknown(w, name, args, kwargs, result, f"{name} into {widths} is not even, so it cannot follow pruning")
+    offset = 0
+    for piece, width in zip(pieces, widths):
+        w.set(piece, Layout((1,), layout.atoms[offset:offset + width]))
+        offset += width
+
+
+@register_op("setitem", "index_put", "index_add", "index_copy", "scatter", "masked_fill", "copy", "fill", "zero")
+def _write(w, name, args, kwargs, result):
+    unknown(w, name, args, kwargs, result, "it writes into a channel tensor in place")
+    for value in _tensor_list(args):
+        w.pin(w.layout(value), f"'{name}' in layer '{w.where}'", "it writes into a channel tensor in place")
+
+
+# ---- shape
+
+
+def _shape_args(args: tuple) -> tuple:
+    rest = args[1:]
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)):
+        rest = tuple(rest[0])
+    return tuple(rest)
+
+
+@register_op("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as")
+def _reshape(w, name, args, kwargs, result):
+    x = args[0]
+    layout = w.layout(x)
+    if layout is None or not isinstance(result, torch.Tensor):
+        return w.set(result, w.fresh(result, "fixed")) if isinstance(result, torch.Tensor) else None
+    s, t = tuple(x.shape), tuple(result.shape)
+    if len(t) < 2 or t[0] != s[0]:
+        return unknown(w, name, args, kwargs, result, f"reshaping {s} to {t} moves the batch axis")
+    explicit = _shape_args(args) if name in ("view", "reshape") else ()
+    if explicit and explicit[0] == -1 and len(explicit) > 1:
+        return unknown(w, name, args, kwargs, result, f"{name}{tuple(explicit)} infers the batch, so its other "
+                                                      "sizes are literals that cannot follow pruning")
+    if layout.dims == (1,):
+        if t[1] == s[1] and math.prod(t[2:]) == math.prod(s[2:]):
+            return w.set(result, layout)
+        if len(t) == 2 and t[1] == math.prod(s[1:]):
+            inferred = name == "flatten" or (name in ("view", "reshape") and -1 in _shape_args(args)[1:2])
+            if not inferred:
+                return unknown(w, name, args, kwargs, result, f"{name} to the literal size {t[1]} cannot follow "
+                                                              "pruning (write x.flatten(1) or x.view(x.size(0), -1))")
+            return w.set(result, Layout((1,), np.repeat(layout.atoms, math.prod(s[2:]))))
+        if len(t) >= 3 and t[1] * t[2] == s[1] and t[3:] == s[2:]:
+            groups_axis = 0 if t[1] <= t[2] else 1
+            if w.assume(f"{name} {s}->{t} in layer '{w.where}' keeps its group count"):
+                atoms = layout.atoms.reshape(t[1], t[2])
+                fixed = atoms if groups_axis == 0 else atoms.T
+                for position in range(fixed.shape[1]):
+                    for other in fixed[1:, position]:
+                        w.atoms.union(int(fixed[0, position]), int(other))
+                return w.set(result, Layout((1, 2), atoms))
+    elif layout.dims == (1, 2) and t[1] == s[1] * s[2] and t[2:] == s[3:]:
+        return w.set(result, Layout((1,), layout.atoms.reshape(-1)))
+    unknown(w, name, args, kwargs, result, f"reshaping {s} to {t} mixes the channel axis with others")
+
+
+@register_op("transpose", "permute", "swapaxes", "movedim")
+def _permute(w, name, args, kwargs, result):
+    x = args[0]
+    layout = w.layout(x)
+    if layout is None:
+        return w.set(result, w.fresh(result, "fixed"))
+    ndim = x.dim()
+    if name == "permute":
+        order = [_dim(d, ndim) for d in _shape_args(args)]
+    elif name in ("transpose", "swapaxes"):
+        a, b = _dim(args[1], ndim), _dim(args[2], ndim)
+        order = list(range(ndim))
+        order[a], order[b] = order[b], order[a]
+    else:
+        order = None
+    if order is not None and all(order[d] == d for d in (0, *layout.dims)):
+        return w.set(result, layout)
+    if order is not None and layout.dims == (1, 2) and order[:3] == [0, 2, 1]:
+        return w.set(result, Layout((1, 2), layout.atoms.T))
+    unknown(w, name, args, kwargs, result, "it moves the channel axis")
+
+
+@register_op("pad")
+def _pad(w, name, args, kwargs, result):
+    x = args[0]
+    layout = w.layout(x)
+    pad = list(_arg(args, kwargs, 1, "pad", ()))
+    mode = _arg(args, kwargs, 2, "mode", "constant")
+    value = _arg(args, kwargs, 3, "value", None)
+    if layout is None:
+        return w.set(result, w.fresh(result, "fixed"))
+    channel_pairs = 2 * (x.dim() - 2)  # pads of the spatial axes come first
+    if len(pad) <= channel_pairs:
+        return _pass(w, name, args, kwargs, result, kind="same" if not value or mode != "constant" else "never")
+    if layout.dims != (1,) or len(pad) > channel_pairs + 2 or mode != "constant" or value:
+        return unknown(w, name, args, kwargs, result, "it pads the channel axis with a value or the batch axis")
+    before, after = pad[channel_pairs], pad[channel_pairs + 1] if len(pad) > channel_pairs + 1 else 0
+    if before < 0 or after < 0:
+        return unknown(w, name, args, kwargs, result, "it crops the channel axis")
+    zeros = [w.atoms.new("zero") for _ in range(before + after)]
+    w.pin(Layout((1,), np.array(zeros, dtype=np.int64)), f"'pad' in layer '{w.where}'",
+          f"F.pad adds {before}+{after} zero channels; their count is fixed in the code, so they stay")
+    w.set(result, Layout((1,), np.concatenate([np.array(zeros[:before], dtype=np.int64), layout.atoms,
+                                               np.array(zeros[before:], dtype=np.int64)])))
+
+
+# ---- reductions and softmax
+
+
+def _reduce_dims(args: tuple, kwargs: dict, ndim: int) -> set[int] | None:
+    dims = _arg(args, kwargs, 1, "dim")
+    if dims is None:
+        return None
+    dims = dims if isinstance(dims, (tuple, list)) else [dims]
+    return {_dim(d, ndim) for d in dims}
+
+
+@register_op("mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "nansum", "nanmean")
+def _reduce(w, name, args, kwargs, result):
+    x = args[0]
+    layout = w.layout(x)
+    outputs = _tensor_list(result)
+    if layout is None or not isinstance(x, torch.Tensor):
+        return [w.set(t, w.fresh(t, "fixed")) for t in outputs] and None
+    if name in ("max", "min") and len(args) > 1 and isinstance(args[1], torch.Tensor):
+        return _binary(w, name, args, kwargs, result, "never")  # elementwise max(x, y)
+    dims = _reduce_dims(args, kwargs, x.dim()) if name != "norm" else _reduce_dims(args[1:], kwargs, x.dim())
+    if dims is not None and not dims & {0, *layout.dims}:
+        kind = "same" if name in ("mean", "sum", "amax", "amin", "max", "min", "nansum", "nanmean", "norm") else "never"
+        for tensor in outputs:
+            if tensor.dim() >= 2 and tensor.shape[1] == x.shape[1] and kind == "same":
+                w.set(tensor, layout)
+            elif tensor.dim() >= 2 and tensor.shape[1] == x.shape[1]:
+                w.set(tensor, w.new_op(kind, [layout]))
+        return None
+    if name == "sum" and layout.dims == (1,):  # a sum over channels ignores zero channels exactly
+        w.read(layout)
+        return [w.set(t, w.fresh(t, "fixed")) for t in outputs] and None
+    unknown(w, name, args, kwargs, result, f"'{name}' over the channel axis depends on how many channels there are")
+
+
+@register_op("softmax", "log_softmax")
+def _softmax(w, name, args, kwargs, result):
+    x = args[0]
+    layout = w.layout(x)
+    dim = _dim(_arg(args, kwargs, 1, "dim"), x.dim())
+    if layout is None or dim is None or dim in layout.dims:
+        return unknown(w, name, args, kwargs, result, "softmax over the channel axis mixes channels")
+    _pass(w, name, args, kwargs, result, kind="never")
+
+
+# ---- ops that only read metadata
+
+METADATA = frozenset({
+    "size", "dim", "shape", "numel", "ndimension", "ndim", "dtype", "device", "is_cuda", "is_contiguous",
+    "stride", "element_size", "get_device", "requires_grad", "retain_grad", "is_floating_point", "data_ptr",
+    "storage_offset", "nelement", "layout", "is_sparse", "is_quantized", "names",
+})
+for _name in METADATA:
+    OPS[_name] = lambda w, name, args, kwargs, result: None

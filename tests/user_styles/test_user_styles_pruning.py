@@ -1,0 +1,91 @@
+"""The structured-pruning engine on networks written in styles it was not designed for.
+
+Every case of the user-style zoo, at several ratios and criteria: the plan changes nothing, the masked
+twin equals the physical model (eval mode, randomised BN statistics), ``plan.removed`` matches the new
+widths, forward and backward run.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.prune import apply_masks
+from prunekit.prune.channels import plan_channels, prune_channels
+
+from . import CASES
+
+SETTINGS = [dict(ratio=0.3, criterion="l1"), dict(ratio=0.5, criterion="random", seed=3),
+            dict(ratio=0.4, criterion="l2", scope="global")]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+    yield
+
+
+def randomise(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so a zeroed channel is not zero by accident."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    return model.eval()
+
+
+def logits(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def relative_error(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    return ((expected - actual).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: "-".join(str(v) for v in s.values()))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_masked_twin_equals_physical_model(case, setting):
+    torch.manual_seed(0)
+    model = randomise(case.build())
+    x = torch.randn(case.input_shape)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+
+    plan = plan_channels(model, x, **setting)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "plan_channels changed the model"
+    twin = apply_masks(copy.deepcopy(model), plan.masks)
+    with torch.no_grad():
+        expected = logits(twin(x))
+    pruned = prune_channels(model, x, plan=plan)
+    assert pruned is model
+    with torch.no_grad():
+        actual = logits(model(x))
+    assert relative_error(expected, actual) <= 1e-5
+
+    modules = dict(model.named_modules())
+    for name, removed in plan.removed.items():
+        assert removed == sorted(set(removed)) and modules[name].out_channels == widths[name] - len(removed)
+    untouched = set(widths) - set(plan.removed)
+    assert all(modules[n].out_channels == widths[n] for n in untouched)
+
+    model.train()
+    logits(model(x)).square().mean().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "indexes" not in n)
+
+
+def test_most_cases_lose_channels_and_every_kept_channel_has_a_reason():
+    pruned = 0
+    for case in CASES:
+        model = randomise(case.build())
+        plan = plan_channels(model, torch.randn(case.input_shape), ratio=0.5)
+        pruned += bool(plan.removed)
+        assert plan.blocked, case.name  # at least the network output is named
+    assert pruned >= len(CASES) - 3  # the TorchScript cases keep almost everything by design
