@@ -115,7 +115,7 @@ def load_constructor(ref: str, search_dirs: Iterable[str | Path] = ()) -> tuple[
                                 f"check the name after the colon in --model {ref}")
         value = getattr(value, part)
     if not callable(value):
-        raise PrunekitError(f"{ref} is a {type(value).__name__}, not a class or function: name an nn.Module "
+        raise PrunekitError(f"{ref} is an object of type {type(value).__name__}, not a class or function: name an nn.Module "
                             "class or a function that returns one")
     return value, used
 
@@ -154,7 +154,7 @@ def _construct(constructor: Callable, ref: str, kwargs: dict) -> nn.Module:
         raise PrunekitError(f"{ref}(**{json.dumps(kwargs)}) raised {type(exc).__name__}: {exc}"
                             f"{_signature_hint(constructor)}; check --model-kwargs") from None
     if not isinstance(model, nn.Module):
-        raise PrunekitError(f"{ref} returned a {type(model).__name__}, not a torch.nn.Module: name an nn.Module "
+        raise PrunekitError(f"{ref} returned an object of type {type(model).__name__}, not a torch.nn.Module: name an nn.Module "
                             "class or a function that returns one")
     model.arch = {"ref": ref, "kwargs": kwargs}
     return model
