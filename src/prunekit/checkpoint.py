@@ -4,7 +4,10 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
 
 ``format``      ``"prunekit"`` and ``version``
 ``arch``        architecture as data: ``{"name", "kwargs", "channels"}`` (per-layer channel counts), so a
-                structurally pruned model rebuilds with no extra code or arguments; ``None`` for a user model
+                structurally pruned model rebuilds with no extra code or arguments; for a user model
+                ``{"ref": "file.py:Class" | "pkg.mod:factory", "kwargs", "channels"}`` (loading imports that
+                file/module and calls only that constructor); ``None`` when the model's class cannot be named
+                for import (load those with ``load_checkpoint(path, model=...)``)
 ``state_dict``  effective weights (masked entries exactly zero)
 ``masks``       ``{param_name: bool tensor}`` of the masked weights, empty if none
 ``meta``        dataset, normalisation, accuracy, history, prunekit version, …
@@ -26,7 +29,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.models import arch_of, build_model
+from prunekit.models import build_model, is_reference, saved_arch
 from prunekit.prune.mask import Masks, apply_masks, effective_state_dict, extract_masks
 
 FORMAT = "prunekit"
@@ -62,11 +65,13 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def checkpoint_dict(model: nn.Module, meta: dict | None = None, train_state: dict | None = None) -> dict:
-    """The checkpoint dict for ``model`` (unmodified); a model without ``arch`` is saved with ``arch=None``."""
+def checkpoint_dict(model: nn.Module, meta: dict | None = None, train_state: dict | None = None,
+                    arch_ref: str | None = None, kwargs: dict | None = None) -> dict:
+    """The checkpoint dict for ``model`` (unmodified); ``arch`` as :func:`prunekit.models.saved_arch` gives it
+    (``arch_ref``/``kwargs`` name a user model's constructor; None when the class cannot be named)."""
     from prunekit import __version__
 
-    arch = arch_of(model) if hasattr(model, "arch") else None
+    arch = saved_arch(model, arch_ref, kwargs)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -79,9 +84,14 @@ def checkpoint_dict(model: nn.Module, meta: dict | None = None, train_state: dic
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: dict | None = None,
-                    train_state: dict | None = None) -> Path:
-    """Write ``model`` (architecture, effective weights, masks) and ``meta`` to ``path`` atomically."""
-    return atomic_save(checkpoint_dict(model, meta, train_state), path)
+                    train_state: dict | None = None, arch_ref: str | None = None, kwargs: dict | None = None) -> Path:
+    """Write ``model`` (architecture, effective weights, masks) and ``meta`` to ``path`` atomically.
+
+    A model without ``arch`` (built in Python) is recorded by its class, ``{"ref": "<module>:<qualname>"}``
+    (a file path for a class of a file loaded by path or of a ``__main__`` script) with kwargs ``{}``;
+    ``arch_ref="path/to/file.py:Class"`` or ``"pkg.mod:factory"`` and ``kwargs`` say how to build it instead.
+    """
+    return atomic_save(checkpoint_dict(model, meta, train_state, arch_ref, kwargs), path)
 
 
 def read_checkpoint_file(path: str | Path) -> dict:
@@ -98,9 +108,16 @@ def read_checkpoint_file(path: str | Path) -> dict:
     return raw
 
 
-def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> Checkpoint:
-    """Rebuild the model stored in ``path`` (or load into ``model`` for a user model) and re-apply masks."""
+def load_checkpoint(path: str | Path, model: nn.Module | None = None, model_ref: str | None = None) -> Checkpoint:
+    """Rebuild the model stored in ``path`` (or load into ``model``) and re-apply masks.
+
+    A user model's file is looked for as stored, then in the checkpoint's folder; ``model_ref`` (a
+    reference) replaces the stored one, e.g. when the model's file moved (kwargs and channels still come
+    from the checkpoint).
+    """
     raw = read_checkpoint_file(path)
+    if model_ref is not None and isinstance(raw, dict) and model is None:
+        raw["arch"] = relocated_arch(raw.get("arch"), model_ref, path)
     if isinstance(raw, dict) and raw.get("format") == "prunekit-int8":  # lazy imports: export imports us
         from prunekit.export.quantize import load_quantized
         return load_quantized(raw, path)
@@ -115,14 +132,35 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> Checkpo
     arch = raw.get("arch")
     if model is None:
         if arch is None:
-            raise PrunekitError(f"{path} holds a user model with no architecture data: pass the model to load it into")
-        model = build_model(arch)
+            raise PrunekitError(f"{path} holds a user model whose class could not be recorded: name it with "
+                                "--model path/to/file.py:Class (Python: load_checkpoint(path, model=...))")
+        model = rebuild(arch, path)
     load_state(model, raw["state_dict"], source=str(path))
     masks = raw.get("masks") or {}
     if masks:
         apply_masks(model, masks)
     return Checkpoint(model=model, arch=arch, masks=masks, meta=raw.get("meta") or {},
                       train_state=raw.get("train_state"), path=Path(path))
+
+
+def rebuild(arch: dict, path: str | Path) -> nn.Module:
+    """``build_model(arch)`` for the checkpoint at ``path``: a user model's file is also looked for in its
+    folder, and a failure names the checkpoint."""
+    try:
+        return build_model(arch, search_dirs=[Path(path).parent])
+    except PrunekitError as exc:
+        if "ref" not in arch:
+            raise
+        raise PrunekitError(f"{path} holds user model {arch['ref']}: {exc}") from None
+
+
+def relocated_arch(arch: dict | None, model_ref: str, path: str | Path) -> dict:
+    """``arch`` with its reference replaced by ``model_ref``; a registry checkpoint refuses one."""
+    if not is_reference(model_ref):
+        raise PrunekitError(f"give either a checkpoint or --model {model_ref}, not both")
+    if arch is not None and "ref" not in arch:
+        raise PrunekitError(f"{path} holds registry model {arch.get('name')!r}, which needs no --model; drop it")
+    return {"kwargs": {}, **(arch or {}), "ref": model_ref}
 
 
 def load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:

@@ -10,6 +10,34 @@ from typing import Any
 from prunekit.report.table import markdown_table  # noqa: F401  (re-exported for the commands)
 
 
+MODEL_HELP = ("a registered model name (`prunekit models`) or your own model: path/to/file.py:ClassName or "
+              "package.module:factory (see README, 'Your own model')")
+
+
+def add_model_args(parser: argparse.ArgumentParser, default: str | None = None, required: bool = False,
+                   help: str = MODEL_HELP) -> None:
+    """``--model NAME|REF`` and ``--model-kwargs JSON``: identical for every command that builds a model."""
+    parser.add_argument("--model", default=default, required=required, metavar="NAME|REF",
+                        help=help + (" (default: %(default)s)" if default else ""))
+    parser.add_argument("--model-kwargs", default=None, metavar="JSON",
+                        help="constructor arguments of --model as a JSON object, e.g. '{\"width\": 8}'")
+
+
+def add_model_relocation_arg(parser: argparse.ArgumentParser) -> None:
+    """``--model REF`` for commands that read a checkpoint: where a user model's code is now."""
+    parser.add_argument("--model", default=None, metavar="REF",
+                        help="for a checkpoint of your own model whose file moved: path/to/file.py:ClassName "
+                             "(or package.module:factory) to rebuild it from; kwargs and shapes come from CKPT")
+
+
+def model_from_args(args: argparse.Namespace, num_classes: int | None, extra_kwargs: dict | None = None):
+    """A fresh model from ``--model`` and ``--model-kwargs`` (+ ``extra_kwargs``), carrying ``model.arch``."""
+    from prunekit.models import parse_model_kwargs, resolve_model
+
+    kwargs = {**parse_model_kwargs(getattr(args, "model_kwargs", None)), **(extra_kwargs or {})}
+    return resolve_model(args.model, num_classes, kwargs)
+
+
 def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "cifar10") -> None:
     """``--dataset``, ``--data``, ``--val-split``: identical for every command that reads data."""
     group = parser.add_argument_group("data")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (add_data_args, add_train_args, load_data, markdown_table, print_json,
-                                 train_config_from)
+from prunekit.cli.common import (add_data_args, add_model_args, add_model_relocation_arg, add_train_args,
+                                 load_data, markdown_table, model_from_args, print_json, train_config_from)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models")
@@ -15,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("train", help="train a model from scratch (or --resume a run)")
-    p.add_argument("--model", default="vgg11", help="registered model name (`prunekit models`)")
+    add_model_args(p, default="vgg11")
     p.add_argument("--model-cfg", default=None, metavar="CFG",
                    help="VGG channel config, e.g. 64,M,128,M,256,256,M,512,512,M,512,512")
     p.add_argument("--save", metavar="DIR", default=None,
@@ -40,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("convert", help="make a prunekit checkpoint from foreign weights (e.g. public pretrained)")
-    p.add_argument("--model", required=True, help="registered model name the weights belong to")
+    add_model_args(p, required=True, help="the model the weights belong to: a registered name, or "
+                                           "path/to/file.py:ClassName or package.module:factory")
     p.add_argument("--weights", metavar="FILE", required=True, help="state dict file ({'state_dict': …} and "
                                                                     "'module.' prefixes handled)")
     p.add_argument("--dataset", default="cifar10", help="dataset the weights were trained on (default: %(default)s)")
@@ -54,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("info", help="what a checkpoint holds: architecture, masks, metadata")
     p.add_argument("checkpoint", metavar="CKPT")
+    add_model_relocation_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
@@ -69,9 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_model_source_args(parser: argparse.ArgumentParser) -> None:
-    """A prunekit checkpoint (positional) or ``--model NAME [--weights FILE]``."""
+    """A prunekit checkpoint (positional) or ``--model NAME|REF [--model-kwargs JSON] [--weights FILE]``."""
     parser.add_argument("checkpoint", metavar="CKPT", nargs="?", help="a prunekit checkpoint")
-    parser.add_argument("--model", default=None, help="registered model name, instead of CKPT")
+    add_model_args(parser, help="instead of CKPT: a registered model name, or path/to/file.py:ClassName or "
+                                "package.module:factory; with CKPT of your own model: where its code is now")
     parser.add_argument("--weights", metavar="FILE", default=None,
                         help="with --model: a state dict file (a {'state_dict': …} wrapper and 'module.' "
                              "prefixes are handled)")
@@ -82,15 +86,15 @@ def load_model_source(args: argparse.Namespace, num_classes: int | None = None):
     """The :class:`prunekit.checkpoint.Checkpoint` that ``CKPT`` or ``--model/--weights`` names."""
     from prunekit.checkpoint import Checkpoint, load_checkpoint, load_weights
     from prunekit.errors import PrunekitError
-    from prunekit.models import create_model
 
-    if args.checkpoint and args.model:
-        raise PrunekitError("give either CKPT or --model NAME, not both")
     if args.checkpoint:
-        return load_checkpoint(args.checkpoint)
+        if args.model_kwargs or args.weights:
+            raise PrunekitError("--model-kwargs and --weights go with --model NAME|REF instead of CKPT; a "
+                                "checkpoint holds its own")
+        return load_checkpoint(args.checkpoint, model_ref=args.model)
     if not args.model:
-        raise PrunekitError("name a checkpoint (CKPT) or a model (--model NAME [--weights FILE])")
-    model = create_model(args.model, num_classes=args.num_classes or num_classes or 10)
+        raise PrunekitError("name a checkpoint (CKPT) or a model (--model NAME|REF [--weights FILE])")
+    model = model_from_args(args, args.num_classes or num_classes or 10)
     if args.weights:
         load_weights(model, args.weights)
     return Checkpoint(model=model, arch=None, masks={}, meta={}, path=Path(args.weights) if args.weights else None)
@@ -113,7 +117,7 @@ def cmd_models(args) -> int:
 def cmd_train(args) -> int:
     from prunekit.checkpoint import load_checkpoint, update_meta
     from prunekit.config import TrainConfig
-    from prunekit.models import create_model
+    from prunekit.models import arch_label
     from prunekit.train import evaluate_split, fit
     from prunekit.train.callbacks import EpochSnapshots, PrintEpoch
     from prunekit.train.distributed import is_main_process, requested_world_size
@@ -136,20 +140,21 @@ def cmd_train(args) -> int:
     else:
         config = train_config_from(args)
         dataset, val_split = args.dataset, args.val_split
-        save = Path(args.save or f"runs/{args.model}-{dataset}-seed{config.seed}")
+        label = args.model.rpartition(":")[2]  # a user model's class or factory name
+        save = Path(args.save or f"runs/{label}-{dataset}-seed{config.seed}")
         model = None
     args.val_split = val_split
     data = load_data(args, dataset=dataset, seed=config.seed)
     if model is None:
         kwargs = {"cfg": parse_cfg(args.model_cfg)} if args.model_cfg else {}
-        model = create_model(args.model, num_classes=data.info.num_classes, **kwargs)
+        model = model_from_args(args, data.info.num_classes, kwargs)
     meta = {"dataset": dataset, "synthetic": data.synthetic, "num_classes": data.info.num_classes,
             "mean": list(data.info.mean), "std": list(data.info.std), "val_split": val_split,
             "limit_train": args.limit_train, "train_images": len(data.train[1])}
     callbacks = [PrintEpoch()] + ([EpochSnapshots(model, save, meta)] if args.save_every_epoch else [])
     world_size = requested_world_size()
     if is_main_process():
-        print(f"training {model.arch['name']} on {dataset} ({len(data.train[1])} images"
+        print(f"training {arch_label(model.arch)} on {dataset} ({len(data.train[1])} images"
               f"{', SYNTHETIC' if data.synthetic else ''}) for {config.epochs} epochs on "
               f"{resolve_device(config.device)} × {world_size} process(es): effective batch {config.batch_size} "
               f"({config.batch_size // world_size} per process), peak lr {config.lr} → {save}")
@@ -210,13 +215,12 @@ def cmd_convert(args) -> int:
     from prunekit.data import DATASETS
     from prunekit.data.normalisation import parse_normalisation
     from prunekit.errors import PrunekitError
-    from prunekit.models import create_model
 
     if args.dataset not in DATASETS:
         raise PrunekitError(f"--dataset {args.dataset!r}: weights can be converted for {', '.join(DATASETS)}")
     info = DATASETS[args.dataset]
     mean, std = parse_normalisation(args.normalize, info)
-    model = load_weights(create_model(args.model, num_classes=info.num_classes), args.weights)
+    model = load_weights(model_from_args(args, info.num_classes), args.weights)
     meta = {"dataset": args.dataset, "num_classes": info.num_classes, "mean": list(mean), "std": list(std),
             "weights": str(args.weights)}
     if args.evaluate:
@@ -234,14 +238,15 @@ def cmd_convert(args) -> int:
 def cmd_info(args) -> int:
     from prunekit.checkpoint import load_checkpoint
     from prunekit.measure import count_nonzero_parameters, count_parameters
+    from prunekit.models import arch_label
     from prunekit.prune.mask import sparsity_of
 
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     meta = {k: v for k, v in loaded.meta.items() if k != "history"}
     info = {
         "file": str(args.checkpoint),
         "file_bytes": Path(args.checkpoint).stat().st_size,
-        "model": loaded.arch["name"] if loaded.arch else None,
+        "model": arch_label(loaded.arch),
         "kwargs": loaded.arch.get("kwargs") if loaded.arch else None,
         "params": count_parameters(loaded.model),
         "nonzero_params": count_nonzero_parameters(loaded.model),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (add_data_args, add_train_args, load_data, markdown_table, print_json,
-                                 train_config_from)
+from prunekit.cli.common import (add_data_args, add_model_relocation_arg, add_train_args, load_data,
+                                 markdown_table, print_json, train_config_from)
 from prunekit.cli.core import add_model_source_args, load_model_source
 
 FINETUNE_LR = 0.01  # peak lr of masked retraining: a tenth of training from scratch
@@ -61,6 +61,7 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rewind-to", metavar="CKPT", default=None,
                    help="reset surviving weights to this checkpoint's after each pruning step (lottery ticket)")
     p.add_argument("--name", default=None, help="file name of the result (default: from method and results)")
+    add_model_relocation_arg(p)
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the result and the round folders")
     p.add_argument("--no-progress", action="store_true")
     add_data_args(p, dataset_default=None)
@@ -78,6 +79,7 @@ def register_finetune(sub: argparse._SubParsersAction) -> None:
                    help="run folder for last.pt/best.pt/metrics (default: runs/finetune-<CKPT name>)")
     p.add_argument("--resume", metavar="CKPT", default=None, help="continue the run saved in CKPT (last.pt)")
     p.add_argument("--no-progress", action="store_true")
+    add_model_relocation_arg(p)
     add_data_args(p, dataset_default=None)
     add_train_args(p, epochs=FINETUNE_EPOCHS)
     # None = not given: a resumed run keeps its own epoch count unless --epochs extends it
@@ -167,7 +169,7 @@ def cmd_prune(args) -> int:
     from prunekit.pipeline import run_pruning
     from prunekit.train.callbacks import PrintEpoch
 
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     prune_config = prune_config_from(args, loaded.model)
     train_config = train_config_from(args)
     data = data_for(args, loaded.meta)
@@ -212,7 +214,7 @@ def cmd_finetune(args) -> int:
     source = args.resume or args.checkpoint
     if not source:
         raise PrunekitError("name the pruned checkpoint to fine-tune (CKPT), or --resume a run's last.pt")
-    loaded = load_checkpoint(source)
+    loaded = load_checkpoint(source, model_ref=args.model)
     if args.resume:
         if not loaded.train_state:
             raise PrunekitError(f"{args.resume} holds no training state; resume from a run's last.pt")

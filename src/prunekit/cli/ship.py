@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import add_data_args, load_data, print_json
+from prunekit.cli.common import add_data_args, add_model_relocation_arg, load_data, print_json
 from prunekit.cli.core import add_model_source_args, load_model_source
 
 
@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--values", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="compact: how kept weights are stored; fp32 is lossless (default: %(default)s)")
     p.add_argument("--no-check", action="store_true", help="onnx: skip the ONNX Runtime vs PyTorch check")
+    add_model_relocation_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_export(args) -> int:
     from prunekit.checkpoint import load_checkpoint
 
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     result = export_compact(loaded, args) if args.format == "compact" else export_onnx_file(loaded, args)
     if args.json:
         print_json(result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunekit.cli.common import markdown_table, print_json
+from prunekit.cli.common import add_model_relocation_arg, markdown_table, print_json
 
 INPUT_SIZE = (3, 32, 32)  # CIFAR images
 CHECK_BATCH = 8  # random images compared before/after shrinking
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="layer: same fraction per group; global: one ranking normalised per group "
                         "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="for --criterion random (default: %(default)s)")
+    add_model_relocation_arg(p)
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned checkpoint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_prune_channels)
@@ -110,7 +111,7 @@ def cmd_prune_channels(args) -> int:
     from prunekit.prune.channels import filter_sparsity, prune_channels
     from prunekit.prune.mask import make_permanent
 
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     model = make_permanent(loaded.model.eval())  # masked modules cannot be deep-copied
     original, before = copy.deepcopy(model), costs(model)
     target = channel_target(args)

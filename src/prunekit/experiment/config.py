@@ -28,8 +28,9 @@ class DataSpec(StrictModel):
 
 
 class BaselineSpec(StrictModel):
-    model: str
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    model: str = Field(description="a registered model name, or your own model: path/to/file.py:ClassName "
+                                   "(relative to the working directory) or package.module:factory")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor arguments (JSON types)")
     checkpoint: str | None = Field(None, description="start from this prunekit checkpoint instead of training")
     weights: str | None = Field(None, description="start from this foreign state dict instead of training")
     normalize: str | None = Field(None, description="input normalisation of foreign weights: imagenet | dataset")

@@ -108,10 +108,10 @@ def ensure_baseline(run: Run) -> Path:
         loaded = load_checkpoint(spec.checkpoint)
         model, meta = loaded.model, {**meta, **loaded.meta}
     else:
-        from prunekit.models import create_model
+        from prunekit.models import resolve_model
 
         torch.manual_seed(run.experiment.seed)
-        model = create_model(spec.model, num_classes=run.data.info.num_classes, **spec.model_kwargs)
+        model = resolve_model(spec.model, run.data.info.num_classes, spec.model_kwargs)
         if spec.weights:
             load_weights(model, spec.weights)
             meta.update(foreign_normalisation(spec.normalize, run.data), weights=spec.weights)

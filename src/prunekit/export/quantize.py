@@ -24,7 +24,8 @@ of a ResNet's zero-padding shortcut) run in float between a dequantize and a qua
 The ``prunekit-int8`` file is a checkpoint-like dict::
 
     format "prunekit-int8", version 1
-    arch        the fp32 architecture (name, kwargs, channels) the model was quantized from
+    arch        the fp32 architecture the model was quantized from, as in a checkpoint: (name, kwargs,
+                channels) for a registry model, (ref, kwargs, channels) for a user model
     state_dict  the quantized GraphModule's state dict, each quantized tensor stored as a plain dict of
                 its int8/uint8 codes, scale(s), zero point(s) and axis (see :func:`plain_state`). Checked in
                 torch 2.13: a state dict WITH quantized tensors also loads with ``weights_only=True``, but
@@ -65,14 +66,14 @@ def quantize_model(model: nn.Module, calibration: Iterable, max_batches: int | N
     ``calibration`` yields input batches (normalised float tensors) or ``(inputs, labels)`` pairs; the first
     ``max_batches`` (all when None) are used. Does not modify ``model``: a CPU copy is made, its masks
     made permanent (pruned weights are plain zeros) and put in eval mode. The result carries
-    ``prunekit_int8 = {"arch", "qconfig"}`` for :func:`save_quantized` (``arch`` None for a model without
-    one). Raises PrunekitError when the model cannot be traced by torch.fx or no batch was given.
+    ``prunekit_int8 = {"arch", "qconfig"}`` for :func:`save_quantized` (``arch`` as
+    :func:`prunekit.models.saved_arch` gives it: None for a model whose class cannot be named). Raises PrunekitError when the model cannot be traced by torch.fx or no batch was given.
     """
-    from prunekit.models import arch_of
+    from prunekit.models import saved_arch
 
     if is_quantized(model):
         raise PrunekitError("the model is already quantized; quantize its fp32 checkpoint instead")
-    arch = arch_of(model) if hasattr(model, "arch") else None
+    arch = saved_arch(model)
     fp32 = inference_copy(model)
     with _quiet(), _engine(backend):
         prepared = prepare(fp32, backend, input_shape)
@@ -137,8 +138,9 @@ def int8_dict(quantized: torch.fx.GraphModule, meta: dict | None = None) -> dict
     if not info:
         raise PrunekitError("this model was not made by prunekit.export.quantize_model; quantize it with that")
     if info["arch"] is None:
-        raise PrunekitError("an int8 file rebuilds its model from the fp32 architecture, and this model has "
-                            "none: quantize a model built with prunekit.models.create_model")
+        raise PrunekitError("an int8 file rebuilds its model from the fp32 architecture, and this model's class "
+                            "cannot be named for import (a torch container or a class defined in a function): "
+                            "quantize a registry model or one built from --model path/to/file.py:Class")
     return {"format": FORMAT, "version": VERSION, "arch": info["arch"], "qconfig": info["qconfig"],
             "state_dict": plain_state(quantized.state_dict()),
             "meta": {"prunekit_version": __version__, **(meta or {}), "quantized": "int8"}}
@@ -154,22 +156,23 @@ def save_quantized(quantized: torch.fx.GraphModule, path: str | Path, meta: dict
 def load_quantized(raw: dict, path: str | Path | None = None):
     """The :class:`prunekit.checkpoint.Checkpoint` of a ``prunekit-int8`` dict; ``.model`` is the int8
     GraphModule (CPU, eval mode), ``meta["quantized"] == "int8"``."""
-    from prunekit.checkpoint import Checkpoint
+    from prunekit.checkpoint import Checkpoint, rebuild
     from prunekit.models import build_model
 
     if raw.get("version") != VERSION:
         raise PrunekitError(f"int8 format version {raw.get('version')} is not supported (this prunekit reads "
                             f"version {VERSION}); upgrade prunekit")
     qconfig = raw["qconfig"]
-    fp32 = build_model(raw["arch"]).eval()
+    fp32 = (rebuild(raw["arch"], path) if path else build_model(raw["arch"])).eval()
+    arch = {**raw["arch"], "ref": fp32.arch["ref"]} if "ref" in raw["arch"] else raw["arch"]  # as found
     with _quiet(), _engine(qconfig["backend"]):
         prepared = prepare(fp32, qconfig["backend"], tuple(qconfig["input_shape"]))
         calibrate(prepared, [torch.zeros(qconfig["input_shape"])])  # structure only; values come from the file
         quantized = convert(prepared)
         _load_state(quantized, quantized_state(raw["state_dict"]), path)
-    setattr(quantized, INFO_ATTRIBUTE, {"arch": raw["arch"], "qconfig": qconfig})
+    setattr(quantized, INFO_ATTRIBUTE, {"arch": arch, "qconfig": qconfig})
     meta = {**(raw.get("meta") or {}), "quantized": "int8"}
-    return Checkpoint(model=quantized.eval(), arch=raw["arch"], masks={}, meta=meta,
+    return Checkpoint(model=quantized.eval(), arch=arch, masks={}, meta=meta,
                       path=Path(path) if path else None)
 
 

@@ -1,7 +1,8 @@
 """Architecture as data: per-layer channel counts, so a structurally pruned model rebuilds without code.
 
-``arch_of(model)`` describes a registry model; ``build_model(arch)`` rebuilds it
-(fresh weights, pruned shapes) ready for ``load_state_dict(strict=True)``.
+``arch_of(model)`` describes a registry model (``{"name", "kwargs", "channels"}``) or a user model
+(``{"ref", "kwargs", "channels"}``, see :mod:`prunekit.models.reference`); ``build_model(arch)``
+rebuilds it (fresh weights, pruned shapes) ready for ``load_state_dict(strict=True)``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import copy
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.models.reference import as_json_kwargs, model_from_reference, parse_reference, reference_of
 from prunekit.models.registry import create_model
 from prunekit.models.resnet import ZeroPadShortcut
 
@@ -18,6 +20,8 @@ from prunekit.models.resnet import ZeroPadShortcut
 _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
     "ZeroPadShortcut": (ZeroPadShortcut, ("in_channels", "out_channels", "source_index")),
     "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "groups")),
+    # weight is (in, out/groups, kH, kW); the constructor takes the same three sizes as Conv2d's
+    "ConvTranspose2d": (nn.ConvTranspose2d, ("in_channels", "out_channels", "groups")),
     # SyncBatchNorm (distributed training) has the same state and saves as a plain BatchNorm2d
     "BatchNorm2d": ((nn.BatchNorm2d, nn.SyncBatchNorm), ("num_features",)),
     "Linear": (nn.Linear, ("in_features", "out_features")),
@@ -25,7 +29,7 @@ _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
 
 
 def channel_config(model: nn.Module) -> dict[str, dict]:
-    """Channel counts of every Conv2d, BatchNorm2d, Linear and ZeroPadShortcut, by qualified name.
+    """Channel counts of every Conv2d, ConvTranspose2d, BatchNorm2d, Linear and ZeroPadShortcut, by qualified name.
 
     Plain JSON types only; does not modify the model.
     """
@@ -37,7 +41,8 @@ def apply_channel_config(model: nn.Module, config: dict[str, dict]) -> nn.Module
 
     Every listed module whose current config differs is replaced by a freshly
     initialised module of the stored sizes (conv keeps kernel, stride, padding,
-    dilation, bias presence and padding mode; BN keeps eps, momentum, affine and
+    dilation, bias presence and padding mode, a transposed conv also its output
+    padding; BN keeps eps, momentum, affine and
     running-stat tracking; Linear keeps bias presence), on the old module's
     device, dtype and train/eval mode. Replaced modules lose their weights, hooks
     and masks: apply the config before loading a state dict. Modules absent from
@@ -61,34 +66,65 @@ def apply_channel_config(model: nn.Module, config: dict[str, dict]) -> nn.Module
 
 
 def arch_of(model: nn.Module) -> dict:
-    """``{"name", "kwargs", "channels"}`` describing a registry model, current (pruned) shapes included.
+    """``{"name" | "ref", "kwargs", "channels"}`` describing a model, current (pruned) shapes included.
 
-    Needs ``model.arch`` as set by ``create_model``/``build_model``; other models raise PrunekitError.
+    Needs ``model.arch`` as set by ``create_model``/``resolve_model``/``build_model``; other models raise
+    PrunekitError (see :func:`saved_arch` for models built in Python).
     """
     arch = getattr(model, "arch", None)
-    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+    if not isinstance(arch, dict) or not (isinstance(arch.get("name"), str) or isinstance(arch.get("ref"), str)):
         raise PrunekitError(
             "this model has no `arch` attribute, so it cannot be described as data; "
-            "build it with prunekit.models.create_model, or save it as a user model"
+            "build it with prunekit.models.create_model or resolve_model, or save it with arch_ref='file.py:Class'"
         )
-    return {"name": arch["name"], "kwargs": copy.deepcopy(arch.get("kwargs", {})), "channels": channel_config(model)}
+    key = "name" if isinstance(arch.get("name"), str) else "ref"
+    return {key: arch[key], "kwargs": copy.deepcopy(arch.get("kwargs", {})), "channels": channel_config(model)}
 
 
-def build_model(arch: dict) -> nn.Module:
-    """Rebuild a model from ``arch_of`` output: ``create_model`` then ``apply_channel_config``.
+def saved_arch(model: nn.Module, arch_ref: str | None = None, kwargs: dict | None = None) -> dict | None:
+    """The ``arch`` a checkpoint stores for ``model``, or None when it cannot be rebuilt from data.
 
-    Weights are freshly initialised; the returned model's ``arch`` is the base
-    ``{"name", "kwargs"}`` (channels are read from the modules, not stored twice).
+    ``arch_ref``/``kwargs`` (a reference and its constructor arguments) override the model's own ``arch``;
+    without them a model lacking ``arch`` is described by the reference of its class
+    (:func:`prunekit.models.reference.reference_of`) with kwargs ``{}``, and None when that class cannot be
+    named for import (a torch container, a class defined in a function).
     """
-    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
-        raise PrunekitError(f"an arch must be a dict with a 'name' (see arch_of), got {arch!r:.200}")
+    if arch_ref is None and kwargs is None and hasattr(model, "arch"):
+        return arch_of(model)
+    ref = arch_ref or (model.arch.get("ref") if isinstance(getattr(model, "arch", None), dict) else None) \
+        or reference_of(type(model))
+    if ref is None:
+        return None
+    parse_reference(ref)
+    return {"ref": ref, "kwargs": as_json_kwargs(kwargs or {}, ref), "channels": channel_config(model)}
+
+
+def arch_label(arch: dict | None) -> str | None:
+    """A short name for an arch: the registry name, or the reference of a user model."""
+    return None if not arch else arch.get("name") or arch.get("ref")
+
+
+def build_model(arch: dict, search_dirs=()) -> nn.Module:
+    """Rebuild a model from ``arch_of`` output: the constructor, then ``apply_channel_config``.
+
+    A registry arch goes through ``create_model``; a user arch (``"ref"``) imports the file or module and
+    calls the named constructor with ``kwargs`` (nothing else runs), a file path being tried also in
+    ``search_dirs`` (e.g. the checkpoint's folder). Weights are freshly initialised; the returned model's
+    ``arch`` is the base ``{"name" | "ref", "kwargs"}`` (channels are read from the modules, not stored twice).
+    """
+    if not isinstance(arch, dict) or not (isinstance(arch.get("name"), str) or isinstance(arch.get("ref"), str)):
+        raise PrunekitError(f"an arch must be a dict with a 'name' or a 'ref' (see arch_of), got {arch!r:.200}")
     kwargs = arch.get("kwargs") or {}
     if not isinstance(kwargs, dict):
         raise PrunekitError(f"arch['kwargs'] must be a dict, got {type(kwargs).__name__}")
-    model = create_model(arch["name"], **kwargs)
+    if isinstance(arch.get("name"), str):
+        model = create_model(arch["name"], **kwargs)
+    else:
+        model = model_from_reference(arch["ref"], kwargs, search_dirs)
     if arch.get("channels"):
         apply_channel_config(model, arch["channels"])
-    model.arch = {"name": arch["name"], "kwargs": copy.deepcopy(model.arch["kwargs"])}
+    key = "name" if "name" in model.arch else "ref"
+    model.arch = {key: model.arch[key], "kwargs": copy.deepcopy(model.arch["kwargs"])}
     return model
 
 
@@ -158,6 +194,14 @@ def _new_conv(old: nn.Conv2d, c: dict) -> nn.Module:
     )
 
 
+def _new_conv_transpose(old: nn.ConvTranspose2d, c: dict) -> nn.Module:
+    return nn.ConvTranspose2d(
+        c["in_channels"], c["out_channels"], old.kernel_size, stride=old.stride, padding=old.padding,
+        output_padding=old.output_padding, groups=c["groups"], bias=old.bias is not None, dilation=old.dilation,
+        padding_mode=old.padding_mode, **_factory(old),
+    )
+
+
 def _new_bn(old: nn.BatchNorm2d, c: dict) -> nn.Module:
     return nn.BatchNorm2d(
         c["num_features"], eps=old.eps, momentum=old.momentum, affine=old.affine,
@@ -174,7 +218,8 @@ def _new_shortcut(old: ZeroPadShortcut, c: dict) -> nn.Module:
     return new.to(old.gather_index.device)
 
 
-_BUILDERS = {"Conv2d": _new_conv, "BatchNorm2d": _new_bn, "Linear": _new_linear, "ZeroPadShortcut": _new_shortcut}
+_BUILDERS = {"Conv2d": _new_conv, "ConvTranspose2d": _new_conv_transpose, "BatchNorm2d": _new_bn,
+             "Linear": _new_linear, "ZeroPadShortcut": _new_shortcut}
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

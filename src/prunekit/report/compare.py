@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from prunekit.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_file
+from prunekit.models import arch_label
 from prunekit.data import DataBundle
 from prunekit.measure import profile, time_inference
 
@@ -116,7 +117,7 @@ def measure_row(loaded: Checkpoint, data: DataBundle, settings: CompareSettings)
     iqr = result.latency_iqr_ms or (None, None)
     return {
         "model": Path(path).name if path else "model", "path": str(path) if path else None,
-        "arch": (loaded.arch or {}).get("name"), "dataset": data.info.name, "synthetic": data.synthetic,
+        "arch": arch_label(loaded.arch), "dataset": data.info.name, "synthetic": data.synthetic,
         "split": settings.split, "images": metrics.images,
         "top1": metrics.top1, "top5": metrics.top5,
         "top1_error": 100.0 - metrics.top1, "top5_error": 100.0 - metrics.top5, "loss": metrics.loss,
