@@ -2,7 +2,7 @@
 
 Every case of the user-style zoo, at several ratios and criteria: the plan changes nothing, the masked
 twin equals the physical model (eval mode, randomised BN statistics), ``plan.removed`` matches the new
-widths, forward and backward run.
+widths, forward and backward run, and a checkpoint round trip gives the same output.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.prune import apply_masks
 from prunekit.prune.channels import plan_channels, prune_channels
 
@@ -89,3 +90,25 @@ def test_most_cases_lose_channels_and_every_kept_channel_has_a_reason():
         pruned += bool(plan.removed)
         assert plan.blocked, case.name  # at least the network output is named
     assert pruned >= len(CASES) - 3  # the TorchScript cases keep almost everything by design
+@pytest.mark.parametrize("case", [c for c in CASES if isinstance(c.build, type)],
+                         ids=lambda c: c.name)
+def test_pruned_user_model_checkpoint_round_trip(case, tmp_path):
+    """Cases built by a plain class call: the checkpoint records the class and rebuilds it with no code."""
+    model = randomise(case.build())
+    x = torch.randn(case.input_shape)
+    prune_channels(model, x, ratio=0.5)
+    path = save_checkpoint(model, tmp_path / "pruned.pt")
+    loaded = load_checkpoint(path).model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(logits(loaded(x)), logits(model(x)))
+
+
+def test_unstructured_pruning_refuses_weights_inside_torchscript_blocks_by_name():
+    from prunekit.errors import PrunekitError
+    from prunekit.prune import prune_unstructured
+
+    case = next(c for c in CASES if c.name == "jit_script_block")
+    model = case.build()
+    with pytest.raises(PrunekitError, match="TorchScript block .*block1"):
+        prune_unstructured(model, sparsity=0.5)
+    assert not any(n.endswith("_orig") for n, _ in model.named_parameters())  # nothing was masked

@@ -101,6 +101,18 @@ def resolve_ratios(model: nn.Module, ratios: dict, include_classifier: bool = Fa
     return resolved
 
 
+def refuse_script_weights(model: nn.Module) -> None:
+    """Raise for conv/linear weights inside TorchScript blocks: masks cannot be hooked into compiled code,
+    and skipping them would report a sparsity the model does not have."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            weights = [n for n, p in module.named_parameters() if n.endswith("weight") and p.dim() >= 2]
+            if weights:
+                raise PrunekitError(f"layer '{name}' is a TorchScript block holding {len(weights)} conv/linear weights "
+                                    f"(e.g. {name}.{weights[0]}); prunekit cannot mask weights inside compiled code. "
+                                    "Prune the Python model and script it afterwards")
+
+
 def check_config(config: PruneConfig) -> None:
     if config.granularity != "unstructured":
         raise PrunekitError(f"unstructured_masks got granularity {config.granularity!r}; "
@@ -117,6 +129,7 @@ def unstructured_masks(model: nn.Module, config: PruneConfig, progress: float = 
     every returned mask is a subset of the layer's current mask.
     """
     check_config(config)
+    refuse_script_weights(model)
     layers = prunable_layers(model)
     if config.ratios is not None:
         fractions = resolve_ratios(model, config.ratios, config.include_classifier)
