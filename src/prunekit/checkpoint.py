@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.masking import Masks, apply_masks, effective_state_dict, extract_masks
 from prunekit.models import arch_of, build_model
-from prunekit.prune.mask import Masks, apply_masks, effective_state_dict, extract_masks
 
 FORMAT = "prunekit"
 VERSION = 1

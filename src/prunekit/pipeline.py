@@ -34,10 +34,10 @@ from prunekit.checkpoint import (Checkpoint, foreign_state_dict, load_checkpoint
 from prunekit.config import PruneConfig, TrainConfig
 from prunekit.data import DataBundle
 from prunekit.errors import PrunekitError
+from prunekit.masking import effective_state_dict, masked_keys
 from prunekit.measure import count_macs, count_nonzero_parameters, count_parameters
 from prunekit.prune import apply_masks, compute_masks, extract_masks, make_permanent, sparsity_of, sparsity_report
 from prunekit.prune.allocate import round_fraction
-from prunekit.prune.mask import effective_state_dict
 from prunekit.train import Callback, evaluate_split, fit, resolve_device
 
 # Per-run meta of an input checkpoint that must not be copied onto a pruned result.
@@ -112,14 +112,14 @@ def rewind_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Set every parameter and buffer of ``model`` to ``state`` (an effective state dict); masked tensors
     get the value in ``<name>_orig``, so masks stay and pruned weights stay zero."""
     current = model.state_dict()
+    origs = {base: orig for base, (orig, _) in masked_keys(model).items()}
     expected = set(effective_state_dict(model))
-    if set(state) != expected or any(state[k].shape != current.get(k + "_orig", current.get(k)).shape
-                                     for k in expected):
+    if set(state) != expected or any(state[k].shape != current[origs.get(k, k)].shape for k in expected):
         raise PrunekitError("--rewind-to names a checkpoint of another architecture (or another shape) than the "
                             "model being pruned; rewind to an earlier checkpoint of the same training run")
     with torch.no_grad():
         for key, value in state.items():
-            current.get(key + "_orig", current.get(key)).copy_(value)
+            current[origs.get(key, key)].copy_(value)
 
 
 def prune_step(model: nn.Module, data: DataBundle, config: PruneConfig, k: int, rounds: int,

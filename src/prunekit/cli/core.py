@@ -234,7 +234,7 @@ def cmd_convert(args) -> int:
 def cmd_info(args) -> int:
     from prunekit.checkpoint import load_checkpoint
     from prunekit.measure import count_nonzero_parameters, count_parameters
-    from prunekit.prune.mask import sparsity_of
+    from prunekit.masking import sparsity_of
 
     loaded = load_checkpoint(args.checkpoint)
     meta = {k: v for k, v in loaded.meta.items() if k != "history"}

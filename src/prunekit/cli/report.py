@@ -300,7 +300,7 @@ def cmd_report(args) -> int:
 
 def cmd_plot_hist(args) -> int:
     from prunekit.models.layers import prunable_layers
-    from prunekit.prune.report import effective_weight
+    from prunekit.masking import effective_weight
     from prunekit.report.plots import plot_weight_histograms
 
     loaded = load_model_source(args)

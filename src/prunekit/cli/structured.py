@@ -108,7 +108,7 @@ def cmd_prune_channels(args) -> int:
 
     from prunekit.checkpoint import load_checkpoint, save_checkpoint
     from prunekit.prune.channels import filter_sparsity, prune_channels
-    from prunekit.prune.mask import make_permanent
+    from prunekit.masking import make_permanent
 
     loaded = load_checkpoint(args.checkpoint)
     model = make_permanent(loaded.model.eval())  # masked modules cannot be deep-copied

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from prunekit import masking
 from prunekit.errors import PrunekitError
 from prunekit.prune.graph import ChannelGraph
 
@@ -59,10 +60,8 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, criterion: str = "l1",
 def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     """``module.<name>`` as the forward pass sees it: ``<name>_orig * <name>_mask`` when masked, else the
     parameter itself (None when absent). Detached."""
-    if hasattr(module, f"{name}_orig") and hasattr(module, f"{name}_mask"):
-        return (getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")).detach()
-    value = getattr(module, name, None)
-    return value.detach() if isinstance(value, torch.Tensor) else None
+    value = masking.effective_tensor(module, name)
+    return None if value is None else value.detach()
 
 
 def _prunable(graph: ChannelGraph) -> list[int]:
