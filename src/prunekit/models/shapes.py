@@ -12,7 +12,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.models.registry import create_model
-from prunekit.models.resnet import ZeroPadShortcut
+from prunekit.models.layers import ZeroPadShortcut
 
 # kind -> (module class, config fields). ZeroPadShortcut first: order decides the kind.
 _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {

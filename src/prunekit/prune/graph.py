@@ -44,7 +44,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from prunekit.errors import PrunekitError
-from prunekit.models.resnet import ZeroPadShortcut
+from prunekit.models.layers import ZeroPadShortcut
 
 ROLES = ("conv_out", "conv_in", "depthwise", "bn", "linear_in", "shortcut_in", "shortcut_out")
 PRODUCER_ROLES = ("conv_out", "depthwise", "bn", "shortcut_out")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.models.resnet import ZeroPadShortcut
+from prunekit.models.layers import ZeroPadShortcut
 from prunekit.prune.graph import ChannelGraph
 
 
