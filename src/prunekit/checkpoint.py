@@ -12,15 +12,21 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
 
 Writes are atomic (temporary file in the same folder, fsync, rename), so a crash never leaves a broken
 file where a good one was.
+
+Other file formats (the compact and int8 files of :mod:`prunekit.export`) register a reader with
+:func:`register_format`; :func:`load_checkpoint` dispatches on the file's ``format`` field, so this module
+imports nothing above it. A format no reader has registered yet makes it import the modules named in
+``FORMAT_PLUGINS`` once (the way a plugin system loads entry points) before giving up.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -31,6 +37,7 @@ from prunekit.models import arch_of, build_model
 
 FORMAT = "prunekit"
 VERSION = 1
+FORMAT_PLUGINS = ("prunekit.export",)  # modules whose import registers the formats prunekit ships
 
 
 @dataclass
@@ -43,6 +50,30 @@ class Checkpoint:
     meta: dict = field(default_factory=dict)
     train_state: dict | None = None
     path: Path | None = None
+
+
+# A reader turns the raw dict of its format into a Checkpoint, or into an ordinary checkpoint dict
+# (``format == FORMAT``) that load_checkpoint then rebuilds as usual.
+Reader = Callable[[dict, Path], "Checkpoint | dict"]
+READERS: dict[str, Reader] = {}
+
+
+def register_format(name: str, reader: Reader) -> Reader:
+    """Make :func:`load_checkpoint` read files whose ``format`` field is ``name`` with ``reader``."""
+    if name == FORMAT:
+        raise ValueError(f"{FORMAT!r} is the checkpoint format itself; register another name")
+    READERS[name] = reader
+    return reader
+
+
+def reader_for(name: Any) -> Reader | None:
+    """The reader registered for format ``name`` (importing ``FORMAT_PLUGINS`` once if none is), or None."""
+    if not isinstance(name, str) or name == FORMAT:
+        return None
+    if name not in READERS:
+        for module in FORMAT_PLUGINS:
+            importlib.import_module(module)
+    return READERS.get(name)
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -101,12 +132,11 @@ def read_checkpoint_file(path: str | Path) -> dict:
 def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> Checkpoint:
     """Rebuild the model stored in ``path`` (or load into ``model`` for a user model) and re-apply masks."""
     raw = read_checkpoint_file(path)
-    if isinstance(raw, dict) and raw.get("format") == "prunekit-int8":  # lazy imports: export imports us
-        from prunekit.export.quantize import load_quantized
-        return load_quantized(raw, path)
-    if isinstance(raw, dict) and raw.get("format") == "prunekit-compact":
-        from prunekit.export.compact import decode
-        raw = decode(raw)
+    reader = reader_for(raw.get("format")) if isinstance(raw, dict) else None
+    if reader is not None:
+        raw = reader(raw, Path(path))
+        if isinstance(raw, Checkpoint):
+            return raw
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise PrunekitError(
             f"{path} is not a prunekit checkpoint; for a plain state dict use "

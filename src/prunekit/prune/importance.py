@@ -23,8 +23,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from prunekit import masking
 from prunekit.errors import PrunekitError
+from prunekit.masking import effective_tensor as forward_tensor
 from prunekit.prune.graph import ChannelGraph
 
 Criterion = Callable[[nn.Module, ChannelGraph, int], dict[int, float]]
@@ -60,7 +60,7 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, criterion: str = "l1",
 def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     """``module.<name>`` as the forward pass sees it: ``<name>_orig * <name>_mask`` when masked, else the
     parameter itself (None when absent). Detached."""
-    value = masking.effective_tensor(module, name)
+    value = forward_tensor(module, name)
     return None if value is None else value.detach()
 
 
