@@ -22,8 +22,6 @@ imports nothing above it. A format no reader has registered yet makes it import 
 from __future__ import annotations
 
 import importlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from prunekit.atomic import atomic_write
 from prunekit.errors import PrunekitError
 from prunekit.masking import Masks, apply_masks, effective_state_dict, extract_masks
 from prunekit.models import arch_of, build_model
@@ -78,19 +77,7 @@ def reader_for(name: Any) -> Reader | None:
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` atomically; creates the parent folder. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def checkpoint_dict(model: nn.Module, meta: dict | None = None, train_state: dict | None = None) -> dict:

@@ -109,3 +109,24 @@ assert torch.equal(loaded.model.features[0].weight, torch.load({str(tmp_path / '
 assert loaded.meta['compact_values'] == 'fp32'
 """
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_atomic_writer_uses_unique_temporary_names_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    from prunekit.atomic import atomic_write_text
+
+    names = []
+    real = tempfile.mkstemp
+
+    def recording(*args, **kwargs):
+        fd, name = real(*args, **kwargs)
+        names.append(name)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", recording)
+    atomic_write_text(tmp_path / "a.csv", "x\n")
+    atomic_write_text(tmp_path / "a.csv", "y\n")
+    assert len(set(names)) == 2 and all(n.startswith(str(tmp_path / ".a.csv.")) for n in names)
+    assert (tmp_path / "a.csv").read_text() == "y\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]

@@ -7,6 +7,7 @@ It knows nothing about pruning: a masked model trains here unchanged because its
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from prunekit.atomic import atomic_write_text
 from prunekit.checkpoint import atomic_save, checkpoint_dict
 from prunekit.config import TrainConfig
 from prunekit.data import DataBundle, DeviceLoader
@@ -179,7 +181,7 @@ def fit(model: nn.Module, data: DataBundle, config: TrainConfig, run_dir: str | 
     run_dir = Path(run_dir) if run_dir and main_process else None
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
+        atomic_write_text(run_dir / "config.json", json.dumps(config.model_dump(), indent=2))
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         record = train_epoch(step_model, train_loader, optimizer, scheduler, loss_fn, device, callbacks,
@@ -241,12 +243,9 @@ def save_epoch(model: nn.Module, run_dir: Path, record: dict, result: FitResult,
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
     """Per-epoch metrics as ``metrics.csv`` and ``metrics.json`` (rewritten whole each epoch)."""
     keys = list(dict.fromkeys(k for rec in history for k in rec))
-    tmp = run_dir / "metrics.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(run_dir / "metrics.csv")
-    tmp = run_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(history, indent=2))
-    tmp.replace(run_dir / "metrics.json")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(run_dir / "metrics.csv", table.getvalue())
+    atomic_write_text(run_dir / "metrics.json", json.dumps(history, indent=2))
