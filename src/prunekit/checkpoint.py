@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from prunekit.atomic import atomic_write
+from prunekit import paths
 from prunekit.errors import PrunekitError
 from prunekit.masking import Masks, apply_masks, effective_state_dict, extract_masks
 from prunekit.models import arch_of, build_model
@@ -142,6 +143,22 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> Checkpo
                       train_state=raw.get("train_state"), path=Path(path))
 
 
+def resume_point(source: str | Path, required: bool = False) -> Checkpoint | None:
+    """The one way to pick up an interrupted training run: ``source`` is a run folder (its ``last.pt``) or a
+    checkpoint file. Returns the loaded checkpoint when it holds a ``train_state``; otherwise None, or with
+    ``required`` a PrunekitError that says what to pass instead."""
+    source = Path(source)
+    path = paths.last(source) if source.is_dir() else source
+    if not path.exists() and not required:
+        return None
+    loaded = load_checkpoint(path)
+    if loaded.train_state:
+        return loaded
+    if required:
+        raise PrunekitError(f"{source} holds no training state; resume from a run's last.pt")
+    return None
+
+
 def load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
     """``load_state_dict(strict=True)`` with an error that says which architecture mismatch it is."""
     expected = model.state_dict()
@@ -185,6 +202,21 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a foreign state dict file into ``model`` (strict, with a clear mismatch error). Returns it."""
     load_state(model, foreign_state_dict(path), source=str(path))
     return model
+
+
+# What a derived checkpoint (pruned, shrunk, fine-tuned, quantized) does not inherit from its source:
+# entries about that one file or the run that wrote it, and results measured on the source's outputs.
+RUN_SPECIFIC_META = frozenset({"history", "epoch", "train_seconds", "prunekit_version", "round_record", "fingerprint",
+                               "rounds", "finetuned_from", "stage"})
+MEASURED_META = frozenset({"test_top1", "test_top5", "test_loss", "test_images", "best_val_top1"})
+
+
+def derived_meta(meta: dict, keeps_outputs: bool = False) -> dict:
+    """The one rule for what a checkpoint derived from another inherits: the source's meta without its
+    run-specific entries (:data:`RUN_SPECIFIC_META`) and, unless the derivation provably keeps the model's
+    outputs (e.g. shrinking masked filters away), without its measured results (:data:`MEASURED_META`)."""
+    dropped = RUN_SPECIFIC_META if keeps_outputs else RUN_SPECIFIC_META | MEASURED_META
+    return {k: v for k, v in (meta or {}).items() if k not in dropped}
 
 
 def update_meta(path: str | Path, **entries: Any) -> Path:

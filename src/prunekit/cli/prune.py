@@ -8,8 +8,8 @@ from pathlib import Path
 from prunekit.cli.common import (add_data_args, add_train_args, load_data, markdown_table, print_json,
                                  train_config_from)
 from prunekit.cli.core import add_model_source_args, load_model_source
+from prunekit.config import FINETUNE_LR
 
-FINETUNE_LR = 0.01  # peak lr of masked retraining: a tenth of training from scratch
 FINETUNE_EPOCHS = 40  # `prunekit finetune` default (common fine-tuning budget on CIFAR)
 
 FILTER_SPARSITY_MEANING = ("filter sparsity = fraction of all conv filters (output channels; depthwise convs "
@@ -202,7 +202,8 @@ def print_prune_summary(result) -> None:
 
 
 def cmd_finetune(args) -> int:
-    from prunekit.checkpoint import load_checkpoint
+    from prunekit import paths
+    from prunekit.checkpoint import load_checkpoint, resume_point
     from prunekit.config import TrainConfig
     from prunekit.errors import PrunekitError
     from prunekit.pipeline import finetune, inherited_meta
@@ -212,10 +213,8 @@ def cmd_finetune(args) -> int:
     source = args.resume or args.checkpoint
     if not source:
         raise PrunekitError("name the pruned checkpoint to fine-tune (CKPT), or --resume a run's last.pt")
-    loaded = load_checkpoint(source)
+    loaded = resume_point(source, required=True) if args.resume else load_checkpoint(source)
     if args.resume:
-        if not loaded.train_state:
-            raise PrunekitError(f"{args.resume} holds no training state; resume from a run's last.pt")
         config = TrainConfig(**loaded.train_state["config"])
         if args.epochs is not None:
             config = config.model_copy(update={"epochs": args.epochs})
@@ -235,7 +234,7 @@ def cmd_finetune(args) -> int:
     out = finetune(loaded.model, data, config, save, resume=loaded.train_state if args.resume else None,
                    meta=meta, progress=not args.no_progress, callbacks=[PrintEpoch()])
     print(f"sparsity {out['sparsity']['overall']:.4f}; test top-1 {out['test'].top1:.2f}%  "
-          f"top-5 {out['test'].top5:.2f}%; saved {save / 'last.pt'}")
+          f"top-5 {out['test'].top5:.2f}%; saved {paths.last(save)}")
     return 0
 
 

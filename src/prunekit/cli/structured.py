@@ -9,8 +9,6 @@ from prunekit.cli.common import markdown_table, print_json
 INPUT_SIZE = (3, 32, 32)  # CIFAR images
 CHECK_BATCH = 8  # random images compared before/after shrinking
 TOLERANCE = 1e-4  # max |Δ output| allowed by shrink, relative to max(1, max |output|)
-STALE_AFTER_PRUNING = {"history", "epoch", "test_top1", "test_top5", "test_loss", "test_images", "best_val_top1",
-                       "prunekit_version"}  # measured on the unpruned model: no longer true
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +53,7 @@ def cost_rows(before: dict, after: dict) -> list[dict]:
 def cmd_shrink(args) -> int:
     import torch
 
-    from prunekit.checkpoint import load_checkpoint, save_checkpoint
+    from prunekit.checkpoint import derived_meta, load_checkpoint, save_checkpoint
     from prunekit.errors import PrunekitError
     from prunekit.prune.channels import filter_sparsity, shrink
 
@@ -72,7 +70,7 @@ def cmd_shrink(args) -> int:
         raise PrunekitError(f"shrinking changed the output by {difference:.3g} (allowed {allowed:.3g}); "
                             "this is a prunekit bug, please report it with the checkpoint")
     after = costs(model)
-    meta = {k: v for k, v in loaded.meta.items() if k != "prunekit_version"}
+    meta = derived_meta(loaded.meta, keeps_outputs=True)  # checked above: the outputs are unchanged
     meta.update(shrunk_from=str(args.checkpoint), filter_sparsity=sparsity, max_output_change=difference)
     save_checkpoint(model, args.out, meta)
     result = {"out": args.out, "filter_sparsity": sparsity, "max_output_change": difference,
@@ -106,7 +104,7 @@ def cmd_prune_channels(args) -> int:
 
     import torch
 
-    from prunekit.checkpoint import load_checkpoint, save_checkpoint
+    from prunekit.checkpoint import derived_meta, load_checkpoint, save_checkpoint
     from prunekit.prune.channels import filter_sparsity, prune_channels
     from prunekit.masking import make_permanent
 
@@ -121,7 +119,7 @@ def cmd_prune_channels(args) -> int:
     after, sparsity = costs(model), filter_sparsity(original, model)
     record = {"criterion": args.criterion, "scope": args.scope, "seed": args.seed, "source": str(args.checkpoint),
               **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds}
-    meta = {k: v for k, v in loaded.meta.items() if k not in STALE_AFTER_PRUNING}
+    meta = derived_meta(loaded.meta)
     save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity})
     if args.json:
         print_json({"out": args.out, **record, "before": before, "after": after})

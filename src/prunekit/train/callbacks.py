@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunekit import paths
 from prunekit.train.distributed import is_main_process
 
 
@@ -43,7 +44,7 @@ class EpochSnapshots(Callback):
         from prunekit.checkpoint import save_checkpoint
 
         if is_main_process():
-            save_checkpoint(self.model, self.run_dir / f"epoch_{epoch + 1}.pt", {**self.meta, "epoch": epoch + 1})
+            save_checkpoint(self.model, paths.epoch_snapshot(self.run_dir, epoch + 1), {**self.meta, "epoch": epoch + 1})
 
 
 class PrintEpoch(Callback):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from prunekit import paths
 from prunekit.atomic import atomic_write_text
 from prunekit.checkpoint import atomic_save, checkpoint_dict
 from prunekit.config import TrainConfig
@@ -181,7 +182,7 @@ def fit(model: nn.Module, data: DataBundle, config: TrainConfig, run_dir: str | 
     run_dir = Path(run_dir) if run_dir and main_process else None
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(config.model_dump(), indent=2))
+        atomic_write_text(paths.train_config(run_dir), json.dumps(config.model_dump(), indent=2))
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         record = train_epoch(step_model, train_loader, optimizer, scheduler, loss_fn, device, callbacks,
@@ -234,9 +235,9 @@ def save_epoch(model: nn.Module, run_dir: Path, record: dict, result: FitResult,
                is_best: bool, train_state: dict) -> None:
     """Write last.pt (resumable), best.pt when it improved, and the metrics files, all atomically."""
     meta = {**(meta or {}), "history": result.history, "epoch": record["epoch"]}
-    atomic_save(checkpoint_dict(model, meta, train_state), run_dir / "last.pt")
+    atomic_save(checkpoint_dict(model, meta, train_state), paths.last(run_dir))
     if is_best:
-        atomic_save(checkpoint_dict(model, {**meta, "best_val_top1": record["val_top1"]}), run_dir / "best.pt")
+        atomic_save(checkpoint_dict(model, {**meta, "best_val_top1": record["val_top1"]}), paths.best(run_dir))
     write_metrics(run_dir, result.history)
 
 
@@ -247,5 +248,5 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
     writer = csv.DictWriter(table, fieldnames=keys)
     writer.writeheader()
     writer.writerows(history)
-    atomic_write_text(run_dir / "metrics.csv", table.getvalue())
-    atomic_write_text(run_dir / "metrics.json", json.dumps(history, indent=2))
+    atomic_write_text(paths.metrics_csv(run_dir), table.getvalue())
+    atomic_write_text(paths.metrics_json(run_dir), json.dumps(history, indent=2))
