@@ -52,8 +52,9 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                         help="YAML of `layer: ratio` (+ optional `default: r`); `prunekit layers CKPT` lists names")
     p.add_argument("--scope", choices=["global", "layer"], default="global",
                    help="with --sparsity: one threshold over all layers, or the same ratio per layer")
-    p.add_argument("--criterion", choices=["l1", "l2", "bn_scale", "random"], default=None,
-                   help="filter score (filter granularity; default l1); unstructured always uses |w|")
+    p.add_argument("--criterion", default=None, metavar="NAME",
+                   help="filter score, any registered criterion (built in: l1 | l2 | bn_scale | random; filter "
+                        "granularity; default l1); unstructured always uses |w|")
     p.add_argument("--include-classifier", action="store_true",
                    help="also prune the classifier with --sparsity or a ratio file's default")
     p.add_argument("--iterations", type=int, default=PruneConfig.model_fields["iterations"].default, metavar="K",
@@ -151,6 +152,10 @@ def prune_config_from(args, model):
     if args.granularity == "unstructured" and args.criterion not in (None, "l1", "l2"):
         raise PrunekitError(f"--criterion {args.criterion} scores filters; unstructured pruning ranks single "
                             "weights by |w| (drop --criterion or use --granularity filter)")
+    if args.granularity == "filter":
+        from prunekit.prune.importance import get_criterion
+
+        get_criterion(args.criterion or "l1")  # an unknown name fails here, listing the registered ones
     ratios = load_ratio_file(args.ratios) if args.ratios else None
     config = make_prune_config(
         granularity=args.granularity, sparsity=args.sparsity, ratios=ratios, scope=args.scope,

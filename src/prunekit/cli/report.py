@@ -98,8 +98,9 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
 def add_granularity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--granularity", choices=["unstructured", "filter"], default="unstructured",
                    help="single weights (fraction of weights) or whole conv filters (fraction of filters)")
-    p.add_argument("--criterion", choices=["l1", "l2", "bn_scale", "random"], default="l1",
-                   help="filter score (filter granularity; default: %(default)s); unstructured ranks by |w|")
+    p.add_argument("--criterion", default="l1", metavar="NAME",
+                   help="filter score, any registered criterion (built in: l1 | l2 | bn_scale | random; filter "
+                        "granularity; default: %(default)s); unstructured ranks by |w|")
     p.add_argument("--include-classifier", action="store_true", help="also prune the classifier")
 
 

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "stream) uses the ratio of its first named conv")
     target.add_argument("--cfg", metavar="64,M,128,...", help="VGG widths per conv (M = max pool)")
     target.add_argument("--macs-target", type=float, metavar="F", help="keep at most this fraction of the MACs")
-    p.add_argument("--criterion", default="l1", help="l1 | l2 | bn_scale | random (default: %(default)s)")
+    p.add_argument("--criterion", default="l1", metavar="NAME",
+                   help="any registered criterion (built in: l1 | l2 | bn_scale | random; default: %(default)s)")
     p.add_argument("--scope", choices=["layer", "global"], default="layer",
                    help="layer: same fraction per group; global: one ranking normalised per group "
                         "(default: %(default)s)")
