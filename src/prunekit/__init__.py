@@ -28,7 +28,7 @@ _EXPORTS = {
     "load_weights": "prunekit.checkpoint",
     "prune_unstructured": "prunekit.prune",
     "prune_channels": "prunekit.prune",
-    "make_permanent": "prunekit.prune.mask",
+    "make_permanent": "prunekit.masking",
     "PrunekitError": "prunekit.errors",
 }
 

@@ -15,25 +15,32 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
 
 Writes are atomic (temporary file in the same folder, fsync, rename), so a crash never leaves a broken
 file where a good one was.
+
+Other file formats (the compact and int8 files of :mod:`prunekit.export`) register a reader with
+:func:`register_format`; :func:`load_checkpoint` dispatches on the file's ``format`` field, so this module
+imports nothing above it. A format no reader has registered yet makes it import the modules named in
+``FORMAT_PLUGINS`` once (the way a plugin system loads entry points) before giving up.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from prunekit.atomic import atomic_write
+from prunekit import paths
 from prunekit.errors import PrunekitError
+from prunekit.masking import Masks, apply_masks, effective_state_dict, extract_masks
 from prunekit.models import build_model, is_reference, saved_arch
-from prunekit.prune.mask import Masks, apply_masks, effective_state_dict, extract_masks
 
 FORMAT = "prunekit"
 VERSION = 1
+FORMAT_PLUGINS = ("prunekit.export",)  # modules whose import registers the formats prunekit ships
 
 
 @dataclass
@@ -48,21 +55,33 @@ class Checkpoint:
     path: Path | None = None
 
 
+# A reader turns the raw dict of its format into a Checkpoint, or into an ordinary checkpoint dict
+# (``format == FORMAT``) that load_checkpoint then rebuilds as usual.
+Reader = Callable[[dict, Path], "Checkpoint | dict"]
+READERS: dict[str, Reader] = {}
+
+
+def register_format(name: str, reader: Reader) -> Reader:
+    """Make :func:`load_checkpoint` read files whose ``format`` field is ``name`` with ``reader``."""
+    if name == FORMAT:
+        raise ValueError(f"{FORMAT!r} is the checkpoint format itself; register another name")
+    READERS[name] = reader
+    return reader
+
+
+def reader_for(name: Any) -> Reader | None:
+    """The reader registered for format ``name`` (importing ``FORMAT_PLUGINS`` once if none is), or None."""
+    if not isinstance(name, str) or name == FORMAT:
+        return None
+    if name not in READERS:
+        for module in FORMAT_PLUGINS:
+            importlib.import_module(module)
+    return READERS.get(name)
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` atomically; creates the parent folder. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def checkpoint_dict(model: nn.Module, meta: dict | None = None, train_state: dict | None = None,
@@ -118,12 +137,11 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, model_ref:
     raw = read_checkpoint_file(path)
     if model_ref is not None and isinstance(raw, dict) and model is None:
         raw["arch"] = relocated_arch(raw.get("arch"), model_ref, path)
-    if isinstance(raw, dict) and raw.get("format") == "prunekit-int8":  # lazy imports: export imports us
-        from prunekit.export.quantize import load_quantized
-        return load_quantized(raw, path)
-    if isinstance(raw, dict) and raw.get("format") == "prunekit-compact":
-        from prunekit.export.compact import decode
-        raw = decode(raw)
+    reader = reader_for(raw.get("format")) if isinstance(raw, dict) else None
+    if reader is not None:
+        raw = reader(raw, Path(path))
+        if isinstance(raw, Checkpoint):
+            return raw
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise PrunekitError(
             f"{path} is not a prunekit checkpoint; for a plain state dict use "
@@ -161,6 +179,22 @@ def relocated_arch(arch: dict | None, model_ref: str, path: str | Path) -> dict:
     if arch is not None and "ref" not in arch:
         raise PrunekitError(f"{path} holds registry model {arch.get('name')!r}, which needs no --model; drop it")
     return {"kwargs": {}, **(arch or {}), "ref": model_ref}
+
+
+def resume_point(source: str | Path, required: bool = False) -> Checkpoint | None:
+    """The one way to pick up an interrupted training run: ``source`` is a run folder (its ``last.pt``) or a
+    checkpoint file. Returns the loaded checkpoint when it holds a ``train_state``; otherwise None, or with
+    ``required`` a PrunekitError that says what to pass instead."""
+    source = Path(source)
+    path = paths.last(source) if source.is_dir() else source
+    if not path.exists() and not required:
+        return None
+    loaded = load_checkpoint(path)
+    if loaded.train_state:
+        return loaded
+    if required:
+        raise PrunekitError(f"{source} holds no training state; resume from a run's last.pt")
+    return None
 
 
 def load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
@@ -206,6 +240,21 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a foreign state dict file into ``model`` (strict, with a clear mismatch error). Returns it."""
     load_state(model, foreign_state_dict(path), source=str(path))
     return model
+
+
+# What a derived checkpoint (pruned, shrunk, fine-tuned, quantized) does not inherit from its source:
+# entries about that one file or the run that wrote it, and results measured on the source's outputs.
+RUN_SPECIFIC_META = frozenset({"history", "epoch", "train_seconds", "prunekit_version", "round_record", "fingerprint",
+                               "rounds", "finetuned_from", "stage"})
+MEASURED_META = frozenset({"test_top1", "test_top5", "test_loss", "test_images", "best_val_top1"})
+
+
+def derived_meta(meta: dict, keeps_outputs: bool = False) -> dict:
+    """The one rule for what a checkpoint derived from another inherits: the source's meta without its
+    run-specific entries (:data:`RUN_SPECIFIC_META`) and, unless the derivation provably keeps the model's
+    outputs (e.g. shrinking masked filters away), without its measured results (:data:`MEASURED_META`)."""
+    dropped = RUN_SPECIFIC_META if keeps_outputs else RUN_SPECIFIC_META | MEASURED_META
+    return {k: v for k, v in (meta or {}).items() if k not in dropped}
 
 
 def update_meta(path: str | Path, **entries: Any) -> Path:

@@ -26,6 +26,9 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     return data
 
 
+FINETUNE_LR = 0.01  # peak lr of masked retraining (prune, finetune, experiment variants): a tenth of from scratch
+
+
 class StrictModel(BaseModel):
     """Rejects unknown fields so a typo in a YAML file is an error that names the field."""
 

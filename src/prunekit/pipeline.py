@@ -29,22 +29,18 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from prunekit.checkpoint import (Checkpoint, foreign_state_dict, load_checkpoint, read_checkpoint_file,
+from prunekit import paths
+from prunekit.checkpoint import (Checkpoint, derived_meta, foreign_state_dict, load_checkpoint, read_checkpoint_file,
                                  save_checkpoint, update_meta)
 from prunekit.config import PruneConfig, TrainConfig
 from prunekit.data import DataBundle
+from prunekit.data.normalisation import input_normalisation
 from prunekit.errors import PrunekitError
+from prunekit.masking import effective_state_dict, masked_keys
 from prunekit.measure import count_macs, count_nonzero_parameters, count_parameters
 from prunekit.prune import apply_masks, compute_masks, extract_masks, make_permanent, sparsity_of, sparsity_report
 from prunekit.prune.allocate import round_fraction
-from prunekit.prune.mask import effective_state_dict
 from prunekit.train import Callback, evaluate_split, fit, resolve_device
-
-# Per-run meta of an input checkpoint that must not be copied onto a pruned result.
-RUN_SPECIFIC_META = {"history", "epoch", "test_top1", "test_top5", "test_loss", "test_images", "best_val_top1",
-                     "train_seconds", "prunekit_version", "round_record", "fingerprint", "rounds",
-                     "finetuned_from"}
-
 
 @dataclass
 class PruneResult:
@@ -73,11 +69,10 @@ def rounds_of(config: PruneConfig) -> int:
 
 def with_normalisation(data: DataBundle, meta: dict | None) -> DataBundle:
     """``data`` normalised as the checkpoint was trained (``meta`` mean/std), else unchanged."""
-    meta = meta or {}
-    if not (meta.get("mean") and meta.get("std")):
+    if not ((meta or {}).get("mean") and (meta or {}).get("std")):
         return data
-    info = dataclasses.replace(data.info, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
-    return dataclasses.replace(data, info=info)
+    mean, std = input_normalisation(meta, data.info)
+    return dataclasses.replace(data, info=dataclasses.replace(data.info, mean=mean, std=std))
 
 
 def example_inputs(data: DataBundle, device: torch.device) -> torch.Tensor:
@@ -112,14 +107,14 @@ def rewind_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Set every parameter and buffer of ``model`` to ``state`` (an effective state dict); masked tensors
     get the value in ``<name>_orig``, so masks stay and pruned weights stay zero."""
     current = model.state_dict()
+    origs = {base: orig for base, (orig, _) in masked_keys(model).items()}
     expected = set(effective_state_dict(model))
-    if set(state) != expected or any(state[k].shape != current.get(k + "_orig", current.get(k)).shape
-                                     for k in expected):
+    if set(state) != expected or any(state[k].shape != current[origs.get(k, k)].shape for k in expected):
         raise PrunekitError("--rewind-to names a checkpoint of another architecture (or another shape) than the "
                             "model being pruned; rewind to an earlier checkpoint of the same training run")
     with torch.no_grad():
         for key, value in state.items():
-            current.get(key + "_orig", current.get(key)).copy_(value)
+            current[origs.get(key, key)].copy_(value)
 
 
 def prune_step(model: nn.Module, data: DataBundle, config: PruneConfig, k: int, rounds: int,
@@ -147,7 +142,7 @@ def run_round(model: nn.Module, data: DataBundle, prune_config: PruneConfig, tra
               callbacks: Sequence[Callback] = ()) -> dict:
     """Prune (round ``k``) and retrain in ``run_dir``; resumes a finished or interrupted round."""
     device = resolve_device(train_config.device)
-    done, last = run_dir / "round.pt", run_dir / "last.pt"
+    done, last = paths.round_done(run_dir), paths.last(run_dir)
     if done.exists():
         return restore(model, done, fingerprint).meta["round_record"]
     resume = None
@@ -190,8 +185,9 @@ def work_name(config: PruneConfig, name: str | None) -> str:
 
 
 def inherited_meta(meta: dict, data: DataBundle) -> dict:
-    """The input checkpoint's meta without its run-specific entries; dataset and normalisation filled in."""
-    kept = {k: v for k, v in meta.items() if k not in RUN_SPECIFIC_META}
+    """The input checkpoint's meta as :func:`prunekit.checkpoint.derived_meta` keeps it; dataset and
+    normalisation filled in."""
+    kept = derived_meta(meta)
     kept.setdefault("dataset", data.info.name)
     kept.setdefault("num_classes", data.info.num_classes)
     kept.setdefault("mean", list(data.info.mean))
@@ -230,7 +226,7 @@ def run_pruning(model: nn.Module, data: DataBundle, prune_config: PruneConfig, t
     fingerprint = fingerprint_of(model, data, prune_config, train_config)
     work, rounds = Path(out_dir) / work_name(prune_config, name), []
     for k in range(1, rounds_of(prune_config) + 1):
-        record = run_round(model, data, prune_config, train_config, work / f"round_{k}", k, rewind, fingerprint,
+        record = run_round(model, data, prune_config, train_config, paths.round_dir(work, k), k, rewind, fingerprint,
                            meta, progress, callbacks)
         rounds.append(record)
         print(format_round(record, rounds_of(prune_config)), flush=True)
@@ -274,7 +270,7 @@ def finetune(model: nn.Module, data: DataBundle, train_config: TrainConfig, run_
                  progress=progress)
     test = evaluate_split(model, data, "test", device=resolve_device(train_config.device))
     report = sparsity_report(model)
-    last = Path(run_dir) / "last.pt"
+    last = paths.last(run_dir)
     if last.exists():
         update_meta(last, test_top1=test.top1, test_top5=test.top5, test_loss=test.loss, test_images=test.images,
                     sparsity=report["overall"], nonzero_params=count_nonzero_parameters(model),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import re
 
@@ -141,8 +140,6 @@ def test_bad_inputs_are_clear_errors(tmp_path, base, capsys):
     assert "Valid layers" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("prunekit.prune.channels") is None,
-                    reason="filter pruning (prunekit/prune/channels.py) is not written yet")
 def test_filter_granularity_shrinks_the_model(tmp_path, base, capsys):
     out = tmp_path / "out"
     assert main(["prune", str(base), "--granularity", "filter", "--sparsity", "0.25", "--schedule", "oneshot",

@@ -9,9 +9,11 @@ import subprocess
 from html.parser import HTMLParser
 
 import pytest
+import torch
 
 from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.cli import main
+from prunekit.masking import effective_weight
 from prunekit.models.layers import prunable_layers
 from prunekit.prune import prune_unstructured, sparsity_report
 from prunekit.prune.allocate import load_ratio_file, validate_ratios
@@ -107,8 +109,15 @@ def test_plot_hist_and_layers(run_dir):
         png = run_dir / "plots" / f"{kind}.png"
         assert main(["plot", kind, str(run_dir / "b_pruned.pt"), "--out", str(png)]) == 0
         assert png.stat().st_size > 0 and png.with_suffix(".csv").exists()
+    model = load_checkpoint(run_dir / "b_pruned.pt").model
     layers = read_csv_rows(run_dir / "plots" / "layers.csv")
-    assert [r["name"] for r in layers] == list(prunable_layers(load_checkpoint(run_dir / "b_pruned.pt").model))
+    assert [r["name"] for r in layers] == list(prunable_layers(model))
+    # the histogram counts every non-zero weight of every layer exactly once, in ordered bins
+    bins = read_csv_rows(run_dir / "plots" / "hist.csv")
+    for name, module in prunable_layers(model).items():
+        rows = [r for r in bins if r["layer"] == name]
+        assert rows and all(r["bin_left"] < r["bin_right"] for r in rows)
+        assert sum(r["count"] for r in rows) == int(torch.count_nonzero(effective_weight(module)))
 
 
 class Images(HTMLParser):

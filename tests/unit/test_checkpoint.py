@@ -72,3 +72,61 @@ def test_foreign_wrapper_and_module_prefix(tmp_path):
     target = load_weights(create_model("resnet20"), tmp_path / "r20.th")
     for (k, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_a_registered_format_is_read_by_load_checkpoint(tmp_path, tiny_vgg):
+    from prunekit import checkpoint
+
+    def read_wrapped(raw, path):
+        return raw["inner"]
+
+    checkpoint.register_format("test-wrapped", read_wrapped)
+    try:
+        inner = checkpoint.checkpoint_dict(tiny_vgg, meta={"wrapped": True})
+        path = checkpoint.atomic_save({"format": "test-wrapped", "inner": inner}, tmp_path / "w.pt")
+        loaded = load_checkpoint(path)
+        assert loaded.meta["wrapped"] is True
+        assert torch.equal(loaded.model.features[0].weight, tiny_vgg.features[0].weight)
+    finally:
+        checkpoint.READERS.pop("test-wrapped")
+
+
+def test_a_compact_file_loads_in_a_process_that_never_imported_export(tmp_path, tiny_vgg):
+    import subprocess
+    import sys
+
+    from prunekit.export import save_compact
+
+    path = save_compact(tiny_vgg, tmp_path / "m.compact.pt")
+    expected = tiny_vgg.features[0].weight.detach().clone()
+    torch.save(expected, tmp_path / "expected.pt")
+    code = f"""
+import sys, torch
+import prunekit.checkpoint as c
+assert not [m for m in sys.modules if m.startswith('prunekit.export')]
+loaded = c.load_checkpoint({str(path)!r})
+assert torch.equal(loaded.model.features[0].weight, torch.load({str(tmp_path / 'expected.pt')!r}))
+assert loaded.meta['compact_values'] == 'fp32'
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_atomic_writer_uses_unique_temporary_names_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    from prunekit.atomic import atomic_write_text
+
+    names = []
+    real = tempfile.mkstemp
+
+    def recording(*args, **kwargs):
+        fd, name = real(*args, **kwargs)
+        names.append(name)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", recording)
+    atomic_write_text(tmp_path / "a.csv", "x\n")
+    atomic_write_text(tmp_path / "a.csv", "y\n")
+    assert len(set(names)) == 2 and all(n.startswith(str(tmp_path / ".a.csv.")) for n in names)
+    assert (tmp_path / "a.csv").read_text() == "y\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]

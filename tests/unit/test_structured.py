@@ -458,10 +458,18 @@ def test_vgg_cfg_keeps_top_filters(tiny_vgg):
 
 
 def test_select_channels_is_deterministic():
+    from prunekit.prune.importance import channel_scores
+
     model = randomise_bn(Residual())
     graph = trace_channels(model, X[:1])
     target = ChannelTarget(ratio=0.5, criterion="random", seed=7)
-    assert select_channels(model, graph, target) == select_channels(model, graph, target)
+    selected = select_channels(model, graph, target)
+    # the one prunable group (conv_a + conv_b through the residual add) loses its two lowest-scored channels
+    scores = channel_scores(model, graph, "random", seed=7)
+    assert len(scores) == 4 and selected == set(sorted(scores, key=scores.get)[:2])
+    assert select_channels(model, graph, target) == selected
+    other = select_channels(model, graph, ChannelTarget(ratio=0.5, criterion="random", seed=8))
+    assert len(other) == 2 and other != selected
 
 
 # --------------------------------------------------------------------------- command line

@@ -115,7 +115,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from prunekit.checkpoint import load_checkpoint, update_meta
+    from prunekit import paths
+    from prunekit.checkpoint import resume_point, update_meta
     from prunekit.config import TrainConfig
     from prunekit.models import arch_label
     from prunekit.train import evaluate_split, fit
@@ -125,10 +126,7 @@ def cmd_train(args) -> int:
 
     resume_state = None
     if args.resume:
-        loaded = load_checkpoint(args.resume)
-        if not loaded.train_state:
-            from prunekit.errors import PrunekitError
-            raise PrunekitError(f"{args.resume} holds no training state; resume from a run's last.pt")
+        loaded = resume_point(args.resume, required=True)
         model, resume_state = loaded.model, loaded.train_state
         config = TrainConfig(**resume_state["config"])
         if args.epochs is not None:  # extend (or shorten) the schedule of the resumed run
@@ -163,11 +161,11 @@ def cmd_train(args) -> int:
     if not is_main_process():
         return 0
     test = evaluate_split(model, data, "test", device=next(model.parameters()).device)
-    if (save / "last.pt").exists():
-        update_meta(save / "last.pt", test_top1=test.top1, test_top5=test.top5, test_loss=test.loss,
+    if paths.last(save).exists():
+        update_meta(paths.last(save), test_top1=test.top1, test_top5=test.top5, test_loss=test.loss,
                     test_images=test.images, train_seconds=result.seconds)
     print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}%  loss {test.loss:.4f} on {test.images} images; "
-          f"{result.seconds:.0f} s; saved {save / 'last.pt'}")
+          f"{result.seconds:.0f} s; saved {paths.last(save)}")
     return 0
 
 
@@ -187,7 +185,7 @@ def parse_cfg(text: str) -> list:
 
 def cmd_evaluate(args) -> int:
     from prunekit.data import get_data
-    from prunekit.data.normalisation import parse_normalisation
+    from prunekit.data.normalisation import input_normalisation
     from prunekit.train import evaluate_split
     from prunekit.train.loop import resolve_device
 
@@ -195,10 +193,7 @@ def cmd_evaluate(args) -> int:
     dataset = args.dataset or loaded.meta.get("dataset") or "cifar10"
     data = get_data(dataset, root=args.data, val_split=args.val_split or loaded.meta.get("val_split", 0.0),
                     seed=loaded.meta.get("seed", 0))
-    if loaded.meta.get("mean") and args.normalize is None:
-        mean, std = tuple(loaded.meta["mean"]), tuple(loaded.meta["std"])
-    else:
-        mean, std = parse_normalisation(args.normalize, data.info)
+    mean, std = input_normalisation(loaded.meta, data.info, args.normalize)
     metrics = evaluate_split(loaded.model, data, args.split, mean, std, resolve_device(args.device))
     result = {"source": str(loaded.path or args.model), "dataset": dataset, "split": args.split,
               "synthetic": data.synthetic, **metrics.as_dict()}
@@ -238,8 +233,8 @@ def cmd_convert(args) -> int:
 def cmd_info(args) -> int:
     from prunekit.checkpoint import load_checkpoint
     from prunekit.measure import count_nonzero_parameters, count_parameters
+    from prunekit.masking import sparsity_of
     from prunekit.models import arch_label
-    from prunekit.prune.mask import sparsity_of
 
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     meta = {k: v for k, v in loaded.meta.items() if k != "history"}

@@ -8,8 +8,8 @@ from pathlib import Path
 from prunekit.cli.common import (add_data_args, add_model_relocation_arg, add_train_args, load_data,
                                  markdown_table, print_json, train_config_from)
 from prunekit.cli.core import add_model_source_args, load_model_source
+from prunekit.config import FINETUNE_LR
 
-FINETUNE_LR = 0.01  # peak lr of masked retraining: a tenth of training from scratch
 FINETUNE_EPOCHS = 40  # `prunekit finetune` default (common fine-tuning budget on CIFAR)
 
 FILTER_SPARSITY_MEANING = ("filter sparsity = fraction of all conv filters (output channels; depthwise convs "
@@ -52,8 +52,9 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                         help="YAML of `layer: ratio` (+ optional `default: r`); `prunekit layers CKPT` lists names")
     p.add_argument("--scope", choices=["global", "layer"], default="global",
                    help="with --sparsity: one threshold over all layers, or the same ratio per layer")
-    p.add_argument("--criterion", choices=["l1", "l2", "bn_scale", "random"], default=None,
-                   help="filter score (filter granularity; default l1); unstructured always uses |w|")
+    p.add_argument("--criterion", default=None, metavar="NAME",
+                   help="filter score, any registered criterion (built in: l1 | l2 | bn_scale | random; filter "
+                        "granularity; default l1); unstructured always uses |w|")
     p.add_argument("--include-classifier", action="store_true",
                    help="also prune the classifier with --sparsity or a ratio file's default")
     p.add_argument("--iterations", type=int, default=PruneConfig.model_fields["iterations"].default, metavar="K",
@@ -153,6 +154,10 @@ def prune_config_from(args, model):
     if args.granularity == "unstructured" and args.criterion not in (None, "l1", "l2"):
         raise PrunekitError(f"--criterion {args.criterion} scores filters; unstructured pruning ranks single "
                             "weights by |w| (drop --criterion or use --granularity filter)")
+    if args.granularity == "filter":
+        from prunekit.prune.importance import get_criterion
+
+        get_criterion(args.criterion or "l1")  # an unknown name fails here, listing the registered ones
     ratios = load_ratio_file(args.ratios) if args.ratios else None
     config = make_prune_config(
         granularity=args.granularity, sparsity=args.sparsity, ratios=ratios, scope=args.scope,
@@ -204,7 +209,8 @@ def print_prune_summary(result) -> None:
 
 
 def cmd_finetune(args) -> int:
-    from prunekit.checkpoint import load_checkpoint
+    from prunekit import paths
+    from prunekit.checkpoint import load_checkpoint, resume_point
     from prunekit.config import TrainConfig
     from prunekit.errors import PrunekitError
     from prunekit.pipeline import finetune, inherited_meta
@@ -214,10 +220,8 @@ def cmd_finetune(args) -> int:
     source = args.resume or args.checkpoint
     if not source:
         raise PrunekitError("name the pruned checkpoint to fine-tune (CKPT), or --resume a run's last.pt")
-    loaded = load_checkpoint(source, model_ref=args.model)
+    loaded = resume_point(source, required=True) if args.resume else load_checkpoint(source, model_ref=args.model)
     if args.resume:
-        if not loaded.train_state:
-            raise PrunekitError(f"{args.resume} holds no training state; resume from a run's last.pt")
         config = TrainConfig(**loaded.train_state["config"])
         if args.epochs is not None:
             config = config.model_copy(update={"epochs": args.epochs})
@@ -237,7 +241,7 @@ def cmd_finetune(args) -> int:
     out = finetune(loaded.model, data, config, save, resume=loaded.train_state if args.resume else None,
                    meta=meta, progress=not args.no_progress, callbacks=[PrintEpoch()])
     print(f"sparsity {out['sparsity']['overall']:.4f}; test top-1 {out['test'].top1:.2f}%  "
-          f"top-5 {out['test'].top5:.2f}%; saved {save / 'last.pt'}")
+          f"top-5 {out['test'].top5:.2f}%; saved {paths.last(save)}")
     return 0
 
 

@@ -98,8 +98,9 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
 def add_granularity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--granularity", choices=["unstructured", "filter"], default="unstructured",
                    help="single weights (fraction of weights) or whole conv filters (fraction of filters)")
-    p.add_argument("--criterion", choices=["l1", "l2", "bn_scale", "random"], default="l1",
-                   help="filter score (filter granularity; default: %(default)s); unstructured ranks by |w|")
+    p.add_argument("--criterion", default="l1", metavar="NAME",
+                   help="filter score, any registered criterion (built in: l1 | l2 | bn_scale | random; filter "
+                        "granularity; default: %(default)s); unstructured ranks by |w|")
     p.add_argument("--include-classifier", action="store_true", help="also prune the classifier")
 
 
@@ -300,7 +301,7 @@ def cmd_report(args) -> int:
 
 def cmd_plot_hist(args) -> int:
     from prunekit.models.layers import prunable_layers
-    from prunekit.prune.report import effective_weight
+    from prunekit.masking import effective_weight
     from prunekit.report.plots import plot_weight_histograms
 
     loaded = load_model_source(args)

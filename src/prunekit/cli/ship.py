@@ -80,17 +80,14 @@ def export_onnx_file(loaded, args) -> dict:
 
 def cmd_quantize(args) -> int:
     from prunekit.data import DeviceLoader
-    from prunekit.data.normalisation import parse_normalisation
+    from prunekit.data.normalisation import input_normalisation
     from prunekit.errors import PrunekitError
     from prunekit.export import quantize_model, save_quantized
 
     if args.calib_batches < 1:
         raise PrunekitError("--calib-batches must be at least 1: int8 calibration needs real training images")
     loaded, dataset, data = source_and_data(args)
-    if loaded.meta.get("mean") and args.normalize is None:
-        mean, std = tuple(loaded.meta["mean"]), tuple(loaded.meta["std"])
-    else:
-        mean, std = parse_normalisation(args.normalize, data.info)
+    mean, std = input_normalisation(loaded.meta, data.info, args.normalize)
     loader = DeviceLoader(*data.train, args.batch_size, mean=mean, std=std, train=False)
     quantized = quantize_model(loaded.model, loader, max_batches=args.calib_batches)
     images = min(args.calib_batches * args.batch_size, len(data.train[1]))

@@ -9,8 +9,6 @@ from prunekit.cli.common import add_model_relocation_arg, markdown_table, print_
 INPUT_SIZE = (3, 32, 32)  # CIFAR images
 CHECK_BATCH = 8  # random images compared before/after shrinking
 TOLERANCE = 1e-4  # max |Δ output| allowed by shrink, relative to max(1, max |output|)
-STALE_AFTER_PRUNING = {"history", "epoch", "test_top1", "test_top5", "test_loss", "test_images", "best_val_top1",
-                       "prunekit_version"}  # measured on the unpruned model: no longer true
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "stream) uses the ratio of its first named conv")
     target.add_argument("--cfg", metavar="64,M,128,...", help="VGG widths per conv (M = max pool)")
     target.add_argument("--macs-target", type=float, metavar="F", help="keep at most this fraction of the MACs")
-    p.add_argument("--criterion", default="l1", help="l1 | l2 | bn_scale | random (default: %(default)s)")
+    p.add_argument("--criterion", default="l1", metavar="NAME",
+                   help="any registered criterion (built in: l1 | l2 | bn_scale | random; default: %(default)s)")
     p.add_argument("--scope", choices=["layer", "global"], default="layer",
                    help="layer: same fraction per group; global: one ranking normalised per group "
                         "(default: %(default)s)")
@@ -56,7 +55,7 @@ def cost_rows(before: dict, after: dict) -> list[dict]:
 def cmd_shrink(args) -> int:
     import torch
 
-    from prunekit.checkpoint import load_checkpoint, save_checkpoint
+    from prunekit.checkpoint import derived_meta, load_checkpoint, save_checkpoint
     from prunekit.errors import PrunekitError
     from prunekit.prune.channels import filter_sparsity, shrink
 
@@ -73,7 +72,7 @@ def cmd_shrink(args) -> int:
         raise PrunekitError(f"shrinking changed the output by {difference:.3g} (allowed {allowed:.3g}); "
                             "this is a prunekit bug, please report it with the checkpoint")
     after = costs(model)
-    meta = {k: v for k, v in loaded.meta.items() if k != "prunekit_version"}
+    meta = derived_meta(loaded.meta, keeps_outputs=True)  # checked above: the outputs are unchanged
     meta.update(shrunk_from=str(args.checkpoint), filter_sparsity=sparsity, max_output_change=difference)
     save_checkpoint(model, args.out, meta)
     result = {"out": args.out, "filter_sparsity": sparsity, "max_output_change": difference,
@@ -107,9 +106,9 @@ def cmd_prune_channels(args) -> int:
 
     import torch
 
-    from prunekit.checkpoint import load_checkpoint, save_checkpoint
+    from prunekit.checkpoint import derived_meta, load_checkpoint, save_checkpoint
     from prunekit.prune.channels import filter_sparsity, prune_channels
-    from prunekit.prune.mask import make_permanent
+    from prunekit.masking import make_permanent
 
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     model = make_permanent(loaded.model.eval())  # masked modules cannot be deep-copied
@@ -122,7 +121,7 @@ def cmd_prune_channels(args) -> int:
     after, sparsity = costs(model), filter_sparsity(original, model)
     record = {"criterion": args.criterion, "scope": args.scope, "seed": args.seed, "source": str(args.checkpoint),
               **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds}
-    meta = {k: v for k, v in loaded.meta.items() if k not in STALE_AFTER_PRUNING}
+    meta = derived_meta(loaded.meta)
     save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity})
     if args.json:
         print_json({"out": args.out, **record, "before": before, "after": after})

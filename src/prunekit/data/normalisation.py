@@ -6,6 +6,18 @@ from __future__ import annotations
 NORMALISATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
 
+def input_normalisation(meta: dict | None, info, override: str | None = None) -> tuple[tuple, tuple]:
+    """The one rule for the ``(mean, std)`` a checkpoint is evaluated (or calibrated, or retrained) with:
+    ``override`` (``--normalize``) when given, else the checkpoint's own (``meta`` mean/std, the inputs it
+    was trained on), else the dataset's (``info``)."""
+    if override is not None:
+        return parse_normalisation(override, info)
+    meta = meta or {}
+    if meta.get("mean") and meta.get("std"):
+        return tuple(meta["mean"]), tuple(meta["std"])
+    return tuple(info.mean), tuple(info.std)
+
+
 def parse_normalisation(text: str | None, info) -> tuple[tuple, tuple]:
     """``(mean, std)`` for ``--normalize``: ``dataset``/None (``info``'s), a name in :data:`NORMALISATIONS`, or
     six comma-separated numbers ``m1,m2,m3,s1,s2,s3``."""

@@ -23,14 +23,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from prunekit.checkpoint import Checkpoint, load_checkpoint, load_weights, save_checkpoint
-from prunekit.config import TrainConfig
+from prunekit import paths as names
+from prunekit.checkpoint import Checkpoint, derived_meta, load_checkpoint, load_weights, resume_point, save_checkpoint
+from prunekit.config import FINETUNE_LR, TrainConfig
 from prunekit.data import DataBundle, get_data
+from prunekit.data.normalisation import input_normalisation
 from prunekit.experiment.config import Experiment, SweepSpec, VariantSpec
 from prunekit.measure import count_nonzero_parameters, count_parameters
 from prunekit.report.files import atomic_write_text
 
-BASELINE = "00_baseline.pt"
+BASELINE = names.BASELINE
 
 
 @dataclass
@@ -44,11 +46,11 @@ class Run:
 
     @property
     def models(self) -> Path:
-        return self.folder / "models"
+        return names.models(self.folder)
 
     @property
     def work(self) -> Path:
-        return self.folder / "work"
+        return names.work(self.folder)
 
     def say(self, text: str) -> None:
         print(f"[{self.experiment.name}] {text}", flush=True)
@@ -98,7 +100,7 @@ def write_config(run: Run) -> None:
 
 def ensure_baseline(run: Run) -> Path:
     """The baseline checkpoint: trained (resuming ``work/baseline/last.pt``), or loaded from a file."""
-    path = run.models / BASELINE
+    path = names.baseline(run.folder)
     if path.exists():
         run.say(f"baseline: done ({path})")
         return path
@@ -128,7 +130,7 @@ def train_baseline(run: Run, model, config: TrainConfig, meta: dict):
     from prunekit.train.callbacks import PrintEpoch
 
     folder = run.work / "baseline"
-    resume = resumable_state(folder)
+    resume = resume_point(folder)
     if resume:
         model = resume.model
     run.say(f"baseline: training {run.experiment.baseline.model} for {config.epochs} epochs"
@@ -140,13 +142,13 @@ def train_baseline(run: Run, model, config: TrainConfig, meta: dict):
 
 def ensure_variant(run: Run, variant: VariantSpec) -> list[Path]:
     """Prune and/or fine-tune ``variant.source``; returns the variant's checkpoint (and int8 file)."""
-    record_path = run.models / f"{variant.name}.json"
+    record_path = names.variant_record(run.folder, variant.name)
     if record_path.exists():
         record = json.loads(record_path.read_text())
         run.say(f"variant {variant.name}: done ({record['path']})")
         return [Path(p) for p in record["paths"]]
     source = load_checkpoint(source_path(run, variant.source))
-    model, meta, path = source.model, clean_meta(source.meta), None
+    model, meta, path = source.model, derived_meta(source.meta), None
     if variant.prune is not None:
         model, meta, path = prune_variant(run, variant, model, meta)
     if variant.finetune is not None:
@@ -185,7 +187,7 @@ def finetune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     from prunekit.train.callbacks import PrintEpoch
 
     folder = run.work / f"{variant.name}_finetune"
-    resume = resumable_state(folder)
+    resume = resume_point(folder)
     if resume:
         model = resume.model
     config = variant.finetune.model_copy(update={"seed": run.experiment.seed})
@@ -206,12 +208,12 @@ def quantize_variant(run: Run, variant: VariantSpec, path: Path) -> Path:
     from prunekit.export.quantize import quantize_model, save_quantized
 
     loaded = load_checkpoint(path)
-    mean, std = loaded.meta.get("mean", run.data.info.mean), loaded.meta.get("std", run.data.info.std)
+    mean, std = input_normalisation(loaded.meta, run.data.info)
     spec = variant.quantize
     calibration = DeviceLoader(*run.data.train, spec.batch_size, mean=mean, std=std, train=False)
     quantized = quantize_model(loaded.model, calibration, max_batches=spec.calib_batches)
     out = run.models / f"{path.stem}_int8.pt"
-    save_quantized(quantized, out, {**clean_meta(loaded.meta), "quantized": "int8",
+    save_quantized(quantized, out, {**derived_meta(loaded.meta), "quantized": "int8",
                                     "calib_batches": spec.calib_batches})
     run.say(f"variant {variant.name}: int8 → {out}")
     return out
@@ -223,12 +225,12 @@ def ensure_sweep(run: Run, sweep: SweepSpec) -> None:
     from prunekit.report.sweep import run_sweep, sweep_name, sweep_rates
 
     loaded = load_checkpoint(source_path(run, sweep.source))
-    mean, std = loaded.meta.get("mean", run.data.info.mean), loaded.meta.get("std", run.data.info.std)
+    mean, std = input_normalisation(loaded.meta, run.data.info)
     evaluator = Evaluator(run.data, tuple(mean), tuple(std), torch.device("cpu"))
     ranges = [(sweep.start, sweep.stop)] + ([tuple(sweep.zoom)] if sweep.zoom else [])
     for start, stop in ranges:
         stem = f"{sweep.source}_{sweep_name(sweep.granularity, sweep.scope, start, stop)}"
-        csv_path = run.folder / "plots" / f"{stem}.csv"
+        csv_path = names.plots(run.folder) / f"{stem}.csv"
         rows = run_sweep(loaded.model, sweep_rates(start, stop, sweep.steps), evaluator, csv_path,
                          granularity=sweep.granularity, scope=sweep.scope, progress=run.progress)
         plot_sweep(rows, csv_path.with_suffix(".png"), title=f"{sweep.source}: accuracy vs pruning rate "
@@ -240,7 +242,7 @@ def write_plots(run: Run, paths: list[Path]) -> None:
     """Accuracy against sparsity over every model, and the mask figures the variants ask for."""
     from prunekit.report.plots import plot_accuracy_sparsity, plot_mask
 
-    plots = run.folder / "plots"
+    plots = names.plots(run.folder)
     checkpoints = {p: load_checkpoint(p) for p in paths if "_int8" not in p.name}
     if run.experiment.accuracy_sparsity_plot:
         dense = count_parameters(checkpoints[paths[0]].model)
@@ -257,8 +259,7 @@ def write_plots(run: Run, paths: list[Path]) -> None:
 def mask_model(run: Run, variant: VariantSpec):
     """The model whose masks a variant's mask figures show: for filter pruning the masked model of the last
     round (the saved result is physically smaller and has no zeros left), else the result itself."""
-    rounds = sorted((run.work / variant.name).glob("*/round_*/round.pt"),
-                    key=lambda p: int(p.parent.name.removeprefix("round_")))
+    rounds = names.finished_rounds(run.work / variant.name)
     if variant.prune is not None and variant.prune.granularity == "filter" and rounds:
         return load_checkpoint(rounds[-1]).model
     return load_checkpoint(variant_path(run, variant)).model
@@ -284,27 +285,18 @@ def ensure_comparison(run: Run, paths: list[Path]) -> None:
 
 def source_path(run: Run, name: str) -> Path:
     if name == "baseline":
-        return run.models / BASELINE
+        return names.baseline(run.folder)
     return variant_path(run, next(v for v in run.experiment.variants if v.name == name))
 
 
 def variant_path(run: Run, variant: VariantSpec) -> Path:
-    return Path(json.loads((run.models / f"{variant.name}.json").read_text())["path"])
-
-
-def resumable_state(folder: Path) -> Checkpoint | None:
-    last = folder / "last.pt"
-    if last.exists():
-        loaded = load_checkpoint(last)
-        if loaded.train_state:
-            return loaded
-    return None
+    return Path(json.loads(names.variant_record(run.folder, variant.name).read_text())["path"])
 
 
 def retrain_config(run: Run, overrides: dict) -> TrainConfig:
     """Retraining inside a pruning schedule: the baseline's settings with a fine-tuning lr, then overrides."""
     base = run.experiment.baseline.train.model_dump()
-    base.update({"lr": 0.01, "warmup_epochs": 0, "seed": run.experiment.seed})
+    base.update({"lr": FINETUNE_LR, "warmup_epochs": 0, "seed": run.experiment.seed})
     return TrainConfig(**{**base, **overrides})
 
 
@@ -323,22 +315,17 @@ def foreign_normalisation(name: str | None, data: DataBundle) -> dict:
 def evaluate(run: Run, model, meta: dict) -> dict:
     from prunekit.train import evaluate_split
 
-    metrics = evaluate_split(model, run.data, "test", tuple(meta["mean"]), tuple(meta["std"]))
+    metrics = evaluate_split(model, run.data, "test", *input_normalisation(meta, run.data.info))
     return {"test_top1": metrics.top1, "test_top5": metrics.top5, "test_loss": metrics.loss,
             "test_images": metrics.images}
-
-
-def clean_meta(meta: dict) -> dict:
-    """A source's meta without its run-specific entries (history, results), keeping data and normalisation."""
-    keep = ("dataset", "synthetic", "num_classes", "mean", "std", "train_images", "weights")
-    return {k: meta[k] for k in keep if k in meta}
 
 
 def accuracy_point(path: Path, loaded: Checkpoint, dense_params: int) -> dict:
     """One point of the accuracy-sparsity figure. Sparsity = 1 − non-zero parameters / the baseline's
     parameters, so masked zeros and physically removed filters count alike."""
     meta = loaded.meta
-    label = meta.get("method") or ("dense" if path.name == BASELINE else path.stem.split("__")[0])
+    stem = "dense" if path.name == BASELINE else path.stem.split("__")[0]
+    label = stem if meta.get("stage") else meta.get("method") or stem  # a fine-tuned variant is named by its file
     if meta.get("granularity"):
         label = f"{label} {meta['granularity']}"
     return {"label": label, "sparsity": 1.0 - count_nonzero_parameters(loaded.model) / dense_params,

@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit.checkpoint import FORMAT as CHECKPOINT_FORMAT, VERSION as CHECKPOINT_VERSION
+from prunekit.checkpoint import atomic_save, checkpoint_dict, read_checkpoint_file, register_format
 from prunekit.errors import PrunekitError
 
 FORMAT = "prunekit-compact"
@@ -78,8 +80,6 @@ def decode(compact: dict) -> dict:
 
     ``meta["compact_values"]`` records the value mode, so a lossy (fp16/int8) origin stays visible.
     """
-    from prunekit.checkpoint import FORMAT as CHECKPOINT_FORMAT, VERSION as CHECKPOINT_VERSION
-
     if not isinstance(compact, dict) or compact.get("format") != FORMAT:
         raise PrunekitError("not a compact prunekit file (format 'prunekit-compact' expected)")
     if compact.get("version") != VERSION:
@@ -94,8 +94,6 @@ def decode(compact: dict) -> dict:
 
 def save_compact(source: nn.Module | dict | str | Path, path: str | Path, values: str = "fp32") -> Path:
     """Write the compact file of a model, a checkpoint dict or a checkpoint file to ``path`` (atomic)."""
-    from prunekit.checkpoint import atomic_save
-
     return atomic_save(encode(_read_if_path(source), values), path)
 
 
@@ -206,8 +204,6 @@ def validate_bool(name: str, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _as_checkpoint_dict(source: nn.Module | dict) -> dict:
-    from prunekit.checkpoint import FORMAT as CHECKPOINT_FORMAT, checkpoint_dict
-
     if isinstance(source, nn.Module):
         return checkpoint_dict(source) if _describable(source) else _user_model_dict(source)
     if isinstance(source, dict) and source.get("format") == FORMAT:
@@ -226,14 +222,13 @@ def _describable(model: nn.Module) -> bool:
 
 def _user_model_dict(model: nn.Module) -> dict:
     # A quantized graph has no float architecture of its own: its tensors are stored as they are.
-    from prunekit.checkpoint import FORMAT as CHECKPOINT_FORMAT, VERSION as CHECKPOINT_VERSION
-
     state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": None, "state_dict": state,
             "masks": {}, "meta": {}}
 
 
 def _read_if_path(source):
-    from prunekit.checkpoint import read_checkpoint_file
-
     return read_checkpoint_file(source) if isinstance(source, (str, Path)) else source
+
+
+register_format(FORMAT, lambda raw, path: decode(raw))

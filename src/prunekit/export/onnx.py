@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunekit.atomic import atomic_path
 from prunekit.errors import PrunekitError
 from prunekit.export.common import inference_copy, is_quantized
 
@@ -66,13 +65,12 @@ def export_onnx(model: nn.Module, path: str | Path, input_size=INPUT_SIZE, check
     require("onnx", "onnxscript")
     fp32 = inference_copy(model)
     path = Path(path)
-    with _temporary_beside(path) as tmp:
+    with atomic_path(path, suffix=".tmp.onnx") as tmp:
         _export(fp32, tmp, torch.randn(input_size), opset)
         diff = max_difference(fp32, tmp, input_size) if check and has_onnxruntime() else None
         if diff is not None and not diff <= TOLERANCE:
             raise PrunekitError(f"the ONNX export of this model differs from PyTorch by {diff:.3g} "
                                 f"(> {TOLERANCE}); nothing was written")
-        os.replace(tmp, path)
     return diff
 
 
@@ -125,18 +123,6 @@ def _export(model: nn.Module, path: Path, example: torch.Tensor, opset: int | No
                               external_data=False, opset_version=opset, verbose=False)
     except Exception as exc:
         raise PrunekitError(f"ONNX export failed ({type(exc).__name__}: {str(exc)[:300]})") from None
-
-
-@contextmanager
-def _temporary_beside(path: Path):
-    """A temporary file name in ``path``'s folder (so the final rename is atomic), removed afterwards."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 @contextmanager

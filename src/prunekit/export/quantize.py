@@ -49,6 +49,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from prunekit.checkpoint import Checkpoint, atomic_save, register_format
 from prunekit.errors import PrunekitError
 from prunekit.export.common import inference_copy, is_quantized
 
@@ -148,15 +149,13 @@ def int8_dict(quantized: torch.fx.GraphModule, meta: dict | None = None) -> dict
 
 def save_quantized(quantized: torch.fx.GraphModule, path: str | Path, meta: dict | None = None) -> Path:
     """Write ``quantized`` (from :func:`quantize_model`) as a ``prunekit-int8`` file, atomically."""
-    from prunekit.checkpoint import atomic_save
-
     return atomic_save(int8_dict(quantized, meta), path)
 
 
 def load_quantized(raw: dict, path: str | Path | None = None):
     """The :class:`prunekit.checkpoint.Checkpoint` of a ``prunekit-int8`` dict; ``.model`` is the int8
     GraphModule (CPU, eval mode), ``meta["quantized"] == "int8"``."""
-    from prunekit.checkpoint import Checkpoint, rebuild
+    from prunekit.checkpoint import rebuild
     from prunekit.models import build_model
 
     if raw.get("version") != VERSION:
@@ -252,3 +251,6 @@ def _quiet():
         warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*")
         warnings.filterwarnings("ignore", message=r".*TypedStorage is deprecated.*")
         yield
+
+
+register_format(FORMAT, load_quantized)

@@ -8,14 +8,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from prunekit.prune.mask import effective_state_dict
+from prunekit.masking import effective_state_dict, masked_keys
 
 
 def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter as the forward pass sees it (a masked ``x_orig`` becomes ``x = orig * mask``)."""
-    param_names = set()
-    for name, _ in model.named_parameters():
-        param_names.add(name.removesuffix("_orig"))
+    masked = masked_keys(model)
+    param_names = {name for name, _ in model.named_parameters()} - {orig for orig, _ in masked.values()}
+    param_names |= set(masked)
     state = effective_state_dict(model)
     params = {k: v for k, v in state.items() if k in param_names}
     params.update(packed_int8_weights(state))

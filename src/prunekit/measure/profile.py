@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunekit.masking import has_masks, permanent_copy
 from prunekit.measure.counts import count_macs, count_nonzero_parameters, count_parameters, serialized_size
 from prunekit.measure.timing import peak_inference_memory, time_inference
 
@@ -41,9 +42,7 @@ def hardware_name(device: torch.device) -> str:
 
 def deployable(model: nn.Module) -> nn.Module:
     """``model`` itself, or for a masked model a copy with its masks made permanent (same outputs)."""
-    from prunekit.prune.mask import permanent_copy
-
-    if any(name.endswith("_mask") for name, _ in model.named_buffers()):
+    if has_masks(model):
         return permanent_copy(model)
     return model
 

@@ -11,68 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.models.layers import ZeroPadShortcut  # noqa: F401  (re-exported: it lived here)
 from prunekit.models.registry import register_model
-
-
-class ZeroPadShortcut(nn.Module):
-    """Parameter-free shortcut: subsample by ``stride``, then pick or zero each output channel.
-
-    ``source_index[j]`` is the input channel copied into output channel j, or -1
-    for an all-zero channel. The default pads ``(out - in) // 2`` zero channels
-    before the input and the rest after, exactly akamaster's
-    ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))``.
-    The index is a non-persistent buffer: state dicts stay identical to
-    akamaster's, and channel surgery edits it through ``channel_config``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, source_index: list[int] | None = None):
-        super().__init__()
-        if source_index is None:
-            source_index = _default_source_index(in_channels, out_channels)
-        source_index = [int(i) for i in source_index]
-        _check_source_index(in_channels, out_channels, stride, source_index)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.stride = stride
-        self.source_index = source_index
-        # The zero channel is appended at position in_channels, so -1 maps there.
-        gather = [in_channels if i < 0 else i for i in source_index]
-        self.register_buffer("gather_index", torch.tensor(gather, dtype=torch.long), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        x = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
-        return x.index_select(1, self.gather_index)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
-
-
-def _default_source_index(in_channels: int, out_channels: int) -> list[int]:
-    if out_channels < in_channels:
-        raise PrunekitError(
-            f"ZeroPadShortcut({in_channels}, {out_channels}) cannot zero-pad to fewer channels; "
-            "pass source_index to choose which input channels to keep"
-        )
-    before = (out_channels - in_channels) // 2
-    after = out_channels - in_channels - before
-    return [-1] * before + list(range(in_channels)) + [-1] * after
-
-
-def _check_source_index(in_channels: int, out_channels: int, stride: int, source_index: list[int]) -> None:
-    if not isinstance(stride, int) or stride < 1:
-        raise PrunekitError(f"ZeroPadShortcut stride must be a positive int, got {stride!r}")
-    if len(source_index) != out_channels:
-        raise PrunekitError(
-            f"ZeroPadShortcut source_index has {len(source_index)} entries but out_channels is {out_channels}; "
-            "give one entry per output channel"
-        )
-    bad = [i for i in source_index if not -1 <= i < in_channels]
-    if bad:
-        raise PrunekitError(
-            f"ZeroPadShortcut source_index entries {bad} are outside [-1, {in_channels - 1}] "
-            f"for in_channels={in_channels}"
-        )
 
 
 class BasicBlock(nn.Module):

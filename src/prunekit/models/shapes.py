@@ -14,7 +14,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.models.reference import as_json_kwargs, model_from_reference, parse_reference, reference_of
 from prunekit.models.registry import create_model
-from prunekit.models.resnet import ZeroPadShortcut
+from prunekit.models.layers import ZeroPadShortcut
 
 # kind -> (module class, config fields). ZeroPadShortcut first: order decides the kind.
 _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {

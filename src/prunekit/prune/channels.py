@@ -41,7 +41,7 @@ from prunekit.prune.allocate import check_ratio, round_fraction, validate_ratios
 from prunekit.prune.graph import ChannelGraph, as_inputs, trace_channels
 from prunekit.prune.handlers import handler_for
 from prunekit.prune.importance import channel_scores, effective_tensor, get_criterion, zeroed_channels
-from prunekit.prune.mask import Masks, apply_masks, make_permanent, permanent_copy
+from prunekit.masking import Masks, apply_masks, make_permanent, permanent_copy
 from prunekit.prune.surgery import remove_channels
 from prunekit.prune.verify import check_equivalent
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.masking import effective_tensor as forward_tensor
 from prunekit.prune.graph import ChannelGraph
 from prunekit.prune.handlers import handler_for
 
@@ -60,10 +61,8 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, criterion: str = "l1",
 def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
     """``module.<name>`` as the forward pass sees it: ``<name>_orig * <name>_mask`` when masked, else the
     parameter itself (None when absent). Detached."""
-    if hasattr(module, f"{name}_orig") and hasattr(module, f"{name}_mask"):
-        return (getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")).detach()
-    value = getattr(module, name, None)
-    return value.detach() if isinstance(value, torch.Tensor) else None
+    value = forward_tensor(module, name)
+    return None if value is None else value.detach()
 
 
 def _prunable(graph: ChannelGraph) -> list[int]:

@@ -12,15 +12,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.masking import effective_weight, is_masked  # noqa: F401  (effective_weight re-exported)
 from prunekit.models.layers import classifier_name, prunable_layers
-from prunekit.prune.mask import is_masked
-
-
-def effective_weight(module: nn.Module, param: str = "weight") -> torch.Tensor:
-    """The tensor the forward pass uses: ``<param>_orig * <param>_mask`` when masked, else ``<param>``."""
-    if is_masked(module, param):
-        return getattr(module, f"{param}_orig") * getattr(module, f"{param}_mask")
-    return getattr(module, param)
 
 
 def find_classifier(model: nn.Module) -> str | None:

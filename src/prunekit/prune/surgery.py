@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.masking import masked_names
 from prunekit.prune.graph import ChannelGraph
 from prunekit.prune.handlers import handler_for
 
@@ -38,15 +39,13 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, removed: set[int]) ->
     attributes, or is replaced by a new module (ZeroPadShortcut). Optimizers built before hold the old
     parameters: build them again. The model must not be masked (make the masks permanent first).
     """
-    from prunekit.prune.mask import is_masked
-
     modules = dict(model.named_modules())
     by_module: dict[str, dict[str, list[int]]] = {}
     for (module, role), keep in kept_indices(graph, removed).items():
         by_module.setdefault(module, {})[role] = keep
     for name, keep in by_module.items():
         module = modules[name]
-        if any(is_masked(module, p) for p, _ in module.named_parameters(recurse=False)) or is_masked(module):
+        if masked_names(module):
             raise PrunekitError(f"'{name}' is masked; make the masks permanent before removing channels")
         replacement = handler_for(module).shrink(module, keep)
         if replacement is not None:

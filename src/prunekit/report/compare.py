@@ -29,6 +29,7 @@ from torch import nn
 from prunekit.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_file
 from prunekit.models import arch_label
 from prunekit.data import DataBundle
+from prunekit.data.normalisation import input_normalisation
 from prunekit.measure import profile, time_inference
 
 #: ``ratio column: (measured column, direction)``: the first model's value over this model's (``first/this``),
@@ -90,9 +91,7 @@ def warmup_runs() -> int:
 
 def meta_normalisation(meta: dict, data: DataBundle) -> tuple[tuple, tuple]:
     """The checkpoint's own input normalisation (``meta`` mean/std), else the dataset's."""
-    if meta.get("mean") and meta.get("std"):
-        return tuple(meta["mean"]), tuple(meta["std"])
-    return tuple(data.info.mean), tuple(data.info.std)
+    return input_normalisation(meta, data.info)
 
 
 def compact_size(loaded: Checkpoint) -> int | None:

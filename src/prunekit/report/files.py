@@ -1,4 +1,4 @@
-"""Files the report tools write: atomic text/CSV writes, typed CSV reads, and a resumable table of points.
+"""Files the report tools write: CSV writes (through :mod:`prunekit.atomic`), typed CSV reads, and a resumable table of points.
 
 A sweep or sensitivity analysis evaluates one point at a time and rewrites its CSV after every point
 through a temporary file and an atomic rename, so an interruption never leaves a half-written file and a
@@ -12,36 +12,11 @@ import csv
 import hashlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Hashable, Sequence
 
+from prunekit.atomic import atomic_write_text  # noqa: F401  (re-exported for the report writers)
 from prunekit.errors import PrunekitError
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:

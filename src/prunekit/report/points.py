@@ -13,9 +13,9 @@ from torch import nn
 
 from prunekit.config import PruneConfig
 from prunekit.data import DataBundle
+from prunekit.masking import permanent_copy
 from prunekit.measure import count_nonzero_parameters, count_parameters
 from prunekit.prune import apply_masks, compute_masks, sparsity_report
-from prunekit.prune.mask import permanent_copy
 
 BYTES_PER_WEIGHT = 4  # 32-bit floats: the memory footprint of the non-zero parameters
 

@@ -7,14 +7,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunekit import paths
 from prunekit.train.distributed import is_main_process
 
 
 class Callback:
-    """Hooks into :func:`fit`; override what you need. Every hook may mutate the model in place."""
+    """Hooks into :func:`fit`; override what you need. Every hook may mutate the model in place.
+
+    Order per epoch: ``after_backward`` after every backward pass; then, once the epoch is trained and
+    evaluated, ``on_state`` of every callback (writers: checkpoints, metrics), then ``on_epoch_end`` of
+    every callback (so a callback that interrupts the run never loses the finished epoch).
+    """
+
+    def on_fit_start(self, model: nn.Module, config) -> None:
+        """Called once before the first epoch (also when resuming), with the run's TrainConfig."""
 
     def after_backward(self, model: nn.Module) -> None:
         """Called after ``loss.backward()``, before the optimizer step (e.g. to edit gradients)."""
+
+    def on_state(self, model: nn.Module, record: dict, state, is_best: bool) -> None:
+        """Called after each epoch with its record and the resumable :class:`prunekit.train.state.TrainState`;
+        ``is_best`` when the epoch has the best validation top-1 so far."""
 
     def on_epoch_end(self, epoch: int, record: dict) -> None:
         """Called after each epoch with its metrics record."""
@@ -43,7 +56,7 @@ class EpochSnapshots(Callback):
         from prunekit.checkpoint import save_checkpoint
 
         if is_main_process():
-            save_checkpoint(self.model, self.run_dir / f"epoch_{epoch + 1}.pt", {**self.meta, "epoch": epoch + 1})
+            save_checkpoint(self.model, paths.epoch_snapshot(self.run_dir, epoch + 1), {**self.meta, "epoch": epoch + 1})
 
 
 class PrintEpoch(Callback):

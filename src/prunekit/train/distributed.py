@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from prunekit.masking import is_masked
+
 
 def requested_world_size() -> int:
     """The world size torchrun asked for (1 when not launched by torchrun)."""
@@ -54,7 +56,7 @@ def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
             from prunekit.errors import PrunekitError
             raise PrunekitError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm); on CPU drop it: each "
                                 "rank then normalises with its own batch statistics")
-        if any(hasattr(m, "weight_mask") for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        if any(is_masked(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
             from prunekit.errors import PrunekitError
             raise PrunekitError("--sync-bn cannot convert masked BatchNorm layers; shrink the model first "
                                 "(`prunekit shrink`) or train without --sync-bn")

@@ -6,9 +6,6 @@ It knows nothing about pruning: a masked model trains here unchanged because its
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -20,12 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunekit.checkpoint import atomic_save, checkpoint_dict
 from prunekit.config import TrainConfig
 from prunekit.data import DataBundle, DeviceLoader
 from prunekit.train import distributed
 from prunekit.train.callbacks import Callback, SlimmingRegularizer
 from prunekit.train.optim import make_optimizer, make_scheduler
+from prunekit.train.state import TrainState
+from prunekit.train.writers import CheckpointWriter, MetricsWriter
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -137,69 +135,76 @@ def make_loaders(data: DataBundle, config: TrainConfig, device: torch.device,
 
 
 def fit(model: nn.Module, data: DataBundle, config: TrainConfig, run_dir: str | Path | None = None,
-        resume: dict | None = None, callbacks: Iterable[Callback] = (), meta: dict | None = None,
+        resume: TrainState | dict | None = None, callbacks: Iterable[Callback] = (), meta: dict | None = None,
         progress: bool = True) -> FitResult:
     """Train ``model`` in place for ``config.epochs`` epochs.
 
     Side effects: moves the model to the training device; when ``run_dir`` is given writes
     ``last.pt`` every epoch (with the resumable ``train_state``), ``best.pt`` on the best validation
     top-1 (only when the data has a validation split), ``metrics.csv``/``metrics.json`` and
-    ``config.json``. ``resume`` is a ``train_state`` from ``last.pt``: optimizer, scheduler, epoch,
-    RNG and loader state are restored so the run continues exactly.
+    ``config.json`` (through :class:`CheckpointWriter` and :class:`MetricsWriter`). ``resume`` is the
+    :class:`TrainState` (or its dict, a checkpoint's ``train_state``) of ``last.pt``: optimizer, scheduler,
+    epoch, RNG and loader state are restored so the run continues exactly.
 
     Under ``torchrun`` each process trains its shard through DistributedDataParallel and only rank 0
     writes files or shows progress (see :mod:`prunekit.train.distributed`).
     """
     rank, world_size, device = distributed.setup(resolve_device(config.device))
-    main_process = rank == 0
     torch.manual_seed(config.seed)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    callbacks = list(callbacks)
-    if config.sparsity_reg > 0:
-        callbacks.append(SlimmingRegularizer(config.sparsity_reg))
+    prepare(model, device)
+    callbacks = run_callbacks(callbacks, config, run_dir if rank == 0 else None, meta)
     train_loader, val_loader, test_loader = make_loaders(data, config, device, rank, world_size)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, len(train_loader))
-    result = FitResult()
-    start_epoch, best_top1 = 0, -math.inf
+    state = TrainState.from_dict(resume) if isinstance(resume, dict) else resume or TrainState()
     if resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        train_loader.load_state_dict(resume["loader"])
-        torch.set_rng_state(resume["rng_cpu"])
-        start_epoch = resume["epoch"]
-        result.history = list(resume.get("history", []))
-        best_top1 = resume.get("best_top1", -math.inf)
-        result.best = resume.get("best")
+        state.restore(optimizer, scheduler, train_loader)
+    state.config = config.model_dump(mode="json")
     step_model = distributed.wrap(model, device, config.sync_bn)
     step_model = torch.compile(step_model) if config.compile else step_model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    run_dir = Path(run_dir) if run_dir and main_process else None
-    if run_dir:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
+    eval_loader, split = (val_loader, "val") if val_loader is not None else (test_loader, "test")
+    notify(callbacks, "on_fit_start", model, config)
     started = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(state.epoch, config.epochs):
         record = train_epoch(step_model, train_loader, optimizer, scheduler, loss_fn, device, callbacks,
-                             epoch, config, progress and main_process)
+                             epoch, config, progress and rank == 0)
         record["lr"] = scheduler.get_last_lr()[0]
-        eval_loader, split = (val_loader, "val") if val_loader is not None else (test_loader, "test")
         record.update(evaluate(model, eval_loader, device).as_dict(f"{split}_"))
-        result.history.append(record)
-        is_best = split == "val" and record["val_top1"] > best_top1
-        if is_best:
-            best_top1, result.best = record["val_top1"], record
-        if run_dir:
-            save_epoch(model, run_dir, record, result, meta, is_best, dict(
-                epoch=epoch + 1, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                loader=train_loader.state_dict(), rng_cpu=torch.get_rng_state(), history=result.history,
-                best_top1=best_top1, best=result.best, config=config.model_dump(mode="json")))
-        for cb in callbacks:  # after saving: a callback that interrupts never loses the finished epoch
-            cb.on_epoch_end(epoch, record)
-    result.seconds = time.perf_counter() - started
-    return result
+        is_best = state.add_epoch(record)
+        state.capture(epoch + 1, optimizer, scheduler, train_loader)
+        notify(callbacks, "on_state", model, record, state, is_best)
+        # after saving: a callback that interrupts never loses the finished epoch
+        notify(callbacks, "on_epoch_end", epoch, record)
+    return FitResult(history=state.history, best=state.best, seconds=time.perf_counter() - started)
+
+
+def notify(callbacks: Iterable[Callback], hook: str, *args) -> None:
+    """Call ``hook`` on every callback that has it (duck-typed callbacks may define only some hooks)."""
+    for cb in callbacks:
+        method = getattr(cb, hook, None)
+        if method is not None:
+            method(*args)
+
+
+def prepare(model: nn.Module, device: torch.device) -> None:
+    """Move ``model`` to ``device`` (channels-last memory on CUDA)."""
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+
+
+def run_callbacks(callbacks: Iterable[Callback], config: TrainConfig, run_dir: str | Path | None,
+                  meta: dict | None) -> list[Callback]:
+    """The caller's callbacks, then the slimming regulariser when ``config`` asks for it, then the run
+    folder writers when there is a ``run_dir`` (writers run their ``on_state`` before anyone's
+    ``on_epoch_end`` all the same)."""
+    callbacks = list(callbacks)
+    if config.sparsity_reg > 0:
+        callbacks.append(SlimmingRegularizer(config.sparsity_reg))
+    if run_dir:
+        callbacks += [CheckpointWriter(run_dir, meta), MetricsWriter(run_dir)]
+    return callbacks
 
 
 def train_epoch(model, loader, optimizer, scheduler, loss_fn, device, callbacks, epoch: int,
@@ -226,27 +231,3 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, device, callbacks,
     return {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(seen, 1),
             "train_top1": 100.0 * correct.item() / max(seen, 1), "epoch_seconds": seconds,
             "images_per_second": seen / seconds if seconds else float("nan")}
-
-
-def save_epoch(model: nn.Module, run_dir: Path, record: dict, result: FitResult, meta: dict | None,
-               is_best: bool, train_state: dict) -> None:
-    """Write last.pt (resumable), best.pt when it improved, and the metrics files, all atomically."""
-    meta = {**(meta or {}), "history": result.history, "epoch": record["epoch"]}
-    atomic_save(checkpoint_dict(model, meta, train_state), run_dir / "last.pt")
-    if is_best:
-        atomic_save(checkpoint_dict(model, {**meta, "best_val_top1": record["val_top1"]}), run_dir / "best.pt")
-    write_metrics(run_dir, result.history)
-
-
-def write_metrics(run_dir: Path, history: list[dict]) -> None:
-    """Per-epoch metrics as ``metrics.csv`` and ``metrics.json`` (rewritten whole each epoch)."""
-    keys = list(dict.fromkeys(k for rec in history for k in rec))
-    tmp = run_dir / "metrics.csv.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(run_dir / "metrics.csv")
-    tmp = run_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(history, indent=2))
-    tmp.replace(run_dir / "metrics.json")

@@ -1,0 +1,56 @@
+"""The one way prunekit writes a file: atomically.
+
+Every artefact (checkpoints, metrics, CSVs, JSON, reports, ONNX files) is written to a temporary file
+with a unique name in the destination folder, flushed and fsynced, then renamed over the destination,
+so a crash or an interruption never leaves a half-written file where a good one was, and two writers
+never share a temporary name. The result gets the permissions an ordinary ``open(path, "w")`` would
+give (the process umask), not ``mkstemp``'s private 0600. Imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Callable, Iterator
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a unique temporary path beside ``path``; when the block finishes without an exception the
+    temporary file is fsynced and renamed to ``path``, else it is removed and ``path`` is left as it was.
+    For writers that need a file name (e.g. ``torch.onnx.export``). Creates the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(binary file)`` on a temporary file beside ``path`` and rename it into place atomically.
+    Returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically. Returns ``path``."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
