@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from prunekit.atomic import atomic_write
-from prunekit import paths
+import prunekit.paths as paths
 from prunekit.errors import PrunekitError
 from prunekit.masking import Masks, apply_masks, effective_state_dict, extract_masks
 from prunekit.models import build_model, is_reference, saved_arch

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from prunekit import paths
+import prunekit.paths as paths
 from prunekit.checkpoint import (Checkpoint, derived_meta, foreign_state_dict, load_checkpoint, read_checkpoint_file,
                                  save_checkpoint, update_meta)
 from prunekit.config import PruneConfig, TrainConfig

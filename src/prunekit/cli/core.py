@@ -115,7 +115,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from prunekit import paths
+    import prunekit.paths as paths
     from prunekit.checkpoint import resume_point, update_meta
     from prunekit.config import TrainConfig
     from prunekit.models import arch_label

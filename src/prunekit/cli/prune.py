@@ -209,7 +209,7 @@ def print_prune_summary(result) -> None:
 
 
 def cmd_finetune(args) -> int:
-    from prunekit import paths
+    import prunekit.paths as paths
     from prunekit.checkpoint import load_checkpoint, resume_point
     from prunekit.config import TrainConfig
     from prunekit.errors import PrunekitError

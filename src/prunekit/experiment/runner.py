@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from prunekit import paths as names
+import prunekit.paths as names
 from prunekit.checkpoint import Checkpoint, derived_meta, load_checkpoint, load_weights, resume_point, save_checkpoint
 from prunekit.config import FINETUNE_LR, TrainConfig
 from prunekit.data import DataBundle, get_data

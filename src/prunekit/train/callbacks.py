@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunekit import paths
+import prunekit.paths as paths
 from prunekit.train.distributed import is_main_process
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from prunekit import paths
+import prunekit.paths as paths
 from prunekit.atomic import atomic_write_text
 from prunekit.checkpoint import atomic_save, checkpoint_dict
 from prunekit.train.callbacks import Callback
