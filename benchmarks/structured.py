@@ -1,5 +1,7 @@
 """Benchmark: structured (filter) pruning of every zoo model, beside Torch-Pruning, and what it buys on CPU.
 
+0. User-style networks: every case of ``tests/user_styles`` (53 networks written in the styles of public
+   CIFAR code) at every ratio: ok / kept / refused / broken (see ``style_rows``).
 1. Pruning. Every registered model (10 classes, random init; BN statistics calibrated on one random batch
    and γ/β randomised, so equivalence checks are meaningful) at ratios 0.3 and 0.5 of every channel group
    (L1 criterion, layer scope): ``prune_channels`` wall time, params and MACs before/after
@@ -15,7 +17,7 @@
    in alternating rounds (median of round medians) so background load hits all alike, beside the MACs
    reduction.
 
-    /tmp/tpvenv/bin/python benchmarks/structured.py [--quick] [--threads 1] [--part all|pruning|latency]
+    /tmp/tpvenv/bin/python benchmarks/structured.py [--quick] [--threads 1] [--part all|pruning|styles|latency]
 
 Writes ``benchmarks/results/structured.{json,md}``.
 """
@@ -182,6 +184,57 @@ def pruning_rows(names: list[str], ratios: tuple[float, ...], tp) -> list[dict]:
     return rows
 
 
+def style_rows(ratios: tuple[float, ...]) -> list[dict]:
+    """Every network of the user-style zoo (tests/user_styles) through ``prune_channels``: ``ok`` (pruned and
+    equal to the masked twin within 1e-5 relative), ``kept`` (exact, nothing prunable), ``refused`` (a
+    PrunekitError) or ``broken`` (a model that fails or differs: must never happen)."""
+    import sys
+
+    sys.path.insert(0, str(RESULTS.parents[1] / "tests"))
+    from user_styles import CASES
+
+    from prunekit.errors import PrunekitError
+    from prunekit.prune.channels import plan_channels
+
+    rows = []
+    for case in CASES:
+        for ratio in ratios:
+            torch.manual_seed(0)
+            model, x = case.build().eval(), torch.randn(case.input_shape)
+            row = {"case": case.name, "pattern": case.pattern, "ratio": ratio}
+            start = time.perf_counter()
+            try:
+                plan = plan_channels(model, x, ratio=ratio)
+                twin = apply_masks(copy.deepcopy(model), plan.masks)
+                pruned = prune_channels(copy.deepcopy(model), x, plan=plan)
+            except PrunekitError as exc:
+                rows.append({**row, "status": "refused", "why": str(exc)})
+                continue
+            except Exception as exc:  # a crash is a broken result, recorded, never hidden
+                rows.append({**row, "status": "broken", "why": f"{type(exc).__name__}: {exc}"})
+                continue
+            with torch.no_grad():
+                expected, actual = (out[0] if isinstance(out, tuple) else out for out in (twin(x), pruned(x)))
+            error = ((expected - actual).abs().max() / expected.abs().max()).item()
+            params = count_parameters(pruned) / count_parameters(model)
+            status = "broken" if error > 1e-5 else ("ok" if plan.removed else "kept")
+            rows.append({**row, "status": status, "relative_error": error, "params_kept": params,
+                         "seconds": time.perf_counter() - start, "retraced": plan.retraced,
+                         "kept_because": sorted(set(plan.blocked.values()) - {"the network's output channels are fixed"})})
+    return rows
+
+
+def style_counts(rows: list[dict]) -> dict[str, int]:
+    return {status: sum(r["status"] == status for r in rows) for status in ("ok", "kept", "refused", "broken")}
+
+
+def style_table(rows: list[dict]) -> str:
+    return markdown_table([{"case": r["case"], "pattern": r["pattern"], "ratio": r["ratio"], "status": r["status"],
+                            "params kept": None if "params_kept" not in r else round(r["params_kept"], 2),
+                            "rel. error": r.get("relative_error"), "retraced": r.get("retraced"),
+                            "channels kept because": "; ".join(r.get("kept_because", []))[:140]} for r in rows])
+
+
 def latency_rows(names: tuple[str, ...], ratios: tuple[float, ...], batches: tuple[int, ...], threads: int,
                  rounds: int) -> list[dict]:
     rows = []
@@ -245,7 +298,7 @@ def main() -> None:
                         help="torch threads for latency (default: 1: stable on shared cores, where one preempted "
                              "OpenMP thread stalls every op of a multi-threaded run; use 2+ on an idle machine)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (default: 5)")
-    parser.add_argument("--part", choices=["all", "pruning", "latency"], default="all",
+    parser.add_argument("--part", choices=["all", "pruning", "styles", "latency"], default="all",
                         help="re-run one part, keeping the other from the last results (e.g. time again "
                              "when the machine is quiet)")
     args = parser.parse_args()
@@ -256,23 +309,30 @@ def main() -> None:
     previous = previous_results() if args.part != "all" else {}
     start = time.perf_counter()
     torch.set_num_threads(1)  # pruning and equivalence: one thread is fastest on shared cores
-    pruning = previous.get("pruning", []) if args.part == "latency" else pruning_rows(names, ratios, tp)
+    pruning = previous.get("pruning", []) if args.part in ("latency", "styles") else pruning_rows(names, ratios, tp)
+    styles = previous.get("styles", []) if args.part in ("latency", "pruning") else style_rows(ratios)
+    print("user-style zoo:", style_counts(styles), "| shipped zoo:",
+          {s: sum(r.get("prunekit_status", "ok") == s for r in pruning) for s in ("ok",)}, flush=True)
     torch.set_num_threads(args.threads)  # latency (and the hardware header) use the fixed thread count
     load_before = os.getloadavg()[0]
-    latency = previous.get("latency", []) if args.part == "pruning" else latency_rows(
+    latency = previous.get("latency", []) if args.part in ("pruning", "styles") else latency_rows(
         ("vgg11",) if args.quick else LATENCY_MODELS, ratios, (1,) if args.quick else (1, 64), args.threads, rounds)
-    load = [load_before, os.getloadavg()[0]] if args.part != "pruning" else previous.get("latency_load_average")
+    load = [load_before, os.getloadavg()[0]] if args.part in ("all", "latency") else previous.get(
+        "latency_load_average", [load_before, load_before])
     payload = {"quick": args.quick, "ratios": ratios, "criterion": "l1", "scope": "layer",
                "torch_pruning": getattr(tp, "__version__", None) if tp else None, "latency_threads": args.threads,
                "latency_rounds": rounds, "latency_load_average": load,
-               "seconds": time.perf_counter() - start, "pruning": pruning, "latency": latency}
+               "seconds": time.perf_counter() - start, "pruning": pruning, "latency": latency,
+               "styles": styles, "style_counts": style_counts(styles)}
     notes = ("prunekit max|Δ|: masked (filter_masks) vs physical (shrink) output, 4 random images, calibrated BN. "
              "TP max|Δ|: Torch-Pruning's pruned model vs the original with the channels it removed zeroed. "
              f"Latency: ms per batch, median of {rounds} alternating rounds (original, r=0.3, r=0.5 in turn), "
              f"{args.threads} threads, 1-min load average {load[0]:.1f} before / {load[1]:.1f} after on "
              f"{os.cpu_count()} CPUs.")
-    table = "## Pruning (L1, layer scope)\n\n" + pruning_table(pruning) + "\n\n## CPU latency\n\n" \
-            + latency_table(latency) + "\n\n" + notes
+    counts = style_counts(styles)
+    table = "## Pruning (L1, layer scope)\n\n" + pruning_table(pruning) + "\n\n## User-style networks (tests/user_styles)\n\n" \
+        + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "\n\n" + style_table(styles) \
+        + "\n\n## CPU latency\n\n" + latency_table(latency) + "\n\n" + notes
     write_results("structured", payload, table)
 
 
