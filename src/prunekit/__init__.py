@@ -7,7 +7,7 @@ The public API (imported lazily, so ``import prunekit`` and ``prunekit --help`` 
     fit, evaluate_split                training and evaluation (train/)
     profile                            params, MACs, size, memory, latency (measure/)
     save_checkpoint, load_checkpoint, load_weights
-    prune_unstructured, prune_channels pruning (prune/)
+    prune_unstructured, plan_channels, prune_channels   pruning (prune/)
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ _EXPORTS = {
     "load_weights": "prunekit.checkpoint",
     "prune_unstructured": "prunekit.prune",
     "prune_channels": "prunekit.prune",
+    "plan_channels": "prunekit.prune",
     "make_permanent": "prunekit.masking",
     "PrunekitError": "prunekit.errors",
 }

@@ -514,3 +514,9 @@ def test_self_check_catches_a_corrupted_surgery_and_leaves_the_model_alone(monke
         prune_channels(model, X[:1, :2], ratio=0.34)
     assert model.conv1.out_channels == 3 and model.bn1.num_features == 3
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_plan_and_prune_are_public_api():
+    import prunekit
+
+    assert prunekit.plan_channels is plan_channels and prunekit.prune_channels is prune_channels

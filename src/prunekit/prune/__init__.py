@@ -15,7 +15,7 @@ from prunekit.prune.mask import Masks, apply_masks, extract_masks, make_permanen
 from prunekit.prune.report import sparsity_report
 from prunekit.prune.unstructured import prune_unstructured, unstructured_masks
 
-_CHANNEL_EXPORTS = ("prune_channels", "filter_masks", "filter_sparsity", "shrink")
+_CHANNEL_EXPORTS = ("plan_channels", "prune_channels", "filter_masks", "filter_sparsity", "shrink")
 
 __all__ = ["Masks", "apply_masks", "compute_masks", "extract_masks", "make_permanent", "prune_unstructured",
            "sparsity_of", "sparsity_report", "unstructured_masks", *_CHANNEL_EXPORTS]
