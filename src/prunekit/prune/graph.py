@@ -47,7 +47,6 @@ self-check then proves the result, and :func:`prunekit.prune.channels.plan_chann
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple
 
@@ -162,7 +161,7 @@ def trace_channels(model: nn.Module, example_inputs: Any = None, trust_sizes: bo
     model.eval()
     try:
         with torch.no_grad(), _Recorder(walker, handlers):
-            for tensor in _tensors(inputs):
+            for tensor in tensors_in(inputs):
                 walker.set(tensor, walker.fresh(tensor, "fixed"))
             output = model(*inputs)
     except PrunekitError:
@@ -173,7 +172,7 @@ def trace_channels(model: nn.Module, example_inputs: Any = None, trust_sizes: bo
     finally:
         for module, mode in modes.items():
             module.training = mode
-    for tensor in _tensors(output):
+    for tensor in tensors_in(output):
         walker.consume([tensor])
         walker.pin(walker.layout(tensor), "model output", "the network's output channels are fixed")
     return walker.result()
@@ -188,13 +187,14 @@ def as_inputs(model: nn.Module, example_inputs: Any) -> tuple:
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    """Every tensor in ``value``: a tensor, or tuples, lists and dicts of them (nested), in order."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
+        return [t for v in value for t in tensors_in(v)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
+        return [t for v in value.values() for t in tensors_in(v)]
     return []
 
 
@@ -300,13 +300,9 @@ class Walker:
             self.layouts[id(tensor)] = layout
             self.origin[id(tensor)] = self.where
 
-    def consume(self, values: Iterable[Any]) -> None:
-        """Mark tensors as read by a traced op or layer."""
-        for value in values:
-            if isinstance(value, torch.Tensor):
-                self.consumed.add(id(value))
-            elif isinstance(value, (tuple, list)):
-                self.consume(value)
+    def consume(self, values: Any) -> None:
+        """Mark the tensors in ``values`` as read by a traced op or layer."""
+        self.consumed.update(id(t) for t in tensors_in(values))
 
     def pin_dangling(self) -> None:
         """Pin channel tensors that no traced op read: code prunekit cannot see (a TorchScript function,
@@ -317,13 +313,10 @@ class Walker:
                 self.pin(self.layouts[key], f"a tensor of layer '{self.origin[key]}'",
                          "it is read by code prunekit cannot trace (e.g. a TorchScript function)")
 
-    def fresh(self, tensor: torch.Tensor, kind: str, args_of: Layout | None = None) -> Layout | None:
-        """New atoms for dim 1 of ``tensor`` (None below 2 dims); ``args_of``: one argument atom each."""
+    def fresh(self, tensor: torch.Tensor, kind: str) -> Layout | None:
+        """New atoms of rule ``kind`` for dim 1 of ``tensor`` (None below 2 dims)."""
         if not isinstance(tensor, torch.Tensor) or tensor.dim() < 2:
             return None
-        if args_of is not None:
-            return Layout(args_of.dims, np.vectorize(lambda a: self.atoms.new(kind, (a,)), otypes=[np.int64])(
-                args_of.atoms) if args_of.atoms.size else args_of.atoms.copy())
         return Layout((1,), np.array([self.atoms.new(kind) for _ in range(tensor.shape[1])], dtype=np.int64))
 
     def known(self, value: Any) -> Layout | None:
@@ -478,7 +471,7 @@ def _build_graph(walker: Walker) -> ChannelGraph:
     for atom, kind in enumerate(atoms.kind):
         root = atoms.find(atom)
         if kind == "copy" and root in root_ids:
-            source = root_ids.get(atoms.find(atom_arg(atoms, atom)))
+            source = root_ids.get(atoms.find(atoms.args[atom][0]))
             if source is not None and source != root_ids[root]:
                 deps.setdefault(root_ids[root], set()).add(source)
     groups, group_of = _groups(walker, root_ids, slots)
@@ -492,9 +485,6 @@ def _build_graph(walker: Walker) -> ChannelGraph:
     return ChannelGraph(channels, groups, ports, walker.bn_after, walker.calls, walker.sequence, outputs,
                         dict(walker.blocked), list(walker.assumed))
 
-
-def atom_arg(atoms: Atoms, atom: int) -> int:
-    return atoms.args[atom][0]
 
 
 def _groups(walker: Walker, root_ids: dict[int, int],
@@ -533,6 +523,3 @@ def _groups(walker: Walker, root_ids: dict[int, int],
                                    {role: tuple(names) for role, names in by_role.items()}))
     return groups, group_of
 
-
-def positions(shape: torch.Size, start: int = 2) -> int:
-    return math.prod(shape[start:])

@@ -19,7 +19,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.models import ZeroPadShortcut
-from prunekit.prune.graph import Layout, ModuleCall, Walker
+from prunekit.prune.graph import Layout, ModuleCall, Walker, tensors_in
 
 # --------------------------------------------------------------------------- layers
 
@@ -290,8 +290,7 @@ class _Opaque(LayerHandler):
         why = why or (f"TorchScript block ({getattr(module, 'original_name', type(module).__name__)}): its ops "
                       "cannot be traced, so channels into and out of it are kept; script the model after pruning")
         w.pin_inputs(inputs, name, why)
-        for tensor in _tensor_list(output):
-            w.set(tensor, w.fresh(tensor, "fixed"))
+        _fresh_outputs(w, tensors_in(output))
 
 
 OPAQUE = _Opaque()
@@ -328,26 +327,24 @@ def trace_op(w: Walker, name: str, args: tuple, kwargs: dict, result: Any) -> No
     handler = OPS.get(name)
     if handler is not None:
         handler(w, name, args, kwargs, result)
-    elif _tensor_list(result):
+    elif tensors_in(result):
         unknown(w, name, args, kwargs, result, f"prunekit does not know how '{name}' uses channels")
 
 
-def _tensor_list(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensor_list(v)]
-    return []
+
+def _fresh_outputs(w: Walker, outputs: list[torch.Tensor]) -> None:
+    """Give ``outputs`` new, fixed channels (what an op makes from inputs prunekit does not follow)."""
+    for tensor in outputs:
+        w.set(tensor, w.fresh(tensor, "fixed"))
 
 
 def unknown(w: Walker, name: str, args: tuple, kwargs: dict, result: Any, why: str) -> None:
     """Pin every channel tensor the op reads; its outputs get new fixed channels."""
-    for value in _tensor_list(list(args) + list(kwargs.values())):
+    for value in tensors_in(list(args) + list(kwargs.values())):
         layout = w.layout(value)
         if layout is not None and not set(layout.flat) <= w.pinned:
             w.pin(layout, f"'{name}' in layer '{w.where}'", why)
-    for tensor in _tensor_list(result):
-        w.set(tensor, w.fresh(tensor, "fixed"))
+    _fresh_outputs(w, tensors_in(result))
 
 
 def _arg(args: tuple, kwargs: dict, position: int, key: str, default: Any = None) -> Any:
@@ -366,11 +363,9 @@ def _pass(w: Walker, name: str, args: tuple, kwargs: dict, result: Any, kind: st
     """Elementwise on its first argument. ``same``: zero stays zero; ``never``: f(0) != 0."""
     x = args[0] if args else None
     layout = w.layout(x)
-    outputs = _tensor_list(result)
+    outputs = tensors_in(result)
     if layout is None:
-        for tensor in outputs:
-            w.set(tensor, w.fresh(tensor, "fixed"))
-        return
+        return _fresh_outputs(w, outputs)
     if not outputs or not all(_same_channels(x, out, layout) for out in outputs):
         return unknown(w, name, args, kwargs, result, "it changes the channel axis")
     out_layout = layout if kind == "same" else w.new_op(kind, [layout])
@@ -559,10 +554,10 @@ def _narrow(w, name, args, kwargs, result):
 
 @register_op("split", "chunk", "tensor_split", "split_with_sizes")
 def _split(w, name, args, kwargs, result):
-    x, pieces = args[0], _tensor_list(result)
+    x, pieces = args[0], tensors_in(result)
     layout = w.layout(x)
     if layout is None:
-        return [w.set(p, w.fresh(p, "fixed")) for p in pieces] and None
+        return _fresh_outputs(w, pieces)
     dim = _dim(_arg(args, kwargs, 2, "dim", 0), x.dim())
     if layout.dims != (1,) or (dim == 1 and name == "tensor_split"):
         return unknown(w, name, args, kwargs, result, "it splits the channel axis at fixed indices")
@@ -585,7 +580,7 @@ def _split(w, name, args, kwargs, result):
 @register_op("setitem", "index_put", "index_add", "index_copy", "scatter", "masked_fill", "copy", "fill", "zero")
 def _write(w, name, args, kwargs, result):
     unknown(w, name, args, kwargs, result, "it writes into a channel tensor in place")
-    for value in _tensor_list(args):
+    for value in tensors_in(args):
         w.pin(w.layout(value), f"'{name}' in layer '{w.where}'", "it writes into a channel tensor in place")
 
 
@@ -696,9 +691,9 @@ def _reduce_dims(args: tuple, kwargs: dict, ndim: int) -> set[int] | None:
 def _reduce(w, name, args, kwargs, result):
     x = args[0]
     layout = w.layout(x)
-    outputs = _tensor_list(result)
+    outputs = tensors_in(result)
     if layout is None or not isinstance(x, torch.Tensor):
-        return [w.set(t, w.fresh(t, "fixed")) for t in outputs] and None
+        return _fresh_outputs(w, outputs)
     if name in ("max", "min") and len(args) > 1 and isinstance(args[1], torch.Tensor):
         return _binary(w, name, args, kwargs, result, "never")  # elementwise max(x, y)
     dims = _reduce_dims(args, kwargs, x.dim()) if name != "norm" else _reduce_dims(args[1:], kwargs, x.dim())
@@ -712,7 +707,7 @@ def _reduce(w, name, args, kwargs, result):
         return None
     if name == "sum" and layout.dims == (1,):  # a sum over channels ignores zero channels exactly
         w.read(layout)
-        return [w.set(t, w.fresh(t, "fixed")) for t in outputs] and None
+        return _fresh_outputs(w, outputs)
     unknown(w, name, args, kwargs, result, f"'{name}' over the channel axis depends on how many channels there are")
 
 

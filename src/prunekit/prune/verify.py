@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.prune.graph import ChannelGraph
+from prunekit.prune.graph import ChannelGraph, tensors_in
 
 RELATIVE_TOLERANCE = 1e-6  # in float64; a real surgery error is many orders of magnitude larger
 
@@ -39,7 +39,7 @@ def check_equivalent(twin: nn.Module, physical: nn.Module, graph: ChannelGraph, 
         if not _close(expected.index_select(1, torch.tensor(kept, device=expected.device)), actual):
             raise PrunekitError(f"pruning changed what the model computes, first at layer '{name}': its kept channels "
                                 "differ from the masked model's; the model was left unchanged")
-    for expected, actual in zip(_flat(twin_result), _flat(physical_result)):
+    for expected, actual in zip(tensors_in(twin_result), tensors_in(physical_result)):
         if not _close(expected, actual):
             raise PrunekitError("pruning changed the model's output (every traced layer agreed): an op between "
                                 "layers does not follow the removed channels; the model was left unchanged")
@@ -73,15 +73,6 @@ def _run(model: nn.Module, graph: ChannelGraph, inputs: tuple):
         for hook in hooks:
             hook.remove()
 
-
-def _flat(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _flat(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _flat(v)]
-    return []
 
 
 def _close(expected: torch.Tensor, actual: torch.Tensor) -> bool:
