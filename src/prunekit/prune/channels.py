@@ -133,7 +133,12 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
                              lambda graph: select_channels(model, graph, target))
     else:
         pruned = _cut_and_check(model, plan.graph, set(plan.channel_ids), plan.inputs)
-    model.__dict__.update(pruned.__dict__)  # swap the checked copy in: same object for the caller
+    return _swap_in(model, pruned)
+
+
+def _swap_in(model: nn.Module, pruned: nn.Module) -> nn.Module:
+    """Give ``model`` the checked copy's modules, parameters and hooks: the caller keeps the same object."""
+    model.__dict__.update(pruned.__dict__)
     return model
 
 
@@ -218,9 +223,7 @@ def shrink(model: nn.Module, example_inputs: Any = None) -> nn.Module:
         dead = zeroed_channels(model, graph)
         return _repair(graph, set(dead), {cid: 0.0 for cid in dead}, dead)
 
-    pruned = _plan(model, as_inputs(model, example_inputs), dead_channels)[1]
-    model.__dict__.update(pruned.__dict__)
-    return model
+    return _swap_in(model, _plan(model, as_inputs(model, example_inputs), dead_channels)[1])
 
 
 def filter_sparsity(before: nn.Module, after: nn.Module) -> float:

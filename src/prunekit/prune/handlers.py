@@ -65,13 +65,17 @@ def layer_handler(module: nn.Module) -> LayerHandler | None:
     return next((h for h in LAYERS if h.accepts(module)), None)
 
 
-def _index(keep: list[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(keep, dtype=torch.long, device=device)
+def _keep(module: nn.Module, name: str, dim: int, indices: list[int]) -> None:
+    """Replace parameter or buffer ``name`` of ``module`` (if set) by its entries ``indices`` along ``dim``.
 
-
-def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    old = getattr(module, name)
-    setattr(module, name, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
+    A parameter becomes a new ``nn.Parameter`` (same ``requires_grad``), a buffer a new tensor."""
+    value = getattr(module, name, None)
+    if value is None:
+        return
+    kept = value.detach().index_select(dim, torch.tensor(indices, dtype=torch.long, device=value.device)).clone()
+    if isinstance(value, nn.Parameter):
+        kept = nn.Parameter(kept, requires_grad=value.requires_grad)
+    setattr(module, name, kept)
 
 
 def _input(w: Walker, name: str, x: Any) -> Layout | None:
@@ -118,28 +122,17 @@ class _Conv(LayerHandler):
         return [("weight", (index,)), ("bias", (index,))]
 
     def shrink(self, conv, keep):
-        device = conv.weight.device
-        per_in = conv.in_channels // conv.groups
-        weight = conv.weight
-        if "depthwise" in keep:
-            rows = keep["depthwise"]
-            multiplier = conv.out_channels // conv.groups
-            weight = weight.index_select(0, _index(rows, device))
-            if conv.bias is not None:
-                _replace(conv, "bias", conv.bias.index_select(0, _index(rows, device)))
+        per_in, multiplier = conv.in_channels // conv.groups, conv.out_channels // conv.groups
+        rows = keep.get("depthwise", keep.get("conv_out"))
+        if rows is not None:
+            _keep(conv, "weight", 0, rows)
+            _keep(conv, "bias", 0, rows)
             conv.out_channels = len(rows)
-            conv.in_channels = conv.groups = len(rows) // multiplier
-        if "conv_out" in keep:
-            weight = weight.index_select(0, _index(keep["conv_out"], device))
-            if conv.bias is not None:
-                _replace(conv, "bias", conv.bias.index_select(0, _index(keep["conv_out"], device)))
-            conv.out_channels = len(keep["conv_out"])
-        if "conv_in" in keep:
-            kept = keep["conv_in"]
-            columns = [i for i in kept if i < per_in]  # every group keeps the same positions
-            weight = weight.index_select(1, _index(columns, device))
-            conv.in_channels = len(kept)
-        _replace(conv, "weight", weight)
+            if "depthwise" in keep:  # whole groups went: one input channel per group
+                conv.in_channels = conv.groups = len(rows) // multiplier
+        if "conv_in" in keep:  # every group keeps the same positions
+            _keep(conv, "weight", 1, [i for i in keep["conv_in"] if i < per_in])
+            conv.in_channels = len(keep["conv_in"])
         return None
 
 
@@ -167,16 +160,13 @@ class _ConvTranspose(LayerHandler):
         return weight.transpose(0, 1).flatten(1)
 
     def shrink(self, conv, keep):
-        device, weight = conv.weight.device, conv.weight
         if "conv_out" in keep:
-            weight = weight.index_select(1, _index(keep["conv_out"], device))
-            if conv.bias is not None:
-                _replace(conv, "bias", conv.bias.index_select(0, _index(keep["conv_out"], device)))
+            _keep(conv, "weight", 1, keep["conv_out"])
+            _keep(conv, "bias", 0, keep["conv_out"])
             conv.out_channels = len(keep["conv_out"])
         if "conv_in" in keep:
-            weight = weight.index_select(0, _index(keep["conv_in"], device))
+            _keep(conv, "weight", 0, keep["conv_in"])
             conv.in_channels = len(keep["conv_in"])
-        _replace(conv, "weight", weight)
         return None
 
 
@@ -202,16 +192,9 @@ class _BatchNorm(LayerHandler):
         return [("weight", (index,)), ("bias", (index,))]
 
     def shrink(self, bn, keep):
-        rows = keep["bn"]
-        device = (bn.weight if bn.weight is not None else bn.running_mean).device
-        index = _index(rows, device)
-        for name in ("weight", "bias"):
-            if getattr(bn, name) is not None:
-                _replace(bn, name, getattr(bn, name).index_select(0, index))
-        for name in ("running_mean", "running_var"):
-            if getattr(bn, name) is not None:
-                setattr(bn, name, getattr(bn, name).index_select(0, index).clone())
-        bn.num_features = len(rows)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            _keep(bn, name, 0, keep["bn"])
+        bn.num_features = len(keep["bn"])
         return None
 
 
@@ -241,16 +224,13 @@ class _Linear(LayerHandler):
         return [("weight", (index,)), ("bias", (index,))]
 
     def shrink(self, linear, keep):
-        device, weight = linear.weight.device, linear.weight
         if "linear_out" in keep:
-            weight = weight.index_select(0, _index(keep["linear_out"], device))
-            if linear.bias is not None:
-                _replace(linear, "bias", linear.bias.index_select(0, _index(keep["linear_out"], device)))
+            _keep(linear, "weight", 0, keep["linear_out"])
+            _keep(linear, "bias", 0, keep["linear_out"])
             linear.out_features = len(keep["linear_out"])
         if "linear_in" in keep:
-            weight = weight.index_select(1, _index(keep["linear_in"], device))
+            _keep(linear, "weight", 1, keep["linear_in"])
             linear.in_features = len(keep["linear_in"])
-        _replace(linear, "weight", weight)
         return None
 
 
