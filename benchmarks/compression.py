@@ -35,7 +35,7 @@ import torch
 
 from common import SHARED, spread, write_results
 from prunekit.checkpoint import checkpoint_dict, load_weights, save_checkpoint
-from prunekit.report.table import markdown_table
+from prunekit.report.tables import markdown_table
 from prunekit.data.normalisation import NORMALISATIONS
 from prunekit.data import DeviceLoader, get_data
 from prunekit.export import decode, encode, encoded_size, quantize_model, save_quantized

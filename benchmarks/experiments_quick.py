@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from common import write_results
-from prunekit.report.table import markdown_table
+from prunekit.report.tables import markdown_table
 from prunekit.experiment import load_experiment, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from common import RESULTS, write_results
-from prunekit.report.table import markdown_table
+from prunekit.report.tables import markdown_table
 from prunekit.config import PruneConfig
 from prunekit.measure import count_macs, count_parameters, time_inference
 from prunekit.models import create_model, list_models

@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from common import bare_steps, pipeline_steps, premade_batches, spread, write_results
-from prunekit.report.table import markdown_table
+from prunekit.report.tables import markdown_table
 from prunekit.config import TrainConfig
 from prunekit.data import DeviceLoader, make_synthetic
 from prunekit.models import create_model

@@ -9,11 +9,13 @@ give (the process umask), not ``mkstemp``'s private 0600. Imports only the stand
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterator, Sequence
 
 
 def current_umask() -> int:
@@ -54,3 +56,17 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically. Returns ``path``."""
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """``rows`` as CSV text with a header of ``columns`` (extra keys ignored, missing ones empty)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def atomic_write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
+    """Write ``rows`` as CSV (see :func:`csv_text`) to ``path`` atomically. Returns ``path``."""
+    return atomic_write_text(path, csv_text(rows, columns))

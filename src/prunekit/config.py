@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:
@@ -60,6 +60,14 @@ class TrainConfig(StrictModel):
     log_every: int = Field(20, ge=1, description="steps between progress updates (host syncs)")
 
 
+#: The scope a ``sparsity`` target gets when none is given: Han et al.'s one global magnitude threshold for
+#: single weights; Li et al.'s same fraction in every layer for filters (a global filter ranking needs a
+#: normalisation across layers and is opt-in).
+DEFAULT_SCOPE = {"unstructured": "global", "filter": "layer"}
+#: The targets each granularity understands (exactly one per prune).
+TARGETS = {"unstructured": ("sparsity", "ratios"), "filter": ("sparsity", "ratios", "cfg", "macs_target")}
+
+
 class PruneConfig(StrictModel):
     """What to prune and how (shared by every granularity and schedule).
 
@@ -70,7 +78,9 @@ class PruneConfig(StrictModel):
 
     granularity: Literal["unstructured", "filter"] = "unstructured"
     sparsity: float | None = Field(None, ge=0, lt=1)
-    scope: Literal["global", "layer"] = "global"
+    scope: Literal["global", "layer"] | None = Field(
+        None, description="with sparsity: one ranking over all layers (global) or the same fraction per layer; "
+                          "default: DEFAULT_SCOPE of the granularity")
     ratios: dict[str, float] | None = None
     criterion: str = Field("l1", description="filter score: l1 | l2 | bn_scale | random")
     cfg: list[int | str] | None = None
@@ -81,3 +91,36 @@ class PruneConfig(StrictModel):
     finetune_epochs: int = Field(0, ge=0, description="masked retraining epochs after each round")
     rewind_to: str | None = Field(None, description="checkpoint whose weights survivors rewind to (IMP)")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _default_scope(self) -> "PruneConfig":
+        if self.scope is None:
+            self.scope = DEFAULT_SCOPE[self.granularity]
+        return self
+
+    def check_target(self) -> None:
+        """Raise PrunekitError unless exactly one target this granularity understands is set."""
+        from prunekit.errors import PrunekitError
+
+        allowed = TARGETS[self.granularity]
+        given = [k for k in ("sparsity", "ratios", "cfg", "macs_target") if getattr(self, k) is not None]
+        if len(given) != 1 or given[0] not in allowed:
+            raise PrunekitError(f"{self.granularity} pruning needs exactly one of {', '.join(allowed)}; "
+                                f"got {', '.join(given) or 'none'}")
+
+
+def make_prune_config(**fields) -> PruneConfig:
+    """A :class:`PruneConfig`, with validation failures raised as :class:`PrunekitError`."""
+    from pydantic import ValidationError
+
+    from prunekit.errors import PrunekitError
+
+    sparsity = fields.get("sparsity")
+    if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
+                                 or not 0.0 <= float(sparsity) < 1.0):
+        raise PrunekitError(f"sparsity is {sparsity!r}; it must be a number in [0, 1) (0.8 prunes 80%)")
+    try:
+        return PruneConfig(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PrunekitError(f"invalid pruning settings: {problems}") from None

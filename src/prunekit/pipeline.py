@@ -40,6 +40,7 @@ from prunekit.masking import effective_state_dict, masked_keys
 from prunekit.measure import count_macs, count_nonzero_parameters, count_parameters
 from prunekit.prune import apply_masks, compute_masks, extract_masks, make_permanent, sparsity_of, sparsity_report
 from prunekit.prune.allocate import round_fraction
+from prunekit.prune.granularity import get_granularity
 from prunekit.train import Callback, evaluate_split, fit, resolve_device
 
 @dataclass
@@ -130,10 +131,7 @@ def prune_step(model: nn.Module, data: DataBundle, config: PruneConfig, k: int, 
     record = {"round": k, "target": target, "sparsity": sparsity_report(model)["overall"],
               "masked_sparsity": sparsity_of(extract_masks(model)), "pruned_top1": pruned.top1,
               "pruned_top5": pruned.top5}
-    if config.granularity == "filter":
-        from prunekit.prune import filter_sparsity
-
-        record["filter_sparsity"] = filter_sparsity(model, model)  # zeroed filters / all conv filters
+    record.update(get_granularity(config.granularity).achieved(model))
     return record
 
 
@@ -239,7 +237,7 @@ def finish(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_
     """Measure the pruned model (shrinking it for filter granularity), name it and save it."""
     sparsity = sparsity_report(model)["overall"]
     filters = None
-    if prune_config.granularity == "filter":
+    if get_granularity(prune_config.granularity).shrinks:
         model, filters = shrink_filters(model, data, device)
     test = evaluate_split(model, data, "test", device=device)
     achieved = filters if filters is not None else sparsity

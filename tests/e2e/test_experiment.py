@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 from html.parser import HTMLParser
 from pathlib import Path

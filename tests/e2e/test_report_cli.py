@@ -17,9 +17,9 @@ from prunekit.masking import effective_weight
 from prunekit.models.layers import prunable_layers
 from prunekit.prune import prune_unstructured, sparsity_report
 from prunekit.prune.allocate import load_ratio_file, validate_ratios
-from prunekit.report import sensitivity as sensitivity_module
-from prunekit.report.files import read_csv_rows
-from prunekit.report.sensitivity import weighted_mean
+from prunekit.analysis import sensitivity as sensitivity_module
+from prunekit.analysis.results import read_csv_rows
+from prunekit.analysis.sensitivity import weighted_mean
 
 CPU = ["--device", "cpu", "--no-progress"]
 

@@ -17,7 +17,8 @@ from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.config import PruneConfig
 from prunekit.measure import count_macs, count_parameters
 from prunekit.models import channel_config, create_model, list_models
-from prunekit.prune.channels import estimate_macs, filter_masks, filter_sparsity, prune_channels, shrink
+from prunekit.prune.allocate import estimate_macs
+from prunekit.prune.channels import filter_masks, filter_sparsity, prune_channels, shrink
 from prunekit.prune.graph import trace_channels
 from prunekit.prune.mask import apply_masks
 

@@ -20,7 +20,7 @@ from prunekit.export import (OnnxRuntimeModel, decode, encode, encoded_size, exp
 from prunekit.export.onnx import has_onnxruntime
 from prunekit.models import create_model
 from prunekit.prune import prune_unstructured
-from prunekit.prune.mask import apply_masks, extract_masks
+from prunekit.prune.mask import extract_masks
 
 TINY_CFG = [8, "M", 16, "M", 16, 16]
 # torch.save's container costs beyond the payload: one 64-byte-aligned zip record (~200 B with its

@@ -18,16 +18,17 @@ from prunekit.measure import count_nonzero_parameters, profile
 from prunekit.models.layers import prunable_layers
 from prunekit.prune import prune_unstructured
 from prunekit.prune.allocate import load_ratio_file, validate_ratios
-from prunekit.report import sweep as sweep_module
-from prunekit.report.compare import (CompareSettings, compare_checkpoints, comparison_from_dict, display_rows,
-                                     save_comparison, warmup_runs)
-from prunekit.report.files import read_csv_rows
+from prunekit.analysis import sweep as sweep_module
+from prunekit.analysis.compare import (CompareSettings, compare_checkpoints, comparison_from_dict, save_comparison,
+                                       warmup_runs)
+from prunekit.report.tables import display_rows
+from prunekit.analysis.results import read_csv_rows
 from prunekit.report.html import write_report
 from prunekit.report.plots import plot_layer_sparsity, plot_sweep, plot_weight_histograms
-from prunekit.report.points import Evaluator
-from prunekit.report.sensitivity import (DENSE, MAX_SUGGESTED_RATIO, rescale, run_sensitivity, suggest_ratios,
+from prunekit.analysis.points import Evaluator
+from prunekit.analysis.sensitivity import (DENSE, MAX_SUGGESTED_RATIO, rescale, run_sensitivity, suggest_ratios,
                                          weighted_mean, write_ratio_file)
-from prunekit.report.sweep import run_sweep, sweep_rates
+from prunekit.analysis.sweep import run_sweep, sweep_rates
 from prunekit.train import evaluate_split
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # differs from the data's: proves meta is used

@@ -13,8 +13,8 @@ from prunekit.config import PruneConfig
 from prunekit.errors import PrunekitError
 from prunekit.measure import count_macs
 from prunekit.models import ZeroPadShortcut
-from prunekit.prune.channels import (estimate_macs, filter_masks, filter_sparsity, plan_channels, prune_channels,
-                                     select_channels, shrink, ChannelTarget)
+from prunekit.prune.allocate import estimate_macs, select_channels
+from prunekit.prune.channels import channel_target, filter_masks, filter_sparsity, plan_channels, prune_channels, shrink
 from prunekit.prune.graph import Slot, trace_channels
 from prunekit.prune.importance import channel_scores
 from prunekit.prune.mask import apply_masks
@@ -462,14 +462,30 @@ def test_select_channels_is_deterministic():
 
     model = randomise_bn(Residual())
     graph = trace_channels(model, X[:1])
-    target = ChannelTarget(ratio=0.5, criterion="random", seed=7)
+    target = channel_target(ratio=0.5, criterion="random", seed=7)
     selected = select_channels(model, graph, target)
     # the one prunable group (conv_a + conv_b through the residual add) loses its two lowest-scored channels
     scores = channel_scores(model, graph, "random", seed=7)
     assert len(scores) == 4 and selected == set(sorted(scores, key=scores.get)[:2])
     assert select_channels(model, graph, target) == selected
-    other = select_channels(model, graph, ChannelTarget(ratio=0.5, criterion="random", seed=8))
+    other = select_channels(model, graph, channel_target(ratio=0.5, criterion="random", seed=8))
     assert len(other) == 2 and other != selected
+
+
+def test_one_target_type_with_one_set_of_defaults():
+    """`prune --granularity filter` (PruneConfig) and `prune-channels` (channel_target) share the defaults:
+    the same sparsity selects the same channels; unstructured defaults to one global threshold."""
+    from prunekit.config import make_prune_config
+    from prunekit.prune.granularity import get_granularity
+
+    assert make_prune_config(sparsity=0.5).scope == "global"
+    assert make_prune_config(granularity="filter", sparsity=0.5).scope == "layer" == channel_target(ratio=0.5).scope
+    model = randomise_bn(Concat())
+    masks = get_granularity("filter").masks(model, make_prune_config(granularity="filter", sparsity=0.5), 1.0, X[:1])
+    plan = plan_channels(model, X[:1], ratio=0.5)
+    assert set(masks) == set(plan.masks) and all(torch.equal(masks[k], plan.masks[k]) for k in masks)
+    with pytest.raises(PrunekitError, match="unstructured pruning needs exactly one of sparsity, ratios; got cfg"):
+        make_prune_config(cfg=[4, 8]).check_target()
 
 
 # --------------------------------------------------------------------------- command line

@@ -18,7 +18,7 @@ from prunekit.prune import (apply_masks, compute_masks, extract_masks, make_perm
 from prunekit.prune.allocate import round_fraction
 from prunekit.prune.mask import effective_state_dict
 from prunekit.prune.report import effective_weight
-from prunekit.prune.unstructured import make_prune_config
+from prunekit.config import make_prune_config
 
 
 class Toy(nn.Module):

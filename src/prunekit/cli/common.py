@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from prunekit.report.table import markdown_table  # noqa: F401  (re-exported for the commands)
+from prunekit.report.tables import markdown_table  # noqa: F401  (re-exported for the commands)
 
 
 MODEL_HELP = ("a registered model name (`prunekit models`) or your own model: path/to/file.py:ClassName or "

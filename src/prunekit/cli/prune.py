@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def register_prune(sub: argparse._SubParsersAction) -> None:
-    from prunekit.config import PruneConfig
+    from prunekit.config import DEFAULT_SCOPE, TARGETS, PruneConfig
 
     p = sub.add_parser("prune",
                        help="prune a checkpoint (unstructured or filters; one-shot or iterative) and retrain",
@@ -43,15 +43,16 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                                    "OUT/Omp_unstructured_<sparsity>_acc_<top-1>.pt (name from the achieved "
                                    "sparsity and test top-1) unless --name is given.")
     p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint (e.g. a run's last.pt)")
-    p.add_argument("--granularity", choices=["unstructured", "filter"], default="unstructured",
+    p.add_argument("--granularity", choices=list(TARGETS), default="unstructured",
                    help="single weights, or whole conv filters removed physically (default: %(default)s)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--sparsity", type=float, metavar="S",
                         help="target fraction in [0, 1) of weights (unstructured) or filters (filter)")
     target.add_argument("--ratios", metavar="FILE",
                         help="YAML of `layer: ratio` (+ optional `default: r`); `prunekit layers CKPT` lists names")
-    p.add_argument("--scope", choices=["global", "layer"], default="global",
-                   help="with --sparsity: one threshold over all layers, or the same ratio per layer")
+    p.add_argument("--scope", choices=["global", "layer"], default=None,
+                   help="with --sparsity: one ranking over all layers (global) or the same ratio per layer; default: "
+                        + ", ".join(f"{s} for {g}" for g, s in DEFAULT_SCOPE.items()))
     p.add_argument("--criterion", default=None, metavar="NAME",
                    help="filter score, any registered criterion (built in: l1 | l2 | bn_scale | random; filter "
                         "granularity; default l1); unstructured always uses |w|")
@@ -149,7 +150,8 @@ def cmd_layers(args) -> int:
 def prune_config_from(args, model):
     from prunekit.errors import PrunekitError
     from prunekit.prune.allocate import load_ratio_file
-    from prunekit.prune.unstructured import make_prune_config, resolve_ratios
+    from prunekit.config import make_prune_config
+    from prunekit.prune.allocate import resolve_ratios
 
     if args.granularity == "unstructured" and args.criterion not in (None, "l1", "l2"):
         raise PrunekitError(f"--criterion {args.criterion} scores filters; unstructured pruning ranks single "

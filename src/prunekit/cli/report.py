@@ -96,7 +96,9 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_granularity_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--granularity", choices=["unstructured", "filter"], default="unstructured",
+    from prunekit.config import TARGETS
+
+    p.add_argument("--granularity", choices=list(TARGETS), default="unstructured",
                    help="single weights (fraction of weights) or whole conv filters (fraction of filters)")
     p.add_argument("--criterion", default="l1", metavar="NAME",
                    help="filter score, any registered criterion (built in: l1 | l2 | bn_scale | random; filter "
@@ -137,7 +139,7 @@ def data_source(args: argparse.Namespace):
 
 def compare_settings(args: argparse.Namespace):
     from prunekit.errors import PrunekitError
-    from prunekit.report.compare import CompareSettings
+    from prunekit.analysis.compare import CompareSettings
     from prunekit.train.loop import resolve_device
 
     resolve_device(args.device)  # a clear error for --device cuda without a GPU
@@ -150,9 +152,9 @@ def compare_settings(args: argparse.Namespace):
 def analysis_setup(args: argparse.Namespace):
     """The loaded checkpoint, an evaluator with its own normalisation, the output folder and saved settings."""
     from prunekit.checkpoint import load_checkpoint
-    from prunekit.report.compare import meta_normalisation
-    from prunekit.report.files import file_sha256
-    from prunekit.report.points import Evaluator
+    from prunekit.analysis.compare import meta_normalisation
+    from prunekit.analysis.results import file_sha256
+    from prunekit.analysis.points import Evaluator
     from prunekit.train.loop import resolve_device
 
     loaded = load_checkpoint(args.checkpoint)
@@ -191,17 +193,17 @@ def saved_settings(csv_path: str | Path) -> dict | None:
 
 
 def sweep_xlabel(granularity: str, include_classifier: bool) -> str:
-    if granularity == "filter":
-        return "pruning rate (% of conv filters)"
-    spared = "" if include_classifier else ", classifier spared"
-    return f"pruning rate (% of conv + linear weights{spared})"
+    from prunekit.prune.granularity import get_granularity
+
+    return get_granularity(granularity).rate_label(include_classifier)
 
 
 # --- commands ------------------------------------------------------------------------------------------
 
 
 def cmd_compare(args) -> int:
-    from prunekit.report.compare import compare_checkpoints, display_rows, save_comparison_csv
+    from prunekit.analysis.compare import compare_checkpoints, save_comparison_csv
+    from prunekit.report.tables import display_rows
 
     comparison = compare_checkpoints(args.checkpoints, data_source(args), compare_settings(args),
                                      progress=not args.no_progress)
@@ -219,7 +221,7 @@ def cmd_compare(args) -> int:
 
 def cmd_sweep(args) -> int:
     from prunekit.report.plots import plot_sweep
-    from prunekit.report.sweep import run_sweep, sweep_name, sweep_rates
+    from prunekit.analysis.sweep import run_sweep, sweep_name, sweep_rates
 
     rates = sweep_rates(args.start, args.stop, args.steps)
     loaded, evaluator, out, settings = analysis_setup(args)
@@ -238,7 +240,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_sensitivity(args) -> int:
     from prunekit.report.plots import plot_sensitivity
-    from prunekit.report.sensitivity import parse_sparsities, run_sensitivity
+    from prunekit.analysis.sensitivity import parse_sparsities, run_sensitivity
 
     sparsities = parse_sparsities(args.sparsities)
     check_suggest_target(args.suggest)
@@ -257,19 +259,21 @@ def cmd_sensitivity(args) -> int:
 
 def check_suggest_target(target: float | None) -> None:
     from prunekit.errors import PrunekitError
-    from prunekit.report.sensitivity import MAX_SUGGESTED_RATIO
+    from prunekit.analysis.sensitivity import MAX_SUGGESTED_RATIO
 
     if target is not None and not 0.0 <= target <= MAX_SUGGESTED_RATIO:
         raise PrunekitError(f"--suggest {target}: the overall sparsity must lie in [0, {MAX_SUGGESTED_RATIO}]")
 
 
 def write_suggestion(rows: list[dict], target: float, path: Path, args) -> None:
-    from prunekit.report.sensitivity import drop_curves, suggest_ratios, weighted_mean, write_ratio_file
+    from prunekit.analysis.sensitivity import drop_curves, suggest_ratios, weighted_mean, write_ratio_file
 
     ratios, threshold = suggest_ratios(rows, target)
     sizes = {layer: size for layer, (_, _, size) in drop_curves(rows).items()}
     achieved = weighted_mean(ratios, sizes)
-    unit = "filters" if args.granularity == "filter" else "weights"
+    from prunekit.prune.granularity import get_granularity
+
+    unit = get_granularity(args.granularity).unit
     header = [f"prunekit sensitivity --suggest {target:g} for {args.checkpoint} ({args.granularity})",
               f"overall {achieved:.4f}: parameter-weighted mean ratio over the {sum(sizes.values()):,} weights of "
               f"these layers (ratios are fractions of each layer's {unit})",
@@ -282,7 +286,7 @@ def write_suggestion(rows: list[dict], target: float, path: Path, args) -> None:
 
 def cmd_report(args) -> int:
     from prunekit.errors import PrunekitError
-    from prunekit.report.compare import compare_checkpoints, save_comparison
+    from prunekit.analysis.compare import compare_checkpoints, save_comparison
     from prunekit.report.html import COMPARE_FILE, find_checkpoints, load_comparison, write_report
 
     run_dir = Path(args.run_dir)
@@ -328,7 +332,7 @@ def cmd_plot_layers(args) -> int:
 
 
 def cmd_plot_sweep(args) -> int:
-    from prunekit.report.files import read_csv_rows
+    from prunekit.analysis.results import read_csv_rows
     from prunekit.report.plots import plot_sweep
 
     rows = read_csv_rows(args.csv)
@@ -343,7 +347,7 @@ def cmd_plot_sweep(args) -> int:
 
 
 def cmd_plot_sensitivity(args) -> int:
-    from prunekit.report.files import read_csv_rows
+    from prunekit.analysis.results import read_csv_rows
     from prunekit.report.plots import plot_sensitivity
 
     rows = read_csv_rows(args.csv)

@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_shrink)
 
+    from prunekit.config import DEFAULT_SCOPE
+
     p = sub.add_parser("prune-channels", help="one-shot physical filter pruning, no retraining")
     p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
     target = p.add_mutually_exclusive_group(required=True)
@@ -30,9 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--macs-target", type=float, metavar="F", help="keep at most this fraction of the MACs")
     p.add_argument("--criterion", default="l1", metavar="NAME",
                    help="any registered criterion (built in: l1 | l2 | bn_scale | random; default: %(default)s)")
-    p.add_argument("--scope", choices=["layer", "global"], default="layer",
+    p.add_argument("--scope", choices=["layer", "global"], default=None,
                    help="layer: same fraction per group; global: one ranking normalised per group "
-                        "(default: %(default)s)")
+                        f"(default: {DEFAULT_SCOPE['filter']}, as `prune --granularity filter`)")
     p.add_argument("--seed", type=int, default=0, help="for --criterion random (default: %(default)s)")
     add_model_relocation_arg(p)
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned checkpoint")
@@ -86,7 +88,7 @@ def cmd_shrink(args) -> int:
     return 0
 
 
-def channel_target(args) -> dict:
+def target_kwargs(args) -> dict:
     """The keyword arguments of ``prune_channels`` that ``--ratio/--ratios/--cfg/--macs-target`` give."""
     from prunekit.cli.core import parse_cfg
     from prunekit.prune.allocate import load_ratio_file
@@ -107,19 +109,20 @@ def cmd_prune_channels(args) -> int:
     import torch
 
     from prunekit.checkpoint import derived_meta, load_checkpoint, save_checkpoint
-    from prunekit.prune.channels import filter_sparsity, prune_channels
+    from prunekit.prune.channels import channel_target, filter_sparsity, prune_channels
     from prunekit.masking import make_permanent
 
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     model = make_permanent(loaded.model.eval())  # masked modules cannot be deep-copied
     original, before = copy.deepcopy(model), costs(model)
-    target = channel_target(args)
+    target = target_kwargs(args)
     start = time.perf_counter()
-    prune_channels(model, torch.zeros(1, *INPUT_SIZE), criterion=args.criterion, scope=args.scope,
-                   seed=args.seed, **target)
+    config = channel_target(criterion=args.criterion, scope=args.scope, seed=args.seed, **target)
+    prune_channels(model, torch.zeros(1, *INPUT_SIZE), criterion=config.criterion, scope=config.scope,
+                   seed=config.seed, **target)
     seconds = time.perf_counter() - start
     after, sparsity = costs(model), filter_sparsity(original, model)
-    record = {"criterion": args.criterion, "scope": args.scope, "seed": args.seed, "source": str(args.checkpoint),
+    record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed, "source": str(args.checkpoint),
               **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds}
     meta = derived_meta(loaded.meta)
     save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity})

@@ -30,7 +30,7 @@ from prunekit.data import DataBundle, get_data
 from prunekit.data.normalisation import input_normalisation
 from prunekit.experiment.config import Experiment, SweepSpec, VariantSpec
 from prunekit.measure import count_nonzero_parameters, count_parameters
-from prunekit.report.files import atomic_write_text
+from prunekit.atomic import atomic_write_text
 
 BASELINE = names.BASELINE
 
@@ -221,8 +221,8 @@ def quantize_variant(run: Run, variant: VariantSpec, path: Path) -> Path:
 
 def ensure_sweep(run: Run, sweep: SweepSpec) -> None:
     from prunekit.report.plots import plot_sweep
-    from prunekit.report.points import Evaluator
-    from prunekit.report.sweep import run_sweep, sweep_name, sweep_rates
+    from prunekit.analysis.points import Evaluator
+    from prunekit.analysis.sweep import run_sweep, sweep_name, sweep_rates
 
     loaded = load_checkpoint(source_path(run, sweep.source))
     mean, std = input_normalisation(loaded.meta, run.data.info)
@@ -266,9 +266,9 @@ def mask_model(run: Run, variant: VariantSpec):
 
 
 def ensure_comparison(run: Run, paths: list[Path]) -> None:
-    from prunekit.report.table import markdown_table
-    from prunekit.report.compare import (CompareSettings, compare_checkpoints, display_rows, save_comparison,
-                                         save_comparison_csv)
+    from prunekit.analysis.compare import (CompareSettings, compare_checkpoints, save_comparison,
+                                           save_comparison_csv)
+    from prunekit.report.tables import display_rows, markdown_table
 
     spec = run.experiment.compare
     settings = CompareSettings(device=spec.device, threads=spec.threads, batch_size=spec.batch_size,

@@ -9,7 +9,7 @@ from pathlib import Path
 from prunekit.errors import PrunekitError
 from prunekit.experiment.config import Experiment
 from prunekit.experiment.runner import Run, load_run_data, run_experiment, run_folder
-from prunekit.report.files import atomic_write_text
+from prunekit.atomic import atomic_write_text
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -63,10 +63,11 @@ def summarise(experiment: Experiment, seeds: list[int], folders: list[Path], sum
 
 def plot_seed_summary(rows: list[dict], out: Path, title: str) -> None:
     """Bar chart of mean top-1 with ± std error bars per model; the rows go to a CSV beside it."""
-    from prunekit.report.plots import new_figure, output_paths, write_csv
+    from prunekit.atomic import atomic_write_csv
+    from prunekit.report.plots import new_figure, output_paths, save_png
 
     png, csv_path = output_paths(out)
-    write_csv(csv_path, rows, list(rows[0]))
+    atomic_write_csv(csv_path, rows, list(rows[0]))
     figure = new_figure(6.4, 4.0)
     ax = figure.add_subplot()
     ax.bar([r["model"] for r in rows], [r["top1_mean"] for r in rows], yerr=[r["top1_std"] for r in rows],
@@ -74,4 +75,4 @@ def plot_seed_summary(rows: list[dict], out: Path, title: str) -> None:
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.tick_params(axis="x", labelrotation=20)
-    figure.savefig(png, dpi=150)
+    save_png(figure, png, 150)

@@ -1,8 +1,9 @@
 """Pruning: scores, allocation and masks; it never imports the training loop.
 
-``compute_masks`` dispatches a :class:`prunekit.config.PruneConfig` by granularity: ``unstructured``
-(magnitude, :mod:`prunekit.prune.unstructured`) or ``filter`` (whole conv filters,
-:mod:`prunekit.prune.channels`, imported on first use).
+``compute_masks`` dispatches a :class:`prunekit.config.PruneConfig` to its granularity's method object
+(:mod:`prunekit.prune.granularity`): ``unstructured`` (magnitude, :mod:`prunekit.prune.unstructured`) or
+``filter`` (whole conv filters, :mod:`prunekit.prune.channels`, imported on first use). How much goes where
+is :mod:`prunekit.prune.allocate`'s.
 """
 
 from __future__ import annotations
@@ -26,11 +27,9 @@ def compute_masks(model: nn.Module, config, progress: float = 1.0, example_input
 
     ``example_inputs`` (a batch the model accepts) is needed by filter pruning to trace coupled channels.
     """
-    if config.granularity == "unstructured":
-        return unstructured_masks(model, config, progress)
-    from prunekit.prune.channels import filter_masks
+    from prunekit.prune.granularity import get_granularity
 
-    return filter_masks(model, example_inputs, config, progress)
+    return get_granularity(config.granularity).masks(model, config, progress, example_inputs)
 
 
 def __getattr__(name: str):

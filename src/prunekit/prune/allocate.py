@@ -1,13 +1,44 @@
-"""Allocation: how much to prune where. Ratio files, their validation, and schedule fractions."""
+"""Allocation: how much to prune where, for every granularity.
+
+* Ratio files (``layer: ratio``, ``default``, glob patterns) and their validation; schedule fractions
+  (:func:`round_fraction`).
+* Unstructured: the layers a global or uniform target covers (:func:`scoped_layers`) and the per-layer
+  fractions of a ratio mapping (:func:`resolve_ratios`); the magnitude threshold itself is
+  :mod:`prunekit.prune.unstructured`'s.
+* Filters: which channels of a traced :class:`~prunekit.prune.graph.ChannelGraph` to remove
+  (:func:`select_channels`) for a :class:`~prunekit.config.PruneConfig` target:
+
+  - ``sparsity`` r: every group loses ``round(r × n)`` of its n prunable channels (scope ``layer``), or one
+    ranking across groups removes r of all conv filters, scores divided by their group's mean (``global``).
+  - ``ratios`` {conv name: r} (``default`` allowed): a group's ratio is that of its first producing conv, in
+    call order, that has a ratio (a residual stream takes the ratio of its first conv, e.g. the stem).
+  - ``cfg`` (VGG style ``[64, 'M', 128, ...]``): new width of every producing conv in call order; the top-k
+    filters by the criterion are kept (classic vggprune transplant). Needs uncoupled convs.
+  - ``macs_target`` t: the smallest uniform ratio (bisection) whose estimated MACs ≤ t × current MACs.
+
+  Always: a group keeps ≥ 1 channel and no module loses every channel; a channel that copies a live channel
+  through a ZeroPadShortcut is only removed together with (or after) its source; channels that are already
+  zero (masked earlier) stay removed and count towards the target, so iterative masks only shrink.
+"""
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.models.layers import prunable_layers
+from prunekit.prune.importance import channel_scores, zeroed_channels
+from prunekit.prune.report import find_classifier
+
+if TYPE_CHECKING:
+    from prunekit.config import PruneConfig
+    from prunekit.prune.graph import ChannelGraph
 
 
 def check_ratio(name: str, ratio) -> float:
@@ -69,3 +100,261 @@ def round_fraction(target: float, progress: float) -> float:
     if progress >= 1.0:
         return target
     return 1.0 - (1.0 - target) ** progress
+
+
+# --- unstructured: which layers, which fractions ------------------------------------------------------
+
+def scoped_layers(model: nn.Module, include_classifier: bool) -> dict[str, nn.Module]:
+    """The prunable layers a global/uniform target applies to: all but the classifier unless included."""
+    classifier = None if include_classifier else find_classifier(model)
+    layers = {n: m for n, m in prunable_layers(model).items() if n != classifier}
+    if not layers:
+        raise PrunekitError("the model has no prunable layer (nn.Conv2d / nn.Linear) besides its classifier; "
+                            "pass include_classifier=True (--include-classifier) to prune it")
+    return layers
+
+
+def resolve_ratios(model: nn.Module, ratios: dict, include_classifier: bool = False) -> dict[str, float]:
+    """``{layer: fraction}`` from a ratio mapping (names checked by ``validate_ratios``).
+
+    ``default`` covers every unnamed layer except the classifier, which is pruned only when named
+    explicitly or when ``include_classifier`` is set.
+    """
+    layers = prunable_layers(model)
+    resolved = validate_ratios(ratios, layers)
+    classifier = find_classifier(model)
+    if classifier in resolved and classifier not in ratios and not include_classifier:
+        del resolved[classifier]
+    return resolved
+
+
+# --- filters: which channels --------------------------------------------------------------------------
+
+
+def estimate_macs(graph: ChannelGraph, model: nn.Module, removed: set[int] = frozenset()) -> int:
+    """MACs per image of every Conv and Linear call after removing ``removed`` (the convention of
+    :func:`prunekit.measure.count_macs`: conv and linear only), from the traced output sizes."""
+    modules = dict(model.named_modules())
+    lost = {key: sum(1 for cid in port.values() if cid in removed) for key, port in graph.ports.items()}
+    total = 0
+    for call in graph.calls:
+        module = modules[call.module]
+        if call.kind == "linear":
+            features = module.in_features - lost.get((call.module, "linear_in"), 0)
+            total += call.positions * features * (module.out_features - lost.get((call.module, "linear_out"), 0))
+            continue
+        kernel = math.prod(module.kernel_size)
+        if (call.module, "depthwise") in graph.ports:
+            total += call.positions * kernel * (module.out_channels - lost.get((call.module, "depthwise"), 0))
+            continue
+        cin = module.in_channels - lost.get((call.module, "conv_in"), 0)
+        cout = module.out_channels - lost.get((call.module, "conv_out"), 0)
+        total += call.positions * kernel * cin // module.groups * cout
+    return total
+
+
+def select_channels(model: nn.Module, graph: ChannelGraph, config: PruneConfig,
+                    progress: float = 1.0) -> set[int]:
+    """The ids of the channels to remove for ``config``'s target at ``progress`` of a schedule (see module doc)."""
+    scores = channel_scores(model, graph, config.criterion, config.seed)
+    dead = zeroed_channels(model, graph)
+    if config.macs_target is not None:
+        final = _select_for_macs(model, graph, scores, dead, config)
+        counts = {g: _round(progress * n) for g, n in _group_counts(graph, final).items()}
+        removed = _select_counts(graph, scores, counts, dead)
+    elif config.cfg is not None:
+        removed = _select_counts(graph, scores, _cfg_counts(graph, model, config.cfg, progress), dead)
+    elif config.ratios is not None:
+        ratios = _group_ratios(graph, config.ratios)
+        counts = _ratio_counts(graph, {g: round_fraction(r, progress) for g, r in ratios.items()})
+        removed = _select_counts(graph, scores, counts, dead)
+    else:
+        removed = _select_fraction(graph, scores, round_fraction(config.sparsity, progress), config.scope, dead)
+    return repair(graph, removed, scores, dead)
+
+
+def _select_fraction(graph: ChannelGraph, scores: dict[int, float], fraction: float, scope: str,
+                     dead: set[int]) -> set[int]:
+    if scope == "global":
+        return _select_global(graph, scores, fraction, dead)
+    return _select_counts(graph, scores, _ratio_counts(graph, {g.id: fraction for g in graph.groups}), dead)
+
+
+def _ratio_counts(graph: ChannelGraph, ratios: dict[int, float]) -> dict[int, int]:
+    """Channels to remove per group: round(ratio × prunable channels of the group)."""
+    return {gid: _round(r * len(graph.prunable(graph.groups[gid]))) for gid, r in ratios.items()}
+
+
+def _round(x: float) -> int:
+    """Half up (2.5 -> 3), unlike Python's round-half-to-even."""
+    return math.floor(x + 0.5)
+
+
+def _group_counts(graph: ChannelGraph, removed: set[int]) -> dict[int, int]:
+    counts = {g.id: 0 for g in graph.groups}
+    for cid in removed:
+        counts[graph.channels[cid].group] += 1
+    return counts
+
+
+def _removable(graph: ChannelGraph, cid: int, removed: set[int], per_group: dict[int, int]) -> bool:
+    """Whether channel ``cid`` may join ``removed``: its group keeps a channel and its copies' sources go.
+
+    ``per_group``: how many channels of each group ``removed`` already holds.
+    """
+    channel = graph.channels[cid]
+    return (per_group.get(channel.group, 0) + 1 < len(graph.groups[channel.group].channels)
+            and channel.depends_on <= removed)
+
+
+def _add(graph: ChannelGraph, cid: int, removed: set[int], per_group: dict[int, int]) -> None:
+    removed.add(cid)
+    group = graph.channels[cid].group
+    per_group[group] = per_group.get(group, 0) + 1
+
+
+def _select_counts(graph: ChannelGraph, scores: dict[int, float], counts: dict[int, int],
+                   dead: set[int]) -> set[int]:
+    """Per group, the ``counts[g]`` lowest-scoring removable channels (already-zero ones first)."""
+    removed = set(dead)
+    per_group = _group_counts(graph, removed)
+    for gid in _dependency_order(graph):
+        candidates = sorted((c for c in graph.prunable(graph.groups[gid]) if c not in removed), key=scores.get)
+        wanted = counts.get(gid, 0) - per_group[gid]
+        for cid in candidates:
+            if wanted <= 0:
+                break
+            if _removable(graph, cid, removed, per_group):
+                _add(graph, cid, removed, per_group)
+                wanted -= 1
+    return removed
+
+
+def _select_global(graph: ChannelGraph, scores: dict[int, float], fraction: float, dead: set[int]) -> set[int]:
+    """One ranking across groups (score / group mean) removing ``fraction`` of all conv filters."""
+    normalised = {}
+    for group in graph.groups:
+        ids = graph.prunable(group)
+        mean = sum(scores[c] for c in ids) / len(ids) if ids else 0.0
+        normalised.update({c: scores[c] / mean if mean > 0 else 0.0 for c in ids})
+    total = sum(graph.channels[c].filters for g in graph.groups for c in g.channels)
+    budget = fraction * total
+    removed = set(dead)
+    per_group = _group_counts(graph, removed)
+    spent = sum(graph.channels[c].filters for c in removed)
+    ranking = sorted((c for c in normalised if c not in removed), key=normalised.get)
+    progress = True
+    while progress and spent < budget:  # repeat: removing a source can unlock its copies
+        progress = False
+        for cid in ranking:
+            cost = graph.channels[cid].filters
+            if cid in removed or spent + cost / 2 > budget or not _removable(graph, cid, removed, per_group):
+                continue
+            _add(graph, cid, removed, per_group)
+            spent += cost
+            progress = True
+    return removed
+
+
+def _select_for_macs(model: nn.Module, graph: ChannelGraph, scores: dict[int, float], dead: set[int],
+                     config: PruneConfig) -> set[int]:
+    """Bisection on a uniform fraction until the estimated MACs are ≤ macs_target × the unpruned MACs."""
+    budget = config.macs_target * estimate_macs(graph, model)
+
+    def select(fraction: float) -> set[int]:
+        return repair(graph, _select_fraction(graph, scores, fraction, config.scope, dead), scores, dead)
+
+    best = select(0.999)
+    if estimate_macs(graph, model, best) > budget:
+        reachable = estimate_macs(graph, model, best) / estimate_macs(graph, model)
+        raise PrunekitError(f"macs_target {config.macs_target} cannot be reached: removing all but one channel "
+                            f"of every group keeps {reachable:.3f} of the MACs")
+    low, high = 0.0, 0.999
+    for _ in range(20):
+        middle = (low + high) / 2
+        chosen = select(middle)
+        if estimate_macs(graph, model, chosen) <= budget:
+            high, best = middle, chosen
+        else:
+            low = middle
+    return best
+
+
+def _group_ratios(graph: ChannelGraph, ratios: dict) -> dict[int, float]:
+    """Per group, the ratio of its first producing conv (call order) that has one; 0 when none does."""
+    producers = [conv for group in graph.groups for conv in group.producers]
+    resolved = validate_ratios(ratios, producers)
+    result = {}
+    for group in graph.groups:
+        named = [conv for conv in group.producers if conv in resolved]
+        result[group.id] = resolved[named[0]] if named else 0.0
+    return result
+
+
+def _cfg_counts(graph: ChannelGraph, model: nn.Module, cfg: list, progress: float) -> dict[int, int]:
+    """Channels to remove per group for a VGG-style width list; checks it against the model."""
+    convs = [item for item in graph.layout if item != "M"]
+    widths = [v for v in cfg if v != "M"]
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in widths) or any(
+            isinstance(v, str) and v != "M" for v in cfg):
+        raise PrunekitError(f"cfg must list positive conv widths and 'M', got {cfg!r}")
+    model_cfg = ["M" if item == "M" else len(graph.ports[(item, "conv_out")]) for item in graph.layout]
+    if len(widths) != len(convs) or ("M" in cfg and [v == "M" for v in cfg] != [v == "M" for v in model_cfg]):
+        raise PrunekitError(f"cfg {_cfg_text(cfg)} does not fit this model, whose layout is {_cfg_text(model_cfg)}; "
+                            "give one width per conv (and 'M' where the model max-pools)")
+    group_of = graph.producer_group()
+    counts = {}
+    for conv, width in zip(convs, widths):
+        group = graph.groups[group_of[conv]]
+        current = len(graph.ports[(conv, "conv_out")])
+        if len(group.producers) > 1:
+            raise PrunekitError(f"cfg sets one width per conv, but '{conv}' is coupled with "
+                                f"{', '.join(p for p in group.producers if p != conv)} (addition); use ratios")
+        if width > current:
+            raise PrunekitError(f"cfg asks {width} channels for '{conv}', which has only {current}")
+        counts[group.id] = _round(progress * (current - width))
+    return counts
+
+
+def _cfg_text(cfg: list) -> str:
+    return ",".join(str(v) for v in cfg)
+
+
+def _dependency_order(graph: ChannelGraph) -> list[int]:
+    """Group ids such that a group comes after the groups whose channels its channels copy."""
+    after: dict[int, set[int]] = {g.id: set() for g in graph.groups}
+    for channel in graph.channels.values():
+        if channel.group is None:
+            continue
+        for dep in channel.depends_on:
+            source = graph.channels[dep].group
+            if source is not None and source != channel.group:
+                after[channel.group].add(source)
+    order, placed = [], set()
+    while len(order) < len(after):
+        ready = [g for g in after if g not in placed and after[g] <= placed]
+        if not ready:  # a cycle: fall back to call order for the rest
+            ready = [g for g in after if g not in placed]
+        order.extend(ready)
+        placed.update(ready)
+    return order
+
+
+def repair(graph: ChannelGraph, removed: set[int], scores: dict[int, float], dead: set[int]) -> set[int]:
+    """Put channels back until no module port is emptied, no group is emptied and every removed channel's
+    copy sources are removed or already zero. Only ever un-removes, so it terminates."""
+    removed = set(removed)
+    collections = [port.values() for port in graph.ports.values()] + [g.channels for g in graph.groups]
+    changed = True
+    while changed:
+        changed = False
+        for ids in collections:
+            if ids and all(c in removed for c in ids):
+                removed.discard(max(ids, key=lambda c: scores.get(c, 0.0)))
+                changed = True
+        allowed = removed | dead
+        broken = {cid for cid in removed if not graph.channels[cid].depends_on <= allowed}
+        if broken:
+            removed -= broken
+            changed = True
+    return removed

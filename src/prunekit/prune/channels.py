@@ -28,48 +28,21 @@ already zero (masked earlier) stay removed and count towards the target, so iter
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from prunekit.config import PruneConfig
+from prunekit.config import PruneConfig, make_prune_config
 from prunekit.errors import PrunekitError
-from prunekit.prune.allocate import check_ratio, round_fraction, validate_ratios
+from prunekit.prune.allocate import repair, select_channels
 from prunekit.prune.graph import ChannelGraph, as_inputs, trace_channels
 from prunekit.prune.handlers import handler_for
-from prunekit.prune.importance import channel_scores, effective_tensor, get_criterion, zeroed_channels
+from prunekit.prune.importance import effective_tensor, get_criterion, zeroed_channels
 from prunekit.masking import Masks, apply_masks, make_permanent, permanent_copy
 from prunekit.prune.surgery import remove_channels
 from prunekit.prune.verify import check_equivalent
-
-
-@dataclass(frozen=True)
-class ChannelTarget:
-    """What to remove: exactly one of ratio / ratios / cfg / macs_target, plus how to rank."""
-
-    ratio: float | None = None
-    ratios: dict | None = None
-    cfg: list | None = None
-    macs_target: float | None = None
-    criterion: str = "l1"
-    scope: str = "layer"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        given = [k for k in ("ratio", "ratios", "cfg", "macs_target") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise PrunekitError("give exactly one of ratio (sparsity), ratios, cfg or macs_target "
-                                f"for channel pruning, got {', '.join(given) or 'none'}")
-        if self.scope not in ("layer", "global"):
-            raise PrunekitError(f"scope must be 'layer' or 'global', got {self.scope!r}")
-        if self.ratio is not None:
-            check_ratio("ratio", self.ratio)
-        if self.macs_target is not None and not 0 < self.macs_target <= 1:
-            raise PrunekitError(f"macs_target is the fraction of MACs to keep, in (0, 1]; got {self.macs_target}")
-        get_criterion(self.criterion)
 
 
 # --------------------------------------------------------------------------- public API
@@ -95,9 +68,21 @@ class ChannelPlan:
     inputs: tuple = field(repr=False)
 
 
+def channel_target(ratio: float | None = None, ratios: dict | None = None, cfg: list | None = None,
+                   macs_target: float | None = None, criterion: str = "l1", scope: str | None = None,
+                   seed: int = 0) -> PruneConfig:
+    """The :class:`PruneConfig` (granularity ``filter``) that :func:`prune_channels`'s keywords describe; its
+    defaults (e.g. ``scope``) are the config's, shared with ``prunekit prune``."""
+    config = make_prune_config(granularity="filter", sparsity=ratio, ratios=ratios, cfg=cfg,
+                               macs_target=macs_target, criterion=criterion, scope=scope, seed=seed)
+    config.check_target()
+    get_criterion(config.criterion)
+    return config
+
+
 def plan_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
                   ratios: dict | None = None, cfg: list | None = None, macs_target: float | None = None,
-                  criterion: str = "l1", scope: str = "layer", seed: int = 0) -> ChannelPlan:
+                  criterion: str = "l1", scope: str | None = None, seed: int = 0) -> ChannelPlan:
     """Choose the channels to remove and prove the choice on a copy; ``model`` is not modified.
 
     Allocation arguments as :func:`prune_channels`. The plan is checked by cutting a copy and comparing it
@@ -105,12 +90,12 @@ def plan_channels(model: nn.Module, example_inputs: Any = None, ratio: float | N
     computes turns out to be a literal (a channel shuffle or split written with fixed sizes), the model is
     traced again with those channels kept. Raises PrunekitError when no exact plan exists.
     """
-    target = ChannelTarget(ratio, ratios, cfg, macs_target, criterion, scope, seed)
+    target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed)
     return _plan(model, as_inputs(model, example_inputs), lambda graph: select_channels(model, graph, target))[0]
 
 
 def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
-                   ratios: dict | None = None, criterion: str = "l1", scope: str = "layer",
+                   ratios: dict | None = None, criterion: str = "l1", scope: str | None = None,
                    cfg: list | None = None, macs_target: float | None = None, seed: int = 0,
                    plan: ChannelPlan | None = None) -> nn.Module:
     """Remove whole conv filters (and everything coupled to them) from ``model``, in place; return it.
@@ -120,7 +105,8 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
     ``default`` allowed; a group uses the ratio of its first named producing conv), ``cfg`` (VGG widths)
     or ``macs_target`` (fraction of MACs to keep); or a ``plan`` from :func:`plan_channels`.
     ``criterion``: a registered channel criterion (l1 | l2 | bn_scale | random, seeded by ``seed``);
-    ``scope``: ``layer`` (same fraction per group) or ``global`` (one normalised ranking).
+    ``scope``: ``layer`` (same fraction per group; the default for filters, see
+    :class:`prunekit.config.PruneConfig`) or ``global`` (one normalised ranking).
 
     Never returns a silently different model: a pruned copy is checked against the masked twin and only
     then swapped into ``model``; on any mismatch a PrunekitError names the first diverging layer and
@@ -128,7 +114,7 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
     (masks made permanent, affected layers get new, smaller parameters: rebuild any optimizer).
     """
     if plan is None:
-        target = ChannelTarget(ratio, ratios, cfg, macs_target, criterion, scope, seed)
+        target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed)
         plan, pruned = _plan(model, as_inputs(model, example_inputs),
                              lambda graph: select_channels(model, graph, target))
     else:
@@ -204,10 +190,10 @@ def filter_masks(model: nn.Module, example_inputs: Any, config: PruneConfig, pro
         raise PrunekitError(f"filter_masks needs granularity 'filter', the config says '{config.granularity}'")
     if not 0 < progress <= 1:
         raise PrunekitError(f"progress is the fraction of the schedule done, in (0, 1]; got {progress}")
-    target = ChannelTarget(config.sparsity, config.ratios, config.cfg, config.macs_target,
-                           config.criterion, config.scope, config.seed)
+    config.check_target()
+    get_criterion(config.criterion)
     graph = trace_channels(model, example_inputs)
-    removed = select_channels(model, graph, target, progress)
+    removed = select_channels(model, graph, config, progress)
     return channel_masks(model, graph, removed)
 
 
@@ -221,7 +207,7 @@ def shrink(model: nn.Module, example_inputs: Any = None) -> nn.Module:
     """
     def dead_channels(graph: ChannelGraph) -> set[int]:
         dead = zeroed_channels(model, graph)
-        return _repair(graph, set(dead), {cid: 0.0 for cid in dead}, dead)
+        return repair(graph, set(dead), {cid: 0.0 for cid in dead}, dead)
 
     return _swap_in(model, _plan(model, as_inputs(model, example_inputs), dead_channels)[1])
 
@@ -264,235 +250,3 @@ def channel_masks(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> M
                     masks[key] = torch.ones(tensor.shape, dtype=torch.bool)
                 masks[key][index] = False
     return masks
-
-
-def estimate_macs(graph: ChannelGraph, model: nn.Module, removed: set[int] = frozenset()) -> int:
-    """MACs per image of every Conv and Linear call after removing ``removed`` (the convention of
-    :func:`prunekit.measure.count_macs`: conv and linear only), from the traced output sizes."""
-    modules = dict(model.named_modules())
-    lost = {key: sum(1 for cid in port.values() if cid in removed) for key, port in graph.ports.items()}
-    total = 0
-    for call in graph.calls:
-        module = modules[call.module]
-        if call.kind == "linear":
-            features = module.in_features - lost.get((call.module, "linear_in"), 0)
-            total += call.positions * features * (module.out_features - lost.get((call.module, "linear_out"), 0))
-            continue
-        kernel = math.prod(module.kernel_size)
-        if (call.module, "depthwise") in graph.ports:
-            total += call.positions * kernel * (module.out_channels - lost.get((call.module, "depthwise"), 0))
-            continue
-        cin = module.in_channels - lost.get((call.module, "conv_in"), 0)
-        cout = module.out_channels - lost.get((call.module, "conv_out"), 0)
-        total += call.positions * kernel * cin // module.groups * cout
-    return total
-
-
-# --------------------------------------------------------------------------- allocation
-
-
-def select_channels(model: nn.Module, graph: ChannelGraph, target: ChannelTarget,
-                    progress: float = 1.0) -> set[int]:
-    """The ids of the channels to remove for ``target`` at ``progress`` of a schedule (see module doc)."""
-    scores = channel_scores(model, graph, target.criterion, target.seed)
-    dead = zeroed_channels(model, graph)
-    if target.macs_target is not None:
-        final = _select_for_macs(model, graph, scores, dead, target)
-        counts = {g: _round(progress * n) for g, n in _group_counts(graph, final).items()}
-        removed = _select_counts(graph, scores, counts, dead)
-    elif target.cfg is not None:
-        removed = _select_counts(graph, scores, _cfg_counts(graph, model, target.cfg, progress), dead)
-    elif target.ratios is not None:
-        ratios = _group_ratios(graph, target.ratios)
-        counts = _ratio_counts(graph, {g: round_fraction(r, progress) for g, r in ratios.items()})
-        removed = _select_counts(graph, scores, counts, dead)
-    else:
-        removed = _select_fraction(graph, scores, round_fraction(target.ratio, progress), target.scope, dead)
-    return _repair(graph, removed, scores, dead)
-
-
-def _select_fraction(graph: ChannelGraph, scores: dict[int, float], fraction: float, scope: str,
-                     dead: set[int]) -> set[int]:
-    if scope == "global":
-        return _select_global(graph, scores, fraction, dead)
-    return _select_counts(graph, scores, _ratio_counts(graph, {g.id: fraction for g in graph.groups}), dead)
-
-
-def _ratio_counts(graph: ChannelGraph, ratios: dict[int, float]) -> dict[int, int]:
-    """Channels to remove per group: round(ratio × prunable channels of the group)."""
-    return {gid: _round(r * len(graph.prunable(graph.groups[gid]))) for gid, r in ratios.items()}
-
-
-def _round(x: float) -> int:
-    """Half up (2.5 -> 3), unlike Python's round-half-to-even."""
-    return math.floor(x + 0.5)
-
-
-def _group_counts(graph: ChannelGraph, removed: set[int]) -> dict[int, int]:
-    counts = {g.id: 0 for g in graph.groups}
-    for cid in removed:
-        counts[graph.channels[cid].group] += 1
-    return counts
-
-
-def _removable(graph: ChannelGraph, cid: int, removed: set[int], per_group: dict[int, int]) -> bool:
-    """Whether channel ``cid`` may join ``removed``: its group keeps a channel and its copies' sources go.
-
-    ``per_group``: how many channels of each group ``removed`` already holds.
-    """
-    channel = graph.channels[cid]
-    return (per_group.get(channel.group, 0) + 1 < len(graph.groups[channel.group].channels)
-            and channel.depends_on <= removed)
-
-
-def _add(graph: ChannelGraph, cid: int, removed: set[int], per_group: dict[int, int]) -> None:
-    removed.add(cid)
-    group = graph.channels[cid].group
-    per_group[group] = per_group.get(group, 0) + 1
-
-
-def _select_counts(graph: ChannelGraph, scores: dict[int, float], counts: dict[int, int],
-                   dead: set[int]) -> set[int]:
-    """Per group, the ``counts[g]`` lowest-scoring removable channels (already-zero ones first)."""
-    removed = set(dead)
-    per_group = _group_counts(graph, removed)
-    for gid in _dependency_order(graph):
-        candidates = sorted((c for c in graph.prunable(graph.groups[gid]) if c not in removed), key=scores.get)
-        wanted = counts.get(gid, 0) - per_group[gid]
-        for cid in candidates:
-            if wanted <= 0:
-                break
-            if _removable(graph, cid, removed, per_group):
-                _add(graph, cid, removed, per_group)
-                wanted -= 1
-    return removed
-
-
-def _select_global(graph: ChannelGraph, scores: dict[int, float], fraction: float, dead: set[int]) -> set[int]:
-    """One ranking across groups (score / group mean) removing ``fraction`` of all conv filters."""
-    normalised = {}
-    for group in graph.groups:
-        ids = graph.prunable(group)
-        mean = sum(scores[c] for c in ids) / len(ids) if ids else 0.0
-        normalised.update({c: scores[c] / mean if mean > 0 else 0.0 for c in ids})
-    total = sum(graph.channels[c].filters for g in graph.groups for c in g.channels)
-    budget = fraction * total
-    removed = set(dead)
-    per_group = _group_counts(graph, removed)
-    spent = sum(graph.channels[c].filters for c in removed)
-    ranking = sorted((c for c in normalised if c not in removed), key=normalised.get)
-    progress = True
-    while progress and spent < budget:  # repeat: removing a source can unlock its copies
-        progress = False
-        for cid in ranking:
-            cost = graph.channels[cid].filters
-            if cid in removed or spent + cost / 2 > budget or not _removable(graph, cid, removed, per_group):
-                continue
-            _add(graph, cid, removed, per_group)
-            spent += cost
-            progress = True
-    return removed
-
-
-def _select_for_macs(model: nn.Module, graph: ChannelGraph, scores: dict[int, float], dead: set[int],
-                     target: ChannelTarget) -> set[int]:
-    """Bisection on a uniform fraction until the estimated MACs are ≤ macs_target × the unpruned MACs."""
-    budget = target.macs_target * estimate_macs(graph, model)
-
-    def select(fraction: float) -> set[int]:
-        return _repair(graph, _select_fraction(graph, scores, fraction, target.scope, dead), scores, dead)
-
-    best = select(0.999)
-    if estimate_macs(graph, model, best) > budget:
-        reachable = estimate_macs(graph, model, best) / estimate_macs(graph, model)
-        raise PrunekitError(f"macs_target {target.macs_target} cannot be reached: removing all but one channel "
-                            f"of every group keeps {reachable:.3f} of the MACs")
-    low, high = 0.0, 0.999
-    for _ in range(20):
-        middle = (low + high) / 2
-        chosen = select(middle)
-        if estimate_macs(graph, model, chosen) <= budget:
-            high, best = middle, chosen
-        else:
-            low = middle
-    return best
-
-
-def _group_ratios(graph: ChannelGraph, ratios: dict) -> dict[int, float]:
-    """Per group, the ratio of its first producing conv (call order) that has one; 0 when none does."""
-    producers = [conv for group in graph.groups for conv in group.producers]
-    resolved = validate_ratios(ratios, producers)
-    result = {}
-    for group in graph.groups:
-        named = [conv for conv in group.producers if conv in resolved]
-        result[group.id] = resolved[named[0]] if named else 0.0
-    return result
-
-
-def _cfg_counts(graph: ChannelGraph, model: nn.Module, cfg: list, progress: float) -> dict[int, int]:
-    """Channels to remove per group for a VGG-style width list; checks it against the model."""
-    convs = [item for item in graph.layout if item != "M"]
-    widths = [v for v in cfg if v != "M"]
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in widths) or any(
-            isinstance(v, str) and v != "M" for v in cfg):
-        raise PrunekitError(f"cfg must list positive conv widths and 'M', got {cfg!r}")
-    model_cfg = ["M" if item == "M" else len(graph.ports[(item, "conv_out")]) for item in graph.layout]
-    if len(widths) != len(convs) or ("M" in cfg and [v == "M" for v in cfg] != [v == "M" for v in model_cfg]):
-        raise PrunekitError(f"cfg {_cfg_text(cfg)} does not fit this model, whose layout is {_cfg_text(model_cfg)}; "
-                            "give one width per conv (and 'M' where the model max-pools)")
-    group_of = graph.producer_group()
-    counts = {}
-    for conv, width in zip(convs, widths):
-        group = graph.groups[group_of[conv]]
-        current = len(graph.ports[(conv, "conv_out")])
-        if len(group.producers) > 1:
-            raise PrunekitError(f"cfg sets one width per conv, but '{conv}' is coupled with "
-                                f"{', '.join(p for p in group.producers if p != conv)} (addition); use ratios")
-        if width > current:
-            raise PrunekitError(f"cfg asks {width} channels for '{conv}', which has only {current}")
-        counts[group.id] = _round(progress * (current - width))
-    return counts
-
-
-def _cfg_text(cfg: list) -> str:
-    return ",".join(str(v) for v in cfg)
-
-
-def _dependency_order(graph: ChannelGraph) -> list[int]:
-    """Group ids such that a group comes after the groups whose channels its channels copy."""
-    after: dict[int, set[int]] = {g.id: set() for g in graph.groups}
-    for channel in graph.channels.values():
-        if channel.group is None:
-            continue
-        for dep in channel.depends_on:
-            source = graph.channels[dep].group
-            if source is not None and source != channel.group:
-                after[channel.group].add(source)
-    order, placed = [], set()
-    while len(order) < len(after):
-        ready = [g for g in after if g not in placed and after[g] <= placed]
-        if not ready:  # a cycle: fall back to call order for the rest
-            ready = [g for g in after if g not in placed]
-        order.extend(ready)
-        placed.update(ready)
-    return order
-
-
-def _repair(graph: ChannelGraph, removed: set[int], scores: dict[int, float], dead: set[int]) -> set[int]:
-    """Put channels back until no module port is emptied, no group is emptied and every removed channel's
-    copy sources are removed or already zero. Only ever un-removes, so it terminates."""
-    removed = set(removed)
-    collections = [port.values() for port in graph.ports.values()] + [g.channels for g in graph.groups]
-    changed = True
-    while changed:
-        changed = False
-        for ids in collections:
-            if ids and all(c in removed for c in ids):
-                removed.discard(max(ids, key=lambda c: scores.get(c, 0.0)))
-                changed = True
-        allowed = removed | dead
-        broken = {cid for cid in removed if not graph.channels[cid].depends_on <= allowed}
-        if broken:
-            removed -= broken
-            changed = True
-    return removed

@@ -20,15 +20,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from prunekit.config import PruneConfig
+from prunekit.config import PruneConfig, make_prune_config
 from prunekit.errors import PrunekitError
 from prunekit.models.layers import prunable_layers
-from prunekit.prune.allocate import check_ratio, load_ratio_file, round_fraction, validate_ratios
+from prunekit.prune.allocate import load_ratio_file, resolve_ratios, round_fraction, scoped_layers
 from prunekit.prune.mask import Masks, apply_masks, is_masked
-from prunekit.prune.report import effective_weight, find_classifier
+from prunekit.prune.report import effective_weight
 
 
 def magnitude_scores(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -77,30 +76,6 @@ def global_masks(modules: dict[str, nn.Module], fraction: float) -> Masks:
             for (name, m), part in zip(modules.items(), flat.split(sizes))}
 
 
-def scoped_layers(model: nn.Module, include_classifier: bool) -> dict[str, nn.Module]:
-    """The prunable layers a global/uniform target applies to: all but the classifier unless included."""
-    classifier = None if include_classifier else find_classifier(model)
-    layers = {n: m for n, m in prunable_layers(model).items() if n != classifier}
-    if not layers:
-        raise PrunekitError("the model has no prunable layer (nn.Conv2d / nn.Linear) besides its classifier; "
-                            "pass include_classifier=True (--include-classifier) to prune it")
-    return layers
-
-
-def resolve_ratios(model: nn.Module, ratios: dict, include_classifier: bool = False) -> dict[str, float]:
-    """``{layer: fraction}`` from a ratio mapping (names checked by ``validate_ratios``).
-
-    ``default`` covers every unnamed layer except the classifier, which is pruned only when named
-    explicitly or when ``include_classifier`` is set.
-    """
-    layers = prunable_layers(model)
-    resolved = validate_ratios(ratios, layers)
-    classifier = find_classifier(model)
-    if classifier in resolved and classifier not in ratios and not include_classifier:
-        del resolved[classifier]
-    return resolved
-
-
 def refuse_script_weights(model: nn.Module) -> None:
     """Raise for conv/linear weights inside TorchScript blocks: masks cannot be hooked into compiled code,
     and skipping them would report a sparsity the model does not have."""
@@ -117,8 +92,7 @@ def check_config(config: PruneConfig) -> None:
     if config.granularity != "unstructured":
         raise PrunekitError(f"unstructured_masks got granularity {config.granularity!r}; "
                             "use prunekit.prune.compute_masks to dispatch by granularity")
-    if (config.sparsity is None) == (config.ratios is None):
-        raise PrunekitError("give exactly one of a target sparsity (--sparsity S) or a ratio file (--ratios FILE)")
+    config.check_target()
 
 
 def unstructured_masks(model: nn.Module, config: PruneConfig, progress: float = 1.0) -> Masks:
@@ -139,17 +113,6 @@ def unstructured_masks(model: nn.Module, config: PruneConfig, progress: float = 
     if config.scope == "layer":
         return {f"{n}.weight": layer_mask(m, fraction) for n, m in scoped.items()}
     return global_masks(scoped, fraction)
-
-
-def make_prune_config(**fields) -> PruneConfig:
-    """A :class:`PruneConfig`, with validation failures raised as :class:`PrunekitError`."""
-    if fields.get("sparsity") is not None:
-        check_ratio("sparsity", fields["sparsity"])
-    try:
-        return PruneConfig(**fields)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise PrunekitError(f"invalid pruning settings: {problems}") from None
 
 
 def prune_unstructured(model: nn.Module, sparsity: float | None = None, ratios: dict | str | Path | None = None,

@@ -5,7 +5,7 @@ Run-folder layout the report reads (everything optional; ``prunekit run`` writes
     RUN_DIR/
       config.yaml            the resolved experiment configuration (any *.yaml / *.yml / config.json is shown)
       compare.json           the comparison table (``prunekit compare … --json > compare.json``, or
-                             :func:`prunekit.report.compare.save_comparison`); when absent it is computed
+                             :func:`prunekit.analysis.compare.save_comparison`); when absent it is computed
                              from the checkpoints below and saved here
       *.pt, models/*.pt      checkpoints; sorted by name, the first is the reference of the ratios
       plots/NAME.png         every figure (any PNG below RUN_DIR is included, in path order)
@@ -30,8 +30,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prunekit.report.compare import Comparison, comparison_from_dict, display_rows
-from prunekit.report.files import atomic_write_text
+from prunekit.analysis.compare import Comparison, comparison_from_dict
+from prunekit.report.tables import display_rows
+from prunekit.atomic import atomic_write_text
 
 COMPARE_FILE = "compare.json"
 NO_REPORT = ".noreport"  # an empty file: the folder holding it (and everything below) is left out
@@ -257,7 +258,7 @@ def render_html(contents: RunContents) -> str:
 
 def render_markdown(contents: RunContents, md_path: Path) -> str:
     """The Markdown twin: the same sections, images and files referenced relative to ``md_path``."""
-    from prunekit.report.table import markdown_table
+    from prunekit.report.tables import markdown_table
 
     run_dir = contents.run_dir
 

@@ -6,9 +6,10 @@ backend), so importing this module is free and plotting works headless. Function
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Sequence
+
+from prunekit.atomic import atomic_path, atomic_write_csv, atomic_write_text
 
 KEPT_COLOUR = "#1f4e79"  # dark blue
 PRUNED_COLOUR = "#e6e6e6"  # light grey
@@ -32,11 +33,10 @@ def new_figure(width: float, height: float):
     return figure
 
 
-def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+def save_png(figure, png: Path, dpi: int) -> None:
+    """Render ``figure`` to ``png`` atomically (a temporary file renamed into place)."""
+    with atomic_path(png, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=dpi, format="png")
 
 
 def plot_accuracy_sparsity(points: Sequence[dict], out: str | Path,
@@ -48,7 +48,7 @@ def plot_accuracy_sparsity(points: Sequence[dict], out: str | Path,
     """
     png, csv_path = output_paths(out)
     rows = sorted(points, key=lambda p: (p["label"], p["sparsity"]))
-    write_csv(csv_path, rows, ["label", "sparsity", "top1", "top5", "source"])
+    atomic_write_csv(csv_path, rows, ["label", "sparsity", "top1", "top5", "source"])
     figure = new_figure(6.4, 4.4)
     ax = figure.add_subplot()
     for label in dict.fromkeys(p["label"] for p in rows):
@@ -59,7 +59,7 @@ def plot_accuracy_sparsity(points: Sequence[dict], out: str | Path,
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    figure.savefig(png, dpi=150)
+    save_png(figure, png, 150)
     return png, csv_path
 
 
@@ -75,7 +75,7 @@ def plot_mask(kept, out: str | Path, title: str = "") -> tuple[Path, Path]:
 
     png, csv_path = output_paths(out)
     matrix = np.asarray(kept, dtype=np.uint8)
-    np.savetxt(csv_path, matrix, fmt="%d", delimiter=",")
+    atomic_write_text(csv_path, "".join(",".join(map(str, row)) + "\n" for row in matrix.tolist()))
     rows, cols = matrix.shape
     figure = new_figure(min(12.0, max(6.0, 3.0 + cols / 40)), min(10.0, 2.5 + rows / 12))
     ax = figure.add_subplot()
@@ -87,7 +87,7 @@ def plot_mask(kept, out: str | Path, title: str = "") -> tuple[Path, Path]:
     ax.set_title(f"{title}\n{rows}×{cols}, {100 * pruned:.1f}% pruned".strip(), fontsize="medium")
     figure.legend(handles=[Patch(color=KEPT_COLOUR, label="kept"), Patch(color=PRUNED_COLOUR, label="pruned")],
                   loc="outside lower center", ncols=2, frameon=False)
-    figure.savefig(png, dpi=120)
+    save_png(figure, png, 120)
     return png, csv_path
 
 
@@ -110,7 +110,7 @@ def plot_sweep(rows: Sequence[dict], out: str | Path, title: str = "Accuracy vs 
     png, csv_path = output_paths(out)
     rows = sorted(rows, key=lambda r: r["rate"])
     if write_data:
-        write_csv(csv_path, rows, SWEEP_PLOT_COLUMNS)
+        atomic_write_csv(csv_path, rows, SWEEP_PLOT_COLUMNS)
     figure = new_figure(6.4, 4.4)
     ax = figure.add_subplot()
     rates = [100 * r["rate"] for r in rows]
@@ -131,7 +131,7 @@ def plot_sweep(rows: Sequence[dict], out: str | Path, title: str = "Accuracy vs 
     lines = ax.get_legend_handles_labels()
     extra = memory.get_legend_handles_labels()
     ax.legend(lines[0] + extra[0], lines[1] + extra[1], loc="best", fontsize="small")
-    figure.savefig(png, dpi=150)
+    save_png(figure, png, 150)
     return png, csv_path
 
 
@@ -146,7 +146,7 @@ def plot_sensitivity(rows: Sequence[dict], out: str | Path, title: str = "Per-la
 
     png, csv_path = output_paths(out)
     if write_data:
-        write_csv(csv_path, rows, SENSITIVITY_PLOT_COLUMNS)
+        atomic_write_csv(csv_path, rows, SENSITIVITY_PLOT_COLUMNS)
     dense = next((r["top1"] for r in rows if r["layer"] == "dense"), None)
     layers = list(dict.fromkeys(r["layer"] for r in rows if r["layer"] != "dense"))
     cols = max(1, math.ceil(math.sqrt(len(layers))))
@@ -168,7 +168,7 @@ def plot_sensitivity(rows: Sequence[dict], out: str | Path, title: str = "Per-la
     figure.supxlabel("sparsity of that layer alone (%)", fontsize="small")
     figure.supylabel("top-1 accuracy (%)", fontsize="small")
     figure.suptitle(title, fontsize="medium")
-    figure.savefig(png, dpi=110)
+    save_png(figure, png, 110)
     return png, csv_path
 
 
@@ -202,11 +202,11 @@ def plot_weight_histograms(weights: dict, out: str | Path, bins: int = 60,
         ax.tick_params(labelsize="xx-small")
     for ax in list(axes.flat)[len(weights):]:
         ax.set_visible(False)
-    write_csv(csv_path, table, ["layer", "bin_left", "bin_right", "count"])
+    atomic_write_csv(csv_path, table, ["layer", "bin_left", "bin_right", "count"])
     figure.supxlabel("weight value (non-zero weights)", fontsize="small")
     figure.supylabel("count", fontsize="small")
     figure.suptitle(title, fontsize="medium")
-    figure.savefig(png, dpi=110)
+    save_png(figure, png, 110)
     return png, csv_path
 
 
@@ -218,7 +218,7 @@ def plot_layer_sparsity(rows: Sequence[dict], out: str | Path,
     ``prunekit.prune.sparsity_report(model)["layers"]``. Returns ``(png, csv)``.
     """
     png, csv_path = output_paths(out)
-    write_csv(csv_path, rows, LAYER_PLOT_COLUMNS)
+    atomic_write_csv(csv_path, rows, LAYER_PLOT_COLUMNS)
     names = [r["name"] for r in rows]
     positions = range(len(rows))
     figure = new_figure(max(6.4, 0.28 * len(rows) + 2.0), 6.0)
@@ -238,5 +238,5 @@ def plot_layer_sparsity(rows: Sequence[dict], out: str | Path,
     bottom.set_xticks(list(positions), names, rotation=90, fontsize="x-small")
     for ax in (top, bottom):
         ax.grid(True, axis="y", alpha=0.3)
-    figure.savefig(png, dpi=120)
+    save_png(figure, png, 120)
     return png, csv_path

@@ -1,4 +1,4 @@
-"""Files the report tools write: CSV writes (through :mod:`prunekit.atomic`), typed CSV reads, and a resumable table of points.
+"""Result files of the analyses: typed CSV reads, file hashes, and a resumable table of points.
 
 A sweep or sensitivity analysis evaluates one point at a time and rewrites its CSV after every point
 through a temporary file and an atomic rename, so an interruption never leaves a half-written file and a
@@ -10,26 +10,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 from pathlib import Path
 from typing import Callable, Hashable, Sequence
 
-from prunekit.atomic import atomic_write_text  # noqa: F401  (re-exported for the report writers)
+from prunekit.atomic import atomic_write_csv, atomic_write_text
 from prunekit.errors import PrunekitError
-
-
-def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def write_csv_atomic(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
-    """``rows`` as CSV with a header of ``columns`` (extra keys ignored, missing ones empty), atomically."""
-    return atomic_write_text(path, csv_text(rows, columns))
 
 
 def parse_cell(text: str):
@@ -100,4 +86,4 @@ class PointTable:
     def add(self, row: dict) -> None:
         """Record one finished point and rewrite the CSV atomically."""
         self.rows.append(row)
-        write_csv_atomic(self.path, self.rows, self.columns)
+        atomic_write_csv(self.path, self.rows, self.columns)

@@ -28,8 +28,9 @@ from torch import nn
 
 from prunekit.config import PruneConfig
 from prunekit.errors import PrunekitError
-from prunekit.report.files import PointTable, atomic_write_text
-from prunekit.report.points import Evaluator, point_record, pruned_copy, rate_key
+from prunekit.analysis.results import PointTable
+from prunekit.atomic import atomic_write_text
+from prunekit.analysis.points import Evaluator, point_record, pruned_copy, rate_key
 
 SENSITIVITY_COLUMNS = ["layer", "layer_params", "sparsity", "top1", "top5", "loss", "drop", "overall_sparsity",
                        "nonzero_params", "nonzero_bytes"]
@@ -58,18 +59,10 @@ def sensitivity_layers(model: nn.Module, granularity: str, example_inputs, inclu
     that produces a group of prunable channels (traced with ``example_inputs``).
     """
     from prunekit.models.layers import prunable_layers
-    from prunekit.prune.report import find_classifier
+    from prunekit.prune.granularity import get_granularity
 
-    layers = prunable_layers(model)
-    if granularity == "filter":
-        from prunekit.prune.graph import trace_channels
-
-        graph = trace_channels(model, example_inputs)
-        names = {conv for group in graph.groups if graph.prunable(group) for conv in group.producers}
-    else:
-        classifier = None if include_classifier else find_classifier(model)
-        names = {n for n in layers if n != classifier}
-    return {n: m.weight.numel() for n, m in layers.items() if n in names}
+    names = set(get_granularity(granularity).ratio_layers(model, example_inputs, include_classifier))
+    return {n: m.weight.numel() for n, m in prunable_layers(model).items() if n in names}
 
 
 def run_sensitivity(model: nn.Module, sparsities: Sequence[float], evaluate: Evaluator, csv_path: str | Path,

@@ -18,8 +18,8 @@ from torch import nn
 
 from prunekit.config import PruneConfig
 from prunekit.errors import PrunekitError
-from prunekit.report.files import PointTable
-from prunekit.report.points import Evaluator, point_record, pruned_copy, rate_key
+from prunekit.analysis.results import PointTable
+from prunekit.analysis.points import Evaluator, point_record, pruned_copy, rate_key
 
 SWEEP_COLUMNS = ["rate", "sparsity", "params", "nonzero_params", "nonzero_bytes", "top1", "top5", "loss"]
 

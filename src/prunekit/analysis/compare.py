@@ -44,17 +44,6 @@ RATIOS = {
     "memory_reduction": ("peak_memory_bytes", "first/this"),
 }
 
-#: Terminal/HTML columns: (heading, row key, formatter name).
-DISPLAY_COLUMNS = [
-    ("model", "model", "text"), ("top-1 %", "top1", "pct"), ("top-5 %", "top5", "pct"),
-    ("top-1 err %", "top1_error", "pct"), ("params", "params", "int"), ("non-zero", "nonzero_params", "int"),
-    ("MACs", "macs", "count"), ("file", "file_bytes", "bytes"), ("compact", "compact_bytes", "bytes"),
-    ("peak mem", "peak_memory_bytes", "bytes"), ("latency ms [IQR]", "latency_ms", "latency"),
-    ("img/s", "throughput_ips", "rate"), ("speed-up", "speedup", "ratio"),
-    ("non-zero ÷", "nonzero_reduction", "ratio"), ("MACs ÷", "macs_reduction", "ratio"),
-    ("file ÷", "file_reduction", "ratio"), ("compact ÷", "compact_reduction", "ratio"),
-    ("mem ÷", "memory_reduction", "ratio"),
-]
 
 
 @dataclass(frozen=True)
@@ -189,59 +178,6 @@ def method_text(comparison: Comparison) -> str:
     return " ".join(parts)
 
 
-# --- presentation ------------------------------------------------------------------------------------
-
-
-def format_bytes(n: int | None) -> str:
-    if n is None:
-        return ""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n} B"
-
-
-def format_count(n: int | None) -> str:
-    if n is None:
-        return ""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return str(n)
-
-
-def format_cell(row: dict, key: str, kind: str) -> str:
-    value = row.get(key)
-    if value is None:
-        return ""
-    if kind == "pct":
-        return f"{value:.2f}"
-    if kind == "int":
-        return f"{value:,}"
-    if kind == "count":
-        return format_count(value)
-    if kind == "bytes":
-        return format_bytes(value)
-    if kind == "latency":
-        q1, q3 = row.get("latency_q1_ms"), row.get("latency_q3_ms")
-        return f"{value:.3f} [{q1:.3f}–{q3:.3f}]" if q1 is not None else f"{value:.3f}"
-    if kind == "rate":
-        return f"{value:,.0f}"
-    if kind == "ratio":
-        return f"{value:.2f}×"
-    return str(value)
-
-
-def display_rows(comparison: Comparison) -> list[dict]:
-    """Rows of formatted strings under the :data:`DISPLAY_COLUMNS` headings (terminal, Markdown, HTML).
-
-    Columns that are empty for every row (e.g. timing when skipped) are left out.
-    """
-    batch = comparison.settings.batch_size
-    columns = [(h.replace("img/s", f"img/s @{batch}"), k, kind) for h, k, kind in DISPLAY_COLUMNS]
-    columns = [c for c in columns if any(row.get(c[1]) is not None for row in comparison.rows)]
-    return [{heading: format_cell(row, key, kind) for heading, key, kind in columns} for row in comparison.rows]
-
 
 def comparison_from_dict(data: dict | list) -> Comparison:
     """A :class:`Comparison` from its saved JSON (``compare.json``); a bare list of rows is accepted too."""
@@ -257,7 +193,7 @@ def save_comparison(comparison: Comparison, path: str | Path) -> Path:
     """Write ``comparison`` as JSON (the ``compare.json`` of a run folder), atomically."""
     import json
 
-    from prunekit.report.files import atomic_write_text
+    from prunekit.atomic import atomic_write_text
 
     return atomic_write_text(path, json.dumps(comparison.as_dict(), indent=2, default=str))
 
@@ -270,6 +206,6 @@ COMPARE_CSV_COLUMNS = ["model", "path", "arch", "dataset", "synthetic", "split",
 
 def save_comparison_csv(comparison: Comparison, path: str | Path) -> Path:
     """Write the raw (unformatted) rows as CSV, atomically; empty cells for missing values."""
-    from prunekit.report.files import write_csv_atomic
+    from prunekit.atomic import atomic_write_csv
 
-    return write_csv_atomic(path, comparison.rows, COMPARE_CSV_COLUMNS)
+    return atomic_write_csv(path, comparison.rows, COMPARE_CSV_COLUMNS)
