@@ -5,6 +5,10 @@ with a unique name in the destination folder, flushed and fsynced, then renamed 
 so a crash or an interruption never leaves a half-written file where a good one was, and two writers
 never share a temporary name. The result gets the permissions an ordinary ``open(path, "w")`` would
 give (the process umask), not ``mkstemp``'s private 0600. Imports only the standard library.
+
+A temporary file is named ``.NAME.XXXXXXXX.tmp`` (plus an extension a writer may need, e.g.
+``.tmp.onnx``); a write killed by ``kill -9`` or a power cut can leave one behind, which
+:func:`remove_stale_temp_files` deletes (the run-folder lock calls it when a command starts in a folder).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterator, Sequence
@@ -24,13 +30,39 @@ def current_umask() -> int:
     return mask
 
 
+TEMP_SUFFIX = ".tmp"
+# ``.NAME.`` + mkstemp's 8 random characters + ``.tmp`` (+ an optional extension)
+TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+STALE_TEMP_AGE_S = 10.0  # younger temporaries may belong to a write still in progress
+
+
+def remove_stale_temp_files(folder: str | Path, min_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Delete the temporary files of killed atomic writes under ``folder`` (recursively) that were last
+    modified at least ``min_age_s`` seconds ago. Returns the removed paths; unreadable folders are skipped."""
+    removed, now = [], time.time()
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            if not TEMP_PATTERN.match(name):
+                continue
+            path = Path(directory) / name
+            try:
+                if now - path.lstat().st_mtime >= min_age_s:
+                    path.unlink()
+                    removed.append(path)
+            except OSError:
+                continue
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a unique temporary path beside ``path``; when the block finishes without an exception the
     temporary file is fsynced and renamed to ``path``, else it is removed and ``path`` is left as it was.
-    For writers that need a file name (e.g. ``torch.onnx.export``). Creates the parent folder."""
+    For writers that need a file name (e.g. ``torch.onnx.export``); ``suffix`` is appended after
+    ``.tmp`` (``".onnx"`` → ``.NAME.XXXXXXXX.tmp.onnx``). Creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix if suffix.startswith(TEMP_SUFFIX) else TEMP_SUFFIX + suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
