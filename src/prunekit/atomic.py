@@ -71,8 +71,21 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except Exception as exc:
+        raise_with_destination(exc, path)
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def raise_with_destination(exc: BaseException, path: Path) -> None:
+    """Re-raise an OSError that ``exc`` is or wraps (e.g. the ENOSPC behind torch's ``enforce fail at
+    inline_container.cc``, which has no file name) as an OSError naming the destination ``path``."""
+    cause = exc
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno is not None):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        raise OSError(cause.errno, cause.strerror or os.strerror(cause.errno), str(path)) from exc
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -102,3 +115,13 @@ def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
 def atomic_write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
     """Write ``rows`` as CSV (see :func:`csv_text`) to ``path`` atomically. Returns ``path``."""
     return atomic_write_text(path, csv_text(rows, columns))
+
+
+def destination_of(path: str | os.PathLike) -> str:
+    """The file an atomic write's temporary ``path`` stands for (``dir/.x.pt.ab12cd34.tmp`` → ``dir/x.pt``);
+    any other path unchanged."""
+    path = Path(path)
+    match = TEMP_PATTERN.match(path.name)
+    if match is None:
+        return str(path)
+    return str(path.with_name(path.name[1:].rsplit(".", 2 if match.group(1) is None else 3)[0]))

@@ -212,6 +212,27 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, model_ref:
                       train_state=raw.get("train_state"), path=Path(path))
 
 
+def classes_of(source: "Checkpoint | nn.Module | dict") -> int | None:
+    """The class count of a checkpoint (its meta's ``num_classes``), a meta dict, or a model (the output
+    features of its last ``nn.Linear``); None when it cannot be told."""
+    if isinstance(source, Checkpoint):
+        return classes_of(source.meta) or classes_of(source.model)
+    if isinstance(source, dict):
+        return source.get("num_classes")
+    linears = [m for m in source.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+def check_classes(source: "Checkpoint | nn.Module | dict", data: Any, name: str = "the checkpoint") -> None:
+    """PrunekitError naming both counts when ``source`` (see :func:`classes_of`) was made for another number
+    of classes than ``data`` (a DataBundle or DatasetInfo) has; nothing when either count is unknown."""
+    info = getattr(data, "info", data)
+    expected = classes_of(source)
+    if expected is not None and expected != info.num_classes:
+        raise PrunekitError(f"{name} has {expected} classes but {info.name} has {info.num_classes}; pass the "
+                            "dataset it was trained on (--dataset)")
+
+
 def rebuild(arch: dict, path: str | Path) -> nn.Module:
     """``build_model(arch)`` for the checkpoint at ``path``: a user model's file is also looked for in its
     folder, and a failure names the checkpoint."""
