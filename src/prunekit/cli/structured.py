@@ -131,7 +131,8 @@ def cmd_prune_channels(args) -> int:
 
     shortfall = filter_target_shortfall(target.get("ratio"), sparsity)
     if args.json:
-        print_json({"out": args.out, **record, "before": before, "after": after, "warning": shortfall})
+        print_json({"out": args.out, **record, "before": before, "after": after,
+                    **({"warning": shortfall} if shortfall else {})})
         return 0
     if shortfall:
         print(shortfall)
