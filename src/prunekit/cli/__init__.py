@@ -142,14 +142,16 @@ def os_error_message(error: OSError, flags: dict) -> str:
 
 
 def flag_for(path: str, flags: dict) -> tuple[str, str] | None:
-    """``(flag, value)`` of the argument whose value ``path`` is or lies inside (``--out``, ``--save``, a
-    positional ``CKPT``, …), the most specific one; None when none is."""
+    """``(flag, value)`` of the argument whose value ``path`` is, lies inside, or is a parent of (``--out``,
+    ``--save``, a positional ``CKPT``, …), the closest one; None when none is."""
     target = Path(os.path.abspath(path))
     best = None
     for dest, value in flags.items():
         if not isinstance(value, str) or not value or dest == "command":
             continue
         given = Path(os.path.abspath(value))
-        if (given == target or given in target.parents) and (best is None or len(str(given)) > best[2]):
-            best = (POSITIONAL_NAMES.get(dest, f"--{dest.replace('_', '-')}"), value, len(str(given)))
+        if given == target or given in target.parents or target in given.parents:
+            distance = abs(len(given.parts) - len(target.parts))
+            if best is None or distance < best[2]:
+                best = (POSITIONAL_NAMES.get(dest, f"--{dest.replace('_', '-')}"), value, distance)
     return best[:2] if best else None
