@@ -239,15 +239,18 @@ def test_ctrl_c_while_building_the_parser(capsys, monkeypatch):
 
 
 def test_ctrl_c_during_a_command_releases_the_lock(tmp_path, capsys, monkeypatch):
-    import prunekit.data
+    import prunekit.train
+
+    locked = []
 
     def interrupted(*args, **kwargs):
+        locked.append((tmp_path / "run" / ".prunekit.lock").exists())
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prunekit.data, "get_data", interrupted)
+    monkeypatch.setattr(prunekit.train, "fit", interrupted)
     code, _, err = run_cli(capsys, ["train", *TINY, *DATA, *FAST, "--save", tmp_path / "run"])
     assert code == 130 and "interrupted" in one_line_error(err)
-    assert not (tmp_path / "run" / ".prunekit.lock").exists()
+    assert locked == [True] and not (tmp_path / "run" / ".prunekit.lock").exists()
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):

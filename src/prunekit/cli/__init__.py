@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), "")
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # argparse has printed usage and the error (or --help): return its status
+            return exc.code if isinstance(exc.code, int) else 2
         with contextlib.ExitStack() as stack:
             args.exit_stack = stack
             return args.func(args) or 0

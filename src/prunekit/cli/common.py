@@ -19,12 +19,15 @@ def number(kind: type = float, low: float | None = None, high: float | None = No
            high_open: bool = False) -> Callable[[str], float | int]:
     """An argparse ``type=`` that accepts a finite ``kind`` (int or float) in the given range, so a bad value
     fails where it is parsed: ``argument --lr: must be a finite number > 0, got 'inf'``."""
-    bounds = []
-    if low is not None:
-        bounds.append(f"{'>' if low_open else '>='} {low:g}")
-    if high is not None:
-        bounds.append(f"{'<' if high_open else '<='} {high:g}")
-    wanted = f"{'an integer' if kind is int else 'a finite number'}{' ' + ' and '.join(bounds) if bounds else ''}"
+    if low is not None and high is not None:
+        bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        bounds = f" {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        bounds = f" {'<' if high_open else '<='} {high:g}"
+    else:
+        bounds = ""
+    wanted = f"{'an integer' if kind is int else 'a finite number'}{bounds}"
 
     def parse(text: str):
         try:

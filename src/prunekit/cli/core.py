@@ -144,7 +144,6 @@ def cmd_train(args) -> int:
         save = Path(args.save or f"runs/{label}-{dataset}-seed{config.seed}")
         model = None
     args.val_split = val_split
-    lock_run_folder(args, save)
     data = load_data(args, dataset=dataset, seed=config.seed)
     if model is None:
         kwargs = {"cfg": parse_cfg(args.model_cfg)} if args.model_cfg else {}
@@ -156,6 +155,7 @@ def cmd_train(args) -> int:
             "limit_train": args.limit_train, "seed": config.seed, "train_images": len(data.train[1])}
     callbacks = [PrintEpoch()] + ([EpochSnapshots(model, save, meta)] if args.save_every_epoch else [])
     world_size = requested_world_size()
+    lock_run_folder(args, save)
     if is_main_process():
         print(f"training {arch_label(model.arch)} on {dataset} ({len(data.train[1])} images"
               f"{', SYNTHETIC' if data.synthetic else ''}) for {config.epochs} epochs on "

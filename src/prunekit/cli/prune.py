@@ -177,7 +177,6 @@ def cmd_prune(args) -> int:
     from prunekit.train.callbacks import PrintEpoch
 
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
-    lock_run_folder(args, args.out)
     prune_config = prune_config_from(args, loaded.model)
     train_config = train_config_from(args)
     data = data_for(args, loaded.meta)
@@ -187,6 +186,7 @@ def cmd_prune(args) -> int:
           f"{1 if prune_config.schedule == 'oneshot' else prune_config.iterations} round(s), "
           f"{prune_config.finetune_epochs} retraining epoch(s) each) on {data.info.name}"
           f"{' (SYNTHETIC)' if data.synthetic else ''}", flush=True)
+    lock_run_folder(args, args.out)
     result = run_pruning(loaded.model, data, prune_config, train_config, args.out, name=args.name, meta=meta,
                          progress=not args.no_progress, callbacks=[PrintEpoch()])
     print_prune_summary(result)
@@ -240,8 +240,8 @@ def cmd_finetune(args) -> int:
         args.epochs = FINETUNE_EPOCHS if args.epochs is None else args.epochs
         config = train_config_from(args)
         save = Path(args.save or f"runs/finetune-{Path(args.checkpoint).stem}")
-    lock_run_folder(args, save)
     data = data_for(args, loaded.meta)
+    lock_run_folder(args, save)
     meta = {**inherited_meta(loaded.meta, data), "val_split": args.val_split, "limit_train": args.limit_train,
             "finetuned_from": loaded.meta.get("finetuned_from", str(source)) if args.resume else str(source)}
     before = sparsity_report(loaded.model)["overall"]
