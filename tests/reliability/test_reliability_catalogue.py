@@ -75,7 +75,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     (["prune", "x.pt", "--out", "o", "--sparsity", "0.5", "--iterations", "0"], "--iterations"),
     (["prune", "x.pt", "--out", "o", "--sparsity", "0.5", "--momentum", "1"], "--momentum"),
     (["sweep", "x.pt", "--steps", "0"], "--steps"),
-    (["quantize", "x.pt", "--out", "q.pt", "--calib-batches", "0"], "--calib-batches"),
+    (["quantize", "x.pt", "--out", "q.pt", "--batch-size", "0"], "--batch-size"),
     (["prune-channels", "x.pt", "--out", "y.pt", "--ratio", "nan"], "--ratio"),
 ])
 def test_bad_numeric_flags_fail_where_parsed(capsys, argv, flag):

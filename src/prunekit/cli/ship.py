@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="int8 post-training static quantization for CPU inference")
     add_model_source_args(p)
     add_data_args(p, dataset_default=None)
-    p.add_argument("--calib-batches", type=POSITIVE_INT, default=8, metavar="N",
+    p.add_argument("--calib-batches", type=int, default=8, metavar="N",
                    help="training batches observed for the activation ranges (default: %(default)s)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="images per calibration batch (default: %(default)s)")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
