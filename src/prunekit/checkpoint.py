@@ -212,7 +212,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, model_ref:
                       train_state=raw.get("train_state"), path=Path(path))
 
 
-def classes_of(source: "Checkpoint | nn.Module | dict") -> int | None:
+def classes_of(source: Checkpoint | nn.Module | dict) -> int | None:
     """The class count of a checkpoint (its meta's ``num_classes``), a meta dict, or a model (the output
     features of its last ``nn.Linear``); None when it cannot be told."""
     if isinstance(source, Checkpoint):
@@ -223,7 +223,7 @@ def classes_of(source: "Checkpoint | nn.Module | dict") -> int | None:
     return linears[-1].out_features if linears else None
 
 
-def check_classes(source: "Checkpoint | nn.Module | dict", data: Any, name: str = "the checkpoint") -> None:
+def check_classes(source: Checkpoint | nn.Module | dict, data: Any, name: str = "the checkpoint") -> None:
     """PrunekitError naming both counts when ``source`` (see :func:`classes_of`) was made for another number
     of classes than ``data`` (a DataBundle or DatasetInfo) has; nothing when either count is unknown."""
     info = getattr(data, "info", data)

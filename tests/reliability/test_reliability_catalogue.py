@@ -297,7 +297,7 @@ def test_dead_owner_is_taken_over_with_a_notice(tmp_path, capsys):
     stale_temp = run / ".last.pt.ab12cd34.tmp"
     stale_temp.write_bytes(b"half a checkpoint")
     os.utime(stale_temp, (0, 0))  # written long ago by a killed run
-    code, out, err = run_cli(capsys, ["train", *TINY, *DATA, *FAST, "--save", run])
+    code, _, err = run_cli(capsys, ["train", *TINY, *DATA, *FAST, "--save", run])
     assert code == 0, err
     assert "taking over" in err and str(dead.pid) in err
     assert not stale_temp.exists() and not (run / ".prunekit.lock").exists() and (run / "last.pt").is_file()
@@ -308,9 +308,8 @@ def test_lock_of_another_host_is_never_judged_dead(tmp_path):
     from prunekit.lock import run_lock
 
     write_lock(tmp_path, 999_999_999, host="elsewhere")
-    with pytest.raises(PrunekitError, match="elsewhere"):
-        with run_lock(tmp_path):
-            pass
+    with pytest.raises(PrunekitError, match="elsewhere"), run_lock(tmp_path):
+        pass
 
 
 def test_lock_is_reentrant_within_a_process(tmp_path):
