@@ -5,6 +5,10 @@ with a unique name in the destination folder, flushed and fsynced, then renamed 
 so a crash or an interruption never leaves a half-written file where a good one was, and two writers
 never share a temporary name. The result gets the permissions an ordinary ``open(path, "w")`` would
 give (the process umask), not ``mkstemp``'s private 0600. Imports only the standard library.
+
+A temporary file is named ``.NAME.XXXXXXXX.tmp`` (plus an extension a writer may need, e.g.
+``.tmp.onnx``); a write killed by ``kill -9`` or a power cut can leave one behind, which
+:func:`remove_stale_temp_files` deletes (the run-folder lock calls it when a command starts in a folder).
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Callable, Iterator, Sequence
@@ -24,13 +30,39 @@ def current_umask() -> int:
     return mask
 
 
+TEMP_SUFFIX = ".tmp"
+# ``.NAME.`` + mkstemp's 8 random characters + ``.tmp`` (+ an optional extension)
+TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+STALE_TEMP_AGE_S = 10.0  # younger temporaries may belong to a write still in progress
+
+
+def remove_stale_temp_files(folder: str | Path, min_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Delete the temporary files of killed atomic writes under ``folder`` (recursively) that were last
+    modified at least ``min_age_s`` seconds ago. Returns the removed paths; unreadable folders are skipped."""
+    removed, now = [], time.time()
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            if not TEMP_PATTERN.match(name):
+                continue
+            path = Path(directory) / name
+            try:
+                if now - path.lstat().st_mtime >= min_age_s:
+                    path.unlink()
+                    removed.append(path)
+            except OSError:
+                continue
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a unique temporary path beside ``path``; when the block finishes without an exception the
     temporary file is fsynced and renamed to ``path``, else it is removed and ``path`` is left as it was.
-    For writers that need a file name (e.g. ``torch.onnx.export``). Creates the parent folder."""
+    For writers that need a file name (e.g. ``torch.onnx.export``); ``suffix`` is appended after
+    ``.tmp`` (``".onnx"`` → ``.NAME.XXXXXXXX.tmp.onnx``). Creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix if suffix.startswith(TEMP_SUFFIX) else TEMP_SUFFIX + suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
@@ -39,8 +71,21 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
+    except Exception as exc:
+        raise_with_destination(exc, path)
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def raise_with_destination(exc: BaseException, path: Path) -> None:
+    """Re-raise an OSError that ``exc`` is or wraps (e.g. the ENOSPC behind torch's ``enforce fail at
+    inline_container.cc``, which has no file name) as an OSError naming the destination ``path``."""
+    cause = exc
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno is not None):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        raise OSError(cause.errno, cause.strerror or os.strerror(cause.errno), str(path)) from exc
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -70,3 +115,13 @@ def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
 def atomic_write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
     """Write ``rows`` as CSV (see :func:`csv_text`) to ``path`` atomically. Returns ``path``."""
     return atomic_write_text(path, csv_text(rows, columns))
+
+
+def destination_of(path: str | os.PathLike) -> str:
+    """The file an atomic write's temporary ``path`` stands for (``dir/.x.pt.ab12cd34.tmp`` → ``dir/x.pt``);
+    any other path unchanged."""
+    path = Path(path)
+    match = TEMP_PATTERN.match(path.name)
+    if match is None:
+        return str(path)
+    return str(path.with_name(path.name[1:].rsplit(".", 2 if match.group(1) is None else 3)[0]))

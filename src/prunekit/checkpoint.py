@@ -12,6 +12,8 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
 ``masks``       ``{param_name: bool tensor}`` of the masked weights, empty if none
 ``meta``        dataset, normalisation, accuracy, history, prunekit version, …
 ``train_state`` optional, for ``--resume``: optimizer, scheduler, epoch, RNG and loader states
+``tensor_sha256`` SHA-256 over every tensor in the file (see :func:`tensor_sha256`), checked on load; files
+                written before it existed have none and load unchecked
 
 Writes are atomic (temporary file in the same folder, fsync, rename), so a crash never leaves a broken
 file where a good one was.
@@ -24,6 +26,7 @@ imports nothing above it. A format no reader has registered yet makes it import 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,8 +82,54 @@ def reader_for(name: Any) -> Reader | None:
     return READERS.get(name)
 
 
+CHECKSUM_KEY = "tensor_sha256"
+
+
+def tensor_sha256(obj: Any) -> str:
+    """SHA-256 over every tensor inside ``obj`` (nested dicts/lists/tuples), in a deterministic order: dict
+    keys sorted, each tensor hashed with its key path, dtype, shape and raw bytes. Other values are ignored."""
+    digest = hashlib.sha256()
+    for key, tensor in _tensors_in(obj, ()):
+        tensor = tensor.detach().cpu()
+        if tensor.is_quantized:
+            digest.update(f"{key}|{tensor.dtype}|{tensor.qscheme()}|".encode())
+            tensor = tensor.int_repr()
+        if tensor.layout != torch.strided:
+            tensor = tensor.to_dense()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _tensors_in(obj: Any, key: tuple):
+    if isinstance(obj, torch.Tensor):
+        yield "/".join(map(str, key)), obj
+    elif isinstance(obj, dict):
+        for k in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            if not (key == () and k == CHECKSUM_KEY):
+                yield from _tensors_in(obj[k], key + (k,))
+    elif isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            yield from _tensors_in(item, key + (i,))
+
+
+def verify_checksum(raw: Any, path: str | Path) -> None:
+    """PrunekitError when ``raw`` (a loaded file) records a tensor checksum its tensors do not match."""
+    expected = raw.get(CHECKSUM_KEY) if isinstance(raw, dict) else None
+    if expected is not None and tensor_sha256(raw) != expected:
+        raise PrunekitError(f"{path} is corrupt: checksum mismatch (its tensors changed after it was written); "
+                            "restore it from a copy or re-run the command that wrote it")
+
+
+def with_checksum(obj: Any) -> Any:
+    """A dict with its :func:`tensor_sha256` added under ``tensor_sha256``; anything else unchanged."""
+    return {**obj, CHECKSUM_KEY: tensor_sha256(obj)} if isinstance(obj, dict) else obj
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically; creates the parent folder. Returns the path."""
+    """``torch.save`` :func:`with_checksum` of ``obj`` to ``path`` atomically (every format prunekit writes is
+    a dict saved here; :func:`read_checkpoint_file` checks the sum); creates the parent folder. Returns the path."""
+    obj = with_checksum(obj)
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -114,7 +163,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict | None = None
 
 
 def read_checkpoint_file(path: str | Path) -> dict:
-    """Load the raw dict with ``weights_only=True``; clear errors for missing, corrupt or foreign files."""
+    """Load the raw dict with ``weights_only=True``; clear errors for missing, corrupt (including a tensor
+    checksum mismatch) or foreign files."""
     path = Path(path)
     if not path.is_file():
         raise PrunekitError(f"checkpoint not found: {path}")
@@ -124,6 +174,7 @@ def read_checkpoint_file(path: str | Path) -> dict:
         raise PrunekitError(
             f"cannot read {path}: the file is corrupt or not a PyTorch checkpoint ({type(exc).__name__})"
         ) from None
+    verify_checksum(raw, path)
     return raw
 
 
@@ -159,6 +210,27 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, model_ref:
         apply_masks(model, masks)
     return Checkpoint(model=model, arch=arch, masks=masks, meta=raw.get("meta") or {},
                       train_state=raw.get("train_state"), path=Path(path))
+
+
+def classes_of(source: Checkpoint | nn.Module | dict) -> int | None:
+    """The class count of a checkpoint (its meta's ``num_classes``), a meta dict, or a model (the output
+    features of its last ``nn.Linear``); None when it cannot be told."""
+    if isinstance(source, Checkpoint):
+        return classes_of(source.meta) or classes_of(source.model)
+    if isinstance(source, dict):
+        return source.get("num_classes")
+    linears = [m for m in source.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+def check_classes(source: Checkpoint | nn.Module | dict, data: Any, name: str = "the checkpoint") -> None:
+    """PrunekitError naming both counts when ``source`` (see :func:`classes_of`) was made for another number
+    of classes than ``data`` (a DataBundle or DatasetInfo) has; nothing when either count is unknown."""
+    info = getattr(data, "info", data)
+    expected = classes_of(source)
+    if expected is not None and expected != info.num_classes:
+        raise PrunekitError(f"{name} has {expected} classes but {info.name} has {info.num_classes}; pass the "
+                            "dataset it was trained on (--dataset)")
 
 
 def rebuild(arch: dict, path: str | Path) -> nn.Module:

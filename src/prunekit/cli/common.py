@@ -4,14 +4,53 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from prunekit.report.tables import markdown_table  # noqa: F401  (re-exported for the commands)
 
 
 MODEL_HELP = ("a registered model name (`prunekit models`) or your own model: path/to/file.py:ClassName or "
               "package.module:factory (see README, 'Your own model')")
+
+
+def number(kind: type = float, low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False) -> Callable[[str], float | int]:
+    """An argparse ``type=`` that accepts a finite ``kind`` (int or float) in the given range, so a bad value
+    fails where it is parsed: ``argument --lr: must be a finite number > 0, got 'inf'``."""
+    if low is not None and high is not None:
+        bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        bounds = f" {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        bounds = f" {'<' if high_open else '<='} {high:g}"
+    else:
+        bounds = ""
+    wanted = f"{'an integer' if kind is int else 'a finite number'}{bounds}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        below = low is not None and (value <= low if low_open else value < low)
+        above = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or below or above:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+# the numeric flag types used across the commands
+POSITIVE_INT = number(int, 1)
+NON_NEGATIVE_INT = number(int, 0)
+ANY_INT = number(int)
+POSITIVE_FLOAT = number(float, 0, low_open=True)
+NON_NEGATIVE_FLOAT = number(float, 0)
+FRACTION = number(float, 0, 1, high_open=True)  # in [0, 1)
 
 
 def add_model_args(parser: argparse.ArgumentParser, default: str | None = None, required: bool = False,
@@ -47,9 +86,9 @@ def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None =
     group.add_argument("--data", metavar="DIR", default=None,
                        help="folder holding cifar-10-batches-py/ or cifar-100-python/ (or the .tar.gz); "
                             "default: $PRUNEKIT_DATA, else ~/.cache/prunekit (downloaded when online)")
-    group.add_argument("--val-split", type=float, default=0.0, metavar="F",
+    group.add_argument("--val-split", type=FRACTION, default=0.0, metavar="F",
                        help="fraction of the training set held out for validation, seeded (default: 0)")
-    group.add_argument("--limit-train", type=int, default=None, metavar="N",
+    group.add_argument("--limit-train", type=POSITIVE_INT, default=None, metavar="N",
                        help="use only the first N training images (quick runs)")
 
 
@@ -65,27 +104,27 @@ def add_train_args(parser: argparse.ArgumentParser, epochs: int | None = None,
 
     defaults = TrainConfig()
     group = parser.add_argument_group("training")
-    group.add_argument(*epochs_flags, dest="epochs", type=int, default=epochs,
+    group.add_argument(*epochs_flags, dest="epochs", type=NON_NEGATIVE_INT, default=epochs,
                        help=epochs_help or f"default: {epochs if epochs is not None else defaults.epochs}; with "
                                            "--resume, a larger number extends the run")
-    group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="default: %(default)s")
-    group.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default: %(default)s)")
-    group.add_argument("--momentum", type=float, default=defaults.momentum, help="default: %(default)s")
-    group.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="default: %(default)s")
+    group.add_argument("--batch-size", type=POSITIVE_INT, default=defaults.batch_size, help="default: %(default)s")
+    group.add_argument("--lr", type=POSITIVE_FLOAT, default=defaults.lr, help="peak learning rate (default: %(default)s)")
+    group.add_argument("--momentum", type=FRACTION, default=defaults.momentum, help="default: %(default)s")
+    group.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT, default=defaults.weight_decay, help="default: %(default)s")
     group.add_argument(lr_schedule_flag, dest="schedule", choices=["cosine", "step", "constant"],
                        default=defaults.schedule,
                        help="lr decay per step; step = ×0.1 at 50%% and 75%% (default: %(default)s)")
-    group.add_argument("--warmup-epochs", type=float, default=defaults.warmup_epochs, help="default: %(default)s")
-    group.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
+    group.add_argument("--warmup-epochs", type=NON_NEGATIVE_FLOAT, default=defaults.warmup_epochs, help="default: %(default)s")
+    group.add_argument("--label-smoothing", type=FRACTION, default=defaults.label_smoothing,
                        help="default: %(default)s")
-    group.add_argument("--cutout", type=int, default=defaults.cutout, help="cutout side in pixels (default: off)")
-    group.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    group.add_argument("--cutout", type=NON_NEGATIVE_INT, default=defaults.cutout, help="cutout side in pixels (default: off)")
+    group.add_argument("--seed", type=ANY_INT, default=defaults.seed, help="default: %(default)s")
     group.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device,
                        help="default: %(default)s (CUDA when present)")
     group.add_argument("--compile", action="store_true", help="torch.compile the model")
     group.add_argument("--sync-bn", action="store_true",
                        help="SyncBatchNorm across processes under torchrun (CUDA only)")
-    group.add_argument("--sparsity-reg", type=float, default=0.0, metavar="LAMBDA",
+    group.add_argument("--sparsity-reg", type=NON_NEGATIVE_FLOAT, default=0.0, metavar="LAMBDA",
                        help="network slimming: add λ·Σ|γ| over BN scales to the loss (default: off)")
 
 
@@ -108,3 +147,15 @@ def load_data(args: argparse.Namespace, dataset: str | None = None, seed: int = 
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def lock_run_folder(args: argparse.Namespace, folder) -> None:
+    """Hold the run-folder lock of ``folder`` (:func:`prunekit.lock.run_lock`) until the command returns:
+    a second writer of the same folder fails with a one-line error naming this process. Creates ``folder``."""
+    import contextlib
+
+    from prunekit.lock import run_lock
+
+    if not hasattr(args, "exit_stack"):  # called outside main(): held until the process ends
+        args.exit_stack = contextlib.ExitStack()
+    args.exit_stack.enter_context(run_lock(folder, f"prunekit {getattr(args, 'command', '')}".strip()))

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from prunekit.cli.common import POSITIVE_INT  # numeric flags checked where parsed
 from prunekit.cli.common import (add_data_args, add_model_args, add_model_relocation_arg, add_train_args,
                                  load_data, markdown_table, model_from_args, print_json, train_config_from)
+from prunekit.cli.common import lock_run_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=POSITIVE_INT, default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
@@ -63,9 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="params, non-zero params, MACs, size, memory, latency")
     add_model_source_args(p)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--batch-size", type=int, default=64, help="batch for the throughput figure")
-    p.add_argument("--repeats", type=int, default=50, help="timed runs at batch 1 (median reported)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="batch for the throughput figure")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=50, help="timed runs at batch 1 (median reported)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
@@ -79,7 +81,7 @@ def add_model_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="FILE", default=None,
                         help="with --model: a state dict file (a {'state_dict': …} wrapper and 'module.' "
                              "prefixes are handled)")
-    parser.add_argument("--num-classes", type=int, default=None, help="with --model (default: the dataset's)")
+    parser.add_argument("--num-classes", type=POSITIVE_INT, default=None, help="with --model (default: the dataset's)")
 
 
 def load_model_source(args: argparse.Namespace, num_classes: int | None = None):
@@ -122,7 +124,7 @@ def cmd_train(args) -> int:
     from prunekit.train import evaluate_split, fit
     from prunekit.train.callbacks import EpochSnapshots, PrintEpoch
     from prunekit.train.distributed import is_main_process, requested_world_size
-    from prunekit.train.loop import resolve_device
+    from prunekit.train.loop import resolve_device, seed_everything
 
     resume_state = None
     if args.resume:
@@ -145,12 +147,15 @@ def cmd_train(args) -> int:
     data = load_data(args, dataset=dataset, seed=config.seed)
     if model is None:
         kwargs = {"cfg": parse_cfg(args.model_cfg)} if args.model_cfg else {}
+        seed_everything(config.seed)  # before the model exists: its initialisation is part of the run
         model = model_from_args(args, data.info.num_classes, kwargs)
+    # seed + val_split + limit_train: what `evaluate --split val` needs to redraw this run's split exactly
     meta = {"dataset": dataset, "synthetic": data.synthetic, "num_classes": data.info.num_classes,
             "mean": list(data.info.mean), "std": list(data.info.std), "val_split": val_split,
-            "limit_train": args.limit_train, "train_images": len(data.train[1])}
+            "limit_train": args.limit_train, "seed": config.seed, "train_images": len(data.train[1])}
     callbacks = [PrintEpoch()] + ([EpochSnapshots(model, save, meta)] if args.save_every_epoch else [])
     world_size = requested_world_size()
+    lock_run_folder(args, save)
     if is_main_process():
         print(f"training {arch_label(model.arch)} on {dataset} ({len(data.train[1])} images"
               f"{', SYNTHETIC' if data.synthetic else ''}) for {config.epochs} epochs on "
@@ -189,10 +194,14 @@ def cmd_evaluate(args) -> int:
     from prunekit.train import evaluate_split
     from prunekit.train.loop import resolve_device
 
+    from prunekit.checkpoint import check_classes
+
     loaded = load_model_source(args)
     dataset = args.dataset or loaded.meta.get("dataset") or "cifar10"
+    # the training run's own split: same fraction, seed and (synthetic) size, so val images are never train images
     data = get_data(dataset, root=args.data, val_split=args.val_split or loaded.meta.get("val_split", 0.0),
-                    seed=loaded.meta.get("seed", 0))
+                    seed=loaded.meta.get("seed", 0), limit_train=loaded.meta.get("limit_train"))
+    check_classes(loaded, data, str(loaded.path or args.model))
     mean, std = input_normalisation(loaded.meta, data.info, args.normalize)
     metrics = evaluate_split(loaded.model, data, args.split, mean, std, resolve_device(args.device))
     result = {"source": str(loaded.path or args.model), "dataset": dataset, "split": args.split,

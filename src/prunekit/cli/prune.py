@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from prunekit.cli.common import FRACTION, POSITIVE_INT  # numeric flags checked where parsed
+from prunekit.cli.common import lock_run_folder
 from prunekit.cli.common import (add_data_args, add_model_relocation_arg, add_train_args, load_data,
                                  markdown_table, print_json, train_config_from)
 from prunekit.cli.core import add_model_source_args, load_model_source
@@ -46,7 +48,7 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--granularity", choices=list(TARGETS), default="unstructured",
                    help="single weights, or whole conv filters removed physically (default: %(default)s)")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--sparsity", type=float, metavar="S",
+    target.add_argument("--sparsity", type=FRACTION, metavar="S",
                         help="target fraction in [0, 1) of weights (unstructured) or filters (filter)")
     target.add_argument("--ratios", metavar="FILE",
                         help="YAML of `layer: ratio` (+ optional `default: r`); `prunekit layers CKPT` lists names")
@@ -58,7 +60,7 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                         "granularity; default l1); unstructured always uses |w|")
     p.add_argument("--include-classifier", action="store_true",
                    help="also prune the classifier with --sparsity or a ratio file's default")
-    p.add_argument("--iterations", type=int, default=PruneConfig.model_fields["iterations"].default, metavar="K",
+    p.add_argument("--iterations", type=POSITIVE_INT, default=PruneConfig.model_fields["iterations"].default, metavar="K",
                    help="IMP rounds (default: %(default)s)")
     p.add_argument("--rewind-to", metavar="CKPT", default=None,
                    help="reset surviving weights to this checkpoint's after each pruning step (lottery ticket)")
@@ -112,13 +114,11 @@ def register_plot(sub: argparse._SubParsersAction) -> None:
 
 def data_for(args: argparse.Namespace, meta: dict):
     """The data to retrain on: ``--dataset`` or the checkpoint's own, checked against its class count."""
-    from prunekit.errors import PrunekitError
+    from prunekit.checkpoint import check_classes
 
     dataset = args.dataset or meta.get("dataset") or "cifar10"
     data = load_data(args, dataset=dataset, seed=meta.get("seed", 0))
-    if meta.get("num_classes") and meta["num_classes"] != data.info.num_classes:
-        raise PrunekitError(f"the checkpoint has {meta['num_classes']} classes but {dataset} has "
-                            f"{data.info.num_classes}; pass the dataset it was trained on (--dataset)")
+    check_classes(meta, data)
     return data
 
 
@@ -186,6 +186,7 @@ def cmd_prune(args) -> int:
           f"{1 if prune_config.schedule == 'oneshot' else prune_config.iterations} round(s), "
           f"{prune_config.finetune_epochs} retraining epoch(s) each) on {data.info.name}"
           f"{' (SYNTHETIC)' if data.synthetic else ''}", flush=True)
+    lock_run_folder(args, args.out)
     result = run_pruning(loaded.model, data, prune_config, train_config, args.out, name=args.name, meta=meta,
                          progress=not args.no_progress, callbacks=[PrintEpoch()])
     print_prune_summary(result)
@@ -200,6 +201,11 @@ def print_prune_summary(result) -> None:
         print(f"params {percent_change(meta['dense_params'], meta['params'])}; "
               f"MACs {percent_change(meta['dense_macs'], meta['macs'])}")
         print(f"achieved overall sparsity {result.sparsity:.4f} (conv + linear weights zeroed, before removal)")
+        from prunekit.prune.report import filter_target_shortfall
+
+        shortfall = filter_target_shortfall(result.target, result.filter_sparsity)
+        if shortfall:
+            print(shortfall)
     else:
         from prunekit.prune import sparsity_report
 
@@ -235,6 +241,7 @@ def cmd_finetune(args) -> int:
         config = train_config_from(args)
         save = Path(args.save or f"runs/finetune-{Path(args.checkpoint).stem}")
     data = data_for(args, loaded.meta)
+    lock_run_folder(args, save)
     meta = {**inherited_meta(loaded.meta, data), "val_split": args.val_split, "limit_train": args.limit_train,
             "finetuned_from": loaded.meta.get("finetuned_from", str(source)) if args.resume else str(source)}
     before = sparsity_report(loaded.model)["overall"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from prunekit.cli.common import FRACTION, POSITIVE_INT  # numeric flags checked where parsed
+from prunekit.cli.common import lock_run_folder
 from prunekit.cli.common import add_data_args, load_data, markdown_table, print_json
 from prunekit.cli.core import add_model_source_args, load_model_source
 
@@ -29,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_granularity_args(p)
     p.add_argument("--scope", choices=["global", "layer"], default="global",
                    help="one threshold over all layers, or the same rate in each (default: %(default)s)")
-    p.add_argument("--from", dest="start", type=float, default=0.0, help="first rate (default: %(default)s)")
-    p.add_argument("--to", dest="stop", type=float, default=0.95, help="last rate (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=20, help="number of rates, evenly spaced (default: %(default)s)")
+    p.add_argument("--from", dest="start", type=FRACTION, default=0.0, help="first rate (default: %(default)s)")
+    p.add_argument("--to", dest="stop", type=FRACTION, default=0.95, help="last rate (default: %(default)s)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=20, help="number of rates, evenly spaced (default: %(default)s)")
     add_analysis_args(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -42,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_granularity_args(p)
     p.add_argument("--sparsities", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                    help="comma-separated sparsities per layer (default: %(default)s)")
-    p.add_argument("--suggest", type=float, default=None, metavar="S",
+    p.add_argument("--suggest", type=FRACTION, default=None, metavar="S",
                    help="write a layer-wise ratio YAML reaching overall sparsity S, sensitive layers pruned less")
     p.add_argument("--suggest-out", metavar="FILE", default=None,
                    help="where --suggest writes (default: OUT/ratios_<granularity>_<S>.yaml)")
@@ -65,7 +67,7 @@ def register_plot_commands(kinds: argparse._SubParsersAction) -> None:
     q = kinds.add_parser("hist", help="histogram of the non-zero weights of every prunable layer")
     add_model_source_args(q)
     q.add_argument("--out", metavar="FILE.png", required=True)
-    q.add_argument("--bins", type=int, default=60, help="bins per layer (default: %(default)s)")
+    q.add_argument("--bins", type=POSITIVE_INT, default=60, help="bins per layer (default: %(default)s)")
     q.set_defaults(func=cmd_plot_hist)
     q = kinds.add_parser("layers", help="weights (non-zero / zero) and sparsity of every prunable layer")
     add_model_source_args(q)
@@ -87,9 +89,9 @@ def register_plot_commands(kinds: argparse._SubParsersAction) -> None:
 def add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["test", "val", "train"], default="test", help="default: %(default)s")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads while timing (default: torch's)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch of the throughput figure (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=50,
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads while timing (default: torch's)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="batch of the throughput figure (default: %(default)s)")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=50,
                    help="timed runs at batch 1; the throughput batch gets max(5, N/5) (default: %(default)s)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
     p.add_argument("--no-progress", action="store_true")
@@ -119,7 +121,7 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
 
 def data_source(args: argparse.Namespace):
     """``meta -> DataBundle``: ``--dataset`` or the checkpoint's own, loaded once per (dataset, seed)."""
-    from prunekit.errors import PrunekitError
+    from prunekit.checkpoint import check_classes
 
     cache = {}
 
@@ -129,9 +131,7 @@ def data_source(args: argparse.Namespace):
         if key not in cache:
             cache[key] = load_data(args, dataset=dataset, seed=key[1])
         data = cache[key]
-        if meta.get("num_classes") and meta["num_classes"] != data.info.num_classes:
-            raise PrunekitError(f"a checkpoint has {meta['num_classes']} classes but {dataset} has "
-                                f"{data.info.num_classes}; pass the dataset it was trained on (--dataset)")
+        check_classes(meta, data, "a checkpoint")
         return data
 
     return data_for
@@ -157,8 +157,11 @@ def analysis_setup(args: argparse.Namespace):
     from prunekit.analysis.points import Evaluator
     from prunekit.train.loop import resolve_device
 
+    from prunekit.checkpoint import check_classes
+
     loaded = load_checkpoint(args.checkpoint)
     data = data_source(args)(loaded.meta)
+    check_classes(loaded.model, data, str(args.checkpoint))  # also for a checkpoint whose meta lacks the count
     mean, std = meta_normalisation(loaded.meta, data)
     evaluator = Evaluator(data, mean, std, resolve_device(args.device), args.split)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "plots"
@@ -225,6 +228,7 @@ def cmd_sweep(args) -> int:
 
     rates = sweep_rates(args.start, args.stop, args.steps)
     loaded, evaluator, out, settings = analysis_setup(args)
+    lock_run_folder(args, out)
     csv_path = out / f"{sweep_name(args.granularity, args.scope, args.start, args.stop)}.csv"
     rows = run_sweep(loaded.model, rates, evaluator, csv_path, args.granularity, args.scope, args.criterion,
                      args.include_classifier, settings, progress=not args.no_progress)
@@ -245,6 +249,7 @@ def cmd_sensitivity(args) -> int:
     sparsities = parse_sparsities(args.sparsities)
     check_suggest_target(args.suggest)
     loaded, evaluator, out, settings = analysis_setup(args)
+    lock_run_folder(args, out)
     csv_path = out / f"sensitivity_{args.granularity}.csv"
     rows = run_sensitivity(loaded.model, sparsities, evaluator, csv_path, args.granularity, args.criterion,
                            args.include_classifier, settings, progress=not args.no_progress)

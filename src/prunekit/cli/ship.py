@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from prunekit.cli.common import POSITIVE_INT  # numeric flags checked where parsed
 from prunekit.cli.common import add_data_args, add_model_relocation_arg, load_data, print_json
 from prunekit.cli.core import add_model_source_args, load_model_source
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p, dataset_default=None)
     p.add_argument("--calib-batches", type=int, default=8, metavar="N",
                    help="training batches observed for the activation ranges (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per calibration batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="images per calibration batch (default: %(default)s)")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation as for `evaluate` (a prunekit checkpoint uses its own)")
     p.add_argument("--out", metavar="FILE", required=True)
@@ -109,10 +110,15 @@ def cmd_quantize(args) -> int:
 def source_and_data(args):
     """The model to quantize, its dataset's name and data: the checkpoint's own dataset, else ``--dataset``
     (default cifar10); ``--model NAME`` gets the dataset's class count unless ``--num-classes`` says."""
+    from prunekit.checkpoint import check_classes
+
     if args.checkpoint:
         loaded = load_model_source(args)
         dataset = args.dataset or loaded.meta.get("dataset") or "cifar10"
-        return loaded, dataset, load_data(args, dataset=dataset, seed=loaded.meta.get("seed", 0))
-    dataset = args.dataset or "cifar10"
-    data = load_data(args, dataset=dataset)
-    return load_model_source(args, num_classes=data.info.num_classes), dataset, data
+        data = load_data(args, dataset=dataset, seed=loaded.meta.get("seed", 0))
+    else:
+        dataset = args.dataset or "cifar10"
+        data = load_data(args, dataset=dataset)
+        loaded = load_model_source(args, num_classes=data.info.num_classes)
+    check_classes(loaded, data, str(loaded.path or args.model))
+    return loaded, dataset, data

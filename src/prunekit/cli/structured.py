@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from prunekit.cli.common import ANY_INT, FRACTION, number  # numeric flags checked where parsed
 from prunekit.cli.common import add_model_relocation_arg, markdown_table, print_json
 
 INPUT_SIZE = (3, 32, 32)  # CIFAR images
@@ -24,18 +25,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune-channels", help="one-shot physical filter pruning, no retraining")
     p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--ratio", type=float, metavar="R", help="fraction of every channel group to remove")
+    target.add_argument("--ratio", type=FRACTION, metavar="R", help="fraction of every channel group to remove")
     target.add_argument("--ratios", metavar="FILE",
                         help="YAML of conv name: fraction (`default` allowed); a coupled group (residual "
                              "stream) uses the ratio of its first named conv")
     target.add_argument("--cfg", metavar="64,M,128,...", help="VGG widths per conv (M = max pool)")
-    target.add_argument("--macs-target", type=float, metavar="F", help="keep at most this fraction of the MACs")
+    target.add_argument("--macs-target", type=number(float, 0, 1, low_open=True), metavar="F", help="keep at most this fraction of the MACs")
     p.add_argument("--criterion", default="l1", metavar="NAME",
                    help="any registered criterion (built in: l1 | l2 | bn_scale | random; default: %(default)s)")
     p.add_argument("--scope", choices=["layer", "global"], default=None,
                    help="layer: same fraction per group; global: one ranking normalised per group "
                         f"(default: {DEFAULT_SCOPE['filter']}, as `prune --granularity filter`)")
-    p.add_argument("--seed", type=int, default=0, help="for --criterion random (default: %(default)s)")
+    p.add_argument("--seed", type=ANY_INT, default=0, help="for --criterion random (default: %(default)s)")
     add_model_relocation_arg(p)
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned checkpoint")
     p.add_argument("--json", action="store_true")
@@ -126,9 +127,15 @@ def cmd_prune_channels(args) -> int:
               **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds}
     meta = derived_meta(loaded.meta)
     save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity})
+    from prunekit.prune.report import filter_target_shortfall
+
+    shortfall = filter_target_shortfall(target.get("ratio"), sparsity)
     if args.json:
-        print_json({"out": args.out, **record, "before": before, "after": after})
+        print_json({"out": args.out, **record, "before": before, "after": after,
+                    **({"warning": shortfall} if shortfall else {})})
         return 0
+    if shortfall:
+        print(shortfall)
     print(markdown_table(cost_rows(before, after)))
     print(f"\nfilter sparsity {sparsity:.4f} (fraction of conv output channels removed); pruned in {seconds:.2f} s, "
           f"not retrained (accuracy will drop until you fine-tune: `prunekit finetune`); saved {args.out}")

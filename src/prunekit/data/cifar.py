@@ -181,10 +181,39 @@ def _locate(info: DatasetInfo, base: Path, download: bool) -> Path:
     for place in places:
         if (place / info.archive).is_file():
             return _extract(info, place / info.archive, _writable_dir(info, [place, *places]))
-    if not download:
-        raise PrunekitError(_not_found_message(info, places))
-    dest = _writable_dir(info, places)
-    return _extract(info, _download(info, dest), dest)
+    others = _other_datasets(info, places)
+    if others and others[0][1] == base:  # DIR is itself another dataset's folder: never download into it
+        raise PrunekitError(_wrong_dataset_message(info, others))
+    try:
+        if not download:
+            raise PrunekitError(_not_found_message(info, places))
+        dest = _writable_dir(info, places)
+        return _extract(info, _download(info, dest), dest)
+    except PrunekitError as exc:
+        if not others:
+            raise
+        raise PrunekitError(f"{_wrong_dataset_message(info, others)} ({exc})") from None
+
+
+def _other_datasets(info: DatasetInfo, places: list[Path]) -> list[tuple[DatasetInfo, Path]]:
+    """Other registered datasets present in ``places`` (as the place itself, its folder or its archive)."""
+    found = []
+    for place in places:
+        for other in DATASETS.values():
+            if other.name == info.name:
+                continue
+            if place.name == other.folder and place.is_dir():
+                found.append((other, place))
+            elif (place / other.folder).is_dir() or (place / other.archive).is_file():
+                found.append((other, place / (other.folder if (place / other.folder).is_dir() else other.archive)))
+    return found
+
+
+def _wrong_dataset_message(info: DatasetInfo, others: list[tuple[DatasetInfo, Path]]) -> str:
+    other, where = others[0]
+    return (f"{info.name} was asked for, but {where} is {other.name} ({other.folder}/) and no {info.folder}/ "
+            f"or {info.archive} was found: pass --dataset {other.name} to use it, or --data a folder holding "
+            f"{info.folder}/")
 
 
 def _search_places(base: Path) -> list[Path]:
@@ -207,13 +236,26 @@ def _folder_in(info: DatasetInfo, place: Path) -> Path | None:
 
 
 def _is_writable(directory: Path) -> bool:
-    """Creatable and writable; a folder without write bits counts as read-only even for root."""
+    """Writable, or creatable (its nearest existing ancestor is a writable folder); creates nothing. A
+    folder without write bits counts as read-only even for root."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        has_write_bits = bool(directory.stat().st_mode & 0o222)
+        while not directory.exists():
+            if directory.parent == directory:
+                return False
+            directory = directory.parent
+        has_write_bits = directory.is_dir() and bool(directory.stat().st_mode & 0o222)
     except OSError:
         return False
     return has_write_bits and os.access(directory, os.W_OK)
+
+
+def _missing_folders(directory: Path) -> list[Path]:
+    """``directory`` and its ancestors that do not exist yet, outermost first."""
+    missing = []
+    while not directory.exists() and directory.parent != directory:
+        missing.insert(0, directory)
+        directory = directory.parent
+    return missing
 
 
 def _writable_dir(info: DatasetInfo, places: list[Path]) -> Path:
@@ -259,6 +301,7 @@ def _not_found_message(info: DatasetInfo, places: list[Path]) -> str:
 def _extract(info: DatasetInfo, archive: Path, dest: Path) -> Path:
     """Extract ``archive`` into ``dest/<folder>`` through a temporary directory and one rename."""
     final = dest / info.folder
+    dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".prunekit-extract-", dir=dest))
     try:
         _extract_members(info, archive, tmp)
@@ -312,7 +355,10 @@ def _check_member(info: DatasetInfo, archive: Path, member: tarfile.TarInfo) -> 
 
 
 def _download(info: DatasetInfo, dest: Path) -> Path:
-    """Fetch the archive into ``dest`` (temporary name, MD5 check, rename) and return its path."""
+    """Fetch the archive into ``dest`` (temporary name, MD5 check, rename) and return its path. Folders
+    created for it are removed again when the download fails."""
+    created = _missing_folders(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     fd, part_name = tempfile.mkstemp(prefix=f".{info.archive}.", suffix=".part", dir=dest)
     part = Path(part_name)
     try:
@@ -327,6 +373,14 @@ def _download(info: DatasetInfo, dest: Path) -> Path:
         target = dest / info.archive
         os.replace(part, target)
         return target
+    except BaseException:
+        part.unlink(missing_ok=True)
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     finally:
         part.unlink(missing_ok=True)
 

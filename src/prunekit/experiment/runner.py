@@ -24,7 +24,8 @@ import torch
 import yaml
 
 import prunekit.paths as names
-from prunekit.checkpoint import Checkpoint, derived_meta, load_checkpoint, load_weights, resume_point, save_checkpoint
+from prunekit.checkpoint import (Checkpoint, check_classes, derived_meta, load_checkpoint, load_weights, resume_point,
+                                 save_checkpoint)
 from prunekit.config import FINETUNE_LR, TrainConfig
 from prunekit.data import DataBundle, get_data
 from prunekit.data.normalisation import input_normalisation
@@ -69,7 +70,15 @@ def load_run_data(experiment: Experiment, root: str | None = None) -> DataBundle
 
 
 def run_experiment(run: Run) -> Path:
-    """Run every stage that is not finished yet; returns the HTML report's path."""
+    """Run every stage that is not finished yet, holding the folder's run lock (:mod:`prunekit.lock`) all
+    along; returns the HTML report's path."""
+    from prunekit.lock import run_lock
+
+    with run_lock(run.folder, f"prunekit run {run.experiment.name}"):
+        return run_stages(run)
+
+
+def run_stages(run: Run) -> Path:
     run.folder.mkdir(parents=True, exist_ok=True)
     write_config(run)
     baseline = ensure_baseline(run)
@@ -108,6 +117,7 @@ def ensure_baseline(run: Run) -> Path:
     meta = data_meta(run.data)
     if spec.checkpoint:
         loaded = load_checkpoint(spec.checkpoint)
+        check_classes(loaded, run.data, f"baseline.checkpoint {spec.checkpoint}")
         model, meta = loaded.model, {**meta, **loaded.meta}
     else:
         from prunekit.models import resolve_model

@@ -44,7 +44,8 @@ import torch
 from torch import nn
 
 from prunekit.checkpoint import FORMAT as CHECKPOINT_FORMAT, VERSION as CHECKPOINT_VERSION
-from prunekit.checkpoint import atomic_save, checkpoint_dict, read_checkpoint_file, register_format
+from prunekit.checkpoint import (atomic_save, checkpoint_dict, read_checkpoint_file, register_format,
+                                 with_checksum)
 from prunekit.errors import PrunekitError
 
 FORMAT = "prunekit-compact"
@@ -100,7 +101,7 @@ def save_compact(source: nn.Module | dict | str | Path, path: str | Path, values
 def encoded_size(obj: dict) -> int:
     """Bytes ``torch.save`` writes for ``obj`` (the size of the file :func:`save_compact` would write)."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(with_checksum(obj), buffer)
     return buffer.tell()
 
 

@@ -67,3 +67,16 @@ def layer_mask_matrix(model: nn.Module, layer: str) -> torch.Tensor:
     module = layers[layer]
     kept = module.weight_mask.bool() if is_masked(module) else effective_weight(module) != 0
     return kept.detach().cpu().reshape(kept.shape[0], -1)
+
+
+SHORTFALL_TOLERANCE = 0.01  # per-layer rounding alone moves a filter target by less than this on CIFAR nets
+
+
+def filter_target_shortfall(asked: float | None, achieved: float | None) -> str | None:
+    """A one-line warning when filter pruning reached clearly less than ``asked`` (fractions of filters),
+    with the reason; None when it reached the target (within :data:`SHORTFALL_TOLERANCE`) or none was set."""
+    if asked is None or achieved is None or achieved >= asked - SHORTFALL_TOLERANCE:
+        return None
+    return (f"warning: asked for filter sparsity {asked:.4f}, achieved {achieved:.4f}: the allocation stops short "
+            "because every channel group keeps at least one channel (no layer may lose all its filters) and "
+            "coupled channels (residual streams, concatenations) are removed only together")

@@ -6,6 +6,8 @@ It knows nothing about pruning: a masked model trains here unchanged because its
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+import prunekit.paths as paths
 from prunekit.config import TrainConfig
 from prunekit.data import DataBundle, DeviceLoader
 from prunekit.train import distributed
@@ -35,6 +38,29 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise PrunekitError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and every CUDA device) global generators with ``seed``.
+    Call it before building a model so its initialisation is reproducible."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def check_finite(record: dict, config: TrainConfig, run_dir: str | Path | None) -> None:
+    """PrunekitError when the epoch's training loss is NaN or infinite: the run stops before that epoch is
+    saved, so ``last.pt`` keeps the last good epoch."""
+    from prunekit.errors import PrunekitError
+
+    if math.isfinite(record["train_loss"]):
+        return
+    kept = (f"{paths.last(run_dir)} keeps the last good epoch ({record['epoch'] - 1})" if run_dir
+            else "nothing was saved")
+    raise PrunekitError(f"training diverged in epoch {record['epoch']}: the loss is {record['train_loss']}; {kept}. "
+                        f"Lower the learning rate (--lr {config.lr}) or check the data and model")
 
 
 def autocast_for(device: torch.device):
@@ -169,6 +195,7 @@ def fit(model: nn.Module, data: DataBundle, config: TrainConfig, run_dir: str | 
     for epoch in range(state.epoch, config.epochs):
         record = train_epoch(step_model, train_loader, optimizer, scheduler, loss_fn, device, callbacks,
                              epoch, config, progress and rank == 0)
+        check_finite(record, config, run_dir)
         record["lr"] = scheduler.get_last_lr()[0]
         record.update(evaluate(model, eval_loader, device).as_dict(f"{split}_"))
         is_best = state.add_epoch(record)
