@@ -38,6 +38,14 @@ def model_from_args(args: argparse.Namespace, num_classes: int | None, extra_kwa
     return resolve_model(args.model, num_classes, kwargs)
 
 
+def add_count_arg(parser: argparse.ArgumentParser) -> None:
+    """``--count CONVENTION``: how ``ops`` counts a forward pass (``prunekit.measure.counts.CONVENTIONS``)."""
+    parser.add_argument("--count", default="macs", metavar="CONVENTION",
+                        help="operation count convention: macs (conv + linear multiply-accumulates, default), "
+                             "flops (2 × macs), thop or torchprofile (exactly what those libraries report); "
+                             "see docs/measure.md")
+
+
 def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "cifar10") -> None:
     """``--dataset``, ``--data``, ``--val-split``: identical for every command that reads data."""
     group = parser.add_argument_group("data")

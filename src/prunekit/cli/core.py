@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (add_data_args, add_model_args, add_model_relocation_arg, add_train_args,
+from prunekit.cli.common import (add_count_arg, add_data_args, add_model_args, add_model_relocation_arg, add_train_args,
                                  load_data, markdown_table, model_from_args, print_json, train_config_from)
 
 
@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=50, help="timed runs at batch 1 (median reported)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
+    add_count_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
 
@@ -268,7 +269,7 @@ def cmd_profile(args) -> int:
     loaded = load_model_source(args)
     result = profile(loaded.model, device=args.device, checkpoint_path=args.checkpoint,
                      timing=not args.no_timing, batch_size=args.batch_size, repeats=args.repeats,
-                     threads=args.threads)
+                     threads=args.threads, count=args.count)
     if args.json:
         print_json(result.as_dict())
         return 0
