@@ -102,3 +102,65 @@ def test_result_name_truncates_the_achieved_sparsity(achieved, text):
 
     config = make_prune_config(granularity="filter", sparsity=0.4)
     assert result_name(config, achieved, 91.526) == f"Omp_filter_{text}_acc_91.53"
+
+
+def test_next_l2_scores_are_the_next_layers_input_column_norms():
+    from prunekit.prune.graph import trace_channels
+    from prunekit.prune.importance import channel_scores
+
+    model = create_model("vgg11", cfg=[4, "M", 3]).eval()
+    graph = trace_channels(model, X)
+    scores = channel_scores(model, graph, "next-l2")
+    by_slot = {(s.module, s.role, s.index): cid for cid, ch in graph.channels.items() for s in ch.slots}
+    next_conv = model.features[4].weight.detach()  # 3 x 4 x 3 x 3: column c is weight[:, c]
+    for c in range(4):
+        assert scores[by_slot[("features.0", "conv_out", c)]] == pytest.approx(float(next_conv[:, c].norm()))
+    classifier = model.classifier.weight.detach()  # the last conv's channels are read by the classifier
+    for c in range(3):
+        assert scores[by_slot[("features.4", "conv_out", c)]] == pytest.approx(float(classifier[:, c].norm()))
+
+
+def test_next_l2_keeps_the_channels_the_next_layer_reads_most():
+    model = create_model("vgg11", cfg=[4, "M", 3]).eval()
+    with torch.no_grad():
+        model.features[4].weight.zero_()
+        model.features[4].weight[:, 2] = 1.0  # only input channel 2 matters downstream
+        model.features[4].weight[:, 0] = 0.5
+    masks = filter_masks(model, X, make_prune_config(granularity="filter", sparsity=0.5, criterion="next-l2",
+                                                     exclude=["features.4"]))
+    removed = masks["features.0.weight"].flatten(1).logical_not().all(1)
+    assert removed.tolist() == [False, True, False, True]
+    assert "features.4.weight" not in masks  # excluded: the last conv keeps every filter
+
+
+def test_exclude_keeps_the_last_conv_whole_in_unstructured_and_filter_pruning():
+    from prunekit.prune.unstructured import unstructured_masks
+
+    model = create_model("vgg13")
+    for scope in ("layer", "global"):
+        masks = unstructured_masks(model, make_prune_config(sparsity=0.5, scope=scope, exclude=["features.31"]))
+        assert "features.31.weight" not in masks and "features.28.weight" in masks
+    masks = filter_masks(model, X, make_prune_config(granularity="filter", sparsity=0.4, exclude=["features.31"]))
+    assert "features.31.weight" not in masks and "features.28.weight" in masks
+    with pytest.raises(PrunekitError, match="--exclude 'features.99' matches no layer"):
+        unstructured_masks(model, make_prune_config(sparsity=0.5, exclude=["features.99"]))
+    with pytest.raises(PrunekitError, match="use scope layer"):
+        filter_masks(model, X, make_prune_config(granularity="filter", sparsity=0.4, scope="global", exclude=["x"]))
+    with pytest.raises(PrunekitError, match="a ratio file or cfg names its layers itself"):
+        make_prune_config(ratios={"default": 0.5}, exclude=["features.31"]).check_target()
+
+
+def test_exclude_and_next_l2_from_the_cli(tmp_path, capsys):
+    from prunekit.checkpoint import load_checkpoint, save_checkpoint
+    from prunekit.cli import main
+
+    save_checkpoint(create_model("vgg11", cfg=[8, "M", 16, 16]), tmp_path / "in.pt", {"dataset": "synthetic"})
+    assert main(["prune-channels", str(tmp_path / "in.pt"), "--ratio", "0.5", "--criterion", "next-l2",
+                 "--exclude", "features.7", "--out", str(tmp_path / "out.pt")]) == 0
+    model = load_checkpoint(tmp_path / "out.pt").model
+    assert [m.out_channels for m in model.features if isinstance(m, torch.nn.Conv2d)] == [4, 8, 16]
+    assert main(["prune", str(tmp_path / "in.pt"), "--sparsity", "0.5", "--exclude", "features.7", "--out",
+                 str(tmp_path / "u"), "--dataset", "synthetic"]) == 0
+    (saved,) = (tmp_path / "u").glob("*.pt")
+    masks = load_checkpoint(saved).masks
+    assert "features.7.weight" not in masks and "features.4.weight" in masks

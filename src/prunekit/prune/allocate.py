@@ -132,14 +132,32 @@ def round_fraction(target: float, progress: float) -> float:
 
 # --- unstructured: which layers, which fractions ------------------------------------------------------
 
-def scoped_layers(model: nn.Module, include_classifier: bool) -> dict[str, nn.Module]:
-    """The prunable layers a global/uniform target applies to: all but the classifier unless included."""
+def scoped_layers(model: nn.Module, include_classifier: bool, exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """The prunable layers a global/uniform target applies to: all but the classifier unless included, and
+    none named by an ``exclude`` name or glob pattern (see :func:`excluded_names`)."""
     classifier = None if include_classifier else find_classifier(model)
-    layers = {n: m for n, m in prunable_layers(model).items() if n != classifier}
+    everything = prunable_layers(model)
+    skipped = excluded_names(exclude, list(everything))
+    layers = {n: m for n, m in everything.items() if n != classifier and n not in skipped}
     if not layers:
         raise PrunekitError("the model has no prunable layer (nn.Conv2d / nn.Linear) besides its classifier; "
                             "pass include_classifier=True (--include-classifier) to prune it")
     return layers
+
+
+def excluded_names(patterns: Iterable[str], names: list[str]) -> set[str]:
+    """The ``names`` matching any of ``patterns`` (exact names or globs, ``.weight`` suffix allowed); a
+    pattern that matches nothing raises PrunekitError listing the valid names."""
+    skipped: set[str] = set()
+    for pattern in patterns:
+        pattern = _layer_name(pattern, names)
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            close = difflib.get_close_matches(pattern, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise PrunekitError(f"--exclude {pattern!r} matches no layer.{hint} Valid layers: {', '.join(names)}")
+        skipped.update(matched)
+    return skipped
 
 
 def resolve_ratios(model: nn.Module, ratios: dict, include_classifier: bool = False) -> dict[str, float]:
@@ -196,9 +214,23 @@ def select_channels(model: nn.Module, graph: ChannelGraph, config: PruneConfig,
         ratios = _group_ratios(graph, config.ratios)
         counts = _ratio_counts(graph, {g: round_fraction(r, progress) for g, r in ratios.items()})
         removed = _select_counts(graph, scores, counts, dead)
+    elif config.exclude:
+        removed = _select_excluding(graph, scores, round_fraction(config.sparsity, progress), config, dead)
     else:
         removed = _select_fraction(graph, scores, round_fraction(config.sparsity, progress), config.scope, dead)
     return repair(graph, removed, scores, dead)
+
+
+def _select_excluding(graph: ChannelGraph, scores: dict[int, float], fraction: float, config: PruneConfig,
+                      dead: set[int]) -> set[int]:
+    """A uniform ``fraction`` of every group, except groups one of whose producing convs ``config.exclude``
+    names (they keep every channel)."""
+    if config.scope != "layer":
+        raise PrunekitError("--exclude (exclude:) leaves layers out of a uniform filter sparsity; use scope layer")
+    producers = [conv for group in graph.groups for conv in group.producers]
+    skipped = excluded_names(config.exclude, producers)
+    ratios = {g.id: 0.0 if skipped & set(g.producers) else fraction for g in graph.groups}
+    return _select_counts(graph, scores, _ratio_counts(graph, ratios), dead)
 
 
 def _select_fraction(graph: ChannelGraph, scores: dict[int, float], fraction: float, scope: str,

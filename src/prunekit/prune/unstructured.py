@@ -109,7 +109,7 @@ def unstructured_masks(model: nn.Module, config: PruneConfig, progress: float = 
     if config.ratios is not None:
         fractions = resolve_ratios(model, config.ratios, config.include_classifier)
         return {f"{n}.weight": layer_mask(layers[n], round_fraction(r, progress)) for n, r in fractions.items()}
-    scoped = scoped_layers(model, config.include_classifier)
+    scoped = scoped_layers(model, config.include_classifier, config.exclude)
     fraction = round_fraction(config.sparsity, progress)
     if config.scope == "layer":
         return {f"{n}.weight": layer_mask(m, fraction) for n, m in scoped.items()}
