@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from prunekit.cli import main
 from tests.conftest import REAL_DATA, needs_shared

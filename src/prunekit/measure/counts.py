@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -63,10 +63,10 @@ def count_macs(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
     counter reports FLOPs = 2 × MACs; we divide by 2 and by the batch size. An int8 model (see
     :mod:`prunekit.export.quantize`) performs the MACs of its fp32 architecture, in int8.
     """
-    with _countable(model, input_size) as (model, x):
+    with _countable(model, input_size) as (countable, x):
         counter = FlopCounterMode(display=False)
         with counter:
-            model(x)
+            countable(x)
     return counter.get_total_flops() // 2 // input_size[0]
 
 
@@ -78,7 +78,7 @@ def _countable(model: nn.Module, input_size):
     if int8_arch:
         from prunekit.models import build_model
 
-        model = build_model(int8_arch)
+        model = build_model(int8_arch)  # the fp32 twin is what gets counted
     device = next(iter(model.parameters()), torch.empty(0)).device
     was_training = model.training
     model.eval()
@@ -177,10 +177,10 @@ def count_thop(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
     def hook(module, inputs, output):
         total[0] += THOP_RULES[type(module)](module, inputs[0], output)
 
-    with _countable(model, input_size) as (model, x):
-        handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in THOP_RULES]
+    with _countable(model, input_size) as (countable, x):
+        handles = [m.register_forward_hook(hook) for m in countable.modules() if type(m) in THOP_RULES]
         try:
-            model(x)
+            countable(x)
         finally:
             for handle in handles:
                 handle.remove()
@@ -254,10 +254,10 @@ class _TorchprofileCounter(TorchDispatchMode):
                                 "per average-pool output and per elementwise mul")
 def count_torchprofile(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
     """What ``torchprofile.profile_macs(model, x)`` reports, per image (rules in :data:`TORCHPROFILE_RULES`)."""
-    with _countable(model, input_size) as (model, x):
+    with _countable(model, input_size) as (countable, x):
         counter = _TorchprofileCounter()
         with counter:
-            model(x)
+            countable(x)
     return counter.total // input_size[0]
 
 
