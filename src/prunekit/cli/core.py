@@ -246,7 +246,7 @@ def warn_if_other_normalisation_scores_higher(model, data, mean, std, top1: floa
 
     chosen = normalisation_name(mean, std) or "the chosen normalisation"
     scores = {chosen: top1}
-    for name, (m, s, _) in NORMALISATIONS.items():
+    for name, (m, s) in NORMALISATIONS.items():
         if name != chosen:
             scores[name] = evaluate_split(model, data, "test", m, s).top1
     better = better_normalisation(scores, chosen)

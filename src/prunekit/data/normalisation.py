@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from prunekit.data.cifar import DATASETS
 
-# name -> (mean, std, where it comes from). The one table of named normalisations (``--normalize NAME``).
-NORMALISATIONS: dict[str, tuple[tuple, tuple, str]] = {
-    "cifar10": (DATASETS["cifar10"].mean, DATASETS["cifar10"].std, "CIFAR-10 training-set statistics"),
+# name -> (mean, std): the one table of named normalisations (``--normalize NAME``); where each comes from is
+# in NORMALISATION_SOURCES
+NORMALISATIONS: dict[str, tuple[tuple, tuple]] = {
+    "cifar10": (DATASETS["cifar10"].mean, DATASETS["cifar10"].std),
     # the most copied CIFAR constants (kuangliu/pytorch-cifar, rethinking-network-pruning, many courses): the
     # right mean with a std that is not CIFAR-10's per-pixel std
-    "cifar10-common": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
-                       "the widely copied CIFAR-10 constants (std 0.2023, 0.1994, 0.2010)"),
-    "cifar100": (DATASETS["cifar100"].mean, DATASETS["cifar100"].std, "CIFAR-100 training-set statistics"),
+    "cifar10-common": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": (DATASETS["cifar100"].mean, DATASETS["cifar100"].std),
     # the public akamaster CIFAR ResNets were trained on ImageNet-normalised inputs
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "ImageNet statistics (torchvision)"),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+NORMALISATION_SOURCES = {
+    "cifar10": "CIFAR-10 training-set statistics",
+    "cifar10-common": "the widely copied CIFAR-10 constants (std 0.2023, 0.1994, 0.2010)",
+    "cifar100": "CIFAR-100 training-set statistics",
+    "imagenet": "ImageNet statistics (torchvision)",
 }
 
 
@@ -37,7 +43,7 @@ def parse_normalisation(text: str | None, info) -> tuple[tuple, tuple]:
     if text in (None, "dataset"):
         return tuple(info.mean), tuple(info.std)
     if text in NORMALISATIONS:
-        mean, std, _ = NORMALISATIONS[text]
+        mean, std = NORMALISATIONS[text]
         return tuple(mean), tuple(std)
     try:
         values = [float(v) for v in text.split(",")]
@@ -52,7 +58,7 @@ def parse_normalisation(text: str | None, info) -> tuple[tuple, tuple]:
 def normalisation_name(mean, std) -> str | None:
     """The :data:`NORMALISATIONS` name of ``(mean, std)`` (to 4 decimals), or None."""
     key = tuple(round(float(v), 4) for v in (*mean, *std))
-    for name, (m, s, _) in NORMALISATIONS.items():
+    for name, (m, s) in NORMALISATIONS.items():
         if tuple(round(float(v), 4) for v in (*m, *s)) == key:
             return name
     return None
