@@ -286,31 +286,65 @@ def load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: st
             details.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
         if wrong:
             details.append(f"{len(wrong)} shape mismatches (e.g. {'; '.join(wrong[:3])})")
+        hint = rename_hint([k for k in expected if k not in state_dict], unexpected)
         raise PrunekitError(
             f"{source} is for another architecture than {name}: " + "; ".join(details)
-            + ". Check the model name (`prunekit models`)."
+            + f". {hint or 'Check the model name (`prunekit models`).'}"
         )
     model.load_state_dict(state_dict, strict=True)
 
 
+def closest_renames(missing: list[str], unexpected: list[str]) -> list[tuple[str, str, int]]:
+    """Key-prefix renames ``(old, new, keys fitted)`` that turn ``unexpected`` keys into ``missing`` ones, best
+    first: each unexpected key is paired with the missing keys sharing its longest dotted tail, and the
+    differing heads vote for a rename."""
+    by_tail: dict[str, list[str]] = {}
+    for key in missing:
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            by_tail.setdefault(".".join(parts[i:]), []).append(".".join(parts[:i]) + ".")
+    votes: dict[tuple[str, str], int] = {}
+    for key in unexpected:
+        parts = key.split(".")
+        for i in range(1, len(parts)):  # longest tail first
+            heads = by_tail.get(".".join(parts[i:]))
+            if heads:
+                for head in heads[:3]:
+                    pair = (".".join(parts[:i]) + ".", head)
+                    votes[pair] = votes.get(pair, 0) + 1
+                break
+    missing_set = set(missing)
+    scored = [(old, new, sum(1 for k in unexpected if k.startswith(old) and new + k[len(old):] in missing_set))
+              for old, new in votes]
+    return sorted(scored, key=lambda t: (-t[2], len(t[0])))
+
+
+def rename_hint(missing: list[str], unexpected: list[str]) -> str:
+    """The closest ``--rename OLD=NEW`` as a sentence for an error message, or '' when none fits any key."""
+    best = closest_renames(missing, unexpected)[:1]
+    if not best or best[0][2] == 0:
+        return ""
+    old, new, fitted = best[0]
+    rest = "" if fitted == len(unexpected) else f" (the other {len(unexpected) - fitted} still differ)"
+    return f"Closest key mapping: --rename {old}={new} fits {fitted} of {len(unexpected)} unexpected keys{rest}."
+
+
 def foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a file saved by another tool: unwraps ``{"state_dict": …}``/``{"model": …}`` and
-    strips ``module.`` prefixes (DataParallel)."""
-    raw = read_checkpoint_file(path)
-    if isinstance(raw, dict) and raw.get("format") == FORMAT:
-        return raw["state_dict"]
-    for key in ("state_dict", "model", "net"):
-        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
-            raw = raw[key]
-            break
-    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise PrunekitError(f"{path} holds no state dict (a mapping of names to tensors)")
-    return {k.removeprefix("module."): v for k, v in raw.items()}
+    strips ``module.`` prefixes (DataParallel); see :func:`prunekit.foreign.read_foreign`."""
+    from prunekit.foreign import read_foreign
+
+    return read_foreign(path).state_dict
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a foreign state dict file into ``model`` (strict, with a clear mismatch error). Returns it."""
-    load_state(model, foreign_state_dict(path), source=str(path))
+def load_weights(model: nn.Module, path: str | Path, renames: list[tuple[str, str]] = ()) -> nn.Module:
+    """Load a foreign state dict file into ``model`` (strict, with a clear mismatch error). Key prefixes are
+    renamed by ``renames`` and, failing that, by the first fitting layout of :data:`prunekit.foreign.LAYOUTS`.
+    Returns ``model``."""
+    from prunekit.foreign import adapt_keys
+
+    state, _ = adapt_keys(foreign_state_dict(path), model, renames)
+    load_state(model, state, source=str(path))
     return model
 
 

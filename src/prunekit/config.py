@@ -86,6 +86,8 @@ class PruneConfig(StrictModel):
     cfg: list[int | str] | None = None
     macs_target: float | None = Field(None, gt=0, le=1)
     include_classifier: bool = Field(False, description="prune the classifier with a global/uniform target")
+    exclude: list[str] = Field(default_factory=list, description="layer names or glob patterns a sparsity target "
+                                                                 "leaves unpruned, e.g. the last conv")
     schedule: Literal["oneshot", "iterative"] = "oneshot"
     iterations: int = Field(3, ge=1, description="IMP rounds")
     finetune_epochs: int = Field(0, ge=0, description="masked retraining epochs after each round")
@@ -107,6 +109,9 @@ class PruneConfig(StrictModel):
         if len(given) != 1 or given[0] not in allowed:
             raise PrunekitError(f"{self.granularity} pruning needs exactly one of {', '.join(allowed)}; "
                                 f"got {', '.join(given) or 'none'}")
+        if self.exclude and self.sparsity is None:
+            raise PrunekitError("exclude (--exclude) leaves layers out of a sparsity target; a ratio file or cfg "
+                                "names its layers itself")
 
 
 def make_prune_config(**fields) -> PruneConfig:

@@ -22,6 +22,7 @@ with other settings is refused.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -171,8 +172,16 @@ def format_round(record: dict, rounds: int) -> str:
 
 
 def result_name(config: PruneConfig, achieved: float, top1: float) -> str:
-    """``Omp_unstructured_0.80_acc_91.52``: method, granularity, achieved sparsity, test top-1."""
-    return f"{method_label(config)}_{config.granularity}_{achieved:.2f}_acc_{top1:.2f}"
+    """``Omp_unstructured_0.80_acc_91.52``: method, granularity, achieved sparsity truncated to two decimals
+    (0.3981 is ``0.39``: a name never claims a target that was not reached), test top-1."""
+    return f"{method_label(config)}_{config.granularity}_{truncated(achieved)}_acc_{top1:.2f}"
+
+
+def truncated(value: float, decimals: int = 2) -> str:
+    """``value`` cut (not rounded) to ``decimals`` places; a float a hair below a boundary
+    (0.29 × 100 = 28.999…) still counts as reaching it."""
+    scale = 10 ** decimals
+    return f"{math.floor(value * scale + 1e-9) / scale:.{decimals}f}"
 
 
 def work_name(config: PruneConfig, name: str | None) -> str:

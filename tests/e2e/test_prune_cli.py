@@ -11,6 +11,8 @@ import torch
 
 from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.cli import main
+from prunekit.pipeline import truncated
+from prunekit.prune.allocate import target_count
 from prunekit.prune.report import effective_weight
 
 DATA = ["--dataset", "synthetic", "--limit-train", "256", "--batch-size", "64", "--device", "cpu", "--no-progress"]
@@ -66,16 +68,16 @@ def test_oneshot_prune_sparsity_finetune_and_plots(tmp_path, base, capsys):
     result = only(out, "Omp_unstructured_*.pt")
     pruned = load_checkpoint(result)
     meta = pruned.meta
-    assert meta["sparsity"] == round(0.8 * CONV_WEIGHTS) / ALL_WEIGHTS  # classifier spared
-    assert result.name == f"Omp_unstructured_{meta['sparsity']:.2f}_acc_{meta['test_top1']:.2f}.pt"
+    assert meta["sparsity"] == target_count(0.8, CONV_WEIGHTS) / ALL_WEIGHTS  # classifier spared
+    assert result.name == f"Omp_unstructured_{truncated(meta['sparsity'])}_acc_{meta['test_top1']:.2f}.pt"
     assert meta["method"] == "OMP" and meta["granularity"] == "unstructured" and meta["target_sparsity"] == 0.8
     assert meta["dataset"] == "synthetic" and len(meta["rounds"]) == 1 and meta["rounds"][0]["masked_sparsity"] == \
-        round(0.8 * CONV_WEIGHTS) / CONV_WEIGHTS
+        target_count(0.8, CONV_WEIGHTS) / CONV_WEIGHTS
     assert meta["nonzero_params"] < meta["params"] - 4000
     assert_masked_zero(pruned.model, pruned.masks)
 
     report = run_json(capsys, ["sparsity", str(result), "--json"])
-    assert report["overall"] == meta["sparsity"] and report["zeros"] == round(0.8 * CONV_WEIGHTS)
+    assert report["overall"] == meta["sparsity"] and report["zeros"] == target_count(0.8, CONV_WEIGHTS)
 
     # the same command again resumes from the finished round instead of retraining it
     done = out / "Omp_unstructured_0.80" / "round_1" / "round.pt"
@@ -117,12 +119,12 @@ def test_iterative_ratios_with_rewinding(tmp_path, base, capsys):
     assert "round 1/2" in printed and "round 2/2" in printed
     result = load_checkpoint(only(out, "Imp_unstructured_*_acc_*.pt"))
     assert [r["round"] for r in result.meta["rounds"]] == [1, 2]
-    assert int((~result.masks["features.0.weight"]).sum()) == round(0.2 * 216)
-    assert int((~result.masks["features.8.weight"]).sum()) == round(0.5 * 16 * 16 * 9)
+    assert int((~result.masks["features.0.weight"]).sum()) == target_count(0.2, 216)
+    assert int((~result.masks["features.8.weight"]).sum()) == target_count(0.5, 16 * 16 * 9)
     assert "classifier.weight" not in result.masks
     first = load_checkpoint(out / "Imp_unstructured_ratios" / "round_1" / "round.pt").masks
     assert all(bool((result.masks[k] <= first[k]).all()) for k in first)  # masks only shrink
-    assert int((~first["features.8.weight"]).sum()) == round((1 - 0.5 ** 0.5) * 16 * 16 * 9)
+    assert int((~first["features.8.weight"]).sum()) == target_count(1 - 0.5 ** 0.5, 16 * 16 * 9)
 
     assert run_json(capsys, ["sparsity", str(only(out, "Imp_*.pt")), "--json"])["overall"] == \
         pytest.approx(result.meta["sparsity"])

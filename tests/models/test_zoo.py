@@ -108,6 +108,11 @@ def googlenet_count(nc):
     return total + linear(1024, nc)
 
 
+def googlenet_cifar100_count(nc):
+    stem = conv(3, 64, 3) + bn(64) + conv(64, 64, 3) + bn(64) + conv(64, 192, 3) + bn(192)  # bias-free convs
+    return googlenet_count(nc) - (conv(3, 192, 3, bias=True) + bn(192)) + stem
+
+
 def mobilenetv2_count(nc):
     total, cin = conv(3, 32, 3) + bn(32), 32
     for t, c, blocks, s in MBV2_CFG:
@@ -125,6 +130,7 @@ EXPECTED_PARAMS = {
     **{f"resnet{d}": resnet_count(d, 10) for d in (20, 32, 44, 56, 110)},
     "densenet40": densenet_count(40, 12, 10),
     "googlenet": googlenet_count(10),
+    "googlenet_cifar100": googlenet_cifar100_count(10),
     "mobilenetv2": mobilenetv2_count(10),
 }
 
@@ -187,6 +193,17 @@ def test_param_count_matches_analytic_formula(name):
 def test_published_param_counts(name, published):
     assert EXPECTED_PARAMS[name] == published
     assert n_params(create_model(name)) == published
+
+
+def test_cifar100_googlenet_has_the_students_counts():
+    from prunekit.measure import count_macs
+
+    model = create_model("googlenet_cifar100", num_classes=100)
+    assert googlenet_cifar100_count(100) == n_params(model) == 6_402_564
+    assert count_macs(model) == 531_976_192  # ~532 M: the stem at 32x32, every inception block after a pool
+    assert [m.eps for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.eps != 1e-5][:2] == [32.0, 96.0]
+    assert list(model.state_dict())[:4] == ["prelayer.0.weight", "prelayer.1.weight", "prelayer.1.bias",
+                                            "prelayer.1.running_mean"]
 
 
 # ---------------------------------------------------------------- registry errors

@@ -15,7 +15,7 @@ from prunekit.errors import PrunekitError
 from prunekit.models import create_model, prunable_layers
 from prunekit.prune import (apply_masks, compute_masks, extract_masks, make_permanent, prune_unstructured,
                             sparsity_of, sparsity_report, unstructured_masks)
-from prunekit.prune.allocate import round_fraction
+from prunekit.prune.allocate import round_fraction, target_count
 from prunekit.prune.mask import effective_state_dict
 from prunekit.prune.report import effective_weight
 from prunekit.config import make_prune_config
@@ -61,7 +61,7 @@ def test_layer_scope_same_ratio_per_layer():
 @pytest.mark.parametrize("sparsity,expected", [(0.3, 4), (0.25, 3), (0.0, 0), (0.99, 12)])
 def test_exactly_round_s_times_total_pruned(sparsity, expected):
     masks = unstructured_masks(Toy(), make_prune_config(sparsity=sparsity))
-    assert sum(int((~m).sum()) for m in masks.values()) == expected == round(sparsity * 12)
+    assert sum(int((~m).sum()) for m in masks.values()) == expected == target_count(sparsity, 12)
 
 
 def test_ties_give_exactly_k_and_match_torch():
@@ -90,7 +90,7 @@ def test_global_selection_equals_torch_global_unstructured_on_resnet20():
     reference = copy.deepcopy(model)
     names = [n for n in prunable_layers(model) if n != "linear"]
     total = sum(prunable_layers(model)[n].weight.numel() for n in names)
-    first, second = round(0.6 * total), round(0.9 * total)
+    first, second = target_count(0.6, total), target_count(0.9, total)
     ours = unstructured_masks(model, make_prune_config(sparsity=0.6))
     assert sorted(ours) == sorted(f"{n}.weight" for n in names)
     theirs = torch_global(reference, names, first)
@@ -141,7 +141,7 @@ def test_imp_masks_only_shrink_and_land_on_target():
     previous = None
     for k in range(1, 5):
         masks = compute_masks(model, config, progress=k / 4)
-        assert sum(int((~m).sum()) for m in masks.values()) == round(round_fraction(0.8, k / 4) * total)
+        assert sum(int((~m).sum()) for m in masks.values()) == target_count(round_fraction(0.8, k / 4), total)
         if previous is not None:
             assert all(bool((masks[n] <= previous[n]).all()) for n in masks)  # kept ⊆ previously kept
         apply_masks(model, masks)
@@ -150,8 +150,8 @@ def test_imp_masks_only_shrink_and_land_on_target():
             for name, module in prunable_layers(model).items():
                 if hasattr(module, "weight_orig"):
                     module.weight_orig.add_(torch.randn_like(module.weight_orig))
-    assert sum(int((~m).sum()) for m in previous.values()) == round(0.8 * total)
-    assert sparsity_of(previous) == round(0.8 * total) / total
+    assert sum(int((~m).sum()) for m in previous.values()) == target_count(0.8, total)
+    assert sparsity_of(previous) == target_count(0.8, total) / total
 
 
 def test_round_fraction_prunes_the_same_share_of_the_remainder():
@@ -246,7 +246,7 @@ def test_pipeline_resumes_an_interrupted_round_exactly(tmp_path, small_data, mon
     train = TrainConfig(batch_size=64, lr=0.05, device="cpu")
     straight = pipeline.run_pruning(tiny(), small_data, config, train, tmp_path / "straight", progress=False)
     assert [r["round"] for r in straight.rounds] == [1, 2]
-    assert straight.rounds[-1]["masked_sparsity"] == round(0.6 * 5976) / 5976
+    assert straight.rounds[-1]["masked_sparsity"] == target_count(0.6, 5976) / 5976
 
     real_fit, calls = pipeline.fit, []
 

@@ -56,6 +56,7 @@ class CompareSettings:
     repeats: int = 50  # timed runs at batch 1; the throughput batch gets max(5, repeats // 5)
     timing: bool = True
     split: str = "test"
+    count: str = "macs"  # convention of the "ops" column (prunekit.measure.counts.CONVENTIONS)
 
 
 @dataclass
@@ -99,7 +100,8 @@ def measure_row(loaded: Checkpoint, data: DataBundle, settings: CompareSettings)
     """One table row for a loaded checkpoint. Side effect: moves the model to ``settings.device``."""
     path = loaded.path
     result = profile(loaded.model, device=settings.device, checkpoint_path=path, timing=settings.timing,
-                     batch_size=settings.batch_size, repeats=settings.repeats, threads=settings.threads)
+                     batch_size=settings.batch_size, repeats=settings.repeats, threads=settings.threads,
+                     count=settings.count)
     mean, std = meta_normalisation(loaded.meta, data)
     metrics = evaluate_model(loaded.model, data, settings.split, mean, std, settings.device)
     iqr = result.latency_iqr_ms or (None, None)
@@ -110,6 +112,7 @@ def measure_row(loaded: Checkpoint, data: DataBundle, settings: CompareSettings)
         "top1": metrics.top1, "top5": metrics.top5,
         "top1_error": 100.0 - metrics.top1, "top5_error": 100.0 - metrics.top5, "loss": metrics.loss,
         "params": result.params, "nonzero_params": result.nonzero_params, "macs": result.macs,
+        "count": result.count, "ops": result.ops,
         "file_bytes": result.file_bytes, "compact_bytes": compact_size(loaded),
         "peak_memory_bytes": result.peak_memory_bytes,
         "latency_ms": result.latency_ms, "latency_q1_ms": iqr[0], "latency_q3_ms": iqr[1],

@@ -60,6 +60,34 @@ def add_model_args(parser: argparse.ArgumentParser, default: str | None = None, 
                         help=help + (" (default: %(default)s)" if default else ""))
     parser.add_argument("--model-kwargs", default=None, metavar="JSON",
                         help="constructor arguments of --model as a JSON object, e.g. '{\"width\": 8}'")
+    parser.add_argument("--model-cfg", default=None, metavar="CFG",
+                        help="VGG channel config, e.g. 64,M,128,M,256,256,M,512,512,M,512,512 (a foreign file's own "
+                             "`cfg` entry is used when this is not given)")
+
+
+def add_rename_arg(parser: argparse.ArgumentParser) -> None:
+    """``--rename OLD=NEW`` (repeatable): key prefixes of a foreign state dict to rewrite before loading."""
+    parser.add_argument("--rename", action="append", default=None, metavar="OLD=NEW",
+                        help="rewrite state-dict key prefixes OLD to NEW before loading (repeatable), e.g. "
+                             "feature.=features.; the rethinking-network-pruning VGG/ResNet/DenseNet layouts are "
+                             "recognised without it")
+
+
+def parse_cfg(text: str | None) -> list | None:
+    """``--model-cfg``/``--cfg`` text (``64,M,128,…``) as a list of ints and 'M'; None for None."""
+    from prunekit.errors import PrunekitError
+
+    if text is None:
+        return None
+    items = []
+    for token in text.replace(" ", "").split(","):
+        if token.upper() == "M":
+            items.append("M")
+        elif token.isdigit() and int(token) > 0:
+            items.append(int(token))
+        else:
+            raise PrunekitError(f"channel config entry {token!r} is neither a positive integer nor M")
+    return items
 
 
 def add_model_relocation_arg(parser: argparse.ArgumentParser) -> None:
@@ -70,11 +98,28 @@ def add_model_relocation_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def model_from_args(args: argparse.Namespace, num_classes: int | None, extra_kwargs: dict | None = None):
-    """A fresh model from ``--model`` and ``--model-kwargs`` (+ ``extra_kwargs``), carrying ``model.arch``."""
-    from prunekit.models import parse_model_kwargs, resolve_model
+    """A fresh model from ``--model``, ``--model-kwargs`` and ``--model-cfg`` (+ ``extra_kwargs``), carrying
+    ``model.arch``."""
+    from prunekit.models import resolve_model
 
-    kwargs = {**parse_model_kwargs(getattr(args, "model_kwargs", None)), **(extra_kwargs or {})}
-    return resolve_model(args.model, num_classes, kwargs)
+    return resolve_model(args.model, num_classes, model_kwargs_from(args, extra_kwargs))
+
+
+def model_kwargs_from(args: argparse.Namespace, extra_kwargs: dict | None = None) -> dict:
+    """Constructor kwargs of ``--model-kwargs`` and ``--model-cfg`` (as ``cfg``), plus ``extra_kwargs``."""
+    from prunekit.models import parse_model_kwargs
+
+    cfg = parse_cfg(getattr(args, "model_cfg", None))
+    return {**parse_model_kwargs(getattr(args, "model_kwargs", None)), **({"cfg": cfg} if cfg else {}),
+            **(extra_kwargs or {})}
+
+
+def add_count_arg(parser: argparse.ArgumentParser) -> None:
+    """``--count CONVENTION``: how ``ops`` counts a forward pass (``prunekit.measure.counts.CONVENTIONS``)."""
+    parser.add_argument("--count", default="macs", metavar="CONVENTION",
+                        help="operation count convention: macs (conv + linear multiply-accumulates, default), "
+                             "flops (2 × macs), thop or torchprofile (exactly what those libraries report); "
+                             "see docs/measure.md")
 
 
 def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "cifar10") -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from prunekit.cli.common import POSITIVE_INT  # numeric flags checked where parsed
-from prunekit.cli.common import (add_data_args, add_model_args, add_model_relocation_arg, add_train_args,
-                                 load_data, markdown_table, model_from_args, print_json, train_config_from)
-from prunekit.cli.common import lock_run_folder
+from prunekit.cli.common import (POSITIVE_INT, add_count_arg, add_data_args, add_model_args, add_model_relocation_arg,
+                                 add_rename_arg, add_train_args, load_data, lock_run_folder, markdown_table,
+                                 model_from_args, parse_cfg, print_json, train_config_from)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train a model from scratch (or --resume a run)")
     add_model_args(p, default="vgg11")
-    p.add_argument("--model-cfg", default=None, metavar="CFG",
-                   help="VGG channel config, e.g. 64,M,128,M,256,256,M,512,512,M,512,512")
     p.add_argument("--save", metavar="DIR", default=None,
                    help="run folder for last.pt/best.pt/metrics (default: runs/MODEL-DATASET-seedS)")
     p.add_argument("--resume", metavar="CKPT", default=None, help="continue the run saved in CKPT (last.pt)")
@@ -36,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(p, dataset_default=None)
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
-                   help="input normalisation: dataset (default for foreign weights), imagenet, or six numbers "
+                   help="input normalisation: dataset (default for foreign weights), cifar10, cifar10-common, "
+                        "cifar100, imagenet, or six numbers "
                         "'m1,m2,m3,s1,s2,s3'; a prunekit checkpoint uses its own")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true")
@@ -47,9 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                            "path/to/file.py:ClassName or package.module:factory")
     p.add_argument("--weights", metavar="FILE", required=True, help="state dict file ({'state_dict': …} and "
                                                                     "'module.' prefixes handled)")
+    add_rename_arg(p)
     p.add_argument("--dataset", default="cifar10", help="dataset the weights were trained on (default: %(default)s)")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
-                   help="input normalisation the weights expect: dataset (default), imagenet, or six numbers")
+                   help="input normalisation the weights expect: dataset (default), cifar10, cifar10-common (std "
+                        "0.2023,0.1994,0.2010), cifar100, imagenet, or six numbers m1,m2,m3,s1,s2,s3")
     p.add_argument("--out", metavar="CKPT", required=True)
     p.add_argument("--evaluate", action="store_true",
                    help="also measure the test accuracy (data from --data) and record it in the checkpoint")
@@ -69,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=POSITIVE_INT, default=50, help="timed runs at batch 1 (median reported)")
     p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
+    add_count_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
 
@@ -82,24 +84,42 @@ def add_model_source_args(parser: argparse.ArgumentParser) -> None:
                         help="with --model: a state dict file (a {'state_dict': …} wrapper and 'module.' "
                              "prefixes are handled)")
     parser.add_argument("--num-classes", type=POSITIVE_INT, default=None, help="with --model (default: the dataset's)")
+    add_rename_arg(parser)
 
 
 def load_model_source(args: argparse.Namespace, num_classes: int | None = None):
     """The :class:`prunekit.checkpoint.Checkpoint` that ``CKPT`` or ``--model/--weights`` names."""
-    from prunekit.checkpoint import Checkpoint, load_checkpoint, load_weights
+    from prunekit.checkpoint import Checkpoint, load_checkpoint
     from prunekit.errors import PrunekitError
 
     if args.checkpoint:
-        if args.model_kwargs or args.weights:
-            raise PrunekitError("--model-kwargs and --weights go with --model NAME|REF instead of CKPT; a "
+        if args.model_kwargs or args.weights or args.model_cfg or args.rename:
+            raise PrunekitError("--model-kwargs, --model-cfg, --rename and --weights go with --model NAME|REF instead of CKPT; a "
                                 "checkpoint holds its own")
         return load_checkpoint(args.checkpoint, model_ref=args.model)
     if not args.model:
         raise PrunekitError("name a checkpoint (CKPT) or a model (--model NAME|REF [--weights FILE])")
-    model = model_from_args(args, args.num_classes or num_classes or 10)
-    if args.weights:
-        load_weights(model, args.weights)
-    return Checkpoint(model=model, arch=None, masks={}, meta={}, path=Path(args.weights) if args.weights else None)
+    if not args.weights:
+        return Checkpoint(model=model_from_args(args, args.num_classes or num_classes or 10), arch=None, masks={},
+                          meta={})
+    loaded = foreign_from_args(args, args.num_classes or num_classes or 10)
+    return Checkpoint(model=loaded.model, arch=None, masks={}, meta={}, path=Path(args.weights))
+
+
+def foreign_from_args(args: argparse.Namespace, num_classes: int):
+    """:func:`prunekit.foreign.load_foreign` of ``--weights`` into ``--model`` (``--model-kwargs``,
+    ``--model-cfg``, ``--rename``); prints which layout or file cfg was applied."""
+    from prunekit.foreign import load_foreign, parse_renames
+    from prunekit.models import parse_model_kwargs
+
+    loaded = load_foreign(args.model, args.weights, num_classes, parse_model_kwargs(args.model_kwargs),
+                          parse_renames(args.rename), parse_cfg(args.model_cfg))
+    notes = [f"layout {loaded.layout}"] if loaded.layout else []
+    notes += [f"cfg {','.join(map(str, loaded.cfg))}"] if loaded.cfg and not args.model_cfg else []
+    notes += ["layer widths from the file"] if loaded.resized else []
+    if notes:
+        print(f"{args.weights}: {'; '.join(notes)}", file=sys.stderr)
+    return loaded
 
 
 def cmd_models(args) -> int:
@@ -146,9 +166,8 @@ def cmd_train(args) -> int:
     args.val_split = val_split
     data = load_data(args, dataset=dataset, seed=config.seed)
     if model is None:
-        kwargs = {"cfg": parse_cfg(args.model_cfg)} if args.model_cfg else {}
         seed_everything(config.seed)  # before the model exists: its initialisation is part of the run
-        model = model_from_args(args, data.info.num_classes, kwargs)
+        model = model_from_args(args, data.info.num_classes)
     # seed + val_split + limit_train: what `evaluate --split val` needs to redraw this run's split exactly
     meta = {"dataset": dataset, "synthetic": data.synthetic, "num_classes": data.info.num_classes,
             "mean": list(data.info.mean), "std": list(data.info.std), "val_split": val_split,
@@ -172,20 +191,6 @@ def cmd_train(args) -> int:
     print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}%  loss {test.loss:.4f} on {test.images} images; "
           f"{result.seconds:.0f} s; saved {paths.last(save)}")
     return 0
-
-
-def parse_cfg(text: str) -> list:
-    from prunekit.errors import PrunekitError
-
-    items = []
-    for token in text.replace(" ", "").split(","):
-        if token.upper() == "M":
-            items.append("M")
-        elif token.isdigit() and int(token) > 0:
-            items.append(int(token))
-        else:
-            raise PrunekitError(f"channel config entry {token!r} is neither a positive integer nor M")
-    return items
 
 
 def cmd_evaluate(args) -> int:
@@ -215,7 +220,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from prunekit.checkpoint import load_weights, save_checkpoint
+    from prunekit.checkpoint import save_checkpoint
     from prunekit.data import DATASETS
     from prunekit.data.normalisation import parse_normalisation
     from prunekit.errors import PrunekitError
@@ -224,19 +229,39 @@ def cmd_convert(args) -> int:
         raise PrunekitError(f"--dataset {args.dataset!r}: weights can be converted for {', '.join(DATASETS)}")
     info = DATASETS[args.dataset]
     mean, std = parse_normalisation(args.normalize, info)
-    model = load_weights(model_from_args(args, info.num_classes), args.weights)
+    model = foreign_from_args(args, info.num_classes).model
     meta = {"dataset": args.dataset, "num_classes": info.num_classes, "mean": list(mean), "std": list(std),
             "weights": str(args.weights)}
     if args.evaluate:
         from prunekit.data import get_data
         from prunekit.train import evaluate_split
 
-        test = evaluate_split(model, get_data(args.dataset, root=args.data), "test", mean, std)
+        data = get_data(args.dataset, root=args.data)
+        test = evaluate_split(model, data, "test", mean, std)
         meta.update(test_top1=test.top1, test_top5=test.top5, test_loss=test.loss, test_images=test.images)
         print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}% on {test.images} images")
+        warn_if_other_normalisation_scores_higher(model, data, mean, std, test.top1)
     path = save_checkpoint(model, args.out, meta)
     print(f"{args.weights} → {path} ({args.model}, {args.dataset}, mean {mean}, std {std})")
     return 0
+
+
+def warn_if_other_normalisation_scores_higher(model, data, mean, std, top1: float) -> None:
+    """Evaluate ``model`` under every named normalisation and warn on stderr when one scores clearly (more than 2
+    points top-1) higher than the chosen ``(mean, std)``: the weights were probably trained with it."""
+    from prunekit.data.normalisation import NORMALISATIONS, better_normalisation, normalisation_name
+    from prunekit.train import evaluate_split
+
+    chosen = normalisation_name(mean, std) or "the chosen normalisation"
+    scores = {chosen: top1}
+    for name, (m, s) in NORMALISATIONS.items():
+        if name != chosen:
+            scores[name] = evaluate_split(model, data, "test", m, s).top1
+    better = better_normalisation(scores, chosen)
+    if better:
+        print(f"warning: --normalize {better} scores {scores[better]:.2f}% top-1 on these {data.info.name} images, "
+              f"{chosen} {top1:.2f}%: the weights were probably trained with {better}; convert again with "
+              f"--normalize {better}", file=sys.stderr)
 
 
 def cmd_info(args) -> int:
@@ -277,7 +302,7 @@ def cmd_profile(args) -> int:
     loaded = load_model_source(args)
     result = profile(loaded.model, device=args.device, checkpoint_path=args.checkpoint,
                      timing=not args.no_timing, batch_size=args.batch_size, repeats=args.repeats,
-                     threads=args.threads)
+                     threads=args.threads, count=args.count)
     if args.json:
         print_json(result.as_dict())
         return 0

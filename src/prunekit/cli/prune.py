@@ -60,6 +60,8 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                         "granularity; default l1); unstructured always uses |w|")
     p.add_argument("--include-classifier", action="store_true",
                    help="also prune the classifier with --sparsity or a ratio file's default")
+    p.add_argument("--exclude", action="append", default=None, metavar="PATTERN",
+                   help="with --sparsity: leave this layer (name or glob, repeatable) unpruned, e.g. the last conv")
     p.add_argument("--iterations", type=POSITIVE_INT, default=PruneConfig.model_fields["iterations"].default, metavar="K",
                    help="IMP rounds (default: %(default)s)")
     p.add_argument("--rewind-to", metavar="CKPT", default=None,
@@ -163,7 +165,7 @@ def prune_config_from(args, model):
     ratios = load_ratio_file(args.ratios) if args.ratios else None
     config = make_prune_config(
         granularity=args.granularity, sparsity=args.sparsity, ratios=ratios, scope=args.scope,
-        criterion=args.criterion or "l1", include_classifier=args.include_classifier,
+        criterion=args.criterion or "l1", include_classifier=args.include_classifier, exclude=args.exclude or [],
         schedule=args.prune_schedule, iterations=args.iterations, finetune_epochs=args.epochs,
         rewind_to=args.rewind_to, seed=args.seed)
     if ratios is not None and args.granularity == "unstructured":

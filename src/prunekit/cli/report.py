@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import FRACTION, POSITIVE_INT  # numeric flags checked where parsed
-from prunekit.cli.common import lock_run_folder
-from prunekit.cli.common import add_data_args, load_data, markdown_table, print_json
+from prunekit.cli.common import (FRACTION, POSITIVE_INT, add_count_arg, add_data_args, load_data, lock_run_folder,
+                                 markdown_table, print_json)
 from prunekit.cli.core import add_model_source_args, load_model_source
 
 
@@ -95,6 +94,7 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
                    help="timed runs at batch 1; the throughput batch gets max(5, N/5) (default: %(default)s)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
     p.add_argument("--no-progress", action="store_true")
+    add_count_arg(p)
 
 
 def add_granularity_args(p: argparse.ArgumentParser) -> None:
@@ -146,7 +146,7 @@ def compare_settings(args: argparse.Namespace):
     if args.batch_size < 1 or args.repeats < 1:
         raise PrunekitError("--batch-size and --repeats must be at least 1")
     return CompareSettings(device=args.device, threads=args.threads, batch_size=args.batch_size,
-                           repeats=args.repeats, timing=not args.no_timing, split=args.split)
+                           repeats=args.repeats, timing=not args.no_timing, split=args.split, count=args.count)
 
 
 def analysis_setup(args: argparse.Namespace):

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="layer: same fraction per group; global: one ranking normalised per group "
                         f"(default: {DEFAULT_SCOPE['filter']}, as `prune --granularity filter`)")
     p.add_argument("--seed", type=ANY_INT, default=0, help="for --criterion random (default: %(default)s)")
+    p.add_argument("--exclude", action="append", default=None, metavar="PATTERN",
+                   help="with --ratio: leave this conv (name or glob, repeatable) whole, e.g. features.24")
     add_model_relocation_arg(p)
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned checkpoint")
     p.add_argument("--json", action="store_true")
@@ -94,13 +96,17 @@ def target_kwargs(args) -> dict:
     from prunekit.cli.core import parse_cfg
     from prunekit.prune.allocate import load_ratio_file
 
+    if args.exclude and args.ratio is None:
+        from prunekit.errors import PrunekitError
+
+        raise PrunekitError("--exclude goes with --ratio (a ratio file names its layers itself)")
     if args.ratios:
         return {"ratios": load_ratio_file(args.ratios)}
     if args.cfg:
         return {"cfg": parse_cfg(args.cfg)}
     if args.macs_target is not None:
         return {"macs_target": args.macs_target}
-    return {"ratio": args.ratio}
+    return {"ratio": args.ratio, **({"exclude": args.exclude} if args.exclude else {})}
 
 
 def cmd_prune_channels(args) -> int:

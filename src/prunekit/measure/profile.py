@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from prunekit.masking import has_masks, permanent_copy
-from prunekit.measure.counts import count_macs, count_nonzero_parameters, count_parameters, serialized_size
+from prunekit.measure.counts import (count_macs, count_nonzero_parameters, count_ops, count_parameters,
+                                     serialized_size)
 from prunekit.measure.timing import peak_inference_memory, time_inference
 
 
@@ -29,6 +30,8 @@ class Profile:
     throughput_batch: int | None = None
     throughput_ips: float | None = None  # images per second at ``throughput_batch``, median
     hardware: str = ""
+    count: str = "macs"  # the counting convention of ``ops`` (see prunekit.measure.counts.CONVENTIONS)
+    ops: int | None = None  # operations per image under ``count`` (equals ``macs`` for "macs")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -49,9 +52,9 @@ def deployable(model: nn.Module) -> nn.Module:
 
 def profile(model: nn.Module, input_size=(1, 3, 32, 32), device: str | torch.device = "cpu",
             checkpoint_path: str | Path | None = None, timing: bool = True, batch_size: int = 64,
-            repeats: int = 50, threads: int | None = None) -> Profile:
-    """Measure ``model``: params, non-zero params, MACs, size, peak memory and (if ``timing``) latency at
-    batch 1 and throughput at ``batch_size``. Side effect: moves the model to ``device`` and eval mode.
+            repeats: int = 50, threads: int | None = None, count: str = "macs") -> Profile:
+    """Measure ``model``: params, non-zero params, MACs, the operations under convention ``count`` (``ops``),
+    size, peak memory and (if ``timing``) latency at batch 1 and throughput at ``batch_size``. Side effect: moves the model to ``device`` and eval mode.
 
     A masked model is measured as it would be deployed: memory and time on a copy whose masks are made
     permanent (the ``weight_orig * weight_mask`` re-parametrisation is a training device that would
@@ -64,6 +67,8 @@ def profile(model: nn.Module, input_size=(1, 3, 32, 32), device: str | torch.dev
         params=count_parameters(model),
         nonzero_params=count_nonzero_parameters(model),
         macs=count_macs(model, input_size),
+        count=count,
+        ops=count_ops(model, count, input_size),
         file_bytes=Path(checkpoint_path).stat().st_size if checkpoint_path else serialized_size(model),
         peak_memory_bytes=peak_inference_memory(deployed, 1, device, tuple(input_size[1:])),
         device=device.type,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from prunekit.errors import PrunekitError
 from prunekit.models.init import init_conv_bn
@@ -29,12 +30,13 @@ class VGG(nn.Module):
         super().__init__()
         widths = _check_cfg(cfg)
         self.features = _make_features(cfg)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(widths[-1], num_classes)
         init_conv_bn(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x))
+        # pooled functionally, as network slimming's VGG does, so module-hook counters (thop) see what
+        # they see there: no pooling module
+        x = F.adaptive_avg_pool2d(self.features(x), 1)
         return self.classifier(torch.flatten(x, 1))
 
 

@@ -8,7 +8,7 @@
 * Filters: which channels of a traced :class:`~prunekit.prune.graph.ChannelGraph` to remove
   (:func:`select_channels`) for a :class:`~prunekit.config.PruneConfig` target:
 
-  - ``sparsity`` r: every group loses ``round(r × n)`` of its n prunable channels (scope ``layer``), or one
+  - ``sparsity`` r: every group loses ``ceil(r × n)`` of its n prunable channels (scope ``layer``), or one
     ranking across groups removes r of all conv filters, scores divided by their group's mean (``global``).
   - ``ratios`` {conv name: r} (``default`` allowed): a group's ratio is that of its first producing conv, in
     call order, that has a ratio (a residual stream takes the ratio of its first conv, e.g. the stem).
@@ -53,14 +53,16 @@ def check_ratio(name: str, ratio) -> float:
 def validate_ratios(ratios: dict, valid_names: Iterable[str]) -> dict[str, float]:
     """Check layer names and ratio values; expand patterns and ``default``.
 
-    A key is an exact layer name or a glob pattern (``layer1.*.conv1``); exact names win over patterns,
+    A key is an exact layer name, its parameter name (``features.0.weight``), or a glob pattern
+    (``layer1.*.conv1``); exact names win over patterns,
     and ``default`` applies to every layer left unnamed. An unknown name (or a pattern that matches
     nothing) raises an error listing the valid names and the closest match. Returns
     ``{layer_name: ratio}`` for every layer with a ratio.
     """
     valid = list(valid_names)
     if not isinstance(ratios, dict) or not ratios:
-        raise PrunekitError("a ratio file must map layer names to ratios, e.g. `features.0: 0.5` or `default: 0.8`")
+        raise PrunekitError(f"ratios must be {RATIO_FORMS}")
+    ratios = {_layer_name(k, valid): v for k, v in ratios.items()}
     patterns = {k: v for k, v in ratios.items() if k != "default" and any(c in str(k) for c in "*?[")}
     resolved: dict[str, float] = {}
     for pattern, ratio in patterns.items():
@@ -75,7 +77,7 @@ def validate_ratios(ratios: dict, valid_names: Iterable[str]) -> dict[str, float
             close = difflib.get_close_matches(str(name), valid, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise PrunekitError(f"unknown layer {name!r} in ratios.{hint} Valid layers: {', '.join(valid)} "
-                                "(`prunekit layers CKPT` lists them)")
+                                f"(`prunekit layers CKPT` lists them); expected {RATIO_FORMS}")
         resolved[name] = check_ratio(name, ratio)
     if "default" in ratios:
         default = check_ratio("default", ratios["default"])
@@ -84,11 +86,37 @@ def validate_ratios(ratios: dict, valid_names: Iterable[str]) -> dict[str, float
     return resolved
 
 
+RATIO_FORMS = ("`layer: ratio` entries (`features.0: 0.2`, or the parameter name `features.0.weight: 0.2`), "
+               "glob patterns (`layer1.*.conv1: 0.5`) and `default: R`, optionally all under one `prune_ratios:` key")
+RATIO_WRAPPERS = ("prune_ratios", "ratios")  # a file may nest its entries under one of these keys
+
+
 def load_ratio_file(path: str | Path) -> dict:
-    """Read a YAML ratio file (``layer: ratio`` entries, optional ``default``) without validating names."""
+    """Read a YAML ratio file without validating names: ``layer: ratio`` entries, optionally nested under one
+    :data:`RATIO_WRAPPERS` key (the CSCI 8000 homework's ``prune_ratios:``). A value that is not a number
+    raises PrunekitError naming the entry and the expected forms (:data:`RATIO_FORMS`)."""
     from prunekit.config import read_yaml_mapping
 
-    return read_yaml_mapping(path, "ratio file")
+    data = read_yaml_mapping(path, "ratio file")
+    wrapper = next(iter(data))
+    if len(data) == 1 and wrapper in RATIO_WRAPPERS:
+        data = data[wrapper]
+        if not isinstance(data, dict) or not data:
+            raise PrunekitError(f"{path}: the `{wrapper}:` key must hold {RATIO_FORMS}")
+    for name, ratio in data.items():
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise PrunekitError(f"{path}: entry {name!r} is {ratio!r}, not a ratio; expected {RATIO_FORMS}")
+    return data
+
+
+def _layer_name(key, valid: list[str]):
+    """A ratio key as a layer name: a parameter name ``layer.weight`` becomes ``layer`` (when ``layer`` is one)."""
+    key = str(key)
+    if key.endswith(".weight") and key not in valid:
+        stem = key.removesuffix(".weight")
+        if stem in valid or any(c in stem for c in "*?["):
+            return stem
+    return key
 
 
 def round_fraction(target: float, progress: float) -> float:
@@ -104,14 +132,32 @@ def round_fraction(target: float, progress: float) -> float:
 
 # --- unstructured: which layers, which fractions ------------------------------------------------------
 
-def scoped_layers(model: nn.Module, include_classifier: bool) -> dict[str, nn.Module]:
-    """The prunable layers a global/uniform target applies to: all but the classifier unless included."""
+def scoped_layers(model: nn.Module, include_classifier: bool, exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """The prunable layers a global/uniform target applies to: all but the classifier unless included, and
+    none named by an ``exclude`` name or glob pattern (see :func:`excluded_names`)."""
     classifier = None if include_classifier else find_classifier(model)
-    layers = {n: m for n, m in prunable_layers(model).items() if n != classifier}
+    everything = prunable_layers(model)
+    skipped = excluded_names(exclude, list(everything))
+    layers = {n: m for n, m in everything.items() if n != classifier and n not in skipped}
     if not layers:
         raise PrunekitError("the model has no prunable layer (nn.Conv2d / nn.Linear) besides its classifier; "
                             "pass include_classifier=True (--include-classifier) to prune it")
     return layers
+
+
+def excluded_names(patterns: Iterable[str], names: list[str]) -> set[str]:
+    """The ``names`` matching any of ``patterns`` (exact names or globs, ``.weight`` suffix allowed); a
+    pattern that matches nothing raises PrunekitError listing the valid names."""
+    skipped: set[str] = set()
+    for pattern in patterns:
+        pattern = _layer_name(pattern, names)
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            close = difflib.get_close_matches(pattern, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise PrunekitError(f"--exclude {pattern!r} matches no layer.{hint} Valid layers: {', '.join(names)}")
+        skipped.update(matched)
+    return skipped
 
 
 def resolve_ratios(model: nn.Module, ratios: dict, include_classifier: bool = False) -> dict[str, float]:
@@ -168,9 +214,23 @@ def select_channels(model: nn.Module, graph: ChannelGraph, config: PruneConfig,
         ratios = _group_ratios(graph, config.ratios)
         counts = _ratio_counts(graph, {g: round_fraction(r, progress) for g, r in ratios.items()})
         removed = _select_counts(graph, scores, counts, dead)
+    elif config.exclude:
+        removed = _select_excluding(graph, scores, round_fraction(config.sparsity, progress), config, dead)
     else:
         removed = _select_fraction(graph, scores, round_fraction(config.sparsity, progress), config.scope, dead)
     return repair(graph, removed, scores, dead)
+
+
+def _select_excluding(graph: ChannelGraph, scores: dict[int, float], fraction: float, config: PruneConfig,
+                      dead: set[int]) -> set[int]:
+    """A uniform ``fraction`` of every group, except groups one of whose producing convs ``config.exclude``
+    names (they keep every channel)."""
+    if config.scope != "layer":
+        raise PrunekitError("--exclude (exclude:) leaves layers out of a uniform filter sparsity; use scope layer")
+    producers = [conv for group in graph.groups for conv in group.producers]
+    skipped = excluded_names(config.exclude, producers)
+    ratios = {g.id: 0.0 if skipped & set(g.producers) else fraction for g in graph.groups}
+    return _select_counts(graph, scores, _ratio_counts(graph, ratios), dead)
 
 
 def _select_fraction(graph: ChannelGraph, scores: dict[int, float], fraction: float, scope: str,
@@ -181,8 +241,16 @@ def _select_fraction(graph: ChannelGraph, scores: dict[int, float], fraction: fl
 
 
 def _ratio_counts(graph: ChannelGraph, ratios: dict[int, float]) -> dict[int, int]:
-    """Channels to remove per group: round(ratio × prunable channels of the group)."""
-    return {gid: _round(r * len(graph.prunable(graph.groups[gid]))) for gid, r in ratios.items()}
+    """Channels to remove per group: :func:`target_count` (ratio, prunable channels of the group), so every
+    group, and hence the total, reaches its ratio."""
+    return {gid: target_count(r, len(graph.prunable(graph.groups[gid]))) for gid, r in ratios.items()}
+
+
+def target_count(fraction: float, n: int) -> int:
+    """How many of ``n`` items pruning ``fraction`` removes: the fewest that reach it, ``ceil(fraction × n)``
+    (a target is met, never rounded down to below itself); products within 1e-9 of an integer count as it,
+    so 0.25 × 64 is 16, not 17."""
+    return max(0, math.ceil(fraction * n - 1e-9))
 
 
 def _round(x: float) -> int:

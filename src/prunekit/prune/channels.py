@@ -70,11 +70,12 @@ class ChannelPlan:
 
 def channel_target(ratio: float | None = None, ratios: dict | None = None, cfg: list | None = None,
                    macs_target: float | None = None, criterion: str = "l1", scope: str | None = None,
-                   seed: int = 0) -> PruneConfig:
+                   seed: int = 0, exclude: list[str] = ()) -> PruneConfig:
     """The :class:`PruneConfig` (granularity ``filter``) that :func:`prune_channels`'s keywords describe; its
     defaults (e.g. ``scope``) are the config's, shared with ``prunekit prune``."""
     config = make_prune_config(granularity="filter", sparsity=ratio, ratios=ratios, cfg=cfg,
-                               macs_target=macs_target, criterion=criterion, scope=scope, seed=seed)
+                               macs_target=macs_target, criterion=criterion, scope=scope, seed=seed,
+                               exclude=list(exclude))
     config.check_target()
     get_criterion(config.criterion)
     return config
@@ -82,7 +83,8 @@ def channel_target(ratio: float | None = None, ratios: dict | None = None, cfg: 
 
 def plan_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
                   ratios: dict | None = None, cfg: list | None = None, macs_target: float | None = None,
-                  criterion: str = "l1", scope: str | None = None, seed: int = 0) -> ChannelPlan:
+                  criterion: str = "l1", scope: str | None = None, seed: int = 0,
+                  exclude: list[str] = ()) -> ChannelPlan:
     """Choose the channels to remove and prove the choice on a copy; ``model`` is not modified.
 
     Allocation arguments as :func:`prune_channels`. The plan is checked by cutting a copy and comparing it
@@ -90,14 +92,14 @@ def plan_channels(model: nn.Module, example_inputs: Any = None, ratio: float | N
     computes turns out to be a literal (a channel shuffle or split written with fixed sizes), the model is
     traced again with those channels kept. Raises PrunekitError when no exact plan exists.
     """
-    target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed)
+    target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude)
     return _plan(model, as_inputs(model, example_inputs), lambda graph: select_channels(model, graph, target))[0]
 
 
 def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
                    ratios: dict | None = None, criterion: str = "l1", scope: str | None = None,
                    cfg: list | None = None, macs_target: float | None = None, seed: int = 0,
-                   plan: ChannelPlan | None = None) -> nn.Module:
+                   plan: ChannelPlan | None = None, exclude: list[str] = ()) -> nn.Module:
     """Remove whole conv filters (and everything coupled to them) from ``model``, in place; return it.
 
     Works on any model whose forward runs on ``example_inputs`` (a tensor or tuple; default one CIFAR
@@ -106,7 +108,8 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
     or ``macs_target`` (fraction of MACs to keep); or a ``plan`` from :func:`plan_channels`.
     ``criterion``: a registered channel criterion (l1 | l2 | bn_scale | random, seeded by ``seed``);
     ``scope``: ``layer`` (same fraction per group; the default for filters, see
-    :class:`prunekit.config.PruneConfig`) or ``global`` (one normalised ranking).
+    :class:`prunekit.config.PruneConfig`) or ``global`` (one normalised ranking). ``exclude``: conv names or
+    glob patterns whose groups ``ratio`` leaves whole (e.g. the last conv).
 
     Never returns a silently different model: a pruned copy is checked against the masked twin and only
     then swapped into ``model``; on any mismatch a PrunekitError names the first diverging layer and
@@ -114,7 +117,7 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
     (masks made permanent, affected layers get new, smaller parameters: rebuild any optimizer).
     """
     if plan is None:
-        target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed)
+        target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude)
         plan, pruned = _plan(model, as_inputs(model, example_inputs),
                              lambda graph: select_channels(model, graph, target))
     else:

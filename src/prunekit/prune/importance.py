@@ -9,6 +9,9 @@ Criteria (``CRITERIA``; ``register_criterion`` adds one):
               (network slimming). Pre-activation networks (DenseNet) have no BN after the conv: there
               the first BN that normalises the channel is used; a channel no BN touches falls back to
               ``l1`` (scores are only compared within a group or after per-group normalisation).
+``next-l2``   ‖W[:, c]‖₂ of the next layer's input-channel weights (every conv or linear that reads channel c,
+              summed): what the channel contributes downstream (the efficientml.ai lab's channel
+              ranking). A channel that nothing reads through a weight falls back to ``l2``.
 ``random``    uniform in [0, 1), from ``torch.Generator().manual_seed(seed)``, in channel-id order.
 
 Scores are read from the *effective* weights (``weight_orig * weight_mask`` for a masked module), so a
@@ -123,6 +126,37 @@ def bn_scale_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dic
             fallback = fallback or l1_scores(model, graph)
             scores[cid] = fallback[cid]
     return scores
+
+
+@register_criterion("next-l2")
+def next_l2_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dict[int, float]:
+    """‖W[:, c]‖₂ of every consumer's input column of channel c (conv and linear inputs), summed."""
+    modules = dict(model.named_modules())
+    norms: dict[str, list[float]] = {}
+    scores, fallback = {}, None
+    for cid in _prunable(graph):
+        readers = [s for s in graph.channels[cid].slots if s.role in ("conv_in", "linear_in")]
+        for slot in readers:
+            if slot.module not in norms:
+                norms[slot.module] = _input_column_norms(modules[slot.module]).tolist()
+        if readers:
+            scores[cid] = sum(norms[s.module][s.index] for s in readers)
+        else:
+            fallback = fallback or l2_scores(model, graph)
+            scores[cid] = fallback[cid]
+    return scores
+
+
+def _input_column_norms(module: nn.Module) -> torch.Tensor:
+    """‖W[:, i]‖₂ per input channel i of a Conv2d (grouped: the rows of i's group), ConvTranspose2d or Linear."""
+    weight = effective_tensor(module, "weight").float()
+    if isinstance(module, nn.ConvTranspose2d):
+        return weight.reshape(weight.shape[0], -1).norm(dim=1)
+    if isinstance(module, nn.Conv2d) and module.groups > 1:
+        out_per_group = weight.shape[0] // module.groups
+        groups = weight.reshape(module.groups, out_per_group, weight.shape[1], -1)  # g, out/g, in/g, k
+        return groups.transpose(1, 2).reshape(module.in_channels, -1).norm(dim=1)
+    return weight.transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1)
 
 
 @register_criterion("random")

@@ -10,8 +10,9 @@ Three separate steps:
   ``torch.topk`` exactly as ``torch.nn.utils.prune.L1Unstructured`` does, so ties break the same way.
 
 Weights already masked count as pruned and are never selected again, so masks only shrink: a target
-sparsity ``S`` over ``n`` weights means exactly ``round(S × n)`` masked weights in total, of which the new
-mask adds ``round(S × n) − already_masked`` (none when the model is already sparser than ``S``).
+sparsity ``S`` over ``n`` weights means exactly ``ceil(S × n)`` masked weights in total (the fewest that
+reach ``S``), of which the new mask adds ``ceil(S × n) − already_masked`` (none when the model is already
+sparser than ``S``).
 The classifier is spared unless ``include_classifier`` is set or a ratio file names it.
 """
 
@@ -25,7 +26,7 @@ from torch import nn
 from prunekit.config import PruneConfig, make_prune_config
 from prunekit.errors import PrunekitError
 from prunekit.models.layers import prunable_layers
-from prunekit.prune.allocate import load_ratio_file, resolve_ratios, round_fraction, scoped_layers
+from prunekit.prune.allocate import load_ratio_file, resolve_ratios, round_fraction, scoped_layers, target_count
 from prunekit.prune.mask import Masks, apply_masks, is_masked
 from prunekit.prune.report import effective_weight
 
@@ -60,17 +61,17 @@ def smallest(scores: torch.Tensor, kept: torch.Tensor, target_pruned: int) -> to
 
 
 def layer_mask(module: nn.Module, fraction: float) -> torch.Tensor:
-    """Keep-mask of one layer with exactly ``round(fraction × n)`` of its ``n`` weights pruned (at least
+    """Keep-mask of one layer with exactly ``ceil(fraction × n)`` of its ``n`` weights pruned (at least
     those already masked)."""
     scores = magnitude_scores({"": module})[""]
-    return smallest(scores, alive(module), round(fraction * scores.numel())).view(module.weight.shape)
+    return smallest(scores, alive(module), target_count(fraction, scores.numel())).view(module.weight.shape)
 
 
 def global_masks(modules: dict[str, nn.Module], fraction: float) -> Masks:
-    """One threshold over all ``modules``: exactly ``round(fraction × total)`` weights pruned in all."""
+    """One threshold over all ``modules``: exactly ``ceil(fraction × total)`` weights pruned in all."""
     scores = torch.cat(list(magnitude_scores(modules).values()))
     kept = torch.cat([alive(m) for m in modules.values()])
-    flat = smallest(scores, kept, round(fraction * scores.numel()))
+    flat = smallest(scores, kept, target_count(fraction, scores.numel()))
     sizes = [m.weight.numel() for m in modules.values()]
     return {f"{name}.weight": part.view(m.weight.shape)
             for (name, m), part in zip(modules.items(), flat.split(sizes))}
@@ -108,7 +109,7 @@ def unstructured_masks(model: nn.Module, config: PruneConfig, progress: float = 
     if config.ratios is not None:
         fractions = resolve_ratios(model, config.ratios, config.include_classifier)
         return {f"{n}.weight": layer_mask(layers[n], round_fraction(r, progress)) for n, r in fractions.items()}
-    scoped = scoped_layers(model, config.include_classifier)
+    scoped = scoped_layers(model, config.include_classifier, config.exclude)
     fraction = round_fraction(config.sparsity, progress)
     if config.scope == "layer":
         return {f"{n}.weight": layer_mask(m, fraction) for n, m in scoped.items()}
