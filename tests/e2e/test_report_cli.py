@@ -58,7 +58,7 @@ def test_compare_equals_profile_and_evaluate(run_dir, capsys, tmp_path):
                  "--csv", str(tmp_path / "c.csv"), *CPU]) == 0
     out = capsys.readouterr().out
     assert "| a_dense.pt |" in out and "latency ms [IQR]" in out and "img/s @4" in out
-    assert "untimed warm-up runs, then 3 timed runs at batch 1" in out and "1 thread(s)" in out
+    assert "untimed warm-up runs per model, then 3 timed runs at batch 1" in out and "1 thread(s)" in out
     assert [r["model"] for r in read_csv_rows(tmp_path / "c.csv")] == ["a_dense.pt"]
 
 

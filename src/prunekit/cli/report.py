@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoints", metavar="CKPT", nargs="+")
     add_data_args(p, dataset_default=None)
     add_measure_args(p)
+    add_reference_arg(p, "default: the first CKPT")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the rows and the method as JSON (compare.json)")
     output.add_argument("--csv", metavar="FILE", default=None, help="also write the raw rows to FILE as CSV")
@@ -57,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                  "Markdown twin goes beside it")
     add_data_args(p, dataset_default=None)
     add_measure_args(p)
+    add_reference_arg(p, "default: the dense/unpruned checkpoint with the most non-zero parameters")
     p.set_defaults(func=cmd_report)
 
 
@@ -86,13 +88,22 @@ def register_plot_commands(kinds: argparse._SubParsersAction) -> None:
 
 def add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["test", "val", "train"], default="test", help="default: %(default)s")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads while timing (default: torch's)")
+    p.add_argument("--device", default="cpu", metavar="DEV[,DEV]",
+                   help="cpu, cuda, or cpu,cuda for both latency columns in one table (accuracy and memory on "
+                        "the first; CUDA columns say 'no GPU' when there is none; default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads while timing (default: %(default)s: batch-1 latency single-threaded, which "
+                        "stays steady on a busy machine; 0: torch's default)")
     p.add_argument("--batch-size", type=int, default=64, help="batch of the throughput figure (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=50,
                    help="timed runs at batch 1; the throughput batch gets max(5, N/5) (default: %(default)s)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
     p.add_argument("--no-progress", action="store_true")
+
+
+def add_reference_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--reference", metavar="CKPT", default=None,
+                   help=f"the model every ratio is against, one of the checkpoints ({default})")
 
 
 def add_granularity_args(p: argparse.ArgumentParser) -> None:
@@ -142,10 +153,14 @@ def compare_settings(args: argparse.Namespace):
     from prunekit.analysis.compare import CompareSettings
     from prunekit.train.loop import resolve_device
 
-    resolve_device(args.device)  # a clear error for --device cuda without a GPU
-    if args.batch_size < 1 or args.repeats < 1:
-        raise PrunekitError("--batch-size and --repeats must be at least 1")
-    return CompareSettings(device=args.device, threads=args.threads, batch_size=args.batch_size,
+    devices = [d.strip() for d in args.device.split(",") if d.strip()]
+    if not devices or any(d not in ("cpu", "cuda") for d in devices) or len(set(devices)) < len(devices):
+        raise PrunekitError(f"--device {args.device}: give cpu, cuda or cpu,cuda")
+    if len(devices) == 1:
+        resolve_device(devices[0])  # a clear error for --device cuda without a GPU
+    if args.batch_size < 1 or args.repeats < 1 or args.threads < 0:
+        raise PrunekitError("--batch-size and --repeats must be at least 1, --threads at least 0")
+    return CompareSettings(device=",".join(devices), threads=args.threads or None, batch_size=args.batch_size,
                            repeats=args.repeats, timing=not args.no_timing, split=args.split)
 
 
@@ -202,16 +217,19 @@ def sweep_xlabel(granularity: str, include_classifier: bool) -> str:
 
 
 def cmd_compare(args) -> int:
-    from prunekit.analysis.compare import compare_checkpoints, save_comparison_csv
+    from prunekit.analysis.compare import compare_checkpoints, reference_first, save_comparison_csv
     from prunekit.report.tables import display_rows
 
-    comparison = compare_checkpoints(args.checkpoints, data_source(args), compare_settings(args),
-                                     progress=not args.no_progress)
+    paths = reference_first(args.checkpoints, args.reference) if args.reference else args.checkpoints
+    settings = compare_settings(args)
+    comparison = compare_checkpoints(paths, data_source(args), settings, progress=not args.no_progress)
     if args.json:
         print_json(comparison.as_dict())
         return 0
     print(markdown_table(display_rows(comparison)))
     print(f"\n{comparison.method}")
+    for line in comparison.warnings():
+        print(f"WARNING {line}")
     if any(row["synthetic"] for row in comparison.rows):
         print("SYNTHETIC data: these numbers demonstrate the tool, they are not CIFAR results.")
     if args.csv:
@@ -286,7 +304,7 @@ def write_suggestion(rows: list[dict], target: float, path: Path, args) -> None:
 
 def cmd_report(args) -> int:
     from prunekit.errors import PrunekitError
-    from prunekit.analysis.compare import compare_checkpoints, save_comparison
+    from prunekit.analysis.compare import compare_checkpoints, reference_first, save_comparison
     from prunekit.report.html import COMPARE_FILE, find_checkpoints, load_comparison, write_report
 
     run_dir = Path(args.run_dir)
@@ -294,7 +312,8 @@ def cmd_report(args) -> int:
         raise PrunekitError(f"run folder not found: {run_dir}")
     comparison = load_comparison(run_dir)
     if comparison is None and find_checkpoints(run_dir):
-        comparison = compare_checkpoints(find_checkpoints(run_dir), data_source(args), compare_settings(args),
+        paths = reference_first(find_checkpoints(run_dir), args.reference)
+        comparison = compare_checkpoints(paths, data_source(args), compare_settings(args),
                                          progress=not args.no_progress)
         saved = save_comparison(comparison, run_dir / COMPARE_FILE)
         print(f"measured {len(comparison.rows)} checkpoint(s); saved {saved}")
