@@ -253,7 +253,7 @@ def time_rows(rows: list[dict], models: list[nn.Module], device: str, settings: 
     """Time all ``models`` interleaved on ``device`` and fill each row's ``<key>_<device>`` timing columns:
     latency per image at batch 1 (median, quartiles, spread), throughput at ``settings.batch_size``, and the
     speed-up / throughput ratio against ``models[0]`` as medians of paired per-round ratios. A row whose
-    latency, or whose speed-up, has an IQR over 20% of its median gets ``noise_<device>``. Side effect:
+    latency, throughput or either ratio has an IQR over 20% of its median gets ``noise_<device>``. Side effect:
     moves the models to ``device`` (and back to the CPU afterwards)."""
     target = torch.device(device)
     threads = settings.threads
@@ -270,13 +270,13 @@ def time_rows(rows: list[dict], models: list[nn.Module], device: str, settings: 
         row, t = rows[i], single[i]
         values = {"latency_ms": t.per_image_ms, "latency_q1_ms": t.q1_ms, "latency_q3_ms": t.q3_ms,
                   "latency_spread": t.spread, "throughput_ips": batched[i].images_per_second}
-        spreads = [t.spread]
+        spreads = [t.spread, batched[i].spread]
         if reference is not None:
             speedup = paired_ratio(single[reference], t)
             throughput = paired_ratio(batched[reference], batched[i])
             values.update(speedup=speedup.median, speedup_q1=speedup.q1, speedup_q3=speedup.q3,
                           throughput_ratio=throughput.median)
-            spreads.append(speedup.spread)
+            spreads += [speedup.spread, throughput.spread]
         worst = max(spreads)
         values["noise"] = noise_note(worst, threads) if worst > NOISY_IQR else None
         row.update({f"{k}_{device}": v for k, v in values.items()})
