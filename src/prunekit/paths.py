@@ -92,6 +92,12 @@ def baseline(run_folder: str | Path) -> Path:
     return models(run_folder) / BASELINE
 
 
+def variant_dir(run_folder: str | Path, variant: str) -> Path:
+    """``RUN/models/<variant>/``: the variant's checkpoints under the names the pipeline gives them
+    (``Omp_filter_0.40_acc_91.20.pt``, its ``…_int8.pt``), so required file names stay exact."""
+    return models(run_folder) / variant
+
+
 def variant_record(run_folder: str | Path, variant: str) -> Path:
     """The JSON record that marks a variant finished."""
     return models(run_folder) / f"{variant}.json"

@@ -144,10 +144,10 @@ def test_report_computes_the_table_when_missing(run_dir, capsys):
     assert [r["model"] for r in saved["rows"]] == ["a_dense.pt", "b_pruned.pt"]
     page = Images()
     page.feed(html_path.read_text())
-    assert len(page.sources) == 1 and page.sources[0].startswith("data:image/png;base64,")
+    assert len(page.sources) == 2 and all(src.startswith("data:image/png;base64,") for src in page.sources)
     text = html_path.read_text()
     assert f"{saved['rows'][1]['nonzero_params']:,}" in text and "sparsity: 0.7" in text
-    assert (run_dir / "report.md").read_text().count("![") == 1
+    assert (run_dir / "report.md").read_text().count("![") == 2  # layers + the comparison figure
 
 
 @pytest.mark.slow

@@ -65,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--batch-size", type=int, default=64, help="batch for the throughput figure")
     p.add_argument("--repeats", type=int, default=50, help="timed runs at batch 1 (median reported)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads while timing (default: %(default)s: "
+                   "single-threaded, steady on a busy machine; 0: torch's default)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
@@ -268,12 +269,19 @@ def cmd_profile(args) -> int:
     loaded = load_model_source(args)
     result = profile(loaded.model, device=args.device, checkpoint_path=args.checkpoint,
                      timing=not args.no_timing, batch_size=args.batch_size, repeats=args.repeats,
-                     threads=args.threads)
+                     threads=args.threads or None)
     if args.json:
         print_json(result.as_dict())
         return 0
     rows = [{"metric": k, "value": v} for k, v in result.as_dict().items()]
     print(markdown_table(rows))
     print("\nMACs: multiply-accumulates per image of conv and linear layers (torch.utils.flop_counter / 2). "
-          "Latency: median of repeated runs after warm-up, batch 1, per image.")
+          f"Latency: median of repeated runs after warm-up, batch 1, per image, {result.threads} thread(s).")
+    from prunekit.measure import MachineLoad
+
+    if result.machine and MachineLoad(**result.machine).busy(result.threads):
+        print(f"WARNING machine busy while timing ({MachineLoad(**result.machine).describe()}): latency is "
+              "longer and noisier than on a quiet machine")
+    if result.noise:
+        print(f"WARNING latency {result.noise}")
     return 0
