@@ -247,15 +247,16 @@ def model_sentence(row: dict, reference: dict) -> str:
     """One plain sentence comparing ``row`` with the reference row, e.g. ``'3.9× fewer MACs, 2.3× faster at
     batch 1, −4.5 points top-1'`` (a noisy speed-up says so)."""
     if row is reference:
-        return "the reference every ratio is against"
+        return "the reference every ratio is against" + (f"; its latency is {row['noise']}" if row.get("noise")
+                                                          else "")
     parts = [times(row.get("macs_reduction"), "fewer MACs", "more MACs", "same MACs"),
              times(row.get("weights_reduction"), "smaller weights", "larger weights", "same weight size")]
     speed = times(row.get("speedup"), "faster at batch 1", "slower at batch 1", "as fast at batch 1")
     if speed:
-        parts.append(speed + (" (noisy timing: unreliable)" if row.get("noise") else ""))
+        parts.append(speed + (f" ({row['noise']})" if row.get("noise") else ""))
     if row.get("top1") is not None and reference.get("top1") is not None:
         delta = row["top1"] - reference["top1"]
-        parts.append(f"{delta:+.1f} points top-1".replace("-", "−"))
+        parts.append(f"{delta:+.1f}".replace("-", "−") + " points top-1")
     return ", ".join(p for p in parts if p)
 
 
@@ -281,7 +282,8 @@ def summary_html(comparison: Comparison) -> str:
     rows = comparison.rows
     items = [f"<li><b>{html.escape(str(r['model']))}</b>: {html.escape(model_sentence(r, rows[0]))}</li>"
              for r in rows]
-    warnings = "".join(f'<p class="noisy">{html.escape(line)}</p>' for line in comparison.warnings())
+    busy = comparison.warnings()[:1] if comparison.busy else []  # per-row noise is in the sentences
+    warnings = "".join(f'<p class="noisy">{html.escape(line)}</p>' for line in busy)
     return (f'<div class="summary"><p><b>Data:</b> {html.escape(data_line(comparison))} · '
             f"<b>Hardware:</b> {html.escape(hardware_line(comparison))}</p><ul>{''.join(items)}</ul>"
             f"{warnings}</div>")

@@ -116,15 +116,20 @@ def plot_comparison(rows: Sequence[dict], out: str | Path, title: str = "Every c
     panels = figure.subplots(1, 2 if timed else 1, sharey=True, squeeze=False)[0]
     specs = [("weights_bytes", 1e-6, "deployable weights (MB, log scale)")]
     specs += [("latency_ms", 1.0, "batch-1 latency (ms per image, log scale; hollow = noisy)")] if timed else []
+    from matplotlib.ticker import FuncFormatter
+
     for ax, (key, scale, xlabel) in zip(panels, specs):
         for i, r in enumerate(r for r in rows if r.get(key)):
             hollow = key == "latency_ms" and r.get("noisy")
             colour = f"C{i % 10}"
-            ax.scatter([scale * r[key]], [r["top1"]], s=60, marker=MARKERS[i % len(MARKERS)],
+            ax.scatter([scale * r[key]], [r["top1"]], s=110 - 25 * (i % 4), marker=MARKERS[i % len(MARKERS)],
                        facecolors="none" if hollow else colour, edgecolors=colour, zorder=3)
             ax.annotate(str(r["label"]), (scale * r[key], r["top1"]), xytext=(0, 7 + 9 * (i % 3)),
                         textcoords="offset points", fontsize="x-small", ha="center", color=colour)
         ax.set_xscale("log")
+        ax.margins(x=0.2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3, which="both")
     panels[0].set_ylim(0, 100)
