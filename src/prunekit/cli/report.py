@@ -246,7 +246,12 @@ def cmd_sweep(args) -> int:
     csv_path = out / f"{sweep_name(args.granularity, args.scope, args.start, args.stop)}.csv"
     rows = run_sweep(loaded.model, rates, evaluator, csv_path, args.granularity, args.scope, args.criterion,
                      args.include_classifier, settings, progress=not args.no_progress)
-    png, _ = plot_sweep(rows, csv_path.with_suffix(".png"), title=sweep_title(saved_settings(csv_path)),
+    from prunekit.models import arch_label
+
+    # a zoomed range has no rate-0 point: evaluate the unpruned model once for the dashed reference line
+    dense_top1 = None if any(row["rate"] == 0 for row in rows) else evaluator(loaded.model).top1
+    png, _ = plot_sweep(rows, csv_path.with_suffix(".png"), dense_top1=dense_top1,
+                        title=f"{arch_label(loaded.arch)}: {sweep_title(saved_settings(csv_path))}",
                         xlabel=sweep_xlabel(args.granularity, args.include_classifier), write_data=False)
     columns = ["rate", "sparsity", "nonzero_params", "nonzero_bytes", "top1", "top5"]
     print(markdown_table([{c: row[c] for c in columns} for row in rows]))
