@@ -159,8 +159,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert killed, "the run finished before it could be interrupted"
     assert main(["run", str(path), "--out", str(tmp_path / "cut"), "--no-progress"]) == 0
     assert main(["run", str(path), "--out", str(tmp_path / "straight"), "--no-progress"]) == 0
-    (cut,) = (tmp_path / "cut").glob("*/models/ft_acc_*.pt")
-    (straight,) = (tmp_path / "straight").glob("*/models/ft_acc_*.pt")
+    (cut,) = (tmp_path / "cut").glob("*/models/ft/ft_acc_*.pt")
+    (straight,) = (tmp_path / "straight").glob("*/models/ft/ft_acc_*.pt")
     assert cut.name == straight.name
     a, b = load_checkpoint(cut), load_checkpoint(straight)
     for key, value in a.model.state_dict().items():
