@@ -123,3 +123,13 @@ def test_comparison_figure_has_every_model_including_int8(tmp_path, monkeypatch)
     assert seen["axes"][0].get_ylim() == (0.0, 100.0)
     with (tmp_path / "c.csv").open() as f:
         assert [r["label"] for r in csv.DictReader(f)] == ["dense.pt", "dense_int8.pt", "binary.pt"]
+
+
+def test_run_checkpoints_are_named_by_their_variant_folder(tmp_path):
+    from prunekit.paths import variant_dir, variant_of
+
+    folder = variant_dir(tmp_path, "filter-40")
+    assert folder == tmp_path / "models" / "filter-40"
+    assert variant_of(folder / "Omp_filter_0.40_acc_91.20.pt") == "filter-40"  # the pipeline's exact name inside
+    assert variant_of(folder / "Omp_filter_0.40_acc_91.20_int8.pt") == "filter-40 int8"
+    assert variant_of(tmp_path / "models" / "00_baseline.pt") == "baseline"
