@@ -156,8 +156,7 @@ def compare_settings(args: argparse.Namespace):
     devices = [d.strip() for d in args.device.split(",") if d.strip()]
     if not devices or any(d not in ("cpu", "cuda") for d in devices) or len(set(devices)) < len(devices):
         raise PrunekitError(f"--device {args.device}: give cpu, cuda or cpu,cuda")
-    if len(devices) == 1:
-        resolve_device(devices[0])  # a clear error for --device cuda without a GPU
+    resolve_device(devices[0])  # accuracy and memory run there: a clear error for cuda without a GPU
     if args.batch_size < 1 or args.repeats < 1 or args.threads < 0:
         raise PrunekitError("--batch-size and --repeats must be at least 1, --threads at least 0")
     return CompareSettings(device=",".join(devices), threads=args.threads or None, batch_size=args.batch_size,
