@@ -21,6 +21,7 @@ from pathlib import Path
 from common import write_results
 from prunekit.report.tables import markdown_table
 from prunekit.experiment import load_experiment, run_folder
+from prunekit.paths import variant_of
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRA = {"googlenet_cifar100": ["--set", "data.dataset=cifar10"]}
@@ -43,7 +44,7 @@ def folder_of(recipe: Path, out: Path, extra_sets: list[str]) -> Path:
 
 def key_rows(recipe: Path, folder: Path) -> list[dict]:
     rows = json.loads((folder / "compare.json").read_text())["rows"]
-    return [{"experiment": recipe.stem, "model": r["model"].split("__")[0].removesuffix(".pt"),
+    return [{"experiment": recipe.stem, "model": variant_of(r["path"]),
              "dataset": r["dataset"], "images": r["images"], "top1": r["top1"], "params": r["params"],
              "nonzero": r["nonzero_params"], "MACs": r["macs"], "compact_bytes": r["compact_bytes"],
              "latency_ms": r["latency_ms"], "speed-up": r.get("speedup")} for r in rows]

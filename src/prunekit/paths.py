@@ -92,6 +92,23 @@ def baseline(run_folder: str | Path) -> Path:
     return models(run_folder) / BASELINE
 
 
+def variant_dir(run_folder: str | Path, variant: str) -> Path:
+    """``RUN/models/<variant>/``: the variant's checkpoints under the names the pipeline gives them
+    (``Omp_filter_0.40_acc_91.20.pt``, its ``…_int8.pt``), so required file names stay exact."""
+    return models(run_folder) / variant
+
+
+def variant_of(checkpoint: str | Path) -> str:
+    """The variant a run's checkpoint belongs to: ``baseline`` for ``models/00_baseline.pt``, else the name
+    of its ``models/<variant>/`` folder (a file directly in ``models/``: its stem), with `` int8`` for the
+    variant's ``…_int8.pt`` file."""
+    path = Path(checkpoint)
+    if path.name == BASELINE:
+        return "baseline"
+    name = path.parent.name if path.parent.name != "models" else path.stem
+    return name + " int8" if path.stem.endswith("_int8") else name
+
+
 def variant_record(run_folder: str | Path, variant: str) -> Path:
     """The JSON record that marks a variant finished."""
     return models(run_folder) / f"{variant}.json"

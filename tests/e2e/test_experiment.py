@@ -60,12 +60,13 @@ def test_run_writes_every_stage_and_resumes(tmp_path, capsys):
     (run,) = (tmp_path / "runs").iterdir()
     rows = json.loads((run / "compare.json").read_text())["rows"]
     names = [r["model"] for r in rows]
-    assert names[0] == "00_baseline.pt" and names[1].startswith("filter__Omp_filter_0.50_acc_")
+    assert names[0] == "00_baseline.pt" and names[1].startswith("Omp_filter_0.50_acc_")  # the pipeline's own name
+    assert (run / "models" / "filter" / names[1]).is_file()  # the variant is the folder, not a name prefix
     assert names[2].startswith("unstructured_acc_")
     assert rows[3]["model"].endswith("_int8.pt")
     assert rows[1]["params"] < rows[0]["params"]  # filters physically removed
     assert rows[2]["nonzero_params"] < 0.35 * rows[0]["nonzero_params"]  # 80% of prunable weights zero
-    unstructured = load_checkpoint(next((run / "models").glob("unstructured_acc_*.pt")))
+    unstructured = load_checkpoint(next((run / "models" / "unstructured").glob("unstructured_acc_*.pt")))
     masks = unstructured.masks
     assert masks and all(torch.all(unstructured.model.get_submodule(k.rsplit(".", 1)[0]).weight[~m] == 0)
                          for k, m in masks.items())
@@ -78,12 +79,12 @@ def test_run_writes_every_stage_and_resumes(tmp_path, capsys):
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["data"]["resolved"]["synthetic"] is True
 
-    stamps = {p: p.stat().st_mtime_ns for p in (run / "models").glob("*.pt")}
+    stamps = {p: p.stat().st_mtime_ns for p in (run / "models").rglob("*.pt")}
     capsys.readouterr()
     assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "baseline: done" in out and "variant filter: done" in out and "epoch" not in out
-    assert stamps == {p: p.stat().st_mtime_ns for p in (run / "models").glob("*.pt")}
+    assert len(stamps) == 5 and stamps == {p: p.stat().st_mtime_ns for p in (run / "models").rglob("*.pt")}
 
 
 def test_invalid_experiment_names_the_field(tmp_path, capsys):
@@ -158,8 +159,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert killed, "the run finished before it could be interrupted"
     assert main(["run", str(path), "--out", str(tmp_path / "cut"), "--no-progress"]) == 0
     assert main(["run", str(path), "--out", str(tmp_path / "straight"), "--no-progress"]) == 0
-    (cut,) = (tmp_path / "cut").glob("*/models/ft_acc_*.pt")
-    (straight,) = (tmp_path / "straight").glob("*/models/ft_acc_*.pt")
+    (cut,) = (tmp_path / "cut").glob("*/models/ft/ft_acc_*.pt")
+    (straight,) = (tmp_path / "straight").glob("*/models/ft/ft_acc_*.pt")
     assert cut.name == straight.name
     a, b = load_checkpoint(cut), load_checkpoint(straight)
     for key, value in a.model.state_dict().items():

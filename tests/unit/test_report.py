@@ -276,7 +276,8 @@ def test_html_report_is_self_contained_with_one_image_per_plot(tmp_path, checkpo
     page = Page()
     page.feed(html_path.read_text())
     pngs = sorted((run / "plots").glob("*.png"))
-    assert len(page.images) == len(pngs) == 2
+    assert len(page.images) == len(pngs) == 3  # sweep, layers and the report's own comparison figure
+    assert (run / "plots" / "comparison.png") in pngs
     for src, png in zip(page.images, pngs):
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]) == png.read_bytes()

@@ -5,15 +5,17 @@ Every number comes from the library's own calls, so a row equals what ``prunekit
 
 * accuracy: :func:`prunekit.train.evaluate_split` on the chosen split, inputs normalised with the
   checkpoint's own ``meta`` mean/std (the dataset's when the checkpoint records none);
-* params, non-zero params (masks applied), MACs, file size, peak memory, latency and throughput:
+* params, non-zero params (masks applied), MACs, file size, weights size, peak memory:
   :func:`prunekit.measure.profile` with the checkpoint path;
 * compact size: what ``prunekit.export.compact`` would write for the checkpoint file (empty for an int8
   model, which is already stored compactly).
 
-Timing method (see :mod:`prunekit.measure.timing`): eval mode under ``torch.inference_mode``, untimed
-warm-up runs, then timed runs (``time.perf_counter``; CUDA synchronised around each run); latency is the
-median per image at batch 1 with its interquartile range, throughput the median at ``batch_size``; the CPU
-thread count is fixed during the measurement and recorded. Ratios compare each model with the FIRST one.
+Timing (see :mod:`prunekit.measure.timing`): all models of one table are held in memory and timed
+INTERLEAVED (one run of each per round, A B C / C B A …), per device; a speed-up is the median of the
+per-round ratios against the first model, so drift of a busy machine cancels. Single-threaded by default.
+A latency or speed-up whose IQR exceeds 20% of its median is flagged noisy in the row (``noise_<device>``),
+and the machine's load just before timing is recorded (``Comparison.machine``). Ratios compare each model
+with the FIRST one (:func:`reference_first` puts the dense model first).
 """
 
 from __future__ import annotations
@@ -31,32 +33,47 @@ from prunekit.models import arch_label
 from prunekit.data import DataBundle
 from prunekit.data.normalisation import input_normalisation
 from prunekit.measure import profile, time_inference
+from prunekit.measure.profile import deployable
+from prunekit.measure.timing import (DEFAULT_TIMING_THREADS, NOISY_IQR, machine_load, noise_note, paired_ratio,
+                                     time_interleaved)
 
 #: ``ratio column: (measured column, direction)``: the first model's value over this model's (``first/this``),
-#: or the inverse for throughput, so > 1 always means "better than the first model".
+#: or the inverse for throughput, so > 1 always means "better than the first model". Speed-up and
+#: throughput ratio are computed from paired samples instead (see :func:`time_rows`); their entries here
+#: name what they compare.
 RATIOS = {
     "speedup": ("latency_ms", "first/this"),
     "throughput_ratio": ("throughput_ips", "this/first"),
     "nonzero_reduction": ("nonzero_params", "first/this"),
     "macs_reduction": ("macs", "first/this"),
     "file_reduction": ("file_bytes", "first/this"),
+    "weights_reduction": ("weights_bytes", "first/this"),
     "compact_reduction": ("compact_bytes", "first/this"),
     "memory_reduction": ("peak_memory_bytes", "first/this"),
 }
-
+TIMED_RATIOS = ("speedup", "throughput_ratio")
+#: Per-device timing columns: ``<key>_<device>`` in every row; the first device's also without suffix.
+TIMING_KEYS = ("latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_spread", "throughput_ips", "speedup",
+               "speedup_q1", "speedup_q3", "throughput_ratio", "noise")
+NO_GPU = "no GPU"
 
 
 @dataclass(frozen=True)
 class CompareSettings:
-    """How rows are measured. ``timing=False`` skips latency/throughput (counts, memory, accuracy only)."""
+    """How rows are measured. ``device`` is one device or a comma list (``"cpu,cuda"``): accuracy and memory
+    on the first, latency on each. ``timing=False`` skips latency/throughput (counts, memory, accuracy only)."""
 
     device: str = "cpu"
-    threads: int | None = None  # CPU threads during timing (None: torch's current count)
+    threads: int | None = DEFAULT_TIMING_THREADS  # CPU threads during timing (None: torch's current count)
     batch_size: int = 64  # images per batch for the throughput figure
-    repeats: int = 50  # timed runs at batch 1; the throughput batch gets max(5, repeats // 5)
+    repeats: int = 50  # timed rounds at batch 1; the throughput batch gets max(5, repeats // 5)
     timing: bool = True
     split: str = "test"
     count: str = "macs"  # convention of the "ops" column (prunekit.measure.counts.CONVENTIONS)
+
+    @property
+    def devices(self) -> list[str]:
+        return [d.strip() for d in self.device.split(",") if d.strip()] or ["cpu"]
 
 
 @dataclass
@@ -68,10 +85,34 @@ class Comparison:
     hardware: str = ""
     threads: int = 0
     method: str = field(default="")
+    machine: dict | None = None  # measure.timing.MachineLoad.as_dict() just before timing
+    unavailable: dict = field(default_factory=dict)  # device -> why it has no timing ("no GPU")
 
     def as_dict(self) -> dict:
         return {"rows": self.rows, "settings": asdict(self.settings), "hardware": self.hardware,
-                "threads": self.threads, "method": self.method}
+                "threads": self.threads, "method": self.method, "machine": self.machine,
+                "unavailable": self.unavailable}
+
+    @property
+    def busy(self) -> bool:
+        """True when the machine was busy when timing started (see :class:`prunekit.measure.MachineLoad`)."""
+        from prunekit.measure.timing import MachineLoad
+
+        return bool(self.machine) and MachineLoad(**self.machine).busy(self.threads or 1)
+
+    def warnings(self) -> list[str]:
+        """Plain-language lines about the trustworthiness of the timings (empty when all looks fine)."""
+        from prunekit.measure.timing import MachineLoad
+
+        lines = []
+        if self.busy:
+            lines.append(f"machine busy while timing ({MachineLoad(**self.machine).describe()}): latencies are "
+                         "longer and noisier than on a quiet machine; rows marked noisy cannot be trusted.")
+        for row in self.rows:
+            for device in self.settings.devices:
+                if row.get(f"noise_{device}"):
+                    lines.append(f"{row['model']} ({device}): {row[f'noise_{device}']}")
+        return lines
 
 
 def warmup_runs() -> int:
@@ -96,15 +137,73 @@ def compact_size(loaded: Checkpoint) -> int | None:
     return encoded_size(encode(read_checkpoint_file(loaded.path) if loaded.path else loaded.model))
 
 
+def unique_labels(paths: Sequence[str | Path]) -> list[str]:
+    """The shortest trailing part of each path that no other path shares: ``runs/a/last.pt`` and
+    ``runs/b/last.pt`` become ``a/last.pt`` and ``b/last.pt``; ``dense.pt`` stays ``dense.pt``. The same
+    file given twice gets ``#2``, ``#3`` … appended."""
+    parts = [Path(p).resolve().parts if p else ("model",) for p in paths]
+
+    def suffix(i: int, k: int) -> str:
+        return "/".join(parts[i][-k:])
+
+    labels = []
+    for i, own in enumerate(parts):
+        others = [j for j in range(len(parts)) if j != i and parts[j] != own]
+        k = 1
+        while k < len(own) and any(suffix(i, k) == suffix(j, k) for j in others):
+            k += 1
+        labels.append(suffix(i, k))
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            labels[i] = f"{label} #{seen[label]}"
+    return labels
+
+
+def is_unpruned(loaded: Checkpoint) -> bool:
+    """True for a float checkpoint no pruning, quantisation or export produced (a dense reference)."""
+    from prunekit.export.common import is_quantized
+
+    meta = loaded.meta
+    derived = any(meta.get(k) for k in ("method", "granularity", "quantized", "prune_config", "compact_values"))
+    return not derived and not is_quantized(loaded.model)
+
+
+def reference_first(paths: Sequence[str | Path], reference: str | Path | None = None) -> list[Path]:
+    """``paths`` with the reference of the ratios moved to the front: ``reference`` when given (it must be
+    one of ``paths``, compared as resolved files), else the dense/unpruned checkpoint with the most
+    non-zero parameters (else simply the one with the most). Loads every checkpoint once."""
+    from prunekit.errors import PrunekitError
+    from prunekit.measure import count_nonzero_parameters
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        return paths
+    if reference is not None:
+        matches = [p for p in paths if p.resolve() == Path(reference).resolve()]
+        if not matches:
+            raise PrunekitError(f"--reference {reference} is not one of the checkpoints compared: "
+                                + ", ".join(p.name for p in paths))
+        index = paths.index(matches[0])
+    else:
+        scores = []
+        for p in paths:
+            loaded = load_checkpoint(p)
+            scores.append((is_unpruned(loaded), count_nonzero_parameters(loaded.model)))
+        index = max(range(len(paths)), key=lambda i: (scores[i], -i))
+    return [paths[index]] + paths[:index] + paths[index + 1:]
+
+
 def measure_row(loaded: Checkpoint, data: DataBundle, settings: CompareSettings) -> dict:
-    """One table row for a loaded checkpoint. Side effect: moves the model to ``settings.device``."""
+    """One table row for a loaded checkpoint, without timing (see :func:`time_rows`). Side effect: moves
+    the model to the first of ``settings.devices``."""
     path = loaded.path
-    result = profile(loaded.model, device=settings.device, checkpoint_path=path, timing=settings.timing,
-                     batch_size=settings.batch_size, repeats=settings.repeats, threads=settings.threads,
+    device = settings.devices[0]
+    result = profile(loaded.model, device=device, checkpoint_path=path, timing=False, threads=settings.threads,
                      count=settings.count)
     mean, std = meta_normalisation(loaded.meta, data)
-    metrics = evaluate_model(loaded.model, data, settings.split, mean, std, settings.device)
-    iqr = result.latency_iqr_ms or (None, None)
+    metrics = evaluate_model(loaded.model, data, settings.split, mean, std, device)
     return {
         "model": Path(path).name if path else "model", "path": str(path) if path else None,
         "arch": arch_label(loaded.arch), "dataset": data.info.name, "synthetic": data.synthetic,
@@ -113,11 +212,11 @@ def measure_row(loaded: Checkpoint, data: DataBundle, settings: CompareSettings)
         "top1_error": 100.0 - metrics.top1, "top5_error": 100.0 - metrics.top5, "loss": metrics.loss,
         "params": result.params, "nonzero_params": result.nonzero_params, "macs": result.macs,
         "count": result.count, "ops": result.ops,
-        "file_bytes": result.file_bytes, "compact_bytes": compact_size(loaded),
-        "peak_memory_bytes": result.peak_memory_bytes,
-        "latency_ms": result.latency_ms, "latency_q1_ms": iqr[0], "latency_q3_ms": iqr[1],
-        "throughput_batch": result.throughput_batch, "throughput_ips": result.throughput_ips,
-        "device": result.device, "threads": result.threads, "hardware": result.hardware,
+        "file_bytes": result.file_bytes, "weights_bytes": result.weights_bytes,
+        "compact_bytes": compact_size(loaded), "peak_memory_bytes": result.peak_memory_bytes,
+        "throughput_batch": settings.batch_size if settings.timing else None,
+        "device": device, "threads": result.threads, "hardware": result.hardware,
+        **{k: None for k in TIMING_KEYS},
     }
 
 
@@ -129,15 +228,74 @@ def evaluate_model(model: nn.Module, data: DataBundle, split: str, mean, std, de
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """Fill the :data:`RATIOS` columns of every row against ``rows[0]`` (None where a value is missing)."""
+    """Fill the untimed :data:`RATIOS` columns of every row against ``rows[0]`` (None where a value is
+    missing); the timed ones come from :func:`time_rows`."""
     if not rows:
         return rows
     first = rows[0]
     for row in rows:
         for column, (key, direction) in RATIOS.items():
+            if column in TIMED_RATIOS:
+                continue
             a, b = (first.get(key), row.get(key)) if direction == "first/this" else (row.get(key), first.get(key))
             row[column] = a / b if a is not None and b else None
     return rows
+
+
+def runs_on(model: nn.Module, device: torch.device, input_size=(3, 32, 32)) -> bool:
+    """True when ``model`` runs a batch on ``device`` (an int8 model runs on the CPU only)."""
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, *input_size, device=device))
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def time_rows(rows: list[dict], models: list[nn.Module], device: str, settings: CompareSettings) -> None:
+    """Time all ``models`` interleaved on ``device`` and fill each row's ``<key>_<device>`` timing columns:
+    latency per image at batch 1 (median, quartiles, spread), throughput at ``settings.batch_size``, and the
+    speed-up / throughput ratio against ``models[0]`` as medians of paired per-round ratios. A row whose
+    latency, throughput or either ratio has an IQR over 20% of its median gets ``noise_<device>``. Side effect:
+    moves the models to ``device`` (and back to the CPU afterwards)."""
+    target = torch.device(device)
+    threads = settings.threads
+    placed = [model.to(target) for model in models]
+    usable = [i for i, model in enumerate(placed) if runs_on(model, target)]
+    if not usable:
+        return
+    single = dict(zip(usable, time_interleaved([placed[i] for i in usable], 1, target, repeats=settings.repeats,
+                                               threads=threads)))
+    batched = dict(zip(usable, time_interleaved([placed[i] for i in usable], settings.batch_size, target,
+                                                repeats=max(5, settings.repeats // 5), threads=threads)))
+    reference = usable[0] if usable[0] == 0 else None
+    for i in usable:
+        row, t = rows[i], single[i]
+        values = {"latency_ms": t.per_image_ms, "latency_q1_ms": t.q1_ms, "latency_q3_ms": t.q3_ms,
+                  "latency_spread": t.spread, "throughput_ips": batched[i].images_per_second}
+        spreads = [t.spread, batched[i].spread]
+        if reference is not None:
+            speedup = paired_ratio(single[reference], t)
+            throughput = paired_ratio(batched[reference], batched[i])
+            values.update(speedup=speedup.median, speedup_q1=speedup.q1, speedup_q3=speedup.q3,
+                          throughput_ratio=throughput.median)
+            spreads += [speedup.spread, throughput.spread]
+        worst = max(spreads)
+        values["noise"] = noise_note(worst, threads) if worst > NOISY_IQR else None
+        row.update({f"{k}_{device}": v for k, v in values.items()})
+    for model in placed:
+        model.to("cpu")
+
+
+def mirror_first_device(rows: list[dict], device: str) -> None:
+    """Copy the first device's ``<key>_<device>`` timing columns to the plain keys (``latency_ms`` …)."""
+    for row in rows:
+        for key in TIMING_KEYS:
+            row[key] = row.get(f"{key}_{device}")
+
+
+def device_available(device: str) -> bool:
+    return device != "cuda" or torch.cuda.is_available()
 
 
 def compare_checkpoints(paths: Sequence[str | Path], data_for: Callable[[dict], DataBundle],
@@ -145,18 +303,30 @@ def compare_checkpoints(paths: Sequence[str | Path], data_for: Callable[[dict], 
     """Measure every checkpoint in ``paths`` (in order; the first is the reference for the ratios).
 
     ``data_for(meta)`` returns the :class:`DataBundle` to evaluate a checkpoint with that ``meta`` on
-    (typically its own dataset). Models are loaded one at a time and released after measuring.
+    (typically its own dataset). Every model (as deployed: masks made permanent) stays in memory until all
+    are timed together, interleaved, on each device of ``settings.devices``; a device that is not there
+    (CUDA without a GPU) is recorded in ``Comparison.unavailable`` and its columns stay empty.
     """
     from tqdm.auto import tqdm
 
-    rows = []
+    rows, deployed = [], []
     for path in tqdm(list(paths), desc="compare", unit="model", disable=not progress, leave=False):
         loaded = load_checkpoint(path)
         rows.append(measure_row(loaded, data_for(loaded.meta), settings))
+        deployed.append(deployable(loaded.model))
+    for row, label in zip(rows, unique_labels([row["path"] for row in rows])):
+        row["model"] = label
     add_ratios(rows)
-    threads = rows[0]["threads"] if rows else (settings.threads or torch.get_num_threads())
-    hardware = rows[0]["hardware"] if rows else ""
-    comparison = Comparison(rows, settings, hardware, threads)
+    comparison = Comparison(rows, settings, rows[0]["hardware"] if rows else "",
+                            settings.threads or torch.get_num_threads())
+    if settings.timing and rows:
+        comparison.machine = machine_load().as_dict()
+        for device in settings.devices:
+            if device_available(device):
+                time_rows(rows, deployed, device, settings)
+            else:
+                comparison.unavailable[device] = NO_GPU
+        mirror_first_device(rows, settings.devices[0])
     comparison.method = method_text(comparison)
     return comparison
 
@@ -167,19 +337,27 @@ def method_text(comparison: Comparison) -> str:
     parts = [f"Accuracy: {s.split} split, each model normalised with its checkpoint's own mean/std. "
              "MACs: multiply-accumulates per image of conv + linear layers (torch.utils.flop_counter / 2). "
              "Non-zero: parameters not exactly zero, masks applied. Sizes: 1 kB = 1000 bytes; file = checkpoint "
-             "on disk; compact = prunekit.export.compact file (empty for int8 models); peak mem = weights + "
-             "buffers + peak live tensors of one batch-1 inference."]
+             "on disk (a training checkpoint also holds optimizer state); weights = the deployable model's "
+             "tensors (masks made permanent, int8 packed); compact = prunekit.export.compact file (empty for "
+             "int8 models); peak mem = weights + buffers + peak live tensors of one batch-1 inference."]
     if s.timing:
-        parts.append(f"Timing on {comparison.hardware or s.device}, device {s.device}, {comparison.threads} "
-                     f"thread(s), eval mode under torch.inference_mode: {warmup_runs()} untimed warm-up runs, then "
+        threads = comparison.threads
+        parts.append(f"Timing on {comparison.hardware or s.device}, device(s) {', '.join(s.devices)}, "
+                     f"{threads} thread(s){' (single-threaded by default; --threads N to change)' if threads == 1 else ''}, "
+                     f"eval mode under torch.inference_mode: {warmup_runs()} untimed warm-up runs per model, then "
                      f"{s.repeats} timed runs at batch 1 (latency = median per image, [IQR] = 25th–75th "
                      f"percentile) and {max(5, s.repeats // 5)} at batch {s.batch_size} (img/s = median "
-                     "throughput); CUDA is synchronised around every run.")
+                     "throughput), all models interleaved round by round; speed-up = median of the per-round "
+                     "ratios to the first model, so machine drift cancels; noisy = IQR over "
+                     f"{100 * NOISY_IQR:.0f}% of the median; CUDA is synchronised around every run.")
+        if comparison.machine:
+            from prunekit.measure.timing import MachineLoad
+
+            parts.append(f"Machine before timing: {MachineLoad(**comparison.machine).describe()}.")
     else:
         parts.append("Timing skipped (--no-timing).")
     parts.append("Ratios: against the first model; > 1 means better (faster, smaller, fewer).")
     return " ".join(parts)
-
 
 
 def comparison_from_dict(data: dict | list) -> Comparison:
@@ -189,7 +367,7 @@ def comparison_from_dict(data: dict | list) -> Comparison:
     known = CompareSettings.__dataclass_fields__
     settings = CompareSettings(**{k: v for k, v in (data.get("settings") or {}).items() if k in known})
     return Comparison(list(data.get("rows") or []), settings, data.get("hardware", ""), data.get("threads", 0),
-                      data.get("method", ""))
+                      data.get("method", ""), data.get("machine"), dict(data.get("unavailable") or {}))
 
 
 def save_comparison(comparison: Comparison, path: str | Path) -> Path:
@@ -203,12 +381,15 @@ def save_comparison(comparison: Comparison, path: str | Path) -> Path:
 
 COMPARE_CSV_COLUMNS = ["model", "path", "arch", "dataset", "synthetic", "split", "images", "top1", "top5",
                        "top1_error", "top5_error", "loss", "params", "nonzero_params", "macs", "file_bytes",
-                       "compact_bytes", "peak_memory_bytes", "latency_ms", "latency_q1_ms", "latency_q3_ms",
-                       "throughput_batch", "throughput_ips", *RATIOS, "device", "threads", "hardware"]
+                       "weights_bytes", "compact_bytes", "peak_memory_bytes", "latency_ms", "latency_q1_ms",
+                       "latency_q3_ms", "latency_spread", "throughput_batch", "throughput_ips", *RATIOS,
+                       "speedup_q1", "speedup_q3", "noise", "device", "threads", "hardware"]
 
 
 def save_comparison_csv(comparison: Comparison, path: str | Path) -> Path:
-    """Write the raw (unformatted) rows as CSV, atomically; empty cells for missing values."""
+    """Write the raw (unformatted) rows as CSV, atomically; empty cells for missing values. With several
+    devices, each one's timing columns follow as ``<key>_<device>``."""
     from prunekit.atomic import atomic_write_csv
 
-    return atomic_write_csv(path, comparison.rows, COMPARE_CSV_COLUMNS)
+    extra = [f"{k}_{d}" for d in comparison.settings.devices[1:] for k in TIMING_KEYS]
+    return atomic_write_csv(path, comparison.rows, COMPARE_CSV_COLUMNS + extra)

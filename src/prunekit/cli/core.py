@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from prunekit.cli.common import (POSITIVE_INT, add_count_arg, add_data_args, add_model_args, add_model_relocation_arg,
+from prunekit.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, add_model_args, add_model_relocation_arg,
                                  add_rename_arg, add_train_args, load_data, lock_run_folder, markdown_table,
                                  model_from_args, parse_cfg, print_json, train_config_from)
 
@@ -68,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="batch for the throughput figure")
     p.add_argument("--repeats", type=POSITIVE_INT, default=50, help="timed runs at batch 1 (median reported)")
-    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=NON_NEGATIVE_INT, default=1, help="CPU threads while timing (default: %(default)s: "
+                   "single-threaded, steady on a busy machine; 0: torch's default)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
     add_count_arg(p)
     p.add_argument("--json", action="store_true")
@@ -302,12 +303,19 @@ def cmd_profile(args) -> int:
     loaded = load_model_source(args)
     result = profile(loaded.model, device=args.device, checkpoint_path=args.checkpoint,
                      timing=not args.no_timing, batch_size=args.batch_size, repeats=args.repeats,
-                     threads=args.threads, count=args.count)
+                     threads=args.threads or None, count=args.count)
     if args.json:
         print_json(result.as_dict())
         return 0
     rows = [{"metric": k, "value": v} for k, v in result.as_dict().items()]
     print(markdown_table(rows))
     print("\nMACs: multiply-accumulates per image of conv and linear layers (torch.utils.flop_counter / 2). "
-          "Latency: median of repeated runs after warm-up, batch 1, per image.")
+          f"Latency: median of repeated runs after warm-up, batch 1, per image, {result.threads} thread(s).")
+    from prunekit.measure import MachineLoad
+
+    if result.machine and MachineLoad(**result.machine).busy(result.threads):
+        print(f"WARNING machine busy while timing ({MachineLoad(**result.machine).describe()}): latency is "
+              "longer and noisier than on a quiet machine")
+    if result.noise:
+        print(f"WARNING latency {result.noise}")
     return 0

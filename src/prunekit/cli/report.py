@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (FRACTION, POSITIVE_INT, add_count_arg, add_data_args, load_data, lock_run_folder,
+from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, load_data, lock_run_folder,
                                  markdown_table, print_json)
 from prunekit.cli.core import add_model_source_args, load_model_source
 
@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoints", metavar="CKPT", nargs="+")
     add_data_args(p, dataset_default=None)
     add_measure_args(p)
+    add_reference_arg(p, "default: the first CKPT")
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the rows and the method as JSON (compare.json)")
     output.add_argument("--csv", metavar="FILE", default=None, help="also write the raw rows to FILE as CSV")
@@ -58,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                  "Markdown twin goes beside it")
     add_data_args(p, dataset_default=None)
     add_measure_args(p)
+    add_reference_arg(p, "default: the dense/unpruned checkpoint with the most non-zero parameters")
     p.set_defaults(func=cmd_report)
 
 
@@ -87,14 +89,23 @@ def register_plot_commands(kinds: argparse._SubParsersAction) -> None:
 
 def add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["test", "val", "train"], default="test", help="default: %(default)s")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
-    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="CPU threads while timing (default: torch's)")
+    p.add_argument("--device", default="cpu", metavar="DEV[,DEV]",
+                   help="cpu, cuda, or cpu,cuda for both latency columns in one table (accuracy and memory on "
+                        "the first; CUDA columns say 'no GPU' when there is none; default: %(default)s)")
+    p.add_argument("--threads", type=NON_NEGATIVE_INT, default=1,
+                   help="CPU threads while timing (default: %(default)s: batch-1 latency single-threaded, which "
+                        "stays steady on a busy machine; 0: torch's default)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="batch of the throughput figure (default: %(default)s)")
     p.add_argument("--repeats", type=POSITIVE_INT, default=50,
                    help="timed runs at batch 1; the throughput batch gets max(5, N/5) (default: %(default)s)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
     p.add_argument("--no-progress", action="store_true")
     add_count_arg(p)
+
+
+def add_reference_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--reference", metavar="CKPT", default=None,
+                   help=f"the model every ratio is against, one of the checkpoints ({default})")
 
 
 def add_granularity_args(p: argparse.ArgumentParser) -> None:
@@ -142,11 +153,15 @@ def compare_settings(args: argparse.Namespace):
     from prunekit.analysis.compare import CompareSettings
     from prunekit.train.loop import resolve_device
 
-    resolve_device(args.device)  # a clear error for --device cuda without a GPU
-    if args.batch_size < 1 or args.repeats < 1:
-        raise PrunekitError("--batch-size and --repeats must be at least 1")
-    return CompareSettings(device=args.device, threads=args.threads, batch_size=args.batch_size,
-                           repeats=args.repeats, timing=not args.no_timing, split=args.split, count=args.count)
+    devices = [d.strip() for d in args.device.split(",") if d.strip()]
+    if not devices or any(d not in ("cpu", "cuda") for d in devices) or len(set(devices)) < len(devices):
+        raise PrunekitError(f"--device {args.device}: give cpu, cuda or cpu,cuda")
+    resolve_device(devices[0])  # accuracy and memory run there: a clear error for cuda without a GPU
+    if args.batch_size < 1 or args.repeats < 1 or args.threads < 0:
+        raise PrunekitError("--batch-size and --repeats must be at least 1, --threads at least 0")
+    return CompareSettings(device=",".join(devices), threads=args.threads or None, batch_size=args.batch_size,
+                           repeats=args.repeats, timing=not args.no_timing, split=args.split,
+                           count=args.count)
 
 
 def analysis_setup(args: argparse.Namespace):
@@ -205,16 +220,19 @@ def sweep_xlabel(granularity: str, include_classifier: bool) -> str:
 
 
 def cmd_compare(args) -> int:
-    from prunekit.analysis.compare import compare_checkpoints, save_comparison_csv
+    from prunekit.analysis.compare import compare_checkpoints, reference_first, save_comparison_csv
     from prunekit.report.tables import display_rows
 
-    comparison = compare_checkpoints(args.checkpoints, data_source(args), compare_settings(args),
-                                     progress=not args.no_progress)
+    paths = reference_first(args.checkpoints, args.reference) if args.reference else args.checkpoints
+    settings = compare_settings(args)
+    comparison = compare_checkpoints(paths, data_source(args), settings, progress=not args.no_progress)
     if args.json:
         print_json(comparison.as_dict())
         return 0
     print(markdown_table(display_rows(comparison)))
     print(f"\n{comparison.method}")
+    for line in comparison.warnings():
+        print(f"WARNING {line}")
     if any(row["synthetic"] for row in comparison.rows):
         print("SYNTHETIC data: these numbers demonstrate the tool, they are not CIFAR results.")
     if args.csv:
@@ -232,7 +250,12 @@ def cmd_sweep(args) -> int:
     csv_path = out / f"{sweep_name(args.granularity, args.scope, args.start, args.stop)}.csv"
     rows = run_sweep(loaded.model, rates, evaluator, csv_path, args.granularity, args.scope, args.criterion,
                      args.include_classifier, settings, progress=not args.no_progress)
-    png, _ = plot_sweep(rows, csv_path.with_suffix(".png"), title=sweep_title(saved_settings(csv_path)),
+    from prunekit.models import arch_label
+
+    # a zoomed range has no rate-0 point: evaluate the unpruned model once for the dashed reference line
+    dense_top1 = None if any(row["rate"] == 0 for row in rows) else evaluator(loaded.model).top1
+    png, _ = plot_sweep(rows, csv_path.with_suffix(".png"), dense_top1=dense_top1,
+                        title=f"{arch_label(loaded.arch)}: {sweep_title(saved_settings(csv_path))}",
                         xlabel=sweep_xlabel(args.granularity, args.include_classifier), write_data=False)
     columns = ["rate", "sparsity", "nonzero_params", "nonzero_bytes", "top1", "top5"]
     print(markdown_table([{c: row[c] for c in columns} for row in rows]))
@@ -291,7 +314,7 @@ def write_suggestion(rows: list[dict], target: float, path: Path, args) -> None:
 
 def cmd_report(args) -> int:
     from prunekit.errors import PrunekitError
-    from prunekit.analysis.compare import compare_checkpoints, save_comparison
+    from prunekit.analysis.compare import compare_checkpoints, reference_first, save_comparison
     from prunekit.report.html import COMPARE_FILE, find_checkpoints, load_comparison, write_report
 
     run_dir = Path(args.run_dir)
@@ -299,7 +322,8 @@ def cmd_report(args) -> int:
         raise PrunekitError(f"run folder not found: {run_dir}")
     comparison = load_comparison(run_dir)
     if comparison is None and find_checkpoints(run_dir):
-        comparison = compare_checkpoints(find_checkpoints(run_dir), data_source(args), compare_settings(args),
+        paths = reference_first(find_checkpoints(run_dir), args.reference)
+        comparison = compare_checkpoints(paths, data_source(args), compare_settings(args),
                                          progress=not args.no_progress)
         saved = save_comparison(comparison, run_dir / COMPARE_FILE)
         print(f"measured {len(comparison.rows)} checkpoint(s); saved {saved}")

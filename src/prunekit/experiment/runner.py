@@ -5,7 +5,8 @@ finished stages and resumes an interrupted one (training from its ``last.pt``, p
 theirs, sweeps from their CSV). Layout::
 
     RUN/config.yaml                 the resolved experiment (written first)
-    RUN/models/00_baseline.pt       the baseline, then one checkpoint per variant (and int8 files)
+    RUN/models/00_baseline.pt       the baseline
+    RUN/models/<variant>/*.pt       a variant's checkpoint under the pipeline's own name (and its int8 file)
     RUN/models/<variant>.json       a variant's result record: its checkpoint and numbers (stage marker)
     RUN/plots/*.png + *.csv         accuracy-sparsity, masks, sweeps
     RUN/compare.json/.md/.csv       the comparison table
@@ -30,7 +31,7 @@ from prunekit.config import FINETUNE_LR, TrainConfig
 from prunekit.data import DataBundle, get_data
 from prunekit.data.normalisation import input_normalisation
 from prunekit.experiment.config import Experiment, SweepSpec, VariantSpec
-from prunekit.measure import count_nonzero_parameters, count_parameters
+from prunekit.models import arch_label
 from prunekit.atomic import atomic_write_text
 
 BASELINE = names.BASELINE
@@ -187,7 +188,8 @@ def prune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     run.say(f"variant {variant.name}: {config.schedule} {config.granularity} pruning from {variant.source}")
     result = run_pruning(model, run.data, config, train, run.work / variant.name, meta=meta,
                          progress=run.progress, callbacks=[PrintEpoch()])
-    final = run.models / f"{variant.name}__{result.path.name}"
+    final = names.variant_dir(run.folder, variant.name) / result.path.name
+    final.parent.mkdir(parents=True, exist_ok=True)
     result.path.replace(final)
     return result.model, result.meta, final
 
@@ -208,7 +210,7 @@ def finetune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     test = outcome["test"]
     meta = {**meta, "test_top1": test.top1, "test_top5": test.top5, "test_images": test.images,
             "finetune_epochs": config.epochs, "sparsity": outcome["sparsity"]["overall"]}
-    final = run.models / f"{variant.name}_acc_{test.top1:.2f}.pt"
+    final = names.variant_dir(run.folder, variant.name) / f"{variant.name}_acc_{test.top1:.2f}.pt"
     save_checkpoint(model, final, {**meta, "stage": variant.name})
     return model, meta, final
 
@@ -222,7 +224,7 @@ def quantize_variant(run: Run, variant: VariantSpec, path: Path) -> Path:
     spec = variant.quantize
     calibration = DeviceLoader(*run.data.train, spec.batch_size, mean=mean, std=std, train=False)
     quantized = quantize_model(loaded.model, calibration, max_batches=spec.calib_batches)
-    out = run.models / f"{path.stem}_int8.pt"
+    out = names.variant_dir(run.folder, variant.name) / f"{path.stem}_int8.pt"
     save_quantized(quantized, out, {**derived_meta(loaded.meta), "quantized": "int8",
                                     "calib_batches": spec.calib_batches})
     run.say(f"variant {variant.name}: int8 → {out}")
@@ -238,13 +240,17 @@ def ensure_sweep(run: Run, sweep: SweepSpec) -> None:
     mean, std = input_normalisation(loaded.meta, run.data.info)
     evaluator = Evaluator(run.data, tuple(mean), tuple(std), torch.device("cpu"))
     ranges = [(sweep.start, sweep.stop)] + ([tuple(sweep.zoom)] if sweep.zoom else [])
+    dense_top1 = loaded.meta.get("test_top1")  # the zoomed range has no rate-0 point of its own
+    model_name = arch_label(loaded.arch)
     for start, stop in ranges:
         stem = f"{sweep.source}_{sweep_name(sweep.granularity, sweep.scope, start, stop)}"
         csv_path = names.plots(run.folder) / f"{stem}.csv"
         rows = run_sweep(loaded.model, sweep_rates(start, stop, sweep.steps), evaluator, csv_path,
                          granularity=sweep.granularity, scope=sweep.scope, progress=run.progress)
-        plot_sweep(rows, csv_path.with_suffix(".png"), title=f"{sweep.source}: accuracy vs pruning rate "
-                                                            f"({sweep.granularity}, {sweep.scope}, no retraining)")
+        dense_top1 = next((r["top1"] for r in rows if r["rate"] == 0), dense_top1)
+        plot_sweep(rows, csv_path.with_suffix(".png"), dense_top1=dense_top1,
+                   title=f"{model_name} ({sweep.source}): accuracy vs pruning rate ({sweep.granularity}, "
+                         f"{sweep.scope}, no retraining){synthetic_note(run)}")
     run.say(f"sweep of {sweep.source}: {len(ranges)} range(s) → plots/")
 
 
@@ -255,10 +261,11 @@ def write_plots(run: Run, paths: list[Path]) -> None:
     plots = names.plots(run.folder)
     checkpoints = {p: load_checkpoint(p) for p in paths if "_int8" not in p.name}
     if run.experiment.accuracy_sparsity_plot:
-        dense = count_parameters(checkpoints[paths[0]].model)
-        points = [accuracy_point(path, loaded, dense) for path, loaded in checkpoints.items()]
+        dense = checkpoints[paths[0]]
+        points = [accuracy_point(path, loaded, prunable_weights(dense.model)) for path, loaded in checkpoints.items()]
         plot_accuracy_sparsity(points, plots / "accuracy_sparsity.png",
-                               title=f"{run.experiment.name}: test accuracy vs sparsity{synthetic_note(run)}")
+                               title=f"{run.experiment.name}: {arch_label(dense.arch)}, test accuracy vs weight "
+                                     f"sparsity{synthetic_note(run)}")
     for variant in run.experiment.variants:
         for layer in variant.mask_plots:
             weight = dict(mask_model(run, variant).named_modules())[layer].weight.detach()
@@ -278,15 +285,18 @@ def mask_model(run: Run, variant: VariantSpec):
 def ensure_comparison(run: Run, paths: list[Path]) -> None:
     from prunekit.analysis.compare import (CompareSettings, compare_checkpoints, save_comparison,
                                            save_comparison_csv)
+    from prunekit.measure.timing import DEFAULT_TIMING_THREADS
     from prunekit.report.tables import display_rows, markdown_table
 
     spec = run.experiment.compare
-    settings = CompareSettings(device=spec.device, threads=spec.threads, batch_size=spec.batch_size,
+    settings = CompareSettings(device=spec.device, threads=spec.threads or DEFAULT_TIMING_THREADS,
+                               batch_size=spec.batch_size,
                                repeats=spec.repeats, timing=spec.timing)
     comparison = compare_checkpoints(paths, lambda meta: run.data, settings, progress=run.progress)
     save_comparison(comparison, run.folder / "compare.json")
     save_comparison_csv(comparison, run.folder / "compare.csv")
-    table = markdown_table(display_rows(comparison)) + "\n\n" + comparison.method
+    table = "\n".join([markdown_table(display_rows(comparison)), "", comparison.method,
+                       *(f"WARNING {line}" for line in comparison.warnings())])
     atomic_write_text(run.folder / "compare.md", table + "\n")
     print(table, flush=True)
 
@@ -330,15 +340,23 @@ def evaluate(run: Run, model, meta: dict) -> dict:
             "test_images": metrics.images}
 
 
-def accuracy_point(path: Path, loaded: Checkpoint, dense_params: int) -> dict:
-    """One point of the accuracy-sparsity figure. Sparsity = 1 − non-zero parameters / the baseline's
-    parameters, so masked zeros and physically removed filters count alike."""
+def prunable_weights(model) -> tuple[int, int]:
+    """``(weights, non-zero weights)`` of the conv + linear layers (the quantity of the sparsity axis)."""
+    from prunekit.prune import sparsity_report
+
+    report = sparsity_report(model)
+    return report["params"], report["params"] - report["zeros"]
+
+
+def accuracy_point(path: Path, loaded: Checkpoint, dense_weights: tuple[int, int]) -> dict:
+    """One point of the accuracy-sparsity figure. Sparsity = 1 − non-zero conv + linear weights / the
+    baseline's conv + linear weights (:data:`prunekit.report.plots.WEIGHT_SPARSITY_LABEL`), so masked zeros
+    and physically removed filters count alike."""
     meta = loaded.meta
-    stem = "dense" if path.name == BASELINE else path.stem.split("__")[0]
-    label = stem if meta.get("stage") else meta.get("method") or stem  # a fine-tuned variant is named by its file
+    label = "dense" if path.name == BASELINE else path.parent.name  # the variant's folder: unique per variant
     if meta.get("granularity"):
-        label = f"{label} {meta['granularity']}"
-    return {"label": label, "sparsity": 1.0 - count_nonzero_parameters(loaded.model) / dense_params,
+        label = f"{label} ({meta.get('method', '')} {meta['granularity']})".replace("( ", "(")
+    return {"label": label, "sparsity": 1.0 - prunable_weights(loaded.model)[1] / dense_weights[0],
             "top1": meta.get("test_top1"), "top5": meta.get("test_top5"), "source": path.name}
 
 

@@ -38,12 +38,13 @@ def run_seeds(experiment: Experiment, seeds: list[int], data_root: str | None = 
 
 def summarise(experiment: Experiment, seeds: list[int], folders: list[Path], summary_dir: Path) -> Path:
     """``summary_dir/plots/seeds_top1.png`` + ``.csv`` (mean ± std per model) and a report of them."""
+    from prunekit.paths import variant_of
     from prunekit.report.html import write_report
 
     tables = [json.loads((folder / "compare.json").read_text())["rows"] for folder in folders]
     rows = []
     for position, first in enumerate(tables[0]):
-        name = first["model"].split("__")[0] if "__" in first["model"] else first["model"]
+        name = variant_of(first["path"]) if first.get("path") else first["model"]  # same across seeds
         top1 = [table[position]["top1"] for table in tables]
         top5 = [table[position]["top5"] for table in tables]
         rows.append({"model": name, "seeds": len(seeds), "top1_mean": statistics.mean(top1),

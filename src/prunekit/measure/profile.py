@@ -13,7 +13,8 @@ from torch import nn
 from prunekit.masking import has_masks, permanent_copy
 from prunekit.measure.counts import (count_macs, count_nonzero_parameters, count_ops, count_parameters,
                                      serialized_size)
-from prunekit.measure.timing import peak_inference_memory, time_inference
+from prunekit.measure.timing import (DEFAULT_TIMING_THREADS, machine_load, noise_note, peak_inference_memory,
+                                     static_bytes, time_inference)
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Profile:
     nonzero_params: int
     macs: int  # multiply-accumulates per image, conv + linear
     file_bytes: int  # the checkpoint file, or the serialised state dict when no file is given
+    weights_bytes: int  # the deployable model's tensors (masks made permanent; int8 packed weights)
     peak_memory_bytes: int  # batch-1 inference: weights + buffers + peak live activations
     device: str
     threads: int
@@ -32,6 +34,9 @@ class Profile:
     hardware: str = ""
     count: str = "macs"  # the counting convention of ``ops`` (see prunekit.measure.counts.CONVENTIONS)
     ops: int | None = None  # operations per image under ``count`` (equals ``macs`` for "macs")
+    latency_spread: float | None = None  # IQR / median of the batch-1 latency
+    noise: str | None = None  # the warning when the latency is noisy (IQR > 20% of median)
+    machine: dict | None = None  # machine_load() just before timing: busy CPUs, steal, load average
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,13 +57,15 @@ def deployable(model: nn.Module) -> nn.Module:
 
 def profile(model: nn.Module, input_size=(1, 3, 32, 32), device: str | torch.device = "cpu",
             checkpoint_path: str | Path | None = None, timing: bool = True, batch_size: int = 64,
-            repeats: int = 50, threads: int | None = None, count: str = "macs") -> Profile:
+            repeats: int = 50, threads: int | None = DEFAULT_TIMING_THREADS, count: str = "macs") -> Profile:
     """Measure ``model``: params, non-zero params, MACs, the operations under convention ``count`` (``ops``),
-    size, peak memory and (if ``timing``) latency at batch 1 and throughput at ``batch_size``. Side effect: moves the model to ``device`` and eval mode.
+    size, peak memory and (if ``timing``) latency at batch 1 and throughput at ``batch_size``. Side effect:
+    moves the model to ``device`` and eval mode.
 
     A masked model is measured as it would be deployed: memory and time on a copy whose masks are made
     permanent (the ``weight_orig * weight_mask`` re-parametrisation is a training device that would
-    otherwise add a multiplication per layer and a second copy of every weight)."""
+    otherwise add a multiplication per layer and a second copy of every weight). Timing is single-threaded
+    unless ``threads`` says otherwise (``None``: torch's current count); a noisy latency carries ``noise``."""
     device = torch.device(device)
     model = model.to(device).eval()
     deployed = deployable(model)
@@ -70,17 +77,21 @@ def profile(model: nn.Module, input_size=(1, 3, 32, 32), device: str | torch.dev
         count=count,
         ops=count_ops(model, count, input_size),
         file_bytes=Path(checkpoint_path).stat().st_size if checkpoint_path else serialized_size(model),
+        weights_bytes=static_bytes(deployed),
         peak_memory_bytes=peak_inference_memory(deployed, 1, device, tuple(input_size[1:])),
         device=device.type,
         threads=threads,
         hardware=hardware_name(device),
     )
     if timing:
+        result.machine = machine_load().as_dict()
         single = time_inference(deployed, 1, device, repeats=repeats, threads=threads, input_size=tuple(input_size[1:]))
         batched = time_inference(deployed, batch_size, device, repeats=max(5, repeats // 5), threads=threads,
                                  input_size=tuple(input_size[1:]))
         result.latency_ms = single.per_image_ms
         result.latency_iqr_ms = (single.q1_ms, single.q3_ms)
+        result.latency_spread = single.spread
+        result.noise = noise_note(single.spread, threads) if single.noisy else None
         result.throughput_batch = batch_size
         result.throughput_ips = batched.images_per_second
     return result

@@ -7,13 +7,19 @@ Run-folder layout the report reads (everything optional; ``prunekit run`` writes
       compare.json           the comparison table (``prunekit compare … --json > compare.json``, or
                              :func:`prunekit.analysis.compare.save_comparison`); when absent it is computed
                              from the checkpoints below and saved here
-      *.pt, models/*.pt      checkpoints; sorted by name, the first is the reference of the ratios
+      *.pt, models/*.pt, models/*/*.pt
+                             checkpoints; the dense/unpruned one is the reference of the ratios
+                             (``prunekit report --reference CKPT`` to choose)
       plots/NAME.png         every figure (any PNG below RUN_DIR is included, in path order)
       plots/NAME.csv         the numbers behind NAME.png (same stem)
       plots/NAME.json        optional: the settings that produced NAME (sweep / sensitivity write one)
+      plots/comparison.png   written by the report from the comparison: every model (int8 too) by size
+                             and latency against accuracy
       report.html, report.md written here by ``prunekit report`` (default ``--out``)
       work/.noreport         an empty ``.noreport`` file leaves its folder out (e.g. training rounds)
 
+The page opens with a summary (data, images, hardware, one sentence per model), a table narrow enough
+for a 1280 px window (the full table is behind a toggle), then the plots; the configuration is collapsed.
 The HTML embeds every image as a base64 PNG data URI and every CSV/JSON as a data-URI download link
 (plus a table of the numbers when small), with inline CSS and no script: it opens anywhere, offline,
 and can be mailed as one file. The Markdown twin references the same files by relative path.
@@ -31,10 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prunekit.analysis.compare import Comparison, comparison_from_dict
-from prunekit.report.tables import display_rows
+from prunekit.report.tables import display_rows, summary_rows
 from prunekit.atomic import atomic_write_text
 
 COMPARE_FILE = "compare.json"
+COMPARISON_PLOT = "plots/comparison.png"
 NO_REPORT = ".noreport"  # an empty file: the folder holding it (and everything below) is left out
 REPORT_STEM = "report"
 CONFIG_PATTERNS = ("*.yaml", "*.yml", "config.json")
@@ -52,6 +59,8 @@ th { background: #f0f3f7; white-space: normal; vertical-align: bottom; }
 td:first-child, th:first-child { text-align: left; }
 .scroll { overflow-x: auto; }
 .meta, .method { color: #555; font-size: .85rem; }
+.summary { background: #f4f8fc; border: 1px solid #c9d9ea; padding: .5rem 1rem; }
+.summary li { margin: .15rem 0; } .noisy { color: #a33; font-weight: bold; }
 .synthetic { background: #fff3cd; border: 1px solid #e0c36c; padding: .5rem 1rem; font-weight: bold; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 pre { background: #f6f8fa; padding: .75rem; overflow-x: auto; font-size: .8rem; }
@@ -118,9 +127,11 @@ def find_configs(run_dir: Path, plots: list[Plot]) -> list[Path]:
 
 
 def find_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints a missing ``compare.json`` is computed from: ``RUN_DIR/*.pt`` then ``RUN_DIR/models/*.pt``."""
+    """Checkpoints a missing ``compare.json`` is computed from: ``RUN_DIR/*.pt``, ``RUN_DIR/models/*.pt`` and
+    ``RUN_DIR/models/<variant>/*.pt``, in path order (the CLI then moves the reference to the front)."""
     run_dir = Path(run_dir)
-    return sorted(run_dir.glob("*.pt")) + sorted((run_dir / "models").glob("*.pt"))
+    models = run_dir / "models"
+    return sorted(run_dir.glob("*.pt")) + sorted(models.glob("*.pt")) + sorted(models.glob("*/*.pt"))
 
 
 def load_comparison(run_dir: str | Path) -> Comparison | None:
@@ -223,8 +234,66 @@ def plot_html(plot: Plot, run_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def times(ratio: float | None, more: str, less: str, same: str) -> str | None:
+    """``'3.9× fewer MACs'`` / ``'1.2× more MACs'`` / ``'same MACs'`` for a "first ÷ this" ratio."""
+    if ratio is None:
+        return None
+    if abs(ratio - 1.0) < 0.05:
+        return same
+    return f"{ratio:.1f}× {more}" if ratio > 1 else f"{1 / ratio:.1f}× {less}"
+
+
+def model_sentence(row: dict, reference: dict) -> str:
+    """One plain sentence comparing ``row`` with the reference row, e.g. ``'3.9× fewer MACs, 2.3× faster at
+    batch 1, −4.5 points top-1'`` (a noisy speed-up says so)."""
+    if row is reference:
+        return "the reference every ratio is against" + (f"; its latency is {row['noise']}" if row.get("noise")
+                                                          else "")
+    parts = [times(row.get("macs_reduction"), "fewer MACs", "more MACs", "same MACs"),
+             times(row.get("weights_reduction"), "smaller weights", "larger weights", "same weight size")]
+    speed = times(row.get("speedup"), "faster at batch 1", "slower at batch 1", "as fast at batch 1")
+    if speed:
+        parts.append(speed + (f" ({row['noise']})" if row.get("noise") else ""))
+    if row.get("top1") is not None and reference.get("top1") is not None:
+        delta = row["top1"] - reference["top1"]
+        parts.append(f"{delta:+.1f}".replace("-", "−") + " points top-1")
+    return ", ".join(p for p in parts if p)
+
+
+def data_line(comparison: Comparison) -> str:
+    """``'cifar10 test split, 509 images'`` (``SYNTHETIC`` marked) from the rows."""
+    seen = dict.fromkeys((r.get("dataset"), r.get("split"), r.get("images"), bool(r.get("synthetic")))
+                         for r in comparison.rows)
+    return "; ".join(f"{d} {s} split, {n:,} images" + (" (SYNTHETIC)" if syn else "")
+                     for d, s, n, syn in seen if n is not None) or "unknown"
+
+
+def hardware_line(comparison: Comparison) -> str:
+    s = comparison.settings
+    if not s.timing:
+        return f"{comparison.hardware or s.device} (timing skipped)"
+    text = f"{comparison.hardware or s.device}, timed on {', '.join(s.devices)} with {comparison.threads} thread(s)"
+    missing = [f"{d}: {why}" for d, why in (comparison.unavailable or {}).items()]
+    return text + (f" ({'; '.join(missing)})" if missing else "")
+
+
+def summary_html(comparison: Comparison) -> str:
+    """The block at the top: data, hardware, timing warnings and one sentence per model."""
+    rows = comparison.rows
+    items = [f"<li><b>{html.escape(str(r['model']))}</b>: {html.escape(model_sentence(r, rows[0]))}</li>"
+             for r in rows]
+    busy = comparison.warnings()[:1] if comparison.busy else []  # per-row noise is in the sentences
+    warnings = "".join(f'<p class="noisy">{html.escape(line)}</p>' for line in busy)
+    return (f'<div class="summary"><p><b>Data:</b> {html.escape(data_line(comparison))} · '
+            f"<b>Hardware:</b> {html.escape(hardware_line(comparison))}</p><ul>{''.join(items)}</ul>"
+            f"{warnings}</div>")
+
+
 def comparison_html(comparison: Comparison) -> str:
-    return (html_table(display_rows(comparison), "compare")
+    """The narrow table (fits 1280 px), the full table behind a toggle, and the method text."""
+    return (html_table(summary_rows(comparison), "compare")
+            + "<details><summary>full table (every column)</summary>"
+            + html_table(display_rows(comparison), "compare") + "</details>"
             + f'<p class="method">{html.escape(comparison.method)}</p>')
 
 
@@ -240,13 +309,17 @@ def render_html(contents: RunContents) -> str:
     if contents.synthetic:
         body.append('<p class="synthetic">SYNTHETIC data: these numbers come from the generated synthetic '
                     "dataset, not CIFAR; they demonstrate the tool, not a result.</p>")
+    has_rows = bool(contents.comparison and contents.comparison.rows)
+    if has_rows:
+        body += ["<h2>Summary</h2>", summary_html(contents.comparison)]
     body.append("<h2>Comparison</h2>")
-    body.append(comparison_html(contents.comparison) if contents.comparison and contents.comparison.rows
+    body.append(comparison_html(contents.comparison) if has_rows
                 else f'<p class="meta">no {COMPARE_FILE} and no checkpoint in this folder</p>')
     body.append("<h2>Plots</h2>")
     body += [plot_html(plot, run_dir) for plot in contents.plots] or ['<p class="meta">no PNG in this folder</p>']
     body.append("<h2>Configuration</h2>")
-    body += [f"<h3>{html.escape(p.relative_to(run_dir).as_posix())}</h3><pre>{html.escape(p.read_text())}</pre>"
+    body += [f"<details><summary>{html.escape(p.relative_to(run_dir).as_posix())}</summary>"
+             f"<pre>{html.escape(p.read_text())}</pre></details>"
              for p in contents.configs] or ['<p class="meta">no configuration file in this folder</p>']
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
@@ -268,6 +341,11 @@ def render_markdown(contents: RunContents, md_path: Path) -> str:
     lines = [f"# prunekit report: {run_dir.resolve().name}", ""]
     if contents.synthetic:
         lines += ["> **SYNTHETIC data**: these numbers come from the generated synthetic dataset, not CIFAR.", ""]
+    if contents.comparison and contents.comparison.rows:
+        comparison = contents.comparison
+        lines += ["## Summary", "", f"Data: {data_line(comparison)}. Hardware: {hardware_line(comparison)}.", ""]
+        lines += [f"- **{r['model']}**: {model_sentence(r, comparison.rows[0])}" for r in comparison.rows]
+        lines += [""] + [f"> WARNING {line}" for line in comparison.warnings()] + [""]
     lines += ["## Comparison", ""]
     if contents.comparison and contents.comparison.rows:
         lines += [markdown_table(display_rows(contents.comparison)), "", contents.comparison.method, ""]
@@ -293,8 +371,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
     """Write ``out`` (default ``RUN_DIR/report.html``) and its Markdown twin (same stem, ``.md``).
 
     ``comparison`` defaults to the folder's ``compare.json`` (the CLI computes and saves one when missing).
-    Returns ``(html_path, md_path)``.
+    Side effect: also writes ``RUN_DIR/plots/comparison.png`` (+ CSV) from the comparison, which the page
+    shows. Returns ``(html_path, md_path)``.
     """
+    write_comparison_plot(run_dir, comparison or load_comparison(run_dir))
     contents = collect(run_dir, comparison)
     html_path = Path(out) if out else contents.run_dir / f"{REPORT_STEM}.html"
     if html_path.suffix.lower() not in (".html", ".htm"):
@@ -303,3 +383,20 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
     atomic_write_text(html_path, render_html(contents))
     atomic_write_text(md_path, render_markdown(contents, md_path))
     return html_path, md_path
+
+
+def write_comparison_plot(run_dir: str | Path, comparison: Comparison | None) -> Path | None:
+    """``RUN_DIR/plots/comparison.png`` (+ CSV): every compared model, int8 and exported ones included, by
+    deployable weights and batch-1 latency against top-1; None when there is no comparison."""
+    from prunekit.report.plots import plot_comparison
+
+    if comparison is None or not comparison.rows:
+        return None
+    rows = [{"label": r.get("model"), "top1": r.get("top1"), "weights_bytes": r.get("weights_bytes"),
+             "latency_ms": r.get("latency_ms"), "speedup": r.get("speedup"), "noisy": bool(r.get("noise"))}
+            for r in comparison.rows]
+    first = comparison.rows[0]
+    title = (f"{first.get('arch') or 'model'} on {data_line(comparison)}: every compared model "
+             f"({len(rows)}), reference {first.get('model')}")
+    png, _ = plot_comparison(rows, Path(run_dir) / COMPARISON_PLOT, title=title)
+    return png

@@ -39,27 +39,103 @@ def save_png(figure, png: Path, dpi: int) -> None:
         figure.savefig(tmp, dpi=dpi, format="png")
 
 
-def plot_accuracy_sparsity(points: Sequence[dict], out: str | Path,
-                           title: str = "Test accuracy vs sparsity") -> tuple[Path, Path]:
-    """Test top-1 (%) against overall sparsity, one line per ``label``.
+#: What ``sparsity`` means in the accuracy-sparsity figure (``prunekit run`` computes exactly this).
+WEIGHT_SPARSITY_LABEL = "weight sparsity (% of the dense model's conv + linear weights that are zero or removed)"
+MARKERS = "osD^vP*X"
 
-    ``points``: dicts with ``label``, ``sparsity`` (fraction in [0, 1)), ``top1`` (percent), optional
-    ``top5`` and ``source``. Writes ``out`` (PNG) and the same rows as CSV beside it; returns both paths.
+
+def coincident_groups(points: Sequence[dict], x: str = "sparsity", y: str = "top1", x_tol: float = 0.01,
+                      y_tol: float = 0.5) -> list[list[dict]]:
+    """Groups of two or more points (with different ``label``) lying within ``x_tol`` (x units) and ``y_tol``
+    (y units) of the first point of the group: points a figure would draw on top of each other."""
+    groups: list[list[dict]] = []
+    for p in points:
+        if p.get(x) is None or p.get(y) is None:
+            continue
+        group = next((g for g in groups if abs(g[0][x] - p[x]) <= x_tol and abs(g[0][y] - p[y]) <= y_tol), None)
+        if group is None:
+            groups.append([p])
+        else:
+            group.append(p)
+    return [g for g in groups if len({q.get("label") for q in g}) > 1]
+
+
+def label_coincident(ax, points: Sequence[dict], x: str, y: str, scale_x: float = 1.0, **tolerances) -> None:
+    """Write the labels of points that overlap beside them (one line each), so no point hides another."""
+    for group in coincident_groups(points, x, y, **tolerances):
+        text = "\n".join(dict.fromkeys(str(p.get("label")) for p in group))
+        ax.annotate(text, (scale_x * group[0][x], group[0][y]), xytext=(8, -6), textcoords="offset points",
+                    fontsize="x-small", va="top", bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8, "lw": 0.3})
+
+
+def plot_accuracy_sparsity(points: Sequence[dict], out: str | Path, title: str = "Test accuracy vs sparsity",
+                           xlabel: str = WEIGHT_SPARSITY_LABEL) -> tuple[Path, Path]:
+    """Test top-1 (%) against sparsity, one line per ``label`` (markers differ per line, and points that
+    coincide are labelled so none hides another). The y axis starts at 0, so a drop of a few points looks
+    like one.
+
+    ``points``: dicts with ``label``, ``sparsity`` (fraction in [0, 1), the quantity ``xlabel`` names),
+    ``top1`` (percent), optional ``top5`` and ``source``. Writes ``out`` (PNG) and the same rows as CSV
+    beside it; returns both paths.
     """
     png, csv_path = output_paths(out)
     rows = sorted(points, key=lambda p: (p["label"], p["sparsity"]))
     atomic_write_csv(csv_path, rows, ["label", "sparsity", "top1", "top5", "source"])
     figure = new_figure(6.4, 4.4)
     ax = figure.add_subplot()
-    for label in dict.fromkeys(p["label"] for p in rows):
+    for i, label in enumerate(dict.fromkeys(p["label"] for p in rows)):
         series = [p for p in rows if p["label"] == label]
-        ax.plot([100 * p["sparsity"] for p in series], [p["top1"] for p in series], marker="o", label=label)
-    ax.set_xlabel("overall sparsity (% of conv + linear weights that are zero)")
+        ax.plot([100 * p["sparsity"] for p in series], [p["top1"] for p in series], marker=MARKERS[i % len(MARKERS)],
+                markersize=max(3.0, 9.0 - 1.5 * i), alpha=0.85, label=label)
+    label_coincident(ax, rows, "sparsity", "top1", scale_x=100.0)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(title)
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize="medium")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     save_png(figure, png, 150)
+    return png, csv_path
+
+
+COMPARISON_PLOT_COLUMNS = ["label", "top1", "weights_bytes", "latency_ms", "speedup", "noisy"]
+
+
+def plot_comparison(rows: Sequence[dict], out: str | Path, title: str = "Every compared model") -> tuple[Path, Path]:
+    """Every row of a comparison (int8 and other exported models included): test top-1 (%) against the
+    deployable weights in MB (log scale) and, when timed, against batch-1 latency in ms. The y axis runs
+    from 0 to 100; every point is labelled with its model. Noisy latencies are drawn hollow.
+
+    ``rows``: dicts with ``label``, ``top1``, ``weights_bytes``, optional ``latency_ms``, ``noisy``.
+    Writes ``out`` (PNG) and its CSV; returns both paths.
+    """
+    png, csv_path = output_paths(out)
+    atomic_write_csv(csv_path, rows, COMPARISON_PLOT_COLUMNS)
+    timed = [r for r in rows if r.get("latency_ms") is not None]
+    figure = new_figure(11.0 if timed else 6.4, 4.4)
+    panels = figure.subplots(1, 2 if timed else 1, sharey=True, squeeze=False)[0]
+    specs = [("weights_bytes", 1e-6, "deployable weights (MB, log scale)")]
+    specs += [("latency_ms", 1.0, "batch-1 latency (ms per image, log scale; hollow = noisy)")] if timed else []
+    from matplotlib.ticker import FuncFormatter
+
+    for ax, (key, scale, xlabel) in zip(panels, specs):
+        for i, r in enumerate(r for r in rows if r.get(key)):
+            hollow = key == "latency_ms" and r.get("noisy")
+            colour = f"C{i % 10}"
+            ax.scatter([scale * r[key]], [r["top1"]], s=110 - 25 * (i % 4), marker=MARKERS[i % len(MARKERS)],
+                       facecolors="none" if hollow else colour, edgecolors=colour, zorder=3)
+            ax.annotate(str(r["label"]), (scale * r[key], r["top1"]), xytext=(0, 7 + 9 * (i % 3)),
+                        textcoords="offset points", fontsize="x-small", ha="center", color=colour)
+        ax.set_xscale("log")
+        ax.margins(x=0.2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3, which="both")
+    panels[0].set_ylim(0, 100)
+    panels[0].set_ylabel("test top-1 accuracy (%)")
+    figure.suptitle(title, fontsize="medium")
+    save_png(figure, png, 130)
     return png, csv_path
 
 
@@ -100,12 +176,14 @@ LAYER_PLOT_COLUMNS = ["name", "type", "params", "zeros", "sparsity"]
 
 
 def plot_sweep(rows: Sequence[dict], out: str | Path, title: str = "Accuracy vs pruning rate (no retraining)",
-               xlabel: str = "pruning rate (%)", write_data: bool = True) -> tuple[Path, Path]:
+               xlabel: str = "pruning rate (%)", write_data: bool = True,
+               dense_top1: float | None = None) -> tuple[Path, Path]:
     """Top-1/top-5 (%) against the pruning rate, with the non-zero parameters' 32-bit footprint on a second axis.
 
     ``rows``: dicts with ``rate`` (fraction), ``top1``, ``top5`` (percent) and ``nonzero_bytes``; the dense
-    accuracy (rate 0, when present) is drawn as a dashed line. ``write_data=False`` leaves the CSV alone
-    (re-plotting a saved sweep). Returns ``(png, csv)``.
+    accuracy (``dense_top1``, else the rate-0 row when present) is drawn as a dashed line, so a zoomed sweep
+    that starts above 0 keeps its reference. ``write_data=False`` leaves the CSV alone (re-plotting a saved
+    sweep). Returns ``(png, csv)``.
     """
     png, csv_path = output_paths(out)
     rows = sorted(rows, key=lambda r: r["rate"])
@@ -116,11 +194,13 @@ def plot_sweep(rows: Sequence[dict], out: str | Path, title: str = "Accuracy vs 
     rates = [100 * r["rate"] for r in rows]
     ax.plot(rates, [r["top1"] for r in rows], marker="o", label="top-1")
     ax.plot(rates, [r["top5"] for r in rows], marker="s", markersize=4, alpha=0.7, label="top-5")
-    dense = [r for r in rows if r["rate"] == 0]
-    if dense:
-        ax.axhline(dense[0]["top1"], color="grey", linestyle="--", linewidth=1, label="dense top-1")
+    if dense_top1 is None:
+        dense_top1 = next((r["top1"] for r in rows if r["rate"] == 0), None)
+    if dense_top1 is not None:
+        ax.axhline(dense_top1, color="grey", linestyle="--", linewidth=1, label=f"dense top-1 ({dense_top1:.2f}%)")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
     ax.set_title(title, fontsize="medium")
     ax.grid(True, alpha=0.3)
     memory = ax.twinx()

@@ -27,18 +27,24 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -
     return "\n".join(lines)
 
 
-#: Terminal/HTML columns: (heading, row key, formatter name).
+#: Terminal/HTML columns: (heading, row key, formatter name). Timing columns (:data:`TIMING_COLUMNS`) are
+#: inserted after ``peak mem``, once per device.
 DISPLAY_COLUMNS = [
-    ("model", "model", "text"), ("top-1 %", "top1", "pct"), ("top-5 %", "top5", "pct"),
-    ("top-1 err %", "top1_error", "pct"), ("params", "params", "int"), ("non-zero", "nonzero_params", "int"),
-    ("MACs", "macs", "count"), ("file", "file_bytes", "bytes"), ("compact", "compact_bytes", "bytes"),
-    ("peak mem", "peak_memory_bytes", "bytes"), ("latency ms [IQR]", "latency_ms", "latency"),
-    ("img/s", "throughput_ips", "rate"), ("speed-up", "speedup", "ratio"),
+    ("model", "model", "text"), ("top-1 %", "top1", "pct"), ("top-1 err %", "top1_error", "pct"),
+    ("top-5 err %", "top5_error", "pct"), ("params", "params", "int"), ("non-zero", "nonzero_params", "int"),
+    ("MACs", "macs", "count"), ("file", "file_bytes", "bytes"), ("weights", "weights_bytes", "bytes"),
+    ("compact", "compact_bytes", "bytes"), ("peak mem", "peak_memory_bytes", "bytes"),
     ("non-zero ÷", "nonzero_reduction", "ratio"), ("MACs ÷", "macs_reduction", "ratio"),
-    ("file ÷", "file_reduction", "ratio"), ("compact ÷", "compact_reduction", "ratio"),
-    ("mem ÷", "memory_reduction", "ratio"),
+    ("weights ÷", "weights_reduction", "ratio"), ("file ÷", "file_reduction", "ratio"),
+    ("compact ÷", "compact_reduction", "ratio"), ("mem ÷", "memory_reduction", "ratio"),
 ]
-
+TIMING_COLUMNS = [("latency ms [IQR]", "latency_ms", "latency"), ("img/s", "throughput_ips", "rate"),
+                  ("speed-up", "speedup", "speedup")]
+#: The narrow table that fits a 1280 px page (the report's first table; the full one follows).
+SUMMARY_COLUMNS = [("model", "model", "text"), ("top-1 %", "top1", "pct"), ("Δ top-1", "top1_delta", "points"),
+                   ("MACs", "macs", "count"), ("MACs ÷", "macs_reduction", "ratio"), ("weights", "weights_bytes", "bytes"),
+                   ("weights ÷", "weights_reduction", "ratio")]
+NOISY_MARK = "noisy"
 
 
 def format_bytes(n: int | None) -> str:
@@ -59,12 +65,15 @@ def format_count(n: int | None) -> str:
     return str(n)
 
 
-def format_cell(row: dict, key: str, kind: str) -> str:
+def format_cell(row: dict, key: str, kind: str, unavailable: str | None = None) -> str:
+    """``row[key]`` formatted as ``kind``; ``unavailable`` (e.g. "no GPU") stands in for a missing timing."""
     value = row.get(key)
     if value is None:
-        return ""
+        return unavailable or ""
     if kind == "pct":
         return f"{value:.2f}"
+    if kind == "points":
+        return f"{value:+.2f}".replace("-", "−")
     if kind == "int":
         return f"{value:,}"
     if kind == "count":
@@ -72,8 +81,13 @@ def format_cell(row: dict, key: str, kind: str) -> str:
     if kind == "bytes":
         return format_bytes(value)
     if kind == "latency":
-        q1, q3 = row.get("latency_q1_ms"), row.get("latency_q3_ms")
-        return f"{value:.3f} [{q1:.3f}–{q3:.3f}]" if q1 is not None else f"{value:.3f}"
+        suffix = key.removeprefix("latency_ms")
+        q1, q3 = row.get(f"latency_q1_ms{suffix}"), row.get(f"latency_q3_ms{suffix}")
+        text = f"{value:.3f} [{q1:.3f}–{q3:.3f}]" if q1 is not None else f"{value:.3f}"
+        return text + (f" {NOISY_MARK}" if row.get(f"noise{suffix}") else "")
+    if kind == "speedup":
+        noisy = row.get("noise" + key.removeprefix("speedup"))
+        return f"{value:.2f}×" + (f" {NOISY_MARK}" if noisy else "")
     if kind == "rate":
         return f"{value:,.0f}"
     if kind == "ratio":
@@ -81,13 +95,43 @@ def format_cell(row: dict, key: str, kind: str) -> str:
     return str(value)
 
 
-def display_rows(comparison: Comparison) -> list[dict]:
-    """Rows of formatted strings under the :data:`DISPLAY_COLUMNS` headings (terminal, Markdown, HTML).
+def table_columns(comparison: Comparison, base=DISPLAY_COLUMNS) -> list[tuple[str, str, str]]:
+    """``base`` with the timing columns of every timed device inserted after ``peak mem`` (summary: after
+    ``MACs ÷``); headings carry the device when there are several."""
+    s = comparison.settings
+    devices = s.devices if s.timing else []
+    timing = []
+    for device in devices:
+        tag = f" {device}" if len(devices) > 1 else ""
+        suffix = f"_{device}" if len(devices) > 1 else ""
+        timing += [(h.replace("img/s", f"img/s @{s.batch_size}") + tag, k + suffix, kind)
+                   for h, k, kind in TIMING_COLUMNS]
+    anchor = next(i for i, c in enumerate(base) if c[0] in ("peak mem", "MACs ÷")) + 1
+    return list(base[:anchor]) + timing + list(base[anchor:])
 
-    Columns that are empty for every row (e.g. timing when skipped) are left out.
+
+def display_rows(comparison: Comparison, base=DISPLAY_COLUMNS) -> list[dict]:
+    """Rows of formatted strings under the :data:`DISPLAY_COLUMNS` headings (terminal, Markdown, HTML), a
+    latency / throughput / speed-up column per timed device ("no GPU" where CUDA was absent) and the mark
+    ``noisy`` beside every latency and speed-up whose IQR exceeds 20% of its median.
+
+    Columns that are empty for every row (e.g. the compact size of int8-only tables) are left out.
     """
-    batch = comparison.settings.batch_size
-    columns = [(h.replace("img/s", f"img/s @{batch}"), k, kind) for h, k, kind in DISPLAY_COLUMNS]
-    columns = [c for c in columns if any(row.get(c[1]) is not None for row in comparison.rows)]
-    return [{heading: format_cell(row, key, kind) for heading, key, kind in columns} for row in comparison.rows]
+    columns = table_columns(comparison, base)
+    unavailable = comparison.unavailable or {}
+    first_top1 = comparison.rows[0].get("top1") if comparison.rows else None
 
+    def missing(key: str) -> str | None:
+        return next((why for device, why in unavailable.items() if key.endswith(f"_{device}")
+                     or (key in ("latency_ms", "throughput_ips", "speedup")
+                         and device == comparison.settings.devices[0])), None)
+
+    rows = [{**row, "top1_delta": row["top1"] - first_top1 if None not in (row.get("top1"), first_top1) else None}
+            for row in comparison.rows]
+    columns = [c for c in columns if any(row.get(c[1]) is not None for row in rows) or missing(c[1])]
+    return [{heading: format_cell(row, key, kind, missing(key)) for heading, key, kind in columns} for row in rows]
+
+
+def summary_rows(comparison: Comparison) -> list[dict]:
+    """The narrow table (:data:`SUMMARY_COLUMNS` plus batch-1 latency and speed-up per device)."""
+    return display_rows(comparison, SUMMARY_COLUMNS)
