@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from common import SHARED, spread, write_results
-from prunekit.checkpoint import checkpoint_dict, load_weights, save_checkpoint
+from prunekit.checkpoint import checkpoint_dict, save_checkpoint
+from prunekit.foreign import load_weights
 from prunekit.report.tables import markdown_table
 from prunekit.data.normalisation import NORMALISATIONS
 from prunekit.data import DeviceLoader, get_data

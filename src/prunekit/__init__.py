@@ -6,7 +6,8 @@ The public API (imported lazily, so ``import prunekit`` and ``prunekit --help`` 
     get_data                           CIFAR-10/100 and synthetic data (data/)
     fit, evaluate_split                training and evaluation (train/)
     profile                            params, MACs, size, memory, latency (measure/)
-    save_checkpoint, load_checkpoint, load_weights
+    save_checkpoint, load_checkpoint    checkpoints (checkpoint.py)
+    load_weights                       state dicts of other code bases (foreign.py)
     prune_unstructured, plan_channels, prune_channels   pruning (prune/)
 """
 
@@ -25,7 +26,7 @@ _EXPORTS = {
     "profile": "prunekit.measure",
     "save_checkpoint": "prunekit.checkpoint",
     "load_checkpoint": "prunekit.checkpoint",
-    "load_weights": "prunekit.checkpoint",
+    "load_weights": "prunekit.foreign",
     "prune_unstructured": "prunekit.prune",
     "prune_channels": "prunekit.prune",
     "plan_channels": "prunekit.prune",

@@ -329,24 +329,6 @@ def rename_hint(missing: list[str], unexpected: list[str]) -> str:
     return f"Closest key mapping: --rename {old}={new} fits {fitted} of {len(unexpected)} unexpected keys{rest}."
 
 
-def foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a file saved by another tool: unwraps ``{"state_dict": …}``/``{"model": …}`` and
-    strips ``module.`` prefixes (DataParallel); see :func:`prunekit.foreign.read_foreign`."""
-    from prunekit.foreign import read_foreign
-
-    return read_foreign(path).state_dict
-
-
-def load_weights(model: nn.Module, path: str | Path, renames: list[tuple[str, str]] = ()) -> nn.Module:
-    """Load a foreign state dict file into ``model`` (strict, with a clear mismatch error). Key prefixes are
-    renamed by ``renames`` and, failing that, by the first fitting layout of :data:`prunekit.foreign.LAYOUTS`.
-    Returns ``model``."""
-    from prunekit.foreign import adapt_keys
-
-    state, _ = adapt_keys(foreign_state_dict(path), model, renames)
-    load_state(model, state, source=str(path))
-    return model
-
 
 # What a derived checkpoint (pruned, shrunk, fine-tuned, quantized) does not inherit from its source:
 # entries about that one file or the run that wrote it, and results measured on the source's outputs.

@@ -221,3 +221,18 @@ def _check_forward(model: nn.Module, path) -> None:
 
 __all__ = ["LAYOUTS", "ForeignFile", "Layout", "LoadedForeign", "adapt_keys", "load_foreign",
            "parse_renames", "read_foreign", "register_layout", "renamed", "stored_widths"]
+
+
+def foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file saved by another tool: unwraps ``{"state_dict": …}``/``{"model": …}`` and
+    strips ``module.`` prefixes (DataParallel); see :func:`read_foreign`."""
+    return read_foreign(path).state_dict
+
+
+def load_weights(model: nn.Module, path: str | Path, renames: list[tuple[str, str]] = ()) -> nn.Module:
+    """Load a foreign state dict file into ``model`` (strict, with a clear mismatch error). Key prefixes are
+    renamed by ``renames`` and, failing that, by the first fitting layout of :data:`LAYOUTS`.
+    Returns ``model``."""
+    state, _ = adapt_keys(foreign_state_dict(path), model, renames)
+    load_state(model, state, source=str(path))
+    return model

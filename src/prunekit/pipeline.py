@@ -31,12 +31,13 @@ import torch
 from torch import nn
 
 import prunekit.paths as paths
-from prunekit.checkpoint import (Checkpoint, derived_meta, foreign_state_dict, load_checkpoint, read_checkpoint_file,
-                                 save_checkpoint, update_meta)
+from prunekit.checkpoint import (Checkpoint, derived_meta, load_checkpoint, read_checkpoint_file, save_checkpoint,
+                                 update_meta)
 from prunekit.config import PruneConfig, TrainConfig
 from prunekit.data import DataBundle
 from prunekit.data.normalisation import input_normalisation
 from prunekit.errors import PrunekitError
+from prunekit.foreign import foreign_state_dict
 from prunekit.masking import effective_state_dict, masked_keys
 from prunekit.measure import count_macs, count_nonzero_parameters, count_parameters
 from prunekit.prune import apply_masks, compute_masks, extract_masks, make_permanent, sparsity_of, sparsity_report

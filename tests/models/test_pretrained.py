@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import PRETRAINED, REAL_DATA, needs_shared
-from prunekit.checkpoint import load_weights
+from prunekit.foreign import load_weights
 from prunekit.data.normalisation import NORMALISATIONS
 from prunekit.data import get_data
 from prunekit.models import create_model

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import pytest
 
-from prunekit.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from prunekit.checkpoint import load_checkpoint, save_checkpoint
+from prunekit.foreign import load_weights
 from prunekit.errors import PrunekitError
 from prunekit.models import create_model
 from prunekit.prune.mask import apply_masks, extract_masks

@@ -231,7 +231,7 @@ def test_quantize_cli_writes_a_file_evaluate_reads(tmp_path, capsys, synthetic_r
 
 @needs_shared
 def test_int8_pretrained_resnet20_agrees_on_real_test_images():
-    from prunekit.checkpoint import load_weights
+    from prunekit.foreign import load_weights
     from prunekit.data.normalisation import NORMALISATIONS
 
     data = get_data("cifar10", root=REAL_DATA)
