@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "prunekit.cli.report",
     "prunekit.cli.structured",
     "prunekit.cli.experiment",
+    "prunekit.cli.binarize",
 ]
 
 

@@ -231,6 +231,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from prunekit.binarize import binarization_spec
     from prunekit.checkpoint import load_checkpoint
     from prunekit.measure import count_nonzero_parameters, count_parameters
     from prunekit.masking import sparsity_of
@@ -247,6 +248,7 @@ def cmd_info(args) -> int:
         "nonzero_params": count_nonzero_parameters(loaded.model),
         "masked_tensors": len(loaded.masks),
         "mask_sparsity": sparsity_of(loaded.masks),
+        "binarized": binarization_spec(loaded.model),
         "epochs_in_history": len(loaded.meta.get("history", [])),
         "resumable": loaded.train_state is not None,
         "meta": meta,

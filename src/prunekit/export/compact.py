@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit.binarize import binarization_spec
 from prunekit.checkpoint import FORMAT as CHECKPOINT_FORMAT, VERSION as CHECKPOINT_VERSION
 from prunekit.checkpoint import atomic_save, checkpoint_dict, read_checkpoint_file, register_format
 from prunekit.errors import PrunekitError
@@ -285,9 +286,11 @@ def binary_payload(compact: dict) -> dict[str, dict]:
     return rows
 
 
-def natural_values(raw: dict) -> str:
-    """The value mode a file is best shipped in: a compact file's own, ``binary`` for a binarized checkpoint,
-    else ``fp32``."""
+def natural_values(raw: dict | nn.Module) -> str:
+    """The value mode a file (raw dict) or model is best shipped in: a compact file's own, ``binary`` for a
+    binarized checkpoint or model, else ``fp32``."""
+    if isinstance(raw, nn.Module):
+        return "binary" if binarization_spec(raw) else "fp32"
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         return raw.get("values", "fp32")
     return "binary" if isinstance(raw, dict) and raw.get("binarized") else "fp32"
