@@ -8,6 +8,7 @@ The public API (imported lazily, so ``import prunekit`` and ``prunekit --help`` 
     profile                            params, MACs, size, memory, latency (measure/)
     save_checkpoint, load_checkpoint, load_weights
     prune_unstructured, plan_channels, prune_channels   pruning (prune/)
+    binarize_model                     1-bit weights with a straight-through estimator (binarize.py)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _EXPORTS = {
     "prune_channels": "prunekit.prune",
     "plan_channels": "prunekit.prune",
     "make_permanent": "prunekit.masking",
+    "binarize_model": "prunekit.binarize",
     "PrunekitError": "prunekit.errors",
 }
 
