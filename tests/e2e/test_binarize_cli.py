@@ -99,3 +99,16 @@ def test_experiment_variant_binarizes():
     with pytest.raises(PrunekitError, match="binarize.method"):
         load_experiment({"name": "b", "baseline": {"model": "vgg11"},
                          "variants": [{"name": "bin", "binarize": {"method": "xnor"}}]})
+
+
+def test_binarize_again_resumes_the_finished_fine_tuning(tmp_path, base, capsys):
+    from prunekit.binarize import latent_weights
+
+    argv = ["binarize", str(base), "--finetune-epochs", "1", "--name", "b", "--out", str(tmp_path / "o"), *DATA]
+    assert main(argv) == 0
+    first = latent_weights(load_checkpoint(tmp_path / "o" / "b.pt").model)
+    assert "epoch   1" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "epoch   1" not in capsys.readouterr().out  # the run folder's last.pt is finished: nothing retrained
+    second = latent_weights(load_checkpoint(tmp_path / "o" / "b.pt").model)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
