@@ -112,3 +112,23 @@ def test_binarize_again_resumes_the_finished_fine_tuning(tmp_path, base, capsys)
     assert "epoch   1" not in capsys.readouterr().out  # the run folder's last.pt is finished: nothing retrained
     second = latent_weights(load_checkpoint(tmp_path / "o" / "b.pt").model)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_experiment_run_with_a_binarize_variant(tmp_path, capsys):
+    import yaml
+
+    train = {"epochs": 1, "batch_size": 64, "lr": 0.05, "device": "cpu"}
+    experiment = {"name": "bin", "data": {"dataset": "synthetic", "limit_train": 256, "limit_test": 128},
+                  "baseline": {"model": "vgg11", "model_kwargs": {"cfg": [8, "M", 16, "M", 16, 16]}, "train": train},
+                  "variants": [{"name": "pruned_bwn", "prune": {"granularity": "unstructured", "sparsity": 0.5},
+                                "binarize": {"finetune_epochs": 1}}],
+                  "accuracy_sparsity_plot": False, "compare": {"timing": False}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    (result,) = (run / "models").glob("pruned_bwn__Bin_bwn_acc_*.pt")
+    loaded = load_checkpoint(result)
+    assert binarization_spec(loaded.model)["method"] == "bwn" and loaded.masks
+    rows = json.loads((run / "compare.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["00_baseline.pt", result.name]
