@@ -9,6 +9,7 @@ The public API (imported lazily, so ``import prunekit`` and ``prunekit --help`` 
     save_checkpoint, load_checkpoint    checkpoints (checkpoint.py)
     load_weights                       state dicts of other code bases (foreign.py)
     prune_unstructured, plan_channels, prune_channels   pruning (prune/)
+    binarize_model                     1-bit weights with a straight-through estimator (binarize.py)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _EXPORTS = {
     "prune_channels": "prunekit.prune",
     "plan_channels": "prunekit.prune",
     "make_permanent": "prunekit.masking",
+    "binarize_model": "prunekit.binarize",
     "PrunekitError": "prunekit.errors",
 }
 

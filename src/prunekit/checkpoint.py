@@ -10,6 +10,8 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
                 for import (load those with ``load_checkpoint(path, model=...)``)
 ``state_dict``  effective weights (masked entries exactly zero)
 ``masks``       ``{param_name: bool tensor}`` of the masked weights, empty if none
+``binarized``   only for a binarized model (:mod:`prunekit.binarize`): ``{"method", "activations", "layers"}``;
+                ``state_dict`` then holds the binarized weights and ``latent`` the fp32 latent ones
 ``meta``        dataset, normalisation, accuracy, history, prunekit version, …
 ``train_state`` optional, for ``--resume``: optimizer, scheduler, epoch, RNG and loader states
 ``tensor_sha256`` SHA-256 over every tensor in the file (see :func:`tensor_sha256`), checked on load; files
@@ -38,6 +40,7 @@ from torch import nn
 from prunekit.atomic import atomic_write
 import prunekit.paths as paths
 from prunekit.errors import PrunekitError
+from prunekit.binarize import binarization_spec, latent_weights, restore_binarization
 from prunekit.masking import Masks, apply_masks, effective_state_dict, extract_masks
 from prunekit.models import build_model, is_reference, saved_arch
 
@@ -140,7 +143,9 @@ def checkpoint_dict(model: nn.Module, meta: dict | None = None, train_state: dic
     from prunekit import __version__
 
     arch = saved_arch(model, arch_ref, kwargs)
+    binarized = binarization_spec(model)
     return {
+        **({"binarized": binarized, "latent": latent_weights(model)} if binarized else {}),
         "format": FORMAT,
         "version": VERSION,
         "arch": arch,
@@ -208,6 +213,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, model_ref:
     masks = raw.get("masks") or {}
     if masks:
         apply_masks(model, masks)
+    restore_binarization(model, raw.get("binarized"), raw.get("latent"))
     return Checkpoint(model=model, arch=arch, masks=masks, meta=raw.get("meta") or {},
                       train_state=raw.get("train_state"), path=Path(path))
 

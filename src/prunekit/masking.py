@@ -10,6 +10,11 @@ parameter name, e.g. ``"features.0.weight"``. Making pruning permanent is the ex
 Whether a tensor is masked is read from torch's own re-parametrisation (a ``BasePruningMethod`` forward
 pre-hook naming the tensor), never from buffer names: a model's own ``attn_mask`` buffer is not a mask.
 
+A :class:`WeightTransform` (e.g. binarization, :mod:`prunekit.binarize`) is a second re-parametrisation
+composed after the mask: the forward pass uses ``transform(orig * mask)`` (or ``transform(<param>_latent)``
+for an unmasked tensor) and the optimizer holds the latent tensor. The functions here (effective tensors,
+state dicts, permanent copies) see through both.
+
 This module sits below ``prune``, ``checkpoint``, ``measure``, ``export`` and ``train``; it imports only
 torch and :mod:`prunekit.errors`.
 """
@@ -44,6 +49,58 @@ def is_masked(module: nn.Module, param: str = "weight") -> bool:
     return param in masked_names(module)
 
 
+class WeightTransform:
+    """A forward pre-hook that maps a module's latent weight to the weight its forward pass uses.
+
+    Subclasses implement :meth:`transform`. Attach with :func:`add_transform`, which moves an unmasked
+    parameter ``<param>`` to ``<param>_latent``; a masked tensor keeps ``<param>_orig``/``<param>_mask`` and
+    is transformed after the mask (``transform(module, orig * mask)``). Masks come first: a transformed
+    tensor refuses new masks (:func:`apply_masks`).
+    """
+
+    tensor_name = "weight"
+
+    def transform(self, module: nn.Module, latent: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, module: nn.Module, inputs) -> None:
+        setattr(module, self.tensor_name, self.transform(module, latent_tensor(module, self.tensor_name)))
+
+
+def transforms_of(module: nn.Module) -> dict[str, WeightTransform]:
+    """``{param: transform}`` for the tensors of ``module`` itself re-parametrised by a :class:`WeightTransform`."""
+    return {hook.tensor_name: hook for hook in module._forward_pre_hooks.values() if isinstance(hook, WeightTransform)}
+
+
+def latent_tensor(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """The tensor a transform reads: ``<name>_orig * <name>_mask`` when masked, else ``<name>_latent``."""
+    if is_masked(module, name):
+        return getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")
+    return getattr(module, f"{name}_latent")
+
+
+def add_transform(module: nn.Module, transform: WeightTransform) -> WeightTransform:
+    """Re-parametrise ``module.<transform.tensor_name>`` as ``transform(latent)``.
+
+    Side effects: an unmasked parameter ``<param>`` becomes the parameter ``<param>_latent`` (same tensor,
+    so optimizers built later train it); a forward pre-hook is registered after any mask hook; the
+    attribute ``<param>`` is computed immediately. Raises PrunekitError if the tensor already has one."""
+    name = transform.tensor_name
+    if name in transforms_of(module):
+        raise PrunekitError(f"{type(module).__name__}.{name} is already transformed (e.g. binarized)")
+    if not is_masked(module, name):
+        param = module._parameters.pop(name)
+        module.register_parameter(f"{name}_latent", param)
+    module.register_forward_pre_hook(transform)
+    transform(module, None)
+    return transform
+
+
+def has_transforms(model: nn.Module) -> bool:
+    """True when any module of ``model`` carries a :class:`WeightTransform` (e.g. is binarized)."""
+    return any(transforms_of(module) for module in model.modules())
+
+
 def has_masks(model: nn.Module) -> bool:
     """True when any module of ``model`` carries a pruning re-parametrisation (``torch_prune.is_pruned``)."""
     return torch_prune.is_pruned(model)
@@ -62,7 +119,11 @@ def masked_keys(model: nn.Module) -> dict[str, tuple[str, str]]:
 
 def effective_tensor(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
     """``module.<name>`` as the forward pass sees it: ``<name>_orig * <name>_mask`` when masked, else the
-    tensor itself (None when absent). Not detached: gradients flow to ``<name>_orig``."""
+    tensor itself (None when absent); a :class:`WeightTransform` is applied on top. Not detached: gradients
+    flow to ``<name>_orig`` (or ``<name>_latent``)."""
+    transform = transforms_of(module).get(name)
+    if transform is not None:
+        return transform.transform(module, latent_tensor(module, name))
     if is_masked(module, name):
         return getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")
     value = getattr(module, name, None)
@@ -95,6 +156,8 @@ def _checked_masks(model: nn.Module, masks: Masks) -> list[tuple[nn.Module, str,
     for name, mask in masks.items():
         module_name, param = split_param_name(name)
         module = modules.get(module_name)
+        if module is not None and param in transforms_of(module):
+            raise PrunekitError(f"{name!r} is binarized (transformed); masks come first: prune, then binarize")
         current = None if module is None else effective_tensor(module, param)
         if current is None or (not is_masked(module, param) and param not in dict(module.named_parameters(recurse=False))):
             raise PrunekitError(f"mask names {name!r}, which is not a parameter of this model")
@@ -129,11 +192,14 @@ def extract_masks(model: nn.Module) -> Masks:
 
 
 def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` with every masked ``x_orig``/``x_mask`` pair replaced by ``x = orig * mask``.
+    """``model.state_dict()`` with every masked ``x_orig``/``x_mask`` pair replaced by ``x = orig * mask``
+    and every transformed tensor (``x_latent``, or the masked pair) by ``x = transform(latent)``.
 
-    The result loads into an unmasked model of the same architecture; pruned entries are exactly zero.
+    The result loads into a plain model of the same architecture; pruned entries are exactly zero.
     """
-    state = model.state_dict()
+    transformed = transformed_values(model)
+    renamed = {latent: base for base, latent in latent_keys(model).items()}
+    state = {renamed.get(k, k): v for k, v in model.state_dict().items()}
     pairs = masked_keys(model)
     by_orig = {orig: (base, mask) for base, (orig, mask) in pairs.items()}
     skip = {mask for _, mask in pairs.values()}
@@ -146,15 +212,62 @@ def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             out[base] = (value * state[mask]).detach().clone()
             continue
         out[key] = value
-    return out
+    return {k: transformed.get(k, v) for k, v in out.items()}
+
+
+def latent_keys(model: nn.Module) -> dict[str, str]:
+    """``{"layer.weight": "layer.weight_latent"}`` for every transformed tensor that is not masked (a masked
+    one's latent is its ``_orig``, see :func:`masked_keys`)."""
+    keys = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for param in transforms_of(module):
+            if not is_masked(module, param):
+                keys[prefix + param] = f"{prefix}{param}_latent"
+    return keys
+
+
+def transformed_values(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{"layer.weight": transform(latent)}`` (detached) for every transformed tensor of ``model``."""
+    values = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for param in transforms_of(module):
+            values[prefix + param] = effective_tensor(module, param).detach().clone()
+    return values
+
+
+def remove_transforms(module: nn.Module) -> nn.Module:
+    """Bake every :class:`WeightTransform` of ``module`` (not its children) into a plain parameter.
+
+    Side effects: each transformed ``<param>`` becomes a plain parameter holding ``transform(latent)``; its
+    hook and ``<param>_latent`` (or mask pair) are removed. Returns ``module``."""
+    for name, transform in transforms_of(module).items():
+        value = effective_tensor(module, name).detach()
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if hook is transform:
+                del module._forward_pre_hooks[key]
+        if is_masked(module, name):
+            torch_prune.remove(module, name)
+            with torch.no_grad():
+                getattr(module, name).copy_(value)
+            continue
+        latent = module._parameters.pop(f"{name}_latent")
+        vars(module).pop(name, None)
+        with torch.no_grad():
+            latent.copy_(value)
+        module.register_parameter(name, latent)
+    return module
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
     """Remove every mask re-parametrisation in place, keeping the zeros in plain parameters.
 
     Side effects: each masked ``<param>_orig``/``<param>_mask`` pair and its hook are replaced by a plain
-    parameter ``<param>`` holding ``orig * mask``. Other buffers are left alone. Returns ``model``."""
+    parameter ``<param>`` holding ``orig * mask``; a transformed tensor (:class:`WeightTransform`) becomes
+    a plain parameter holding ``transform(orig * mask)``. Other buffers are left alone. Returns ``model``."""
     for module in model.modules():
+        remove_transforms(module)
         for param in masked_names(module):
             torch_prune.remove(module, param)
     return model
@@ -170,7 +283,7 @@ def permanent_copy(model: nn.Module) -> nn.Module:
     """
     memo = {}
     for module in model.modules():
-        for name in masked_names(module):
+        for name in [*masked_names(module), *transforms_of(module)]:
             value = vars(module).get(name)
             if isinstance(value, torch.Tensor):
                 memo[id(value)] = value.detach().clone()

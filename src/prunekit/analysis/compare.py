@@ -8,7 +8,8 @@ Every number comes from the library's own calls, so a row equals what ``prunekit
 * params, non-zero params (masks applied), MACs, file size, weights size, peak memory:
   :func:`prunekit.measure.profile` with the checkpoint path;
 * compact size: what ``prunekit.export.compact`` would write for the checkpoint file (empty for an int8
-  model, which is already stored compactly).
+  model, which is already stored compactly): in the file's own value mode for a compact file, ``binary``
+  for a binarized checkpoint, else ``fp32``.
 
 Timing (see :mod:`prunekit.measure.timing`): all models of one table are held in memory and timed
 INTERLEAVED (one run of each per round, A B C / C B A …), per device; a speed-up is the median of the
@@ -130,11 +131,12 @@ def compact_size(loaded: Checkpoint) -> int | None:
     file when it has one, so meta is kept as ``save_compact`` keeps it); None for an int8 model, which is
     already stored compactly."""
     from prunekit.export.common import is_quantized
-    from prunekit.export.compact import encode, encoded_size
+    from prunekit.export.compact import encode, encoded_size, natural_values
 
     if is_quantized(loaded.model):
         return None
-    return encoded_size(encode(read_checkpoint_file(loaded.path) if loaded.path else loaded.model))
+    source = read_checkpoint_file(loaded.path) if loaded.path else loaded.model
+    return encoded_size(encode(source, natural_values(source)))
 
 
 def unique_labels(paths: Sequence[str | Path]) -> list[str]:

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "prunekit.cli.report",
     "prunekit.cli.structured",
     "prunekit.cli.experiment",
+    "prunekit.cli.binarize",
 ]
 
 

@@ -266,6 +266,7 @@ def warn_if_other_normalisation_scores_higher(model, data, mean, std, top1: floa
 
 
 def cmd_info(args) -> int:
+    from prunekit.binarize import binarization_spec
     from prunekit.checkpoint import load_checkpoint
     from prunekit.measure import count_nonzero_parameters, count_parameters
     from prunekit.masking import sparsity_of
@@ -282,6 +283,7 @@ def cmd_info(args) -> int:
         "nonzero_params": count_nonzero_parameters(loaded.model),
         "masked_tensors": len(loaded.masks),
         "mask_sparsity": sparsity_of(loaded.masks),
+        "binarized": binarization_spec(loaded.model),
         "epochs_in_history": len(loaded.meta.get("history", [])),
         "resumable": loaded.train_state is not None,
         "meta": meta,

@@ -257,14 +257,19 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_sparsity(args) -> int:
+    from prunekit.binarize import binarized_layers
     from prunekit.checkpoint import load_checkpoint
     from prunekit.prune import sparsity_report
 
-    report = sparsity_report(load_checkpoint(args.checkpoint).model)
+    model = load_checkpoint(args.checkpoint).model
+    report, binarized = sparsity_report(model), binarized_layers(model)
+    for layer in report["layers"]:
+        layer["binarized"] = binarized.get(layer["name"])
     if args.json:
         print_json(report)
         return 0
-    print(markdown_table(layer_rows(report)))
+    print(markdown_table([{**row, "binarized": layer["binarized"] or ""}
+                          for row, layer in zip(layer_rows(report), report["layers"])]))
     print(f"\noverall sparsity {report['overall']:.4f}: {report['zeros']:,} of {report['params']:,} conv + linear "
           f"weights are zero ({report['overall_without_classifier']:.4f} without the classifier)")
     return 0

@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint (compact files are accepted too)")
     p.add_argument("--format", choices=["compact", "onnx"], required=True)
     p.add_argument("--out", metavar="FILE", required=True)
-    p.add_argument("--values", choices=["fp32", "fp16", "int8"], default="fp32",
-                   help="compact: how kept weights are stored; fp32 is lossless (default: %(default)s)")
+    p.add_argument("--values", choices=["fp32", "fp16", "int8", "binary"], default="fp32",
+                   help="compact: how kept weights are stored; fp32 is lossless; binary (a `prunekit binarize` "
+                        "checkpoint): 1 sign bit per weight + one fp32 scale per channel (default: %(default)s)")
     p.add_argument("--no-check", action="store_true", help="onnx: skip the ONNX Runtime vs PyTorch check")
     add_model_relocation_arg(p)
     p.add_argument("--json", action="store_true")
@@ -61,11 +62,29 @@ def export_compact(loaded, args) -> dict:
               "weights_bytes": serialized_size(loaded.model), "compact_bytes": path.stat().st_size}
     result["ratio"] = result["compact_bytes"] / result["dense_bytes"]
     result["ratio_to_weights"] = result["compact_bytes"] / result["weights_bytes"]
+    if args.values == "binary":
+        result["binarized_layers"] = binarized_layer_sizes(path)
     if not args.json:
         print(f"dense checkpoint {result['dense_bytes']:,} B (fp32 weights alone {result['weights_bytes']:,} B) → "
               f"compact ({args.values}) {result['compact_bytes']:,} B = {100 * result['ratio']:.1f}% of the "
               f"checkpoint, {100 * result['ratio_to_weights']:.1f}% of the weights; wrote {path}")
+    if args.values == "binary" and not args.json:
+        layers = result["binarized_layers"]
+        print(f"binarized layers: {layers['payload_bytes']:,} B (sign + mask bits, channel scales) for "
+              f"{layers['fp32_bytes']:,} B of fp32 weights = 1/{layers['fp32_bytes'] / layers['payload_bytes']:.1f}; "
+              f"worst layer 1/{1 / layers['worst_ratio']:.1f}")
     return result
+
+
+def binarized_layer_sizes(path) -> dict:
+    """Bytes the binarized layers take in a ``binary`` compact file vs their fp32 weights (total, worst layer)."""
+    from prunekit.checkpoint import read_checkpoint_file
+    from prunekit.export.compact import binary_payload
+
+    rows = binary_payload(read_checkpoint_file(path))
+    payload, fp32 = sum(r["payload_bytes"] for r in rows.values()), sum(r["fp32_bytes"] for r in rows.values())
+    return {"layers": len(rows), "payload_bytes": payload, "fp32_bytes": fp32,
+            "worst_ratio": max(r["payload_bytes"] / r["fp32_bytes"] for r in rows.values())}
 
 
 def export_onnx_file(loaded, args) -> dict:

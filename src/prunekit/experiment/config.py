@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
+from prunekit.binarize import BinarizeConfig
 from prunekit.config import PruneConfig, StrictModel, TrainConfig, read_yaml_mapping
 from prunekit.errors import PrunekitError
 
@@ -59,12 +60,14 @@ class VariantSpec(StrictModel):
     retrain: dict[str, Any] = Field(default_factory=dict,
                                     description="TrainConfig overrides for the retraining inside the schedule")
     quantize: QuantizeSpec | None = None
+    binarize: BinarizeConfig | None = Field(None, description="binarize (after prune) and fine-tune with STE; "
+                                                               "`retrain` overrides its TrainConfig")
     mask_plots: list[str] = Field(default_factory=list, description="layers whose masks are plotted")
 
     @model_validator(mode="after")
     def _does_something(self):
-        if self.prune is None and self.finetune is None and self.quantize is None:
-            raise ValueError(f"variant {self.name!r} needs prune, finetune or quantize")
+        if self.prune is None and self.finetune is None and self.quantize is None and self.binarize is None:
+            raise ValueError(f"variant {self.name!r} needs prune, binarize, finetune or quantize")
         return self
 
 

@@ -163,6 +163,8 @@ def ensure_variant(run: Run, variant: VariantSpec) -> list[Path]:
     model, meta, path = source.model, derived_meta(source.meta), None
     if variant.prune is not None:
         model, meta, path = prune_variant(run, variant, model, meta)
+    if variant.binarize is not None:
+        model, meta, path = binarize_variant(run, variant, model, meta)
     if variant.finetune is not None:
         model, meta, path = finetune_variant(run, variant, model, meta)
     if path is None:  # quantize only
@@ -191,6 +193,20 @@ def prune_variant(run: Run, variant: VariantSpec, model, meta: dict):
                          progress=run.progress, callbacks=[PrintEpoch()])
     final = names.variant_dir(run.folder, variant.name) / result.path.name
     final.parent.mkdir(parents=True, exist_ok=True)
+    result.path.replace(final)
+    return result.model, result.meta, final
+
+
+def binarize_variant(run: Run, variant: VariantSpec, model, meta: dict):
+    from prunekit.binarize_pipeline import run_binarization
+    from prunekit.train.callbacks import PrintEpoch
+
+    config = variant.binarize
+    run.say(f"variant {variant.name}: {config.method} binarization, {config.finetune_epochs} STE epoch(s)")
+    result = run_binarization(model, run.data, config, retrain_config(run, variant.retrain),
+                              run.work / f"{variant.name}_binarize", meta=meta, progress=run.progress,
+                              callbacks=[PrintEpoch()])
+    final = run.models / f"{variant.name}__{result.path.name}"
     result.path.replace(final)
     return result.model, result.meta, final
 

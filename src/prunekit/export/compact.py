@@ -2,16 +2,21 @@
 
 Layout (a ``torch.save``d dict, loadable with ``weights_only=True``; only uint8 and float tensors inside)::
 
-    format    "prunekit-compact"          version  1
-    values    "fp32" | "fp16" | "int8"    how the kept values are stored (below)
+    format    "prunekit-compact"          version  1 (2 for ``binary`` files)
+    values    "fp32" | "fp16" | "int8" | "binary"    how the kept values are stored (below)
     arch      as in an ordinary checkpoint (name, kwargs, per-layer channels), None for a user model
     meta      as in an ordinary checkpoint
     masks     {param: {"shape": [...], "bits": uint8}}        the bool masks as packed bits
+    binarized the checkpoint's binarization record (layers, method, activations), when it has one
+    binary    ``binary`` files: {"bits": uint8, "scales": float32}, every binarized weight's sign bits and
+              per-channel scales in one blob each (one storage record, not one per layer)
     tensors   {state-dict key: entry}, one of
               {"shape", "dtype", "dense": tensor}                 small (< DENSE_BELOW elements) or
                                                                   non-float tensors, stored as they are
               {"shape", "dtype", "support": "nonzero", "bits": uint8, "values": ...}
               {"shape", "dtype", "support": "mask", "values": ...}
+              {"shape", "dtype", "support": "mask" | "all", "binary": {"bits": [start, stop],
+               "scales": [start, stop]}}       a binarized weight (``binary`` files): slices of ``binary``
 
 ``bits`` is ``numpy.packbits`` of the flattened support (one bit per weight, C order). A masked weight's
 support IS its mask, so its bits are stored once, in ``masks``: the values are the weight at the mask's
@@ -29,6 +34,13 @@ Value modes:
   smallest stored value, ``scale_c = (high_c − low_c) / 255`` (absolute error ≤ ``scale_c / 2``). Vectors
   (biases, BatchNorm parameters and statistics) keep their dtype. This is a storage format only; the
   decoded model computes in float32 (for int8 inference see :mod:`prunekit.export.quantize`).
+* ``binary``: for a binarized checkpoint (:mod:`prunekit.binarize`) only. Each binarized weight is stored as
+  1 sign bit per kept weight (``1`` = not sign bit, i.e. ``+``; C order over the support) plus one float32
+  scale per output channel (``α_c``; 1 for BinaryConnect); a masked weight's support is its mask, stored once
+  in ``masks`` (so a pruned + binarized layer costs 1 mask bit per weight + 1 sign bit per kept weight).
+  Decoding gives ``scale_c · (±1)``: bitwise equal to the checkpoint's binarized weight (``-0.0`` of an
+  all-zero channel included). Every other tensor is stored as in ``fp32`` mode. The fp32 latent weights are
+  not kept, so fine-tuning continues from the binarized weights (binarization is idempotent).
 
 The optimizer/``train_state`` of a checkpoint is not kept. :func:`decode` returns the ordinary checkpoint
 dict, so :func:`prunekit.checkpoint.load_checkpoint` (and every command) reads a compact file directly.
@@ -43,6 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunekit.binarize import binarization_spec
 from prunekit.checkpoint import FORMAT as CHECKPOINT_FORMAT, VERSION as CHECKPOINT_VERSION
 from prunekit.checkpoint import (atomic_save, checkpoint_dict, read_checkpoint_file, register_format,
                                  with_checksum)
@@ -50,7 +63,8 @@ from prunekit.errors import PrunekitError
 
 FORMAT = "prunekit-compact"
 VERSION = 1
-VALUE_MODES = ("fp32", "fp16", "int8")
+BINARY_VERSION = 2  # files with values "binary"; readers accept both
+VALUE_MODES = ("fp32", "fp16", "int8", "binary")
 DENSE_BELOW = 64  # elements: smaller tensors stay dense (bits + bookkeeping would cost more than they save)
 INT8_LEVELS = 255  # uint8 codes 0..255
 
@@ -65,14 +79,21 @@ def encode(source: nn.Module | dict, values: str = "fp32") -> dict:
         raise PrunekitError(f"unknown value mode {values!r}; use one of {', '.join(VALUE_MODES)}")
     checkpoint = _as_checkpoint_dict(source)
     masks = {name: validate_bool(name, mask) for name, mask in (checkpoint.get("masks") or {}).items()}
+    binarized = checkpoint.get("binarized")
+    binary = BinaryBlob(binarized_keys(binarized, values))
+    tensors = {key: binary.encode(key, t, masks.get(key)) if key in binary.keys else
+               encode_tensor(t, "fp32" if values == "binary" else values, masks.get(key))
+               for key, t in checkpoint["state_dict"].items()}
     return {
         "format": FORMAT,
-        "version": VERSION,
+        "version": BINARY_VERSION if values == "binary" else VERSION,
         "values": values,
         "arch": checkpoint.get("arch"),
         "meta": dict(checkpoint.get("meta") or {}),
         "masks": {name: {"shape": list(mask.shape), "bits": pack_bits(mask)} for name, mask in masks.items()},
-        "tensors": {key: encode_tensor(t, values, masks.get(key)) for key, t in checkpoint["state_dict"].items()},
+        "tensors": tensors,
+        **({"binarized": binarized} if binarized else {}),
+        **({"binary": binary.as_dict()} if values == "binary" else {}),
     }
 
 
@@ -83,14 +104,16 @@ def decode(compact: dict) -> dict:
     """
     if not isinstance(compact, dict) or compact.get("format") != FORMAT:
         raise PrunekitError("not a compact prunekit file (format 'prunekit-compact' expected)")
-    if compact.get("version") != VERSION:
+    if compact.get("version") not in (VERSION, BINARY_VERSION):
         raise PrunekitError(f"compact format version {compact.get('version')} is not supported (this prunekit "
-                            f"reads version {VERSION}); upgrade prunekit")
+                            f"reads versions {VERSION} and {BINARY_VERSION}); upgrade prunekit")
     masks = {name: unpack_bits(entry["bits"], entry["shape"]) for name, entry in compact["masks"].items()}
-    state = {key: decode_tensor(entry, masks.get(key)) for key, entry in compact["tensors"].items()}
-    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": compact.get("arch"),
-            "state_dict": state, "masks": masks,
-            "meta": {**(compact.get("meta") or {}), "compact_values": compact["values"]}, "train_state": None}
+    state = {key: decode_binary(entry, compact["binary"], masks.get(key)) if "binary" in entry else
+             decode_tensor(entry, masks.get(key)) for key, entry in compact["tensors"].items()}
+    out = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": compact.get("arch"),
+           "state_dict": state, "masks": masks,
+           "meta": {**(compact.get("meta") or {}), "compact_values": compact["values"]}, "train_state": None}
+    return {**out, "binarized": compact["binarized"]} if compact.get("binarized") else out
 
 
 def save_compact(source: nn.Module | dict | str | Path, path: str | Path, values: str = "fp32") -> Path:
@@ -178,6 +201,100 @@ def _channel_of_each(support: torch.Tensor) -> torch.Tensor:
     """The output channel (dim-0 index) of each True entry of ``support``, in flat order."""
     per_channel = support.reshape(support.shape[0], -1).sum(dim=1)
     return torch.repeat_interleave(torch.arange(support.shape[0]), per_channel)
+
+
+# --- binarized weights (values "binary") ---------------------------------------------------------------
+
+
+def binarized_keys(binarized: dict | None, values: str) -> set[str]:
+    """The state-dict keys stored as sign bits + scales: every binarized layer's weight in ``binary`` mode."""
+    if values != "binary":
+        return set()
+    if not binarized:
+        raise PrunekitError("--values binary stores binarized weights; this checkpoint is not binarized (run "
+                            "`prunekit binarize CKPT` first)")
+    return {f"{layer}.weight" for layer in binarized.get("layers") or []}
+
+
+class BinaryBlob:
+    """Collects the sign bits and channel scales of every binarized weight into one uint8 and one float32
+    tensor (so the file holds two storage records for them, not two per layer)."""
+
+    def __init__(self, keys: set[str]):
+        self.keys, self.bits, self.scales = keys, [], []
+        self.bit_count = self.scale_count = 0
+
+    def encode(self, key: str, tensor: torch.Tensor, mask: torch.Tensor | None) -> dict:
+        tensor = tensor.detach().cpu()
+        support = mask if mask is not None else torch.ones(tensor.shape, dtype=torch.bool)
+        scales = binary_scales(key, tensor, support)
+        bits = pack_bits(~torch.signbit(tensor[support]))
+        entry = {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch."),
+                 "support": "mask" if mask is not None else "all",
+                 "binary": {"bits": [self.bit_count, self.bit_count + bits.numel()],
+                            "scales": [self.scale_count, self.scale_count + scales.numel()]}}
+        self.bits.append(bits)
+        self.scales.append(scales)
+        self.bit_count += bits.numel()
+        self.scale_count += scales.numel()
+        return entry
+
+    def as_dict(self) -> dict:
+        return {"bits": torch.cat(self.bits) if self.bits else torch.zeros(0, dtype=torch.uint8),
+                "scales": torch.cat(self.scales) if self.scales else torch.zeros(0)}
+
+
+def binary_scales(key: str, tensor: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """``α_c`` of each output channel: the magnitude every stored entry of channel ``c`` must share."""
+    magnitude = torch.where(support, tensor.abs(), 0).reshape(tensor.shape[0], -1)
+    alpha = magnitude.max(dim=1).values.to(torch.float32)
+    expected = alpha.reshape(-1, *[1] * (tensor.dim() - 1)).expand_as(tensor)
+    if not torch.equal(tensor.abs()[support].to(torch.float32), expected[support]):
+        raise PrunekitError(f"{key} is not binary (its kept weights are not ±α per output channel); the "
+                            "checkpoint's binarization record is inconsistent")
+    return alpha
+
+
+def decode_binary(entry: dict, blob: dict, mask: torch.Tensor | None) -> torch.Tensor:
+    """The binarized tensor of a ``binary`` entry: ``scale_c · (±1)`` on its support, ``+0.0`` elsewhere."""
+    shape, dtype = entry["shape"], getattr(torch, entry["dtype"])
+    if entry["support"] == "mask" and mask is None:
+        raise PrunekitError("a binarized tensor is stored on its mask's support but the mask is missing; the file "
+                            "is corrupt")
+    support = mask if entry["support"] == "mask" else torch.ones(shape, dtype=torch.bool)
+    (b0, b1), (s0, s1) = entry["binary"]["bits"], entry["binary"]["scales"]
+    count = int(support.sum())
+    positive = torch.from_numpy(np.unpackbits(blob["bits"][b0:b1].numpy(), count=count).astype(bool))
+    scale = blob["scales"][s0:s1][_channel_of_each(support)]
+    out = torch.zeros(shape, dtype=dtype)
+    out[support] = (scale * torch.where(positive, 1.0, -1.0)).to(dtype)
+    return out
+
+
+def binary_payload(compact: dict) -> dict[str, dict]:
+    """Per binarized weight of a ``binary`` compact dict: ``{"sign_bytes", "mask_bytes", "scale_bytes",
+    "payload_bytes", "fp32_bytes"}`` (``fp32_bytes`` = its element count × 4)."""
+    rows = {}
+    for key, entry in compact["tensors"].items():
+        if "binary" not in entry:
+            continue
+        (b0, b1), (s0, s1) = entry["binary"]["bits"], entry["binary"]["scales"]
+        mask = compact["masks"].get(key)
+        row = {"sign_bytes": b1 - b0, "mask_bytes": int(mask["bits"].numel()) if mask else 0,
+               "scale_bytes": 4 * (s1 - s0), "fp32_bytes": 4 * int(np.prod(entry["shape"]))}
+        row["payload_bytes"] = row["sign_bytes"] + row["mask_bytes"] + row["scale_bytes"]
+        rows[key] = row
+    return rows
+
+
+def natural_values(raw: dict | nn.Module) -> str:
+    """The value mode a file (raw dict) or model is best shipped in: a compact file's own, ``binary`` for a
+    binarized checkpoint or model, else ``fp32``."""
+    if isinstance(raw, nn.Module):
+        return "binary" if binarization_spec(raw) else "fp32"
+    if isinstance(raw, dict) and raw.get("format") == FORMAT:
+        return raw.get("values", "fp32")
+    return "binary" if isinstance(raw, dict) and raw.get("binarized") else "fp32"
 
 
 # --- bits ---------------------------------------------------------------------------------------------

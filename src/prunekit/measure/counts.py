@@ -15,14 +15,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunekit.errors import PrunekitError
-from prunekit.masking import effective_state_dict, masked_keys
+from prunekit.masking import effective_state_dict, latent_keys, masked_keys
 
 
 def effective_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter as the forward pass sees it (a masked ``x_orig`` becomes ``x = orig * mask``)."""
+    """Every parameter as the forward pass sees it (a masked ``x_orig`` becomes ``x = orig * mask``, a
+    binarized ``x_latent`` its binarized ``x``)."""
     masked = masked_keys(model)
     param_names = {name for name, _ in model.named_parameters()} - {orig for orig, _ in masked.values()}
     param_names |= set(masked)
+    latent = latent_keys(model)  # a binarized weight's parameter is its latent tensor
+    param_names = (param_names - set(latent.values())) | set(latent)
     state = effective_state_dict(model)
     params = {k: v for k, v in state.items() if k in param_names}
     params.update(packed_int8_weights(state))

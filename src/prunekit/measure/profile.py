@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunekit.masking import has_masks, permanent_copy
+from prunekit.masking import has_masks, has_transforms, permanent_copy
 from prunekit.measure.counts import (count_macs, count_nonzero_parameters, count_ops, count_parameters,
                                      serialized_size)
 from prunekit.measure.timing import (DEFAULT_TIMING_THREADS, machine_load, noise_note, peak_inference_memory,
@@ -49,8 +49,9 @@ def hardware_name(device: torch.device) -> str:
 
 
 def deployable(model: nn.Module) -> nn.Module:
-    """``model`` itself, or for a masked model a copy with its masks made permanent (same outputs)."""
-    if has_masks(model):
+    """``model`` itself, or for a masked or binarized model a copy with its masks and binarized weights made
+    permanent (same outputs)."""
+    if has_masks(model) or has_transforms(model):
         return permanent_copy(model)
     return model
 
