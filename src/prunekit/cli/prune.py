@@ -111,10 +111,25 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("recovery")
     group.add_argument("--distill", action="store_true",
                        help="knowledge distillation from the dense starting model while retraining")
-    group.add_argument("--distill-alpha", type=float, default=defaults.distill_alpha, metavar="A",
+    group.add_argument("--distill-alpha", type=bounded(0.0, 1.0, "a weight in [0, 1]"), default=defaults.distill_alpha, metavar="A",
                        help="weight of the distillation term, 1 − A on the labels (default: %(default)s)")
-    group.add_argument("--distill-temperature", type=float, default=defaults.distill_temperature, metavar="T",
+    group.add_argument("--distill-temperature", type=bounded(1e-6, float("inf"), "a temperature > 0"), default=defaults.distill_temperature, metavar="T",
                        help="softmax temperature of the distillation term (default: %(default)s)")
+
+
+def bounded(low: float, high: float, meaning: str):
+    """An argparse ``type``: a float in [low, high], else a one-line usage error naming ``meaning``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {meaning}")
+        return value
+
+    return parse
 
 
 def register_plot(sub: argparse._SubParsersAction) -> None:
