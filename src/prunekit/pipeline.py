@@ -238,7 +238,9 @@ def run_pruning(model: nn.Module, data: DataBundle, prune_config: PruneConfig, t
 
     ``meta`` is the input checkpoint's metadata: its dataset/normalisation are used for retraining and
     evaluation and copied into the result. ``callbacks`` go to every retraining ``fit`` (e.g.
-    ``PrintEpoch``). Prints one line per round. Side effects: ``model`` is pruned
+    ``PrintEpoch``); with ``train_config.distill`` a copy of the starting (dense) ``model`` is the teacher of
+    every retraining. ``prune_config.recalibrate_bn`` batches re-estimate BN statistics after each pruning
+    step. Prints one line per round. Side effects: ``model`` is pruned
     and retrained in place (for filter granularity it is then also shrunk physically, in place, and
     ``result.model`` is that smaller model); writes round folders under ``out_dir/<run name>/`` and the final checkpoint
     ``out_dir/<name or Omp_unstructured_0.80_acc_91.52>.pt``.

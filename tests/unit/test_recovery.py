@@ -295,3 +295,17 @@ def test_suggestion_never_loses_to_uniform_when_single_layer_curves_mislead():
     assert top1[chosen] >= top1["uniform"]
     assert top1["uniform"] > top1["sensitivity"]  # the case does fool the per-layer threshold
     assert chosen != "sensitivity"
+
+
+def test_experiment_yaml_accepts_the_recovery_settings():
+    from prunekit.experiment.config import load_experiment
+
+    experiment = load_experiment({
+        "name": "recovery", "data": {"dataset": "synthetic"}, "baseline": {"model": "vgg11"},
+        "variants": [{"name": "kd", "prune": {"granularity": "filter", "sparsity": 0.5, "criterion": "taylor",
+                                              "recalibrate_bn": 4, "finetune_epochs": 1},
+                      "retrain": {"distill": True, "distill_alpha": 0.8, "distill_temperature": 2.0}},
+                     {"name": "ft", "source": "kd", "finetune": {"epochs": 1, "distill": True}}]})
+    kd, ft = experiment.variants
+    assert kd.prune.recalibrate_bn == 4 and kd.prune.criterion == "taylor" and kd.retrain["distill"] is True
+    assert ft.finetune.distill and ft.finetune.distill_alpha == 0.9
