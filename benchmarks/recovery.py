@@ -152,7 +152,11 @@ def write(path: Path, payload: dict) -> None:
             f"images of {budget['data']}, lr {budget['lr']}, batch {budget['batch_size']}, seed 0, "
             f"{budget['threads']} torch thread(s); dense MACs {payload['dense_macs'] / 1e6:.1f}M. Test top-1 in % "
             f"({payload['test_images']} test images); eval = {budget['eval_data']}.\n\n")
-    atomic_write_text(path.with_suffix(".md"), head + table(payload["rows"]) + "\n")
+    notes = [f"\n{r['setting']} suggested: chose `{r['chosen']}` on {budget['held_out']} held-out training images "
+             "(whole model pruned, no retraining: " + ", ".join(f"{c['allocation']} {c['top1']:.2f}%"
+                                                               for c in r["candidates"]) + ")."
+             for r in payload["rows"] if r.get("chosen")]
+    atomic_write_text(path.with_suffix(".md"), head + table(payload["rows"]) + "\n" + "\n".join(notes) + "\n")
 
 
 def main() -> None:

@@ -82,7 +82,8 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, criterion: str = "l1",
         return fn(model, graph, seed)
     if not batches:
         raise PrunekitError(f"criterion {criterion} scores channels from labelled training batches, but none "
-                            "were given (pass batches=..., or prune through the CLI/pipeline which draws them)")
+                            "were given: use compute_masks(..., batches=[(inputs, labels), ...]) or `prunekit prune`, which "
+                            "draws them from the training split")
     return fn(model, graph, seed, batches=batches)
 
 
