@@ -58,6 +58,9 @@ class TrainConfig(StrictModel):
     sync_bn: bool = Field(False, description="SyncBatchNorm across ranks in distributed training")
     sparsity_reg: float = Field(0.0, ge=0, description="network slimming: λ of λ·Σ|γ| on BN scales")
     log_every: int = Field(20, ge=1, description="steps between progress updates (host syncs)")
+    distill: bool = Field(False, description="knowledge distillation from the dense starting model (teacher)")
+    distill_alpha: float = Field(0.9, ge=0, le=1, description="weight of the distillation term; 1 − α on the labels")
+    distill_temperature: float = Field(4.0, gt=0, description="softmax temperature of teacher and student logits")
 
 
 #: The scope a ``sparsity`` target gets when none is given: Han et al.'s one global magnitude threshold for
@@ -78,11 +81,11 @@ class PruneConfig(StrictModel):
 
     granularity: Literal["unstructured", "filter"] = "unstructured"
     sparsity: float | None = Field(None, ge=0, lt=1)
-    scope: Literal["global", "layer"] | None = Field(
-        None, description="with sparsity: one ranking over all layers (global) or the same fraction per layer; "
-                          "default: DEFAULT_SCOPE of the granularity")
+    scope: Literal["global", "layer", "lamp"] | None = Field(
+        None, description="with sparsity: one ranking over all layers (global), the same fraction per layer, or "
+                          "(unstructured) one ranking of LAMP scores; default: DEFAULT_SCOPE of the granularity")
     ratios: dict[str, float] | None = None
-    criterion: str = Field("l1", description="filter score: l1 | l2 | bn_scale | random")
+    criterion: str = Field("l1", description="filter score: l1 | l2 | bn_scale | random | taylor | fpgm")
     cfg: list[int | str] | None = None
     macs_target: float | None = Field(None, gt=0, le=1)
     include_classifier: bool = Field(False, description="prune the classifier with a global/uniform target")
@@ -92,12 +95,17 @@ class PruneConfig(StrictModel):
     iterations: int = Field(3, ge=1, description="IMP rounds")
     finetune_epochs: int = Field(0, ge=0, description="masked retraining epochs after each round")
     rewind_to: str | None = Field(None, description="checkpoint whose weights survivors rewind to (IMP)")
+    recalibrate_bn: int = Field(0, ge=0, description="training batches to re-estimate BN statistics on after "
+                                                     "each pruning step (0: off)")
     seed: int = 0
 
     @model_validator(mode="after")
     def _default_scope(self) -> "PruneConfig":
         if self.scope is None:
             self.scope = DEFAULT_SCOPE[self.granularity]
+        if self.scope == "lamp" and self.granularity != "unstructured":
+            raise ValueError("scope 'lamp' ranks single weights; use it with granularity unstructured "
+                             "(filters: scope global or layer)")
         return self
 
     def check_target(self) -> None:

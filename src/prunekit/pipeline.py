@@ -38,12 +38,19 @@ from prunekit.data import DataBundle
 from prunekit.data.normalisation import input_normalisation
 from prunekit.errors import PrunekitError
 from prunekit.foreign import foreign_state_dict
-from prunekit.masking import effective_state_dict, masked_keys
+from prunekit.masking import effective_state_dict, masked_keys, permanent_copy
 from prunekit.measure import count_macs, count_nonzero_parameters, count_parameters
 from prunekit.prune import apply_masks, compute_masks, extract_masks, make_permanent, sparsity_of, sparsity_report
 from prunekit.prune.allocate import round_fraction
 from prunekit.prune.granularity import get_granularity
 from prunekit.train import Callback, evaluate_split, fit, resolve_device
+from prunekit.train.bn import recalibrate_bn
+from prunekit.train.distill import KnowledgeDistillation
+from prunekit.train.loop import sample_batches
+
+#: Labelled training batches (of SCORING_BATCH_SIZE images, seeded by the prune seed) a data-driven
+#: criterion such as ``taylor`` scores channels on.
+SCORING_BATCHES, SCORING_BATCH_SIZE = 4, 128
 
 @dataclass
 class PruneResult:
@@ -124,17 +131,39 @@ def prune_step(model: nn.Module, data: DataBundle, config: PruneConfig, k: int, 
                rewind: dict | None, device: torch.device) -> dict:
     """Round ``k``: compute and apply masks, measure, then rewind survivors if asked. Returns the record."""
     progress = k / rounds
-    masks = compute_masks(model, config, progress, example_inputs=example_inputs(data, device))
+    masks = compute_masks(model, config, progress, example_inputs=example_inputs(data, device),
+                          batches=scoring_batches(data, config, device))
     apply_masks(model, masks)
+    recalibrated = recalibrate_bn(model, sample_batches(data, config.recalibrate_bn, seed=config.seed, device=device))
     pruned = evaluate_split(model, data, "test", device=device)
     if rewind is not None:
         rewind_weights(model, rewind)
     target = round_fraction(config.sparsity, progress) if config.sparsity is not None else None
     record = {"round": k, "target": target, "sparsity": sparsity_report(model)["overall"],
               "masked_sparsity": sparsity_of(extract_masks(model)), "pruned_top1": pruned.top1,
-              "pruned_top5": pruned.top5}
+              "pruned_top5": pruned.top5, "bn_recalibration_batches": recalibrated}
     record.update(get_granularity(config.granularity).achieved(model))
     return record
+
+
+def scoring_batches(data: DataBundle, config: PruneConfig, device: torch.device) -> list | None:
+    """The labelled batches a data-driven filter criterion needs (seeded by ``config.seed``), else None."""
+    from prunekit.prune.importance import needs_batches
+
+    if config.granularity != "filter" or not needs_batches(config.criterion):
+        return None
+    return sample_batches(data, SCORING_BATCHES, SCORING_BATCH_SIZE, seed=config.seed, device=device)
+
+
+def distillation(train_config: TrainConfig, teacher: nn.Module | None) -> list[Callback]:
+    """``[KnowledgeDistillation]`` from ``teacher`` (a mask-free copy is taken) when ``train_config.distill``,
+    else ``[]``; distilling without a teacher raises PrunekitError."""
+    if not train_config.distill:
+        return []
+    if teacher is None:
+        raise PrunekitError("--distill needs the dense model as teacher; give it with --teacher CKPT")
+    return [KnowledgeDistillation(permanent_copy(teacher), train_config.distill_alpha,
+                                  train_config.distill_temperature)]
 
 
 def run_round(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_config: TrainConfig,
@@ -219,7 +248,9 @@ def run_pruning(model: nn.Module, data: DataBundle, prune_config: PruneConfig, t
 
     ``meta`` is the input checkpoint's metadata: its dataset/normalisation are used for retraining and
     evaluation and copied into the result. ``callbacks`` go to every retraining ``fit`` (e.g.
-    ``PrintEpoch``). Prints one line per round. Side effects: ``model`` is pruned
+    ``PrintEpoch``); with ``train_config.distill`` a copy of the starting (dense) ``model`` is the teacher of
+    every retraining. ``prune_config.recalibrate_bn`` batches re-estimate BN statistics after each pruning
+    step. Prints one line per round. Side effects: ``model`` is pruned
     and retrained in place (for filter granularity it is then also shrunk physically, in place, and
     ``result.model`` is that smaller model); writes round folders under ``out_dir/<run name>/`` and the final checkpoint
     ``out_dir/<name or Omp_unstructured_0.80_acc_91.52>.pt``.
@@ -232,6 +263,7 @@ def run_pruning(model: nn.Module, data: DataBundle, prune_config: PruneConfig, t
     dense = {"dense_params": count_parameters(model), "dense_macs": count_macs(model)}
     rewind = foreign_state_dict(prune_config.rewind_to) if prune_config.rewind_to else None
     fingerprint = fingerprint_of(model, data, prune_config, train_config)
+    callbacks = [*callbacks, *distillation(train_config, model)]  # teacher: the dense starting model
     work, rounds = Path(out_dir) / work_name(prune_config, name), []
     for k in range(1, rounds_of(prune_config) + 1):
         record = run_round(model, data, prune_config, train_config, paths.round_dir(work, k), k, rewind, fingerprint,
@@ -268,11 +300,13 @@ def finish(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_
 
 def finetune(model: nn.Module, data: DataBundle, train_config: TrainConfig, run_dir: str | Path,
              resume: dict | None = None, meta: dict | None = None, progress: bool = True,
-             callbacks: Sequence[Callback] = ()) -> dict:
+             callbacks: Sequence[Callback] = (), teacher: nn.Module | None = None) -> dict:
     """Masked retraining of a (pruned) model: ``fit`` in ``run_dir``, then test metrics and sparsity are
     added to ``run_dir/last.pt``'s meta. Masks stay in the model, so pruned weights stay exactly zero
-    (also across ``resume``). Returns ``{"fit": FitResult, "test": Metrics, "sparsity": report}``."""
+    (also across ``resume``). With ``train_config.distill`` the (dense) ``teacher`` is distilled from.
+    Returns ``{"fit": FitResult, "test": Metrics, "sparsity": report}``."""
     meta = dict(meta or {})
+    callbacks = [*callbacks, *distillation(train_config, teacher)]
     data = with_normalisation(data, meta)
     result = fit(model, data, train_config, run_dir=run_dir, resume=resume, meta=meta, callbacks=callbacks,
                  progress=progress)

@@ -94,9 +94,11 @@ def test_sensitivity_suggests_a_ratio_file_that_prune_accepts(run_dir, monkeypat
     assert abs(weighted_mean(ratios, sizes) - 0.6) <= 0.005 and "classifier" not in ratios
     assert "# use: prunekit prune" in ratios_path.read_text()
 
-    calls = []
-    monkeypatch.setattr(sensitivity_module, "pruned_copy", lambda *a: calls.append(a))
-    assert main(argv) == 0 and calls == []  # resumed: every point is in the CSV
+    calls, original = [], sensitivity_module.pruned_copy
+    monkeypatch.setattr(sensitivity_module, "pruned_copy", lambda *a: calls.append(a) or original(*a))
+    assert main(argv) == 0
+    # resumed: no single-layer point is recomputed; only the whole-model candidates of --suggest are evaluated
+    assert [sorted(config.ratios) == sorted(ratios) for _, config, _ in calls] == [True] * 4
     assert read_csv_rows(out / "sensitivity_unstructured.csv") == rows
 
     prune_unstructured(model, ratios=ratios_path)  # what `prunekit prune --ratios FILE` applies, without data

@@ -14,6 +14,15 @@ Resumable like a sweep (the CSV is rewritten atomically after every point; finis
 3. a final rescale multiplies every ratio by the same factor so the weighted mean is exactly S, capping
    each at :data:`MAX_SUGGESTED_RATIO` (< 1) and spreading what the capped layers cannot take over the rest.
 
+Those curves measure each layer alone; pruned together, the layers' errors add up in ways a per-layer
+threshold cannot see (a layer that tolerates 95% alone may break the network next to others at 80%), so
+the curve-shaped ratios are only one *candidate*. :func:`choose_allocation` evaluates the whole pruned
+model for every candidate allocation at the same overall sparsity (``uniform``: S in every layer;
+``global``: the per-layer fractions one magnitude threshold yields; ``lamp``: those of one LAMP-score
+threshold; ``sensitivity``: the curve-shaped ratios above; for filter pruning only uniform and
+sensitivity) on the same held-out images and keeps the best (top-1, then lower loss). Uniform is always a
+candidate, so the suggestion is never worse than uniform on that evaluation.
+
 "Overall" is ``Σ params_l × ratio_l / Σ params_l`` over the analysed layers (the classifier is left out
 unless asked): for unstructured pruning the fraction of those weights pruned; for filter pruning the
 parameter-weighted fraction of filters (input channels removed in the next layer are not counted).
@@ -190,6 +199,40 @@ def suggest_ratios(rows: Sequence[dict], target: float) -> tuple[dict[str, float
             high = middle
     ratios = rescale(at(high), sizes, target)
     return {layer: round(min(r, MAX_SUGGESTED_RATIO), 4) for layer, r in ratios.items()}, high
+
+
+def allocation_candidates(model: nn.Module, rows: Sequence[dict], target: float, granularity: str = "unstructured",
+                          include_classifier: bool = False) -> dict[str, dict[str, float]]:
+    """``{name: {layer: ratio}}`` of the allocations :func:`choose_allocation` compares, all reaching
+    ``target`` over the analysed layers (see the module doc). Does not modify ``model``."""
+    sized = {layer: size for layer, (_, _, size) in drop_curves(rows).items()}
+    candidates = {"uniform": {layer: round(target, 6) for layer in sized}}
+    if granularity == "unstructured":
+        from prunekit.models.layers import prunable_layers
+        from prunekit.prune.unstructured import global_masks
+
+        modules = {name: m for name, m in prunable_layers(model).items() if name in sized}
+        for scoring, name in (("magnitude", "global"), ("lamp", "lamp")):
+            masks = global_masks(modules, target, scoring)
+            candidates[name] = {layer: round(min(1.0 - float(masks[f"{layer}.weight"].float().mean()),
+                                                 MAX_SUGGESTED_RATIO), 6) for layer in modules}
+    candidates["sensitivity"] = suggest_ratios(rows, target)[0]
+    return candidates
+
+
+def choose_allocation(model: nn.Module, candidates: dict[str, dict[str, float]], evaluate: Evaluator,
+                      granularity: str = "unstructured", criterion: str = "l1") -> tuple[str, list[dict]]:
+    """Prune a copy of ``model`` by every candidate and evaluate the whole network with ``evaluate``;
+    returns ``(best name, [{"allocation", "top1", "loss"}, ...])``. Best = highest top-1, then lowest loss,
+    then earlier in ``candidates`` (put ``uniform`` first so a tie keeps it). ``model`` is not modified."""
+    example = evaluate.example_inputs()
+    results = []
+    for name, ratios in candidates.items():
+        config = PruneConfig(granularity=granularity, ratios=ratios, criterion=criterion)
+        record = point_record(pruned_copy(model, config, example), evaluate)
+        results.append({"allocation": name, "top1": record["top1"], "loss": record["loss"]})
+    best = min(results, key=lambda r: (-r["top1"], r["loss"]))
+    return best["allocation"], results
 
 
 def write_ratio_file(ratios: dict[str, float], path: str | Path, header: Sequence[str] = ()) -> Path:

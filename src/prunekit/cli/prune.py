@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
 
 from prunekit.cli.common import FRACTION, POSITIVE_INT  # numeric flags checked where parsed
 from prunekit.cli.common import lock_run_folder
@@ -52,12 +53,18 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                         help="target fraction in [0, 1) of weights (unstructured) or filters (filter)")
     target.add_argument("--ratios", metavar="FILE",
                         help="YAML of `layer: ratio` (+ optional `default: r`); `prunekit layers CKPT` lists names")
-    p.add_argument("--scope", choices=["global", "layer"], default=None,
-                   help="with --sparsity: one ranking over all layers (global) or the same ratio per layer; default: "
+    p.add_argument("--scope", choices=list(get_args(get_args(PruneConfig.model_fields["scope"].annotation)[0])),
+                   default=None,
+                   help="with --sparsity: one ranking over all layers (global), the same ratio per layer, or one "
+                        "ranking of LAMP scores (lamp, unstructured); default: "
                         + ", ".join(f"{s} for {g}" for g, s in DEFAULT_SCOPE.items()))
     p.add_argument("--criterion", default=None, metavar="NAME",
-                   help="filter score, any registered criterion (built in: l1 | l2 | bn_scale | random; filter "
-                        "granularity; default l1); unstructured always uses |w|")
+                   help="filter score, any registered criterion (checked against the registry; built in: l1 | l2 | "
+                        "bn_scale | random | taylor | fpgm; filter granularity; default l1); unstructured always "
+                        "uses |w|")
+    p.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                   help="re-estimate BatchNorm statistics on N training batches right after each pruning step, "
+                        "before it is evaluated (default: off)")
     p.add_argument("--include-classifier", action="store_true",
                    help="also prune the classifier with --sparsity or a ratio file's default")
     p.add_argument("--exclude", action="append", default=None, metavar="PATTERN",
@@ -75,6 +82,7 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                    epochs_help="masked retraining epochs after each round (default: 0)")
     p.add_argument("--schedule", dest="prune_schedule", choices=["oneshot", "iterative"], default="oneshot",
                    help="oneshot (OMP) or iterative (IMP) pruning (default: %(default)s)")
+    add_distill_args(p)
     p.set_defaults(func=cmd_prune, lr=FINETUNE_LR)
 
 
@@ -88,11 +96,44 @@ def register_finetune(sub: argparse._SubParsersAction) -> None:
     add_model_relocation_arg(p)
     add_data_args(p, dataset_default=None)
     add_train_args(p, epochs=FINETUNE_EPOCHS)
+    add_distill_args(p)
+    p.add_argument("--teacher", metavar="CKPT", default=None,
+                   help="with --distill: the dense teacher (default: the checkpoint CKPT was pruned from, its meta's "
+                        "source)")
     # None = not given: a resumed run keeps its own epoch count unless --epochs extends it
     p.set_defaults(func=cmd_finetune, lr=FINETUNE_LR, epochs=None)
     for action in p._actions:
         if action.dest == "epochs":
             action.help = f"default: {FINETUNE_EPOCHS}; with --resume the run's own count, or extend it to this many"
+
+
+def add_distill_args(p: argparse.ArgumentParser) -> None:
+    """``--distill``, ``--distill-alpha``, ``--distill-temperature`` (fields of TrainConfig)."""
+    from prunekit.config import TrainConfig
+
+    defaults = TrainConfig()
+    group = p.add_argument_group("recovery")
+    group.add_argument("--distill", action="store_true",
+                       help="knowledge distillation from the dense starting model while retraining")
+    group.add_argument("--distill-alpha", type=bounded(0.0, 1.0, "a weight in [0, 1]"), default=defaults.distill_alpha, metavar="A",
+                       help="weight of the distillation term, 1 − A on the labels (default: %(default)s)")
+    group.add_argument("--distill-temperature", type=bounded(1e-6, float("inf"), "a temperature > 0"), default=defaults.distill_temperature, metavar="T",
+                       help="softmax temperature of the distillation term (default: %(default)s)")
+
+
+def bounded(low: float, high: float, meaning: str):
+    """An argparse ``type``: a float in [low, high], else a one-line usage error naming ``meaning``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {meaning}")
+        return value
+
+    return parse
 
 
 def register_plot(sub: argparse._SubParsersAction) -> None:
@@ -167,7 +208,7 @@ def prune_config_from(args, model):
         granularity=args.granularity, sparsity=args.sparsity, ratios=ratios, scope=args.scope,
         criterion=args.criterion or "l1", include_classifier=args.include_classifier, exclude=args.exclude or [],
         schedule=args.prune_schedule, iterations=args.iterations, finetune_epochs=args.epochs,
-        rewind_to=args.rewind_to, seed=args.seed)
+        rewind_to=args.rewind_to, seed=args.seed, recalibrate_bn=args.recalibrate_bn)
     if ratios is not None and args.granularity == "unstructured":
         resolve_ratios(model, ratios, args.include_classifier)  # fail before loading data
     return config
@@ -249,8 +290,12 @@ def cmd_finetune(args) -> int:
     before = sparsity_report(loaded.model)["overall"]
     print(f"fine-tuning {source} (sparsity {before:.4f}) on {data.info.name} for {config.epochs} epochs → {save}",
           flush=True)
+    teacher = None
+    if config.distill:
+        teacher_path = getattr(args, "teacher", None) or loaded.meta.get("source")
+        teacher = load_checkpoint(teacher_path).model if teacher_path else None
     out = finetune(loaded.model, data, config, save, resume=loaded.train_state if args.resume else None,
-                   meta=meta, progress=not args.no_progress, callbacks=[PrintEpoch()])
+                   meta=meta, progress=not args.no_progress, callbacks=[PrintEpoch()], teacher=teacher)
     print(f"sparsity {out['sparsity']['overall']:.4f}; test top-1 {out['test'].top1:.2f}%  "
           f"top-5 {out['test'].top5:.2f}%; saved {paths.last(save)}")
     return 0

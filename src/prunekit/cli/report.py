@@ -281,7 +281,7 @@ def cmd_sensitivity(args) -> int:
     print(f"wrote {csv_path} and {png}")
     if args.suggest is not None:
         path = Path(args.suggest_out) if args.suggest_out else out / f"ratios_{args.granularity}_{args.suggest:g}.yaml"
-        write_suggestion(rows, args.suggest, path, args)
+        write_suggestion(rows, args.suggest, path, args, loaded.model, evaluator)
     return 0
 
 
@@ -293,10 +293,14 @@ def check_suggest_target(target: float | None) -> None:
         raise PrunekitError(f"--suggest {target}: the overall sparsity must lie in [0, {MAX_SUGGESTED_RATIO}]")
 
 
-def write_suggestion(rows: list[dict], target: float, path: Path, args) -> None:
-    from prunekit.analysis.sensitivity import drop_curves, suggest_ratios, weighted_mean, write_ratio_file
+def write_suggestion(rows: list[dict], target: float, path: Path, args, model, evaluator) -> None:
+    from prunekit.analysis.sensitivity import (allocation_candidates, choose_allocation, drop_curves,
+                                               suggest_ratios, weighted_mean, write_ratio_file)
 
     ratios, threshold = suggest_ratios(rows, target)
+    candidates = allocation_candidates(model, rows, target, args.granularity, args.include_classifier)
+    chosen, results = choose_allocation(model, candidates, evaluator, args.granularity, args.criterion)
+    ratios = candidates[chosen]
     sizes = {layer: size for layer, (_, _, size) in drop_curves(rows).items()}
     achieved = weighted_mean(ratios, sizes)
     from prunekit.prune.granularity import get_granularity
@@ -305,11 +309,15 @@ def write_suggestion(rows: list[dict], target: float, path: Path, args) -> None:
     header = [f"prunekit sensitivity --suggest {target:g} for {args.checkpoint} ({args.granularity})",
               f"overall {achieved:.4f}: parameter-weighted mean ratio over the {sum(sizes.values()):,} weights of "
               f"these layers (ratios are fractions of each layer's {unit})",
-              f"common accuracy-drop threshold {threshold:.3f} points top-1 (single-layer, no retraining), "
-              "then rescaled to the target",
+              f"chosen allocation: {chosen} (whole model pruned, no retraining, {evaluator.split} split: "
+              + ", ".join(f"{r['allocation']} {r['top1']:.2f}%" for r in results) + ")",
+              f"sensitivity candidate: common accuracy-drop threshold {threshold:.3f} points top-1 (single-layer), "
+              "rescaled to the target",
               f"use: prunekit prune {args.checkpoint} --granularity {args.granularity} --ratios {path}"]
     write_ratio_file(ratios, path, header)
-    print(f"wrote {path}: {len(ratios)} layer ratios, overall sparsity {achieved:.4f} (target {target:g})")
+    print(f"wrote {path}: {chosen} allocation, {len(ratios)} layer ratios, overall sparsity {achieved:.4f} "
+          f"(target {target:g}); whole-model top-1 of the candidates: "
+          + ", ".join(f"{r['allocation']} {r['top1']:.2f}%" for r in results))
 
 
 def cmd_report(args) -> int:

@@ -222,8 +222,9 @@ def finetune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     config = variant.finetune.model_copy(update={"seed": run.experiment.seed})
     run.say(f"variant {variant.name}: fine-tuning {config.epochs} epochs"
             + (f" (resuming after epoch {resume.train_state['epoch']})" if resume else ""))
+    teacher = load_checkpoint(source_path(run, variant.source)).model if config.distill else None  # dense source
     outcome = finetune(model, run.data, config, folder, resume=resume.train_state if resume else None,
-                       meta=meta, progress=run.progress, callbacks=[PrintEpoch()])
+                       meta=meta, progress=run.progress, callbacks=[PrintEpoch()], teacher=teacher)
     test = outcome["test"]
     meta = {**meta, "test_top1": test.top1, "test_top5": test.top5, "test_images": test.images,
             "finetune_epochs": config.epochs, "sparsity": outcome["sparsity"]["overall"]}

@@ -22,14 +22,15 @@ __all__ = ["Masks", "apply_masks", "compute_masks", "extract_masks", "make_perma
            "sparsity_of", "sparsity_report", "unstructured_masks", *_CHANNEL_EXPORTS]
 
 
-def compute_masks(model: nn.Module, config, progress: float = 1.0, example_inputs=None) -> Masks:
+def compute_masks(model: nn.Module, config, progress: float = 1.0, example_inputs=None, batches=None) -> Masks:
     """The masks ``config`` asks for at ``progress`` ∈ (0, 1] of its target; does not modify ``model``.
 
-    ``example_inputs`` (a batch the model accepts) is needed by filter pruning to trace coupled channels.
+    ``example_inputs`` (a batch the model accepts) is needed by filter pruning to trace coupled channels;
+    ``batches`` (labelled ``(inputs, labels)`` pairs) by data-driven criteria such as ``taylor``.
     """
     from prunekit.prune.granularity import get_granularity
 
-    return get_granularity(config.granularity).masks(model, config, progress, example_inputs)
+    return get_granularity(config.granularity).masks(model, config, progress, example_inputs, batches)
 
 
 def __getattr__(name: str):

@@ -9,7 +9,7 @@
   (:func:`select_channels`) for a :class:`~prunekit.config.PruneConfig` target:
 
   - ``sparsity`` r: every group loses ``ceil(r × n)`` of its n prunable channels (scope ``layer``), or one
-    ranking across groups removes r of all conv filters, scores divided by their group's mean (``global``).
+    ranking across groups removes r of all conv filters, scores LAMP-normalised per group (``global``, :func:`lamp_normalised`).
   - ``ratios`` {conv name: r} (``default`` allowed): a group's ratio is that of its first producing conv, in
     call order, that has a ratio (a residual stream takes the ratio of its first conv, e.g. the stem).
   - ``cfg`` (VGG style ``[64, 'M', 128, ...]``): new width of every producing conv in call order; the top-k
@@ -200,9 +200,10 @@ def estimate_macs(graph: ChannelGraph, model: nn.Module, removed: set[int] = fro
 
 
 def select_channels(model: nn.Module, graph: ChannelGraph, config: PruneConfig,
-                    progress: float = 1.0) -> set[int]:
-    """The ids of the channels to remove for ``config``'s target at ``progress`` of a schedule (see module doc)."""
-    scores = channel_scores(model, graph, config.criterion, config.seed)
+                    progress: float = 1.0, batches=None) -> set[int]:
+    """The ids of the channels to remove for ``config``'s target at ``progress`` of a schedule (see module doc);
+    ``batches`` feed a data-driven criterion (see :func:`prunekit.prune.importance.channel_scores`)."""
+    scores = channel_scores(model, graph, config.criterion, config.seed, batches)
     dead = zeroed_channels(model, graph)
     if config.macs_target is not None:
         final = _select_for_macs(model, graph, scores, dead, config)
@@ -298,13 +299,26 @@ def _select_counts(graph: ChannelGraph, scores: dict[int, float], counts: dict[i
     return removed
 
 
+def lamp_normalised(scores: dict[int, float]) -> dict[int, float]:
+    """LAMP normalisation (Lee et al. 2021) of one group's scores: with the group sorted ascending, channel
+    ``u`` gets ``s_u² / Σ_{v ≥ u} s_v²``. The best channel of every group scores 1 and a group's k-th best
+    about 1/k whatever its size or score scale, so one global threshold leaves every group roughly the same
+    number of its strongest channels: a small group is never emptied because its raw scores are small
+    (which a division by the group mean allows when a few channels dominate it)."""
+    ordered = sorted(scores, key=lambda c: (scores[c], c))
+    result, mass = {}, 0.0
+    for cid in reversed(ordered):
+        mass += scores[cid] ** 2
+        result[cid] = scores[cid] ** 2 / mass if mass > 0 else 0.0
+    return result
+
+
 def _select_global(graph: ChannelGraph, scores: dict[int, float], fraction: float, dead: set[int]) -> set[int]:
-    """One ranking across groups (score / group mean) removing ``fraction`` of all conv filters."""
+    """One ranking across groups (LAMP-normalised scores, :func:`lamp_normalised`) removing ``fraction`` of
+    all conv filters."""
     normalised = {}
     for group in graph.groups:
-        ids = graph.prunable(group)
-        mean = sum(scores[c] for c in ids) / len(ids) if ids else 0.0
-        normalised.update({c: scores[c] / mean if mean > 0 else 0.0 for c in ids})
+        normalised.update(lamp_normalised({c: scores[c] for c in graph.prunable(group)}))
     total = sum(graph.channels[c].filters for g in graph.groups for c in g.channels)
     budget = fraction * total
     removed = set(dead)

@@ -174,7 +174,8 @@ def _reuse_script_blocks(model: nn.Module, pruned: nn.Module) -> None:
             setattr(pruned.get_submodule(parent), child, module)
 
 
-def filter_masks(model: nn.Module, example_inputs: Any, config: PruneConfig, progress: float = 1.0) -> Masks:
+def filter_masks(model: nn.Module, example_inputs: Any, config: PruneConfig, progress: float = 1.0,
+                 batches=None) -> Masks:
     """Masks for filter pruning: the shapes stay, the removed channels become exactly zero everywhere.
 
     For every removed channel the masks zero the producing conv weight rows (and biases), depthwise rows
@@ -196,7 +197,7 @@ def filter_masks(model: nn.Module, example_inputs: Any, config: PruneConfig, pro
     config.check_target()
     get_criterion(config.criterion)
     graph = trace_channels(model, example_inputs)
-    removed = select_channels(model, graph, config, progress)
+    removed = select_channels(model, graph, config, progress, batches)
     return channel_masks(model, graph, removed)
 
 

@@ -34,8 +34,10 @@ class Granularity:
     def targets(self) -> tuple[str, ...]:
         return TARGETS[self.name]
 
-    def masks(self, model: nn.Module, config: PruneConfig, progress: float, example_inputs: Any) -> Masks:
-        """The masks ``config`` asks for at ``progress`` ∈ (0, 1] of its target; does not modify ``model``."""
+    def masks(self, model: nn.Module, config: PruneConfig, progress: float, example_inputs: Any,
+              batches=None) -> Masks:
+        """The masks ``config`` asks for at ``progress`` ∈ (0, 1] of its target; does not modify ``model``.
+        ``batches`` (labelled ``(inputs, labels)``) feed data-driven criteria."""
         raise NotImplementedError
 
     def achieved(self, model: nn.Module) -> dict:
@@ -54,7 +56,7 @@ class Granularity:
 class Unstructured(Granularity):
     name, unit = "unstructured", "weights"
 
-    def masks(self, model, config, progress, example_inputs):
+    def masks(self, model, config, progress, example_inputs, batches=None):
         from prunekit.prune.unstructured import unstructured_masks
 
         return unstructured_masks(model, config, progress)
@@ -72,10 +74,10 @@ class Unstructured(Granularity):
 class Filter(Granularity):
     name, unit, shrinks = "filter", "filters", True
 
-    def masks(self, model, config, progress, example_inputs):
+    def masks(self, model, config, progress, example_inputs, batches=None):
         from prunekit.prune.channels import filter_masks
 
-        return filter_masks(model, example_inputs, config, progress)
+        return filter_masks(model, example_inputs, config, progress, batches)
 
     def achieved(self, model):
         from prunekit.prune.channels import filter_sparsity

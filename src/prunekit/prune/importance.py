@@ -13,6 +13,17 @@ Criteria (``CRITERIA``; ``register_criterion`` adds one):
               summed): what the channel contributes downstream (the efficientml.ai lab's channel
               ranking). A channel that nothing reads through a weight falls back to ``l2``.
 ``random``    uniform in [0, 1), from ``torch.Generator().manual_seed(seed)``, in channel-id order.
+``taylor``    first-order Taylor estimate of the loss change when the channel is removed (Molchanov et
+              al. 2017): per image ``|mean over positions of a · ∂L/∂a|`` of the producing conv's output
+              ``a``, summed over the images of labelled ``batches`` (cross-entropy, model in eval mode, no
+              parameter gradient is touched), summed over producers. Needs ``batches``.
+``fpgm``      filter pruning via geometric median (He et al. 2019): ``Σ_j ‖w_i − w_j‖₂`` over the other
+              filters of the same conv; a filter close to the geometric median is redundant and scores
+              low. An all-zero filter scores 0. Summed over producers.
+
+A criterion registered with ``needs_batches=True`` is called as ``fn(model, graph, seed, batches=...)``,
+where ``batches`` is a sequence of ``(inputs, labels)`` on the model's device (the pipeline draws them
+from the training split with a fixed seed, see :func:`prunekit.train.loop.sample_batches`).
 
 Scores are read from the *effective* weights (``weight_orig * weight_mask`` for a masked module), so a
 channel zeroed by an earlier round scores 0. Nothing is modified.
@@ -24,6 +35,7 @@ import difflib
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import PrunekitError
@@ -35,12 +47,15 @@ Criterion = Callable[[nn.Module, ChannelGraph, int], dict[int, float]]
 CRITERIA: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
-    """Register ``fn(model, graph, seed) -> {channel id: score}`` under ``name``; higher = more important."""
+def register_criterion(name: str, needs_batches: bool = False) -> Callable[[Criterion], Criterion]:
+    """Register ``fn(model, graph, seed) -> {channel id: score}`` under ``name``; higher = more important.
+
+    ``needs_batches``: the criterion is data-driven and also receives ``batches=`` (labelled batches)."""
 
     def decorate(fn: Criterion) -> Criterion:
         if name in CRITERIA:
             raise PrunekitError(f"channel criterion '{name}' is registered twice")
+        fn.needs_batches = needs_batches
         CRITERIA[name] = fn
         return fn
 
@@ -56,9 +71,23 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA[name]
 
 
-def channel_scores(model: nn.Module, graph: ChannelGraph, criterion: str = "l1", seed: int = 0) -> dict[int, float]:
-    """``{channel id: score}`` for every prunable channel of ``graph`` under ``criterion``."""
-    return get_criterion(criterion)(model, graph, seed)
+def needs_batches(criterion: str) -> bool:
+    """Whether ``criterion`` scores from labelled training batches (``taylor``) rather than weights alone."""
+    return getattr(get_criterion(criterion), "needs_batches", False)
+
+
+def channel_scores(model: nn.Module, graph: ChannelGraph, criterion: str = "l1", seed: int = 0,
+                   batches=None) -> dict[int, float]:
+    """``{channel id: score}`` for every prunable channel of ``graph`` under ``criterion``; ``batches``
+    (``(inputs, labels)`` pairs) are required by data-driven criteria and ignored by the others."""
+    fn = get_criterion(criterion)
+    if not getattr(fn, "needs_batches", False):
+        return fn(model, graph, seed)
+    if not batches:
+        raise PrunekitError(f"criterion {criterion} scores channels from labelled training batches, but none "
+                            "were given: use compute_masks(..., batches=[(inputs, labels), ...]) or `prunekit prune`, which "
+                            "draws them from the training split")
+    return fn(model, graph, seed, batches=batches)
 
 
 def effective_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
@@ -165,6 +194,64 @@ def random_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dict[
     ids = _prunable(graph)
     values = torch.rand(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
     return dict(zip(ids, values))
+
+
+def _per_producer(graph: ChannelGraph, per_module: dict[str, list[float]]) -> dict[int, float]:
+    """Channel score = sum over its producing convs of ``per_module[conv][output index]``."""
+    return {cid: sum(per_module[s.module][s.index] for s in graph.channels[cid].producers) for cid in _prunable(graph)}
+
+
+def _producers(graph: ChannelGraph) -> list[str]:
+    return list(dict.fromkeys(s.module for cid in _prunable(graph) for s in graph.channels[cid].producers))
+
+
+@register_criterion("fpgm")
+def fpgm_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dict[int, float]:
+    """Σ_j ‖w_i − w_j‖₂ over the filters of the same producing conv (0 for an all-zero filter), summed."""
+    modules = dict(model.named_modules())
+    per_module = {}
+    for name in _producers(graph):
+        rows = handler_for(modules[name]).rows(effective_tensor(modules[name], "weight")).float()
+        rows = rows.reshape(rows.shape[0], -1)
+        distance = torch.cdist(rows[None], rows[None])[0].sum(1)
+        per_module[name] = torch.where(rows.ne(0).any(1), distance, torch.zeros_like(distance)).tolist()
+    return _per_producer(graph, per_module)
+
+
+@register_criterion("taylor", needs_batches=True)
+def taylor_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0, batches=()) -> dict[int, float]:
+    """Σ over images of |mean over positions of activation × ∂CE/∂activation| of each producing conv's
+    output channel, summed over producers. Gradients come from ``torch.autograd.grad`` with respect to the
+    activations only, so no parameter's ``.grad`` changes; the model runs in eval mode (BN statistics
+    untouched) and gets its previous mode back."""
+    modules = dict(model.named_modules())
+    names = _producers(graph)
+    outputs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    totals = {n: torch.zeros(_out_channels(modules[n])) for n in names}
+    hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: outputs[n].append(o)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in batches:
+            for captured in outputs.values():
+                captured.clear()
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(x).float(), y)
+                pairs = [(n, o) for n, captured in outputs.items() for o in captured if o.requires_grad]
+                grads = torch.autograd.grad(loss, [o for _, o in pairs], allow_unused=True)
+            for (n, o), g in zip(pairs, grads):
+                if g is not None:
+                    product = (o.detach().float() * g.float()).reshape(o.shape[0], o.shape[1], -1)
+                    totals[n] += product.mean(2).abs().sum(0).cpu()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return _per_producer(graph, {n: t.tolist() for n, t in totals.items()})
+
+
+def _out_channels(module: nn.Module) -> int:
+    return getattr(module, "out_channels", None) or getattr(module, "out_features")
 
 
 def zeroed_channels(model: nn.Module, graph: ChannelGraph) -> set[int]:

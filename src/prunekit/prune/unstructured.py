@@ -4,8 +4,9 @@ Three separate steps:
 
 * scoring: ``|w|`` of the effective weight of each prunable layer (:func:`magnitude_scores`);
 * allocation: how many weights go where: one global count over all layers in scope (``scope="global"``,
-  one magnitude threshold), the same fraction in each layer (``scope="layer"``), or a fraction per layer
-  from a ratio file (``ratios``); :func:`prunekit.prune.allocate.round_fraction` for schedules;
+  one magnitude threshold), the same fraction in each layer (``scope="layer"``), one global count over
+  LAMP scores (``scope="lamp"``, :func:`lamp_scores`), or a fraction per layer from a ratio file
+  (``ratios``); :func:`prunekit.prune.allocate.round_fraction` for schedules;
 * selection: the ``k`` smallest scores among the weights still alive (:func:`smallest`), with
   ``torch.topk`` exactly as ``torch.nn.utils.prune.L1Unstructured`` does, so ties break the same way.
 
@@ -34,6 +35,25 @@ from prunekit.prune.report import effective_weight
 def magnitude_scores(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """``|w|`` of each module's effective weight, flattened and detached."""
     return {name: effective_weight(m).detach().abs().flatten() for name, m in modules.items()}
+
+
+def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
+    """Layer-adaptive magnitude scores (Lee et al. 2021, LAMP), flat, in the weight's flat order.
+
+    With the layer's weights sorted so that ``|w_1| ≤ |w_2| ≤ … ≤ |w_n|``, the score of ``w_u`` is
+    ``w_u² / Σ_{v ≥ u} w_v²``: its squared magnitude over the squared mass of itself and every larger
+    weight of the same layer. Within a layer the order is that of ``|w|``; across layers the scores are
+    comparable (the largest weight of every layer scores 1), which is what a global ranking needs. LAMP is
+    therefore an allocation (how many weights each layer loses), which is why it is ``scope="lamp"``.
+    Equal magnitudes are ordered by flat index (stable sort). An all-zero layer scores 0 everywhere.
+    """
+    squared = weight.detach().double().flatten() ** 2
+    values, order = torch.sort(squared, stable=True)
+    mass_from_here = values.flip(0).cumsum(0).flip(0)
+    sorted_scores = torch.where(mass_from_here > 0, values / mass_from_here.clamp_min(1e-300), torch.zeros_like(values))
+    scores = torch.empty_like(sorted_scores)
+    scores[order] = sorted_scores
+    return scores.float()
 
 
 def alive(module: nn.Module) -> torch.Tensor:
@@ -67,9 +87,14 @@ def layer_mask(module: nn.Module, fraction: float) -> torch.Tensor:
     return smallest(scores, alive(module), target_count(fraction, scores.numel())).view(module.weight.shape)
 
 
-def global_masks(modules: dict[str, nn.Module], fraction: float) -> Masks:
-    """One threshold over all ``modules``: exactly ``ceil(fraction × total)`` weights pruned in all."""
-    scores = torch.cat(list(magnitude_scores(modules).values()))
+def global_masks(modules: dict[str, nn.Module], fraction: float, scoring: str = "magnitude") -> Masks:
+    """One threshold over all ``modules``: exactly ``ceil(fraction × total)`` weights pruned in all.
+
+    ``scoring``: ``magnitude`` (|w|) or ``lamp`` (:func:`lamp_scores` of each layer's effective weight)."""
+    if scoring == "lamp":
+        scores = torch.cat([lamp_scores(effective_weight(m)) for m in modules.values()])
+    else:
+        scores = torch.cat(list(magnitude_scores(modules).values()))
     kept = torch.cat([alive(m) for m in modules.values()])
     flat = smallest(scores, kept, target_count(fraction, scores.numel()))
     sizes = [m.weight.numel() for m in modules.values()]
@@ -113,7 +138,7 @@ def unstructured_masks(model: nn.Module, config: PruneConfig, progress: float = 
     fraction = round_fraction(config.sparsity, progress)
     if config.scope == "layer":
         return {f"{n}.weight": layer_mask(m, fraction) for n, m in scoped.items()}
-    return global_masks(scoped, fraction)
+    return global_masks(scoped, fraction, "lamp" if config.scope == "lamp" else "magnitude")
 
 
 def prune_unstructured(model: nn.Module, sparsity: float | None = None, ratios: dict | str | Path | None = None,
@@ -121,7 +146,7 @@ def prune_unstructured(model: nn.Module, sparsity: float | None = None, ratios: 
     """Mask the smallest-magnitude weights of any nn.Module; returns the masks it applied.
 
     ``sparsity`` is the fraction of the weights in scope to prune (``scope="global"``: one threshold over
-    all prunable layers; ``"layer"``: that fraction in each); ``ratios`` is a ``{layer: fraction}``
+    all prunable layers; ``"layer"``: that fraction in each; ``"lamp"``: one threshold over LAMP scores); ``ratios`` is a ``{layer: fraction}``
     mapping or the path of a YAML ratio file (``default`` for unnamed layers). The classifier is spared
     unless ``include_classifier`` or named in ``ratios``.
 

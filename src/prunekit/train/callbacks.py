@@ -22,6 +22,12 @@ class Callback:
     def on_fit_start(self, model: nn.Module, config) -> None:
         """Called once before the first epoch (also when resuming), with the run's TrainConfig."""
 
+    def training_loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
+                      loss: torch.Tensor) -> torch.Tensor:
+        """Called on every training batch before ``backward``: returns the loss to minimise (default: ``loss``
+        unchanged). Callbacks chain in order (e.g. knowledge distillation mixes in a teacher's term)."""
+        return loss
+
     def after_backward(self, model: nn.Module) -> None:
         """Called after ``loss.backward()``, before the optimizer step (e.g. to edit gradients)."""
 

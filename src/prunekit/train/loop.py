@@ -128,6 +128,10 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: to
     with autocast_for(device):
         logits = model(x)
     loss = loss_fn(logits.float(), y)
+    for cb in callbacks:
+        hook = getattr(cb, "training_loss", None)  # duck-typed callbacks may not have it
+        if hook is not None:
+            loss = hook(x, logits.float(), y, loss)
     loss.backward()
     for cb in callbacks:
         cb.after_backward(model)
@@ -158,6 +162,19 @@ def make_loaders(data: DataBundle, config: TrainConfig, device: torch.device,
     val = DeviceLoader(*data.val, 500, train=False, **common) if data.val is not None else None
     test = DeviceLoader(*data.test, 500, train=False, **common)
     return train, val, test
+
+
+def sample_batches(data: DataBundle, count: int, batch_size: int = 128, seed: int = 0,
+                   device: torch.device | str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` normalised, unaugmented batches of the training split in a seeded random order (the same
+    images for the same seed): data for BN recalibration and data-driven pruning criteria."""
+    if count <= 0:
+        return []
+    images, labels = data.train
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count * batch_size]
+    loader = DeviceLoader(images[order], labels[order], batch_size, mean=data.info.mean, std=data.info.std,
+                          train=False, device=torch.device(device))
+    return list(loader)
 
 
 def fit(model: nn.Module, data: DataBundle, config: TrainConfig, run_dir: str | Path | None = None,

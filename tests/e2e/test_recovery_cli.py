@@ -1,0 +1,46 @@
+"""End-to-end: prune with taylor + BN recalibration + distillation, then finetune --distill, through the CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from prunekit.checkpoint import load_checkpoint, save_checkpoint
+from prunekit.cli import main
+
+DATA = ["--dataset", "synthetic", "--limit-train", "256", "--batch-size", "64", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture
+def base(tmp_path, tiny_vgg, tiny_data):
+    meta = {"dataset": "synthetic", "num_classes": 10, "mean": list(tiny_data.info.mean),
+            "std": list(tiny_data.info.std)}
+    return save_checkpoint(tiny_vgg, tmp_path / "base.pt", meta)
+
+
+def test_prune_with_recovery_flags_then_finetune_with_distillation(tmp_path, base, capsys):
+    out = tmp_path / "out"
+    assert main(["prune", str(base), "--granularity", "filter", "--sparsity", "0.5", "--criterion", "taylor",
+                 "--recalibrate-bn", "2", "--distill", "--distill-alpha", "0.7", "--distill-temperature", "3",
+                 "--finetune-epochs", "1", "--name", "pruned", "--out", str(out), *DATA]) == 0
+    meta = load_checkpoint(out / "pruned.pt").meta
+    assert meta["rounds"][0]["bn_recalibration_batches"] == 2
+    assert meta["prune_config"]["criterion"] == "taylor" and meta["prune_config"]["recalibrate_bn"] == 2
+    train = meta["train_config"]
+    assert train["distill"] is True and train["distill_alpha"] == 0.7 and train["distill_temperature"] == 3.0
+
+    ft = tmp_path / "ft"  # the teacher defaults to the checkpoint the model was pruned from (meta "source")
+    assert main(["finetune", str(out / "pruned.pt"), "--epochs", "1", "--distill", "--save", str(ft), *DATA]) == 0
+    assert load_checkpoint(ft / "last.pt").meta["test_top1"] >= 0
+
+
+def test_recovery_flags_refuse_bad_input(tmp_path, base, capsys):
+    common = ["--out", str(tmp_path / "o"), *DATA]
+    assert main(["prune", str(base), "--granularity", "filter", "--sparsity", "0.5", "--criterion", "fpgn",
+                 *common]) == 2
+    assert "Did you mean 'fpgm'" in capsys.readouterr().err
+    assert main(["prune", str(base), "--granularity", "filter", "--sparsity", "0.5", "--scope", "lamp", *common]) == 2
+    assert "lamp" in capsys.readouterr().err
+    assert main(["prune", str(base), "--sparsity", "0.5", "--recalibrate-bn", "-1", *common]) == 2
+    with pytest.raises(SystemExit) as usage:  # argparse: a usage line, exit status 2
+        main(["prune", str(base), "--sparsity", "0.5", "--distill-alpha", "2", *common])
+    assert usage.value.code == 2 and "not a weight in [0, 1]" in capsys.readouterr().err
