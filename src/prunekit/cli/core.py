@@ -113,10 +113,12 @@ def foreign_from_args(args: argparse.Namespace, num_classes: int):
     from prunekit.foreign import load_foreign, parse_renames
     from prunekit.models import parse_model_kwargs
 
-    loaded = load_foreign(args.model, args.weights, num_classes, parse_model_kwargs(args.model_kwargs),
-                          parse_renames(args.rename), parse_cfg(args.model_cfg))
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    loaded = load_foreign(args.model, args.weights, num_classes, kwargs, parse_renames(args.rename),
+                          parse_cfg(args.model_cfg))
     notes = [f"layout {loaded.layout}"] if loaded.layout else []
-    notes += [f"cfg {','.join(map(str, loaded.cfg))}"] if loaded.cfg and not args.model_cfg else []
+    cfg_given = args.model_cfg or "cfg" in kwargs  # only a cfg read from the file is news to the user
+    notes += [f"cfg {','.join(map(str, loaded.cfg))} (from the file)"] if loaded.cfg and not cfg_given else []
     notes += ["layer widths from the file"] if loaded.resized else []
     if notes:
         print(f"{args.weights}: {'; '.join(notes)}", file=sys.stderr)
