@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (add_data_args, add_model_args, add_model_relocation_arg, add_train_args,
-                                 load_data, markdown_table, model_from_args, print_json, train_config_from)
+from prunekit.cli.common import (add_data_args, add_model_args, add_model_relocation_arg, add_train_args, data_for,
+                                 data_source, markdown_table, model_from_args, print_json, train_config_from)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy and loss of a checkpoint or foreign weights")
     add_model_source_args(p)
-    add_data_args(p, dataset_default=None)
+    add_data_args(p)
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation: dataset (default for foreign weights), imagenet, or six numbers "
@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="CKPT", required=True)
     p.add_argument("--evaluate", action="store_true",
                    help="also measure the test accuracy (data from --data) and record it in the checkpoint")
-    p.add_argument("--data", metavar="DIR", default=None, help="with --evaluate: the dataset folder")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="the dataset folder (for --evaluate; recorded so later commands find the data)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="what a checkpoint holds: architecture, masks, metadata")
@@ -124,31 +125,28 @@ def cmd_train(args) -> int:
     from prunekit.train.distributed import is_main_process, requested_world_size
     from prunekit.train.loop import resolve_device
 
-    resume_state = None
+    resume_state, remembered = None, None
     if args.resume:
         loaded = resume_point(args.resume, required=True)
-        model, resume_state = loaded.model, loaded.train_state
+        model, resume_state, remembered = loaded.model, loaded.train_state, loaded.meta
         config = TrainConfig(**resume_state["config"])
         if args.epochs is not None:  # extend (or shorten) the schedule of the resumed run
             config = config.model_copy(update={"epochs": args.epochs})
-        dataset = loaded.meta.get("dataset", args.dataset)
         save = Path(args.save or Path(args.resume).parent)
-        val_split = loaded.meta.get("val_split", args.val_split)
-        args.limit_train = loaded.meta.get("limit_train", args.limit_train)
     else:
         config = train_config_from(args)
-        dataset, val_split = args.dataset, args.val_split
         label = args.model.rpartition(":")[2]  # a user model's class or factory name
-        save = Path(args.save or f"runs/{label}-{dataset}-seed{config.seed}")
+        save = Path(args.save or f"runs/{label}-{args.dataset or 'cifar10'}-seed{config.seed}")
         model = None
-    args.val_split = val_split
-    data = load_data(args, dataset=dataset, seed=config.seed)
+    seed = (remembered or {}).get("data_seed", config.seed)  # the split seed of the run (older runs: its seed)
+    source = data_source(args, remembered, seed)
+    data = data_for(args, remembered, seed)
+    dataset = source.dataset
     if model is None:
         kwargs = {"cfg": parse_cfg(args.model_cfg)} if args.model_cfg else {}
         model = model_from_args(args, data.info.num_classes, kwargs)
-    meta = {"dataset": dataset, "synthetic": data.synthetic, "num_classes": data.info.num_classes,
-            "mean": list(data.info.mean), "std": list(data.info.std), "val_split": val_split,
-            "limit_train": args.limit_train, "train_images": len(data.train[1])}
+    meta = {**source.meta(), "synthetic": data.synthetic, "num_classes": data.info.num_classes,
+            "mean": list(data.info.mean), "std": list(data.info.std), "train_images": len(data.train[1])}
     callbacks = [PrintEpoch()] + ([EpochSnapshots(model, save, meta)] if args.save_every_epoch else [])
     world_size = requested_world_size()
     if is_main_process():
@@ -164,7 +162,8 @@ def cmd_train(args) -> int:
     if paths.last(save).exists():
         update_meta(paths.last(save), test_top1=test.top1, test_top5=test.top5, test_loss=test.loss,
                     test_images=test.images, train_seconds=result.seconds)
-    print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}%  loss {test.loss:.4f} on {test.images} images; "
+    print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}%  loss {test.loss:.4f} on {test.images} "
+          f"{'SYNTHETIC ' if data.synthetic else ''}images; "
           f"{result.seconds:.0f} s; saved {paths.last(save)}")
     return 0
 
@@ -184,15 +183,13 @@ def parse_cfg(text: str) -> list:
 
 
 def cmd_evaluate(args) -> int:
-    from prunekit.data import get_data
     from prunekit.data.normalisation import input_normalisation
     from prunekit.train import evaluate_split
     from prunekit.train.loop import resolve_device
 
     loaded = load_model_source(args)
-    dataset = args.dataset or loaded.meta.get("dataset") or "cifar10"
-    data = get_data(dataset, root=args.data, val_split=args.val_split or loaded.meta.get("val_split", 0.0),
-                    seed=loaded.meta.get("seed", 0))
+    data = data_for(args, loaded.meta)
+    dataset = data.info.name
     mean, std = input_normalisation(loaded.meta, data.info, args.normalize)
     metrics = evaluate_split(loaded.model, data, args.split, mean, std, resolve_device(args.device))
     result = {"source": str(loaded.path or args.model), "dataset": dataset, "split": args.split,
@@ -200,8 +197,11 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print_json(result)
     else:
-        print(f"{result['source']} on {dataset} {args.split} ({metrics.images} images): top-1 {metrics.top1:.2f}%  "
-              f"top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
+        print(f"{result['source']} on {dataset}{' (SYNTHETIC)' if data.synthetic else ''} {args.split} "
+              f"({metrics.images} images): top-1 {metrics.top1:.2f}%  top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
+        if not loaded.meta.get("mean") and args.normalize is None:
+            print(f"hint: these weights were fed inputs normalised with {dataset}'s mean/std; if they were trained "
+                  "with another (akamaster's CIFAR ResNets use ImageNet's), pass --normalize imagenet")
     return 0
 
 
@@ -218,11 +218,12 @@ def cmd_convert(args) -> int:
     model = load_weights(model_from_args(args, info.num_classes), args.weights)
     meta = {"dataset": args.dataset, "num_classes": info.num_classes, "mean": list(mean), "std": list(std),
             "weights": str(args.weights)}
+    if args.evaluate or args.data:
+        meta.update(data_source(args).meta())  # later commands evaluate on the same data
     if args.evaluate:
-        from prunekit.data import get_data
         from prunekit.train import evaluate_split
 
-        test = evaluate_split(model, get_data(args.dataset, root=args.data), "test", mean, std)
+        test = evaluate_split(model, data_for(args, meta), "test", mean, std)
         meta.update(test_top1=test.top1, test_top5=test.top5, test_loss=test.loss, test_images=test.images)
         print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}% on {test.images} images")
     path = save_checkpoint(model, args.out, meta)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (add_data_args, add_model_relocation_arg, add_train_args, load_data,
-                                 markdown_table, print_json, train_config_from)
+from prunekit.cli.common import (add_data_args, add_deprecated_alias, add_model_relocation_arg, add_train_args,
+                                 data_for, data_source, markdown_table, print_json, train_config_from)
 from prunekit.cli.core import add_model_source_args, load_model_source
 from prunekit.config import FINETUNE_LR
 
 FINETUNE_EPOCHS = 40  # `prunekit finetune` default (common fine-tuning budget on CIFAR)
 
+WEIGHT_SPARSITY_MEANING = "weight sparsity = fraction of all conv + linear weights that are zero"
 FILTER_SPARSITY_MEANING = ("filter sparsity = fraction of all conv filters (output channels; depthwise convs "
                            "follow their producer) removed; the matching BN channels and input channels of the "
                            "next layers go with them")
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_prune(sub)
     register_finetune(sub)
 
-    p = sub.add_parser("sparsity", help="per-layer and overall sparsity of a checkpoint")
+    p = sub.add_parser("sparsity", help="per-layer and overall weight sparsity (zero weights) of a checkpoint")
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sparsity)
@@ -66,11 +67,13 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     add_model_relocation_arg(p)
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the result and the round folders")
     p.add_argument("--no-progress", action="store_true")
-    add_data_args(p, dataset_default=None)
-    add_train_args(p, epochs=0, epochs_flags=("--finetune-epochs", "--epochs"), lr_schedule_flag="--lr-schedule",
+    add_data_args(p)
+    add_train_args(p, epochs=0, epochs_flags=("--finetune-epochs", "--epochs"), schedule_alias=False,
                    epochs_help="masked retraining epochs after each round (default: 0)")
-    p.add_argument("--schedule", dest="prune_schedule", choices=["oneshot", "iterative"], default="oneshot",
+    schedules = ["oneshot", "iterative"]
+    p.add_argument("--prune-schedule", dest="prune_schedule", choices=schedules, default="oneshot",
                    help="oneshot (OMP) or iterative (IMP) pruning (default: %(default)s)")
+    add_deprecated_alias(p, "--schedule", "--prune-schedule", dest="prune_schedule", choices=schedules)
     p.set_defaults(func=cmd_prune, lr=FINETUNE_LR)
 
 
@@ -82,7 +85,7 @@ def register_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="CKPT", default=None, help="continue the run saved in CKPT (last.pt)")
     p.add_argument("--no-progress", action="store_true")
     add_model_relocation_arg(p)
-    add_data_args(p, dataset_default=None)
+    add_data_args(p)
     add_train_args(p, epochs=FINETUNE_EPOCHS)
     # None = not given: a resumed run keeps its own epoch count unless --epochs extends it
     p.set_defaults(func=cmd_finetune, lr=FINETUNE_LR, epochs=None)
@@ -94,7 +97,8 @@ def register_finetune(sub: argparse._SubParsersAction) -> None:
 def register_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="figures as PNG, with the plotted numbers as CSV beside them")
     kinds = p.add_subparsers(dest="plot_kind", metavar="KIND", required=True)
-    q = kinds.add_parser("accuracy-sparsity", help="test top-1 vs overall sparsity, labelled by method")
+    q = kinds.add_parser("accuracy-sparsity", help="test top-1 vs parameter sparsity (1 − non-zero parameters / the "
+                                                                 "dense model's parameters), labelled by method")
     q.add_argument("checkpoints", metavar="CKPT", nargs="+")
     q.add_argument("--out", metavar="FILE.png", required=True)
     q.set_defaults(func=cmd_plot_accuracy_sparsity)
@@ -108,18 +112,6 @@ def register_plot(sub: argparse._SubParsersAction) -> None:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-
-def data_for(args: argparse.Namespace, meta: dict):
-    """The data to retrain on: ``--dataset`` or the checkpoint's own, checked against its class count."""
-    from prunekit.errors import PrunekitError
-
-    dataset = args.dataset or meta.get("dataset") or "cifar10"
-    data = load_data(args, dataset=dataset, seed=meta.get("seed", 0))
-    if meta.get("num_classes") and meta["num_classes"] != data.info.num_classes:
-        raise PrunekitError(f"the checkpoint has {meta['num_classes']} classes but {dataset} has "
-                            f"{data.info.num_classes}; pass the dataset it was trained on (--dataset)")
-    return data
 
 
 def layer_rows(report: dict) -> list[dict]:
@@ -142,8 +134,10 @@ def cmd_layers(args) -> int:
         print_json(report)
         return 0
     print(markdown_table(layer_rows(report)))
-    print(f"\noverall sparsity {report['overall']:.4f} of {report['params']:,} conv + linear weights. A ratio file "
-          "uses these names (e.g. `features.0: 0.5`, `default: 0.8`); the classifier is pruned only when named.")
+    first = report["layers"][0]["name"] if report["layers"] else "features.0"
+    print(f"\nweight sparsity {report['overall']:.4f} of {report['params']:,} conv + linear weights "
+          f"({WEIGHT_SPARSITY_MEANING}). A ratio file uses these names (e.g. `{first}: 0.5`, `default: 0.8`); "
+          "the classifier is pruned only when named.")
     return 0
 
 
@@ -180,8 +174,7 @@ def cmd_prune(args) -> int:
     prune_config = prune_config_from(args, loaded.model)
     train_config = train_config_from(args)
     data = data_for(args, loaded.meta)
-    meta = {**loaded.meta, "source": str(args.checkpoint), "val_split": args.val_split,
-            "limit_train": args.limit_train}
+    meta = {**loaded.meta, **data_source(args, loaded.meta).meta(), "source": str(args.checkpoint)}
     print(f"pruning {args.checkpoint} ({prune_config.granularity}, {prune_config.schedule}, "
           f"{1 if prune_config.schedule == 'oneshot' else prune_config.iterations} round(s), "
           f"{prune_config.finetune_epochs} retraining epoch(s) each) on {data.info.name}"
@@ -199,15 +192,16 @@ def print_prune_summary(result) -> None:
         print(f"filter sparsity {result.filter_sparsity:.4f}{target} ({FILTER_SPARSITY_MEANING})")
         print(f"params {percent_change(meta['dense_params'], meta['params'])}; "
               f"MACs {percent_change(meta['dense_macs'], meta['macs'])}")
-        print(f"achieved overall sparsity {result.sparsity:.4f} (conv + linear weights zeroed, before removal)")
+        print(f"weight sparsity {result.sparsity:.4f} before the filters were removed ({WEIGHT_SPARSITY_MEANING})")
     else:
         from prunekit.prune import sparsity_report
 
         report = sparsity_report(result.model)
-        print(f"achieved overall sparsity {result.sparsity:.4f}: {report['zeros']:,} of {report['params']:,} conv + "
+        print(f"weight sparsity {result.sparsity:.4f}: {report['zeros']:,} of {report['params']:,} conv + "
               f"linear weights are zero ({report['overall_without_classifier']:.4f} without the classifier{target})")
         print(f"params {meta['params']:,}, non-zero {meta['nonzero_params']:,}")
-    print(f"test top-1 {result.test_top1:.2f}%  top-5 {result.test_top5:.2f}%; saved {result.path}")
+    synthetic = " on SYNTHETIC data" if meta.get("synthetic") else ""
+    print(f"test top-1 {result.test_top1:.2f}%  top-5 {result.test_top5:.2f}%{synthetic}; saved {result.path}")
 
 
 def cmd_finetune(args) -> int:
@@ -227,23 +221,23 @@ def cmd_finetune(args) -> int:
         config = TrainConfig(**loaded.train_state["config"])
         if args.epochs is not None:
             config = config.model_copy(update={"epochs": args.epochs})
-        args.val_split = loaded.meta.get("val_split", args.val_split)
-        args.limit_train = loaded.meta.get("limit_train", args.limit_train)
         save = Path(args.save or Path(args.resume).parent)
     else:
         args.epochs = FINETUNE_EPOCHS if args.epochs is None else args.epochs
         config = train_config_from(args)
         save = Path(args.save or f"runs/finetune-{Path(args.checkpoint).stem}")
     data = data_for(args, loaded.meta)
-    meta = {**inherited_meta(loaded.meta, data), "val_split": args.val_split, "limit_train": args.limit_train,
+    meta = {**inherited_meta(loaded.meta, data), **data_source(args, loaded.meta).meta(),
             "finetuned_from": loaded.meta.get("finetuned_from", str(source)) if args.resume else str(source)}
     before = sparsity_report(loaded.model)["overall"]
-    print(f"fine-tuning {source} (sparsity {before:.4f}) on {data.info.name} for {config.epochs} epochs → {save}",
+    print(f"fine-tuning {source} (weight sparsity {before:.4f}) on {data.info.name}"
+          f"{' (SYNTHETIC)' if data.synthetic else ''} for {config.epochs} epochs → {save}",
           flush=True)
     out = finetune(loaded.model, data, config, save, resume=loaded.train_state if args.resume else None,
                    meta=meta, progress=not args.no_progress, callbacks=[PrintEpoch()])
-    print(f"sparsity {out['sparsity']['overall']:.4f}; test top-1 {out['test'].top1:.2f}%  "
-          f"top-5 {out['test'].top5:.2f}%; saved {paths.last(save)}")
+    print(f"weight sparsity {out['sparsity']['overall']:.4f} ({WEIGHT_SPARSITY_MEANING}); test top-1 "
+          f"{out['test'].top1:.2f}%  top-5 {out['test'].top5:.2f}%{' on SYNTHETIC data' if data.synthetic else ''}; "
+          f"saved {paths.last(save)}")
     return 0
 
 
@@ -256,25 +250,25 @@ def cmd_sparsity(args) -> int:
         print_json(report)
         return 0
     print(markdown_table(layer_rows(report)))
-    print(f"\noverall sparsity {report['overall']:.4f}: {report['zeros']:,} of {report['params']:,} conv + linear "
+    print(f"\nweight sparsity {report['overall']:.4f}: {report['zeros']:,} of {report['params']:,} conv + linear "
           f"weights are zero ({report['overall_without_classifier']:.4f} without the classifier)")
     return 0
 
 
 def point_of(path: str) -> dict:
-    """One accuracy-sparsity point from a checkpoint: its meta's test accuracy and method."""
+    """One accuracy-sparsity point from a checkpoint: its meta's test accuracy and method, and its parameter
+    sparsity, 1 − non-zero parameters / the dense model's parameters (masked zeros and removed filters alike)."""
     from prunekit.checkpoint import load_checkpoint
     from prunekit.errors import PrunekitError
-    from prunekit.prune import sparsity_report
+    from prunekit.measure import count_nonzero_parameters, count_parameters
 
     loaded = load_checkpoint(path)
     meta = loaded.meta
     if meta.get("test_top1") is None:
         raise PrunekitError(f"{path} records no test accuracy; plot checkpoints written by `prunekit train`, "
                             "`prune` or `finetune`")
-    sparsity = meta.get("sparsity")
-    if sparsity is None:
-        sparsity = sparsity_report(loaded.model)["overall"]
+    dense = meta.get("dense_params") or count_parameters(loaded.model)
+    sparsity = 1.0 - count_nonzero_parameters(loaded.model) / dense  # as `prunekit run` plots it
     return {"label": method_of(meta), "sparsity": sparsity, "top1": meta["test_top1"],
             "top5": meta.get("test_top5"), "source": str(path)}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import add_data_args, load_data, markdown_table, print_json
+from prunekit.cli.common import add_data_args, markdown_table, print_json
 from prunekit.cli.core import add_model_source_args, load_model_source
 
 
@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Measure every CKPT the same way; ratios are against the first one. Each model "
                                    "is evaluated with its checkpoint's own normalisation and dataset.")
     p.add_argument("checkpoints", metavar="CKPT", nargs="+")
-    add_data_args(p, dataset_default=None)
+    add_data_args(p)
     add_measure_args(p)
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the rows and the method as JSON (compare.json)")
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", metavar="FILE", default=None, help="HTML file (default: RUN_DIR/report.html); the "
                                                                  "Markdown twin goes beside it")
-    add_data_args(p, dataset_default=None)
+    add_data_args(p)
     add_measure_args(p)
     p.set_defaults(func=cmd_report)
 
@@ -111,30 +111,17 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["test", "val", "train"], default="test", help="default: %(default)s")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
     p.add_argument("--no-progress", action="store_true")
-    add_data_args(p, dataset_default=None)
+    add_data_args(p)
 
 
 # --- helpers -------------------------------------------------------------------------------------------
 
 
 def data_source(args: argparse.Namespace):
-    """``meta -> DataBundle``: ``--dataset`` or the checkpoint's own, loaded once per (dataset, seed)."""
-    from prunekit.errors import PrunekitError
+    """``meta -> DataBundle``: each checkpoint's remembered data unless the data options say otherwise."""
+    from prunekit.cli.common import data_loader
 
-    cache = {}
-
-    def data_for(meta: dict):
-        dataset = args.dataset or meta.get("dataset") or "cifar10"
-        key = (dataset, meta.get("seed", 0))
-        if key not in cache:
-            cache[key] = load_data(args, dataset=dataset, seed=key[1])
-        data = cache[key]
-        if meta.get("num_classes") and meta["num_classes"] != data.info.num_classes:
-            raise PrunekitError(f"a checkpoint has {meta['num_classes']} classes but {dataset} has "
-                                f"{data.info.num_classes}; pass the dataset it was trained on (--dataset)")
-        return data
-
-    return data_for
+    return data_loader(args)
 
 
 def compare_settings(args: argparse.Namespace):

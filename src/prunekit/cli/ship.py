@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import add_data_args, add_model_relocation_arg, load_data, print_json
+from prunekit.cli.common import add_data_args, add_model_relocation_arg, data_for, load_data, print_json
 from prunekit.cli.core import add_model_source_args, load_model_source
 
 
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("quantize", help="int8 post-training static quantization for CPU inference")
     add_model_source_args(p)
-    add_data_args(p, dataset_default=None)
+    add_data_args(p)
     p.add_argument("--calib-batches", type=int, default=8, metavar="N",
                    help="training batches observed for the activation ranges (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="images per calibration batch (default: %(default)s)")
@@ -112,7 +112,7 @@ def source_and_data(args):
     if args.checkpoint:
         loaded = load_model_source(args)
         dataset = args.dataset or loaded.meta.get("dataset") or "cifar10"
-        return loaded, dataset, load_data(args, dataset=dataset, seed=loaded.meta.get("seed", 0))
+        return loaded, dataset, data_for(args, loaded.meta)
     dataset = args.dataset or "cifar10"
     data = load_data(args, dataset=dataset)
     return load_model_source(args, num_classes=data.info.num_classes), dataset, data
