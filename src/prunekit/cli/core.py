@@ -11,8 +11,9 @@ from prunekit.cli.common import (add_data_args, add_model_args, add_model_reloca
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--num-classes", type=int, default=10,
+                   help="classes the parameter counts assume (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("train", help="train a model from scratch (or --resume a run)")
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="CKPT", default=None, help="continue the run saved in CKPT (last.pt)")
     p.add_argument("--save-every-epoch", action="store_true",
                    help="also keep epoch_N.pt (e.g. for lottery-ticket rewinding)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
     add_data_args(p)
     add_train_args(p)
     p.set_defaults(func=cmd_train)
@@ -32,12 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy and loss of a checkpoint or foreign weights")
     add_model_source_args(p)
     add_data_args(p)
-    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test",
+                   help="split to measure; val = the --val-split hold-out (default: %(default)s)")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation: dataset (default for foreign weights), imagenet, or six numbers "
                         "'m1,m2,m3,s1,s2,s3'; a prunekit checkpoint uses its own")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="default: %(default)s (CUDA when present)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("convert", help="make a prunekit checkpoint from foreign weights (e.g. public pretrained)")
@@ -48,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="cifar10", help="dataset the weights were trained on (default: %(default)s)")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation the weights expect: dataset (default), imagenet, or six numbers")
-    p.add_argument("--out", metavar="CKPT", required=True)
+    p.add_argument("--out", metavar="CKPT", required=True, help="where to write the prunekit checkpoint")
     p.add_argument("--evaluate", action="store_true",
                    help="also measure the test accuracy (data from --data) and record it in the checkpoint")
     p.add_argument("--data", metavar="DIR", default=None,
@@ -56,19 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="what a checkpoint holds: architecture, masks, metadata")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
     add_model_relocation_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("profile", help="params, non-zero params, MACs, size, memory, latency")
     add_model_source_args(p)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="batch for the throughput figure")
     p.add_argument("--repeats", type=int, default=50, help="timed runs at batch 1 (median reported)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_profile)
 
 
@@ -198,7 +201,8 @@ def cmd_evaluate(args) -> int:
         print_json(result)
     else:
         print(f"{result['source']} on {dataset}{' (SYNTHETIC)' if data.synthetic else ''} {args.split} "
-              f"({metrics.images} images): top-1 {metrics.top1:.2f}%  top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
+              f"({metrics.images} images): "
+              f"top-1 {metrics.top1:.2f}%  top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
         if not loaded.meta.get("mean") and args.normalize is None:
             print(f"hint: these weights were fed inputs normalised with {dataset}'s mean/std; if they were trained "
                   "with another (akamaster's CIFAR ResNets use ImageNet's), pass --normalize imagenet")

@@ -7,7 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run an experiment YAML: baseline → prune → fine-tune → compare → report")
-    p.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    p.add_argument("experiment", metavar="EXPERIMENT.yaml", help="the experiment file (see experiments/)")
     p.add_argument("--quick", action="store_true", help="the file's quick budgets (minutes on a 2-core CPU)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set data.limit_train=500 (repeatable)")
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", default=None,
                    help="dataset folder when the file gives none (default: $PRUNEKIT_DATA, cache)")
     p.add_argument("--out", metavar="DIR", default="runs", help="parent of the run folders (default: runs)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="a complete small experiment in minutes, ending in an HTML report")
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", default="runs", help="parent of the run folder (default: runs)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the demo recipe, e.g. --set baseline.train.epochs=2")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
     p.set_defaults(func=cmd_demo)
 
 

@@ -21,15 +21,15 @@ FILTER_SPARSITY_MEANING = ("filter sparsity = fraction of all conv filters (outp
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("layers", help="prunable layers: the names ratio files use, shapes, sizes, sparsity")
     add_model_source_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_layers)
 
     register_prune(sub)
     register_finetune(sub)
 
     p = sub.add_parser("sparsity", help="per-layer and overall weight sparsity (zero weights) of a checkpoint")
-    p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_sparsity)
 
     register_plot(sub)
@@ -66,7 +66,7 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="file name of the result (default: from method and results)")
     add_model_relocation_arg(p)
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the result and the round folders")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
     add_data_args(p)
     add_train_args(p, epochs=0, epochs_flags=("--finetune-epochs", "--epochs"), schedule_alias=False,
                    epochs_help="masked retraining epochs after each round (default: 0)")
@@ -83,7 +83,7 @@ def register_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save", metavar="DIR", default=None,
                    help="run folder for last.pt/best.pt/metrics (default: runs/finetune-<CKPT name>)")
     p.add_argument("--resume", metavar="CKPT", default=None, help="continue the run saved in CKPT (last.pt)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
     add_model_relocation_arg(p)
     add_data_args(p)
     add_train_args(p, epochs=FINETUNE_EPOCHS)
@@ -99,13 +99,13 @@ def register_plot(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="plot_kind", metavar="KIND", required=True)
     q = kinds.add_parser("accuracy-sparsity", help="test top-1 vs parameter sparsity (1 − non-zero parameters / the "
                                                                  "dense model's parameters), labelled by method")
-    q.add_argument("checkpoints", metavar="CKPT", nargs="+")
-    q.add_argument("--out", metavar="FILE.png", required=True)
+    q.add_argument("checkpoints", metavar="CKPT", nargs="+", help="checkpoints that record a test accuracy")
+    q.add_argument("--out", metavar="FILE.png", required=True, help="the figure; its numbers go to FILE.csv")
     q.set_defaults(func=cmd_plot_accuracy_sparsity)
     q = kinds.add_parser("mask", help="kept/pruned pattern of one layer: one row per filter, in×kh×kw columns")
-    q.add_argument("checkpoint", metavar="CKPT")
+    q.add_argument("checkpoint", metavar="CKPT", help="a masked prunekit checkpoint")
     q.add_argument("--layer", required=True, help="prunable layer name (`prunekit layers CKPT`)")
-    q.add_argument("--out", metavar="FILE.png", required=True)
+    q.add_argument("--out", metavar="FILE.png", required=True, help="the figure; its numbers go to FILE.csv")
     q.set_defaults(func=cmd_plot_mask)
     from prunekit.cli.report import register_plot_commands  # hist, layers, sweep, sensitivity
     register_plot_commands(kinds)

@@ -12,13 +12,14 @@ from prunekit.cli.core import add_model_source_args, load_model_source
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a compact sparse checkpoint or an ONNX file")
     p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint (compact files are accepted too)")
-    p.add_argument("--format", choices=["compact", "onnx"], required=True)
-    p.add_argument("--out", metavar="FILE", required=True)
+    p.add_argument("--format", choices=["compact", "onnx"], required=True,
+                   help="compact: sparse prunekit file; onnx: ONNX graph")
+    p.add_argument("--out", metavar="FILE", required=True, help="where to write the file")
     p.add_argument("--values", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="compact: how kept weights are stored; fp32 is lossless (default: %(default)s)")
     p.add_argument("--no-check", action="store_true", help="onnx: skip the ONNX Runtime vs PyTorch check")
     add_model_relocation_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quantize", help="int8 post-training static quantization for CPU inference")
@@ -29,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per calibration batch (default: %(default)s)")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation as for `evaluate` (a prunekit checkpoint uses its own)")
-    p.add_argument("--out", metavar="FILE", required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", metavar="FILE", required=True, help="where to write the file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_quantize)
 
 

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a masked filter-pruned checkpoint, e.g. OUT/<run>/round_1/round.pt of `prune --granularity "
                         "filter`")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the smaller checkpoint")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_shrink)
 
     from prunekit.config import DEFAULT_SCOPE
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="for --criterion random (default: %(default)s)")
     add_model_relocation_arg(p)
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned checkpoint")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_prune_channels)
 
 
