@@ -9,6 +9,16 @@ from prunekit.cli.common import (add_data_args, add_model_args, add_model_reloca
                                  data_source, markdown_table, model_from_args, print_json, train_config_from)
 
 
+SYNTHETIC_NOTE = " (SYNTHETIC data)"  # ends every epoch line of a run on synthetic data
+
+
+def epoch_printer(data):
+    """The per-epoch line printer; on synthetic data every line says so."""
+    from prunekit.train.callbacks import PrintEpoch
+
+    return PrintEpoch(SYNTHETIC_NOTE if data.synthetic else "")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("--num-classes", type=int, default=10,
@@ -124,7 +134,7 @@ def cmd_train(args) -> int:
     from prunekit.config import TrainConfig
     from prunekit.models import arch_label
     from prunekit.train import evaluate_split, fit
-    from prunekit.train.callbacks import EpochSnapshots, PrintEpoch
+    from prunekit.train.callbacks import EpochSnapshots
     from prunekit.train.distributed import is_main_process, requested_world_size
     from prunekit.train.loop import resolve_device
 
@@ -150,7 +160,7 @@ def cmd_train(args) -> int:
         model = model_from_args(args, data.info.num_classes, kwargs)
     meta = {**source.meta(), "synthetic": data.synthetic, "num_classes": data.info.num_classes,
             "mean": list(data.info.mean), "std": list(data.info.std), "train_images": len(data.train[1])}
-    callbacks = [PrintEpoch()] + ([EpochSnapshots(model, save, meta)] if args.save_every_epoch else [])
+    callbacks = [epoch_printer(data)] + ([EpochSnapshots(model, save, meta)] if args.save_every_epoch else [])
     world_size = requested_world_size()
     if is_main_process():
         print(f"training {arch_label(model.arch)} on {dataset} ({len(data.train[1])} images"

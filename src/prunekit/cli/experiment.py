@@ -40,28 +40,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import time
-    from importlib.resources import files
+    from prunekit.experiment.demo import run_demo
 
-    from prunekit.experiment import Run, load_experiment, load_run_data, run_experiment, run_folder
-    from prunekit.errors import PrunekitError
-
-    started = time.perf_counter()
-    recipe = files("prunekit") / "recipes" / "demo.yaml"
-    experiment = load_experiment(str(recipe), assignments=args.assignments)
-    try:
-        data = load_run_data(experiment, args.data)
-    except PrunekitError as exc:
-        print(f"CIFAR-10 is not reachable: {exc}\n"
-              "→ running the demo on the SYNTHETIC dataset instead; every number below is synthetic.\n"
-              "  To use real data: download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, put it "
-              "(or the extracted cifar-10-batches-py/) in a folder and pass --data FOLDER or set PRUNEKIT_DATA.",
-              flush=True)
-        experiment = load_experiment(experiment.model_dump(mode="json"),
-                                     assignments=["data.dataset=synthetic", "data.limit_test=500"])
-        data = load_run_data(experiment, args.data)
-    folder = run_folder(experiment, args.out)
-    report = run_experiment(Run(experiment, folder, data, progress=not args.no_progress))
-    label = " (SYNTHETIC data)" if data.synthetic else f" ({data.info.name}, {len(data.train[1])} training images)"
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s{label}.\nOpen the report: {report}")
+    run_demo(args.data, args.out, args.assignments, progress=not args.no_progress)
     return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prunekit.cli.common import (add_data_args, add_deprecated_alias, add_model_relocation_arg, add_train_args,
                                  data_for, data_source, markdown_table, print_json, train_config_from)
-from prunekit.cli.core import add_model_source_args, load_model_source
+from prunekit.cli.core import add_model_source_args, epoch_printer, load_model_source
 from prunekit.config import FINETUNE_LR
 
 FINETUNE_EPOCHS = 40  # `prunekit finetune` default (common fine-tuning budget on CIFAR)
@@ -168,7 +168,6 @@ def prune_config_from(args, model):
 def cmd_prune(args) -> int:
     from prunekit.checkpoint import load_checkpoint
     from prunekit.pipeline import run_pruning
-    from prunekit.train.callbacks import PrintEpoch
 
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     prune_config = prune_config_from(args, loaded.model)
@@ -180,7 +179,7 @@ def cmd_prune(args) -> int:
           f"{prune_config.finetune_epochs} retraining epoch(s) each) on {data.info.name}"
           f"{' (SYNTHETIC)' if data.synthetic else ''}", flush=True)
     result = run_pruning(loaded.model, data, prune_config, train_config, args.out, name=args.name, meta=meta,
-                         progress=not args.no_progress, callbacks=[PrintEpoch()])
+                         progress=not args.no_progress, callbacks=[epoch_printer(data)])
     print_prune_summary(result)
     return 0
 
@@ -211,7 +210,6 @@ def cmd_finetune(args) -> int:
     from prunekit.errors import PrunekitError
     from prunekit.pipeline import finetune, inherited_meta
     from prunekit.prune import sparsity_report
-    from prunekit.train.callbacks import PrintEpoch
 
     source = args.resume or args.checkpoint
     if not source:
@@ -234,7 +232,7 @@ def cmd_finetune(args) -> int:
           f"{' (SYNTHETIC)' if data.synthetic else ''} for {config.epochs} epochs → {save}",
           flush=True)
     out = finetune(loaded.model, data, config, save, resume=loaded.train_state if args.resume else None,
-                   meta=meta, progress=not args.no_progress, callbacks=[PrintEpoch()])
+                   meta=meta, progress=not args.no_progress, callbacks=[epoch_printer(data)])
     print(f"weight sparsity {out['sparsity']['overall']:.4f} ({WEIGHT_SPARSITY_MEANING}); test top-1 "
           f"{out['test'].top1:.2f}%  top-5 {out['test'].top5:.2f}%{' on SYNTHETIC data' if data.synthetic else ''}; "
           f"saved {paths.last(save)}")

@@ -136,7 +136,7 @@ def train_baseline(run: Run, model, config: TrainConfig, meta: dict):
     run.say(f"baseline: training {run.experiment.baseline.model} for {config.epochs} epochs"
             + (f" (resuming after epoch {resume.train_state['epoch']})" if resume else ""))
     fit(model, run.data, config, run_dir=folder, resume=resume.train_state if resume else None, meta=meta,
-        callbacks=[PrintEpoch()], progress=run.progress)
+        callbacks=[PrintEpoch(synthetic_note(run))], progress=run.progress)
     return model
 
 
@@ -176,7 +176,7 @@ def prune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     train = retrain_config(run, variant.retrain)
     run.say(f"variant {variant.name}: {config.schedule} {config.granularity} pruning from {variant.source}")
     result = run_pruning(model, run.data, config, train, run.work / variant.name, meta=meta,
-                         progress=run.progress, callbacks=[PrintEpoch()])
+                         progress=run.progress, callbacks=[PrintEpoch(synthetic_note(run))])
     final = run.models / f"{variant.name}__{result.path.name}"
     result.path.replace(final)
     return result.model, result.meta, final
@@ -194,7 +194,7 @@ def finetune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     run.say(f"variant {variant.name}: fine-tuning {config.epochs} epochs"
             + (f" (resuming after epoch {resume.train_state['epoch']})" if resume else ""))
     outcome = finetune(model, run.data, config, folder, resume=resume.train_state if resume else None,
-                       meta=meta, progress=run.progress, callbacks=[PrintEpoch()])
+                       meta=meta, progress=run.progress, callbacks=[PrintEpoch(synthetic_note(run))])
     test = outcome["test"]
     meta = {**meta, "test_top1": test.top1, "test_top5": test.top5, "test_images": test.images,
             "finetune_epochs": config.epochs, "sparsity": outcome["sparsity"]["overall"]}
