@@ -230,7 +230,8 @@ def run_pruning(model: nn.Module, data: DataBundle, prune_config: PruneConfig, t
         record = run_round(model, data, prune_config, train_config, paths.round_dir(work, k), k, rewind, fingerprint,
                            meta, progress, callbacks)
         rounds.append(record)
-        print(format_round(record, rounds_of(prune_config)), flush=True)
+        print(format_round(record, rounds_of(prune_config)) + (" (SYNTHETIC data)" if data.synthetic else ""),
+              flush=True)
     return finish(model, data, prune_config, train_config, out_dir, name, meta, rounds, dense, device)
 
 

@@ -50,12 +50,9 @@ class MachineLoad:
 
 
 def demo_experiment(assignments: list[str], synthetic: bool = False):
-    """The embedded demo recipe with ``--set`` overrides (and the SYNTHETIC data overrides)."""
+    """The embedded demo recipe with the SYNTHETIC data overrides (when asked), then the ``--set`` ones."""
     recipe = files("prunekit") / "recipes" / "demo.yaml"
-    experiment = load_experiment(str(recipe), assignments=assignments)
-    if synthetic:
-        experiment = load_experiment(experiment.model_dump(mode="json"), assignments=SYNTHETIC_OVERRIDES)
-    return experiment
+    return load_experiment(str(recipe), assignments=[*(SYNTHETIC_OVERRIDES if synthetic else []), *assignments])
 
 
 def run_demo(data_root: str | None, out: str | Path, assignments: list[str], progress: bool = True) -> Path:
