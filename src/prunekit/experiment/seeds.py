@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -43,13 +44,17 @@ def summarise(experiment: Experiment, seeds: list[int], folders: list[Path], sum
     tables = [json.loads((folder / "compare.json").read_text())["rows"] for folder in folders]
     rows = []
     for position, first in enumerate(tables[0]):
-        name = first["model"].split("__")[0] if "__" in first["model"] else first["model"]
-        top1 = [table[position]["top1"] for table in tables]
-        top5 = [table[position]["top5"] for table in tables]
-        rows.append({"model": name, "seeds": len(seeds), "top1_mean": statistics.mean(top1),
-                     "top1_std": statistics.stdev(top1), "top5_mean": statistics.mean(top5),
-                     "top5_std": statistics.stdev(top5), "params": first["params"],
-                     "nonzero_params": first["nonzero_params"], "macs": first["macs"]})
+        name = model_label(first["model"])
+        labels = {model_label(table[position]["model"]) for table in tables}
+        if labels != {name}:
+            raise PrunekitError(f"seed runs list different models at row {position + 1}: {sorted(labels)}")
+        row = {"model": name, "seeds": len(seeds)}
+        for key in ("top1", "top5"):
+            values = [table[position][key] for table in tables]
+            row.update({f"{key}_mean": statistics.mean(values), f"{key}_std": statistics.stdev(values)})
+        for key in ("params", "nonzero_params", "macs"):  # mean over seeds (equal for every seed in practice)
+            row[key] = statistics.mean(table[position][key] for table in tables)
+        rows.append(row)
     plot_seed_summary(rows, summary_dir / "plots" / "seeds_top1.png",
                       title=f"{experiment.name}: test top-1 over seeds {', '.join(map(str, seeds))} (mean ± std)")
     atomic_write_text(summary_dir / "runs.json", json.dumps({"seeds": seeds, "runs": [str(f) for f in folders]},
@@ -59,6 +64,16 @@ def summarise(experiment: Experiment, seeds: list[int], folders: list[Path], sum
     for row in rows:
         print(f"  {row['model']}: top-1 {row['top1_mean']:.2f} ± {row['top1_std']:.2f}%")
     return summary_dir
+
+
+def model_label(file_name: str) -> str:
+    """A model's name across seeds: a run's checkpoint file name without the one seed's accuracy, variant name
+    kept (``l1-50__Omp_filter_0.50_acc_91.52_int8.pt`` → ``l1-50_int8``, ``ft_acc_90.10.pt`` → ``ft``)."""
+    label = re.sub(r"_acc_\d+(\.\d+)?", "", file_name.removesuffix(".pt"))
+    if "__" in label:
+        variant, _, rest = label.partition("__")
+        label = variant + ("_int8" if rest.endswith("_int8") else "")
+    return label
 
 
 def plot_seed_summary(rows: list[dict], out: Path, title: str) -> None:
