@@ -184,19 +184,22 @@ def run_round(model: nn.Module, data: DataBundle, prune_config: PruneConfig, tra
     fit(model, data, train_config, run_dir=run_dir, resume=resume, meta=round_meta, callbacks=callbacks,
         progress=progress)
     retrained = evaluate_split(model, data, "test", device=device)
-    record.update(retrained_top1=retrained.top1, retrained_top5=retrained.top5)
+    record.update(retrained_top1=retrained.top1, retrained_top5=retrained.top5, retrain_epochs=train_config.epochs)
     save_checkpoint(model, done, {**round_meta, "round_record": record})
     return record
 
 
 def format_round(record: dict, rounds: int) -> str:
-    """``round 2/3: sparsity 0.5480 overall, 0.5528 of masked weights (target 0.5528) | test top-1 …``."""
+    """``round 2/3: weight sparsity 0.5480, 0.5528 of masked weights (target 0.5528) | test top-1 …``; weight
+    sparsity = zero conv + linear weights / all of them. Without retraining epochs no "after retraining"."""
     target = f" (target {record['target']:.4f})" if record.get("target") is not None else ""
     if "filter_sparsity" in record:
         reached = f"filter sparsity {record['filter_sparsity']:.4f}{target}, weight sparsity {record['sparsity']:.4f}"
     else:
-        reached = (f"sparsity {record['sparsity']:.4f} overall, {record['masked_sparsity']:.4f} of masked "
+        reached = (f"weight sparsity {record['sparsity']:.4f}, {record['masked_sparsity']:.4f} of masked "
                    f"weights{target}")
+    if record.get("retrain_epochs") == 0:
+        return f"round {record['round']}/{rounds}: {reached} | test top-1 {record['pruned_top1']:.2f}% (not retrained)"
     return (f"round {record['round']}/{rounds}: {reached} | test top-1 after pruning {record['pruned_top1']:.2f}% "
             f"→ after retraining {record['retrained_top1']:.2f}%")
 
@@ -269,7 +272,8 @@ def run_pruning(model: nn.Module, data: DataBundle, prune_config: PruneConfig, t
         record = run_round(model, data, prune_config, train_config, paths.round_dir(work, k), k, rewind, fingerprint,
                            meta, progress, callbacks)
         rounds.append(record)
-        print(format_round(record, rounds_of(prune_config)), flush=True)
+        print(format_round(record, rounds_of(prune_config)) + (" (SYNTHETIC data)" if data.synthetic else ""),
+              flush=True)
     return finish(model, data, prune_config, train_config, out_dir, name, meta, rounds, dense, device)
 
 

@@ -122,28 +122,88 @@ def add_count_arg(parser: argparse.ArgumentParser) -> None:
                              "see docs/measure.md")
 
 
-def add_data_args(parser: argparse.ArgumentParser, dataset_default: str | None = "cifar10") -> None:
-    """``--dataset``, ``--data``, ``--val-split``: identical for every command that reads data."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default=dataset_default,
-                       help="cifar10 | cifar100 | synthetic (default: %(default)s; a checkpoint's own dataset "
-                            "when a command reads one)")
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """``--dataset``, ``--data``, ``--val-split``, ``--limit-train``: identical for every command that trains or
+    evaluates. Unset options take what the checkpoint the command reads remembers (:func:`data_source`), else
+    the defaults (cifar10 from $PRUNEKIT_DATA or the cache, no validation split, every image)."""
+    group = parser.add_argument_group("data (unset options: what the checkpoint was made with, else the default)")
+    group.add_argument("--dataset", default=None, help="cifar10 | cifar100 | synthetic (default: cifar10)")
     group.add_argument("--data", metavar="DIR", default=None,
                        help="folder holding cifar-10-batches-py/ or cifar-100-python/ (or the .tar.gz); "
                             "default: $PRUNEKIT_DATA, else ~/.cache/prunekit (downloaded when online)")
-    group.add_argument("--val-split", type=FRACTION, default=0.0, metavar="F",
+    group.add_argument("--val-split", type=FRACTION, default=None, metavar="F",
                        help="fraction of the training set held out for validation, seeded (default: 0)")
     group.add_argument("--limit-train", type=POSITIVE_INT, default=None, metavar="N",
-                       help="use only the first N training images (quick runs)")
+                       help="use only the first N training images (quick runs; default: all)")
+
+
+def data_source(args: argparse.Namespace, meta: dict | None = None, seed: int | None = None):
+    """The :class:`prunekit.data.DataSource` to use: options given on the command line win, the rest come from
+    the checkpoint ``meta`` (its remembered dataset, folder, split and seed), the rest from the defaults.
+
+    A different ``--dataset`` than the checkpoint's drops its remembered folder. Fails in one line when the
+    remembered folder is gone and ``--data`` does not name another.
+    """
+    from prunekit.data import DataSource
+
+    remembered = DataSource.from_meta(meta) if meta else DataSource()
+    dataset = getattr(args, "dataset", None) or remembered.dataset
+    same_data = dataset == remembered.dataset
+    val_split = getattr(args, "val_split", None)
+    limit_train = getattr(args, "limit_train", None)
+    source = DataSource(dataset=dataset, root=getattr(args, "data", None) or (remembered.root if same_data else None),
+                        val_split=remembered.val_split if val_split is None and same_data else (val_split or 0.0),
+                        seed=remembered.seed if seed is None else seed,
+                        limit_train=remembered.limit_train if limit_train is None and same_data else limit_train)
+    if not getattr(args, "data", None):
+        source.check_root()
+    return source
+
+
+def data_for(args: argparse.Namespace, meta: dict | None = None, seed: int | None = None):
+    """The :class:`DataBundle` of :func:`data_source`, checked against the checkpoint's class count."""
+    return data_loader(args, seed)(meta)
+
+
+def data_loader(args: argparse.Namespace, seed: int | None = None):
+    """``meta -> DataBundle`` for commands that read several checkpoints: :func:`data_source` of each, every
+    distinct source loaded once; a checkpoint whose class count differs from its data's fails in one line."""
+    from prunekit.checkpoint import check_classes
+
+    cache = {}
+
+    def load(meta: dict | None):
+        source = data_source(args, meta, seed)
+        if source not in cache:
+            cache[source] = source.load()
+        data = cache[source]
+        if meta:
+            check_classes(meta, data)
+        return data
+
+    return load
+
+
+def add_deprecated_alias(parser, old: str, new: str, dest: str, **kwargs) -> None:
+    """``old`` as a deprecated spelling of ``new``: same ``dest``, prints a one-line notice when used."""
+
+    class DeprecatedAlias(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"prunekit: {old} is deprecated, use {new}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    parser.add_argument(old, dest=dest, action=DeprecatedAlias, default=argparse.SUPPRESS,
+                        help=f"deprecated alias of {new}", **kwargs)
 
 
 def add_train_args(parser: argparse.ArgumentParser, epochs: int | None = None,
                    epochs_flags: tuple[str, ...] = ("--epochs",), epochs_help: str | None = None,
-                   lr_schedule_flag: str = "--schedule") -> None:
+                   schedule_alias: bool = True) -> None:
     """Hyper-parameters of :class:`prunekit.config.TrainConfig`; unset flags keep its defaults.
 
-    A command whose own options already use ``--schedule`` (e.g. ``prune``'s oneshot/iterative) names the lr
-    schedule flag differently; ``epochs_flags``/``epochs_help`` let it describe what its epochs are.
+    The lr schedule is ``--lr-schedule``; ``schedule_alias`` keeps the old ``--schedule`` as a deprecated
+    alias (``prune`` uses ``--schedule`` for its own pruning schedule). ``epochs_flags``/``epochs_help`` let a
+    command describe what its epochs are.
     """
     from prunekit.config import TrainConfig
 
@@ -156,9 +216,11 @@ def add_train_args(parser: argparse.ArgumentParser, epochs: int | None = None,
     group.add_argument("--lr", type=POSITIVE_FLOAT, default=defaults.lr, help="peak learning rate (default: %(default)s)")
     group.add_argument("--momentum", type=FRACTION, default=defaults.momentum, help="default: %(default)s")
     group.add_argument("--weight-decay", type=NON_NEGATIVE_FLOAT, default=defaults.weight_decay, help="default: %(default)s")
-    group.add_argument(lr_schedule_flag, dest="schedule", choices=["cosine", "step", "constant"],
-                       default=defaults.schedule,
+    lr_schedules = ["cosine", "step", "constant"]
+    group.add_argument("--lr-schedule", dest="schedule", choices=lr_schedules, default=defaults.schedule,
                        help="lr decay per step; step = ×0.1 at 50%% and 75%% (default: %(default)s)")
+    if schedule_alias:
+        add_deprecated_alias(group, "--schedule", "--lr-schedule", dest="schedule", choices=lr_schedules)
     group.add_argument("--warmup-epochs", type=NON_NEGATIVE_FLOAT, default=defaults.warmup_epochs, help="default: %(default)s")
     group.add_argument("--label-smoothing", type=FRACTION, default=defaults.label_smoothing,
                        help="default: %(default)s")
@@ -182,11 +244,12 @@ def train_config_from(args: argparse.Namespace):
 
 
 def load_data(args: argparse.Namespace, dataset: str | None = None, seed: int = 0):
-    """The :class:`DataBundle` the data options describe (``dataset`` overrides ``--dataset``)."""
-    from prunekit.data import get_data
+    """The :class:`DataBundle` the data options describe (``dataset`` overrides ``--dataset``), for a command
+    that reads no checkpoint; one that does uses :func:`data_for`."""
+    from prunekit.data import DataSource
 
-    return get_data(dataset or args.dataset, root=args.data, val_split=args.val_split, seed=seed,
-                    limit_train=getattr(args, "limit_train", None))
+    return DataSource(dataset or args.dataset, args.data, args.val_split or 0.0, seed,
+                      getattr(args, "limit_train", None)).load()
 
 
 def print_json(obj: Any) -> None:

@@ -6,15 +6,27 @@ import argparse
 import sys
 from pathlib import Path
 
-from prunekit.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, add_model_args, add_model_relocation_arg,
-                                 add_rename_arg, add_train_args, load_data, lock_run_folder, markdown_table,
-                                 model_from_args, parse_cfg, print_json, train_config_from)
+from prunekit.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, add_model_args,
+                                 add_model_relocation_arg, add_rename_arg, add_train_args, data_for, data_source,
+                                 lock_run_folder, markdown_table, model_from_args, parse_cfg, print_json,
+                                 train_config_from)
+
+
+SYNTHETIC_NOTE = " (SYNTHETIC data)"  # ends every epoch line of a run on synthetic data
+
+
+def epoch_printer(data):
+    """The per-epoch line printer; on synthetic data every line says so."""
+    from prunekit.train.callbacks import PrintEpoch
+
+    return PrintEpoch(SYNTHETIC_NOTE if data.synthetic else "")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models")
-    p.add_argument("--num-classes", type=POSITIVE_INT, default=10)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--num-classes", type=POSITIVE_INT, default=10,
+                   help="classes the parameter counts assume (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("train", help="train a model from scratch (or --resume a run)")
@@ -24,21 +36,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="CKPT", default=None, help="continue the run saved in CKPT (last.pt)")
     p.add_argument("--save-every-epoch", action="store_true",
                    help="also keep epoch_N.pt (e.g. for lottery-ticket rewinding)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
     add_data_args(p)
     add_train_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy and loss of a checkpoint or foreign weights")
     add_model_source_args(p)
-    add_data_args(p, dataset_default=None)
-    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    add_data_args(p)
+    p.add_argument("--split", choices=["test", "val", "train"], default="test",
+                   help="split to measure; val = the --val-split hold-out (default: %(default)s)")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation: dataset (default for foreign weights), cifar10, cifar10-common, "
                         "cifar100, imagenet, or six numbers "
                         "'m1,m2,m3,s1,s2,s3'; a prunekit checkpoint uses its own")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="default: %(default)s (CUDA when present)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("convert", help="make a prunekit checkpoint from foreign weights (e.g. public pretrained)")
@@ -51,28 +65,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation the weights expect: dataset (default), cifar10, cifar10-common (std "
                         "0.2023,0.1994,0.2010), cifar100, imagenet, or six numbers m1,m2,m3,s1,s2,s3")
-    p.add_argument("--out", metavar="CKPT", required=True)
+    p.add_argument("--out", metavar="CKPT", required=True, help="where to write the prunekit checkpoint")
     p.add_argument("--evaluate", action="store_true",
                    help="also measure the test accuracy (data from --data) and record it in the checkpoint")
-    p.add_argument("--data", metavar="DIR", default=None, help="with --evaluate: the dataset folder")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="the dataset folder (for --evaluate; recorded so later commands find the data)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="what a checkpoint holds: architecture, masks, metadata")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
     add_model_relocation_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("profile", help="params, non-zero params, MACs, size, memory, latency")
     add_model_source_args(p)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure (default: %(default)s)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="batch for the throughput figure")
     p.add_argument("--repeats", type=POSITIVE_INT, default=50, help="timed runs at batch 1 (median reported)")
     p.add_argument("--threads", type=NON_NEGATIVE_INT, default=1, help="CPU threads while timing (default: %(default)s: "
                    "single-threaded, steady on a busy machine; 0: torch's default)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
     add_count_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_profile)
 
 
@@ -145,37 +160,34 @@ def cmd_train(args) -> int:
     from prunekit.config import TrainConfig
     from prunekit.models import arch_label
     from prunekit.train import evaluate_split, fit
-    from prunekit.train.callbacks import EpochSnapshots, PrintEpoch
+    from prunekit.train.callbacks import EpochSnapshots
     from prunekit.train.distributed import is_main_process, requested_world_size
     from prunekit.train.loop import resolve_device, seed_everything
 
-    resume_state = None
+    resume_state, remembered = None, None
     if args.resume:
         loaded = resume_point(args.resume, required=True)
-        model, resume_state = loaded.model, loaded.train_state
+        model, resume_state, remembered = loaded.model, loaded.train_state, loaded.meta
         config = TrainConfig(**resume_state["config"])
         if args.epochs is not None:  # extend (or shorten) the schedule of the resumed run
             config = config.model_copy(update={"epochs": args.epochs})
-        dataset = loaded.meta.get("dataset", args.dataset)
         save = Path(args.save or Path(args.resume).parent)
-        val_split = loaded.meta.get("val_split", args.val_split)
-        args.limit_train = loaded.meta.get("limit_train", args.limit_train)
     else:
         config = train_config_from(args)
-        dataset, val_split = args.dataset, args.val_split
         label = args.model.rpartition(":")[2]  # a user model's class or factory name
-        save = Path(args.save or f"runs/{label}-{dataset}-seed{config.seed}")
+        save = Path(args.save or f"runs/{label}-{args.dataset or 'cifar10'}-seed{config.seed}")
         model = None
-    args.val_split = val_split
-    data = load_data(args, dataset=dataset, seed=config.seed)
+    seed = (remembered or {}).get("data_seed", config.seed)  # the split seed of the run (older runs: its seed)
+    source = data_source(args, remembered, seed)
+    data = data_for(args, remembered, seed)
+    dataset = source.dataset
     if model is None:
         seed_everything(config.seed)  # before the model exists: its initialisation is part of the run
         model = model_from_args(args, data.info.num_classes)
-    # seed + val_split + limit_train: what `evaluate --split val` needs to redraw this run's split exactly
-    meta = {"dataset": dataset, "synthetic": data.synthetic, "num_classes": data.info.num_classes,
-            "mean": list(data.info.mean), "std": list(data.info.std), "val_split": val_split,
-            "limit_train": args.limit_train, "seed": config.seed, "train_images": len(data.train[1])}
-    callbacks = [PrintEpoch()] + ([EpochSnapshots(model, save, meta)] if args.save_every_epoch else [])
+    # the data source (dataset, folder, split, split seed, limit) is what later commands redraw exactly
+    meta = {**source.meta(), "seed": config.seed, "synthetic": data.synthetic, "num_classes": data.info.num_classes,
+            "mean": list(data.info.mean), "std": list(data.info.std), "train_images": len(data.train[1])}
+    callbacks = [epoch_printer(data)] + ([EpochSnapshots(model, save, meta)] if args.save_every_epoch else [])
     world_size = requested_world_size()
     lock_run_folder(args, save)
     if is_main_process():
@@ -191,13 +203,13 @@ def cmd_train(args) -> int:
     if paths.last(save).exists():
         update_meta(paths.last(save), test_top1=test.top1, test_top5=test.top5, test_loss=test.loss,
                     test_images=test.images, train_seconds=result.seconds)
-    print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}%  loss {test.loss:.4f} on {test.images} images; "
+    print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}%  loss {test.loss:.4f} on {test.images} "
+          f"{'SYNTHETIC ' if data.synthetic else ''}images; "
           f"{result.seconds:.0f} s; saved {paths.last(save)}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from prunekit.data import get_data
     from prunekit.data.normalisation import input_normalisation
     from prunekit.train import evaluate_split
     from prunekit.train.loop import resolve_device
@@ -205,10 +217,8 @@ def cmd_evaluate(args) -> int:
     from prunekit.checkpoint import check_classes
 
     loaded = load_model_source(args)
-    dataset = args.dataset or loaded.meta.get("dataset") or "cifar10"
-    # the training run's own split: same fraction, seed and (synthetic) size, so val images are never train images
-    data = get_data(dataset, root=args.data, val_split=args.val_split or loaded.meta.get("val_split", 0.0),
-                    seed=loaded.meta.get("seed", 0), limit_train=loaded.meta.get("limit_train"))
+    data = data_for(args, loaded.meta)  # the run's own data and split unless options say otherwise
+    dataset = data.info.name
     check_classes(loaded, data, str(loaded.path or args.model))
     mean, std = input_normalisation(loaded.meta, data.info, args.normalize)
     metrics = evaluate_split(loaded.model, data, args.split, mean, std, resolve_device(args.device))
@@ -217,8 +227,12 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print_json(result)
     else:
-        print(f"{result['source']} on {dataset} {args.split} ({metrics.images} images): top-1 {metrics.top1:.2f}%  "
-              f"top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
+        print(f"{result['source']} on {dataset}{' (SYNTHETIC)' if data.synthetic else ''} {args.split} "
+              f"({metrics.images} images): "
+              f"top-1 {metrics.top1:.2f}%  top-5 {metrics.top5:.2f}%  loss {metrics.loss:.4f}")
+        if not loaded.meta.get("mean") and args.normalize is None:
+            print(f"hint: these weights were fed inputs normalised with {dataset}'s mean/std; if they were trained "
+                  "with another (akamaster's CIFAR ResNets use ImageNet's), pass --normalize imagenet")
     return 0
 
 
@@ -235,11 +249,12 @@ def cmd_convert(args) -> int:
     model = foreign_from_args(args, info.num_classes).model
     meta = {"dataset": args.dataset, "num_classes": info.num_classes, "mean": list(mean), "std": list(std),
             "weights": str(args.weights)}
+    if args.evaluate or args.data:
+        meta.update(data_source(args).meta())  # later commands evaluate on the same data
     if args.evaluate:
-        from prunekit.data import get_data
         from prunekit.train import evaluate_split
 
-        data = get_data(args.dataset, root=args.data)
+        data = data_for(args, meta)
         test = evaluate_split(model, data, "test", mean, std)
         meta.update(test_top1=test.top1, test_top5=test.top5, test_loss=test.loss, test_images=test.images)
         print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}% on {test.images} images")

@@ -7,7 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run an experiment YAML: baseline → prune → fine-tune → compare → report")
-    p.add_argument("experiment", metavar="EXPERIMENT.yaml")
+    p.add_argument("experiment", metavar="EXPERIMENT.yaml", help="the experiment file (see experiments/)")
     p.add_argument("--quick", action="store_true", help="the file's quick budgets (minutes on a 2-core CPU)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set data.limit_train=500 (repeatable)")
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", default=None,
                    help="dataset folder when the file gives none (default: $PRUNEKIT_DATA, cache)")
     p.add_argument("--out", metavar="DIR", default="runs", help="parent of the run folders (default: runs)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="a complete small experiment in minutes, ending in an HTML report")
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", default="runs", help="parent of the run folder (default: runs)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the demo recipe, e.g. --set baseline.train.epochs=2")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -40,28 +40,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import time
-    from importlib.resources import files
+    from prunekit.experiment.demo import run_demo
 
-    from prunekit.experiment import Run, load_experiment, load_run_data, run_experiment, run_folder
-    from prunekit.errors import PrunekitError
-
-    started = time.perf_counter()
-    recipe = files("prunekit") / "recipes" / "demo.yaml"
-    experiment = load_experiment(str(recipe), assignments=args.assignments)
-    try:
-        data = load_run_data(experiment, args.data)
-    except PrunekitError as exc:
-        print(f"CIFAR-10 is not reachable: {exc}\n"
-              "→ running the demo on the SYNTHETIC dataset instead; every number below is synthetic.\n"
-              "  To use real data: download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, put it "
-              "(or the extracted cifar-10-batches-py/) in a folder and pass --data FOLDER or set PRUNEKIT_DATA.",
-              flush=True)
-        experiment = load_experiment(experiment.model_dump(mode="json"),
-                                     assignments=["data.dataset=synthetic", "data.limit_test=500"])
-        data = load_run_data(experiment, args.data)
-    folder = run_folder(experiment, args.out)
-    report = run_experiment(Run(experiment, folder, data, progress=not args.no_progress))
-    label = " (SYNTHETIC data)" if data.synthetic else f" ({data.info.name}, {len(data.train[1])} training images)"
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s{label}.\nOpen the report: {report}")
+    run_demo(args.data, args.out, args.assignments, progress=not args.no_progress)
     return 0

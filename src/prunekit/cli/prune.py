@@ -6,15 +6,15 @@ import argparse
 from pathlib import Path
 from typing import get_args
 
-from prunekit.cli.common import FRACTION, POSITIVE_INT  # numeric flags checked where parsed
-from prunekit.cli.common import lock_run_folder
-from prunekit.cli.common import (add_data_args, add_model_relocation_arg, add_train_args, load_data,
-                                 markdown_table, print_json, train_config_from)
-from prunekit.cli.core import add_model_source_args, load_model_source
+from prunekit.cli.common import (FRACTION, POSITIVE_INT, add_data_args, add_deprecated_alias, add_model_relocation_arg,
+                                 add_train_args, data_for, data_source, lock_run_folder, markdown_table, print_json,
+                                 train_config_from)
+from prunekit.cli.core import add_model_source_args, epoch_printer, load_model_source
 from prunekit.config import FINETUNE_LR
 
 FINETUNE_EPOCHS = 40  # `prunekit finetune` default (common fine-tuning budget on CIFAR)
 
+WEIGHT_SPARSITY_MEANING = "weight sparsity = fraction of all conv + linear weights that are zero"
 FILTER_SPARSITY_MEANING = ("filter sparsity = fraction of all conv filters (output channels; depthwise convs "
                            "follow their producer) removed; the matching BN channels and input channels of the "
                            "next layers go with them")
@@ -23,15 +23,15 @@ FILTER_SPARSITY_MEANING = ("filter sparsity = fraction of all conv filters (outp
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("layers", help="prunable layers: the names ratio files use, shapes, sizes, sparsity")
     add_model_source_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_layers)
 
     register_prune(sub)
     register_finetune(sub)
 
-    p = sub.add_parser("sparsity", help="per-layer and overall sparsity of a checkpoint")
-    p.add_argument("checkpoint", metavar="CKPT")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("sparsity", help="per-layer and overall weight sparsity (zero weights) of a checkpoint")
+    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_sparsity)
 
     register_plot(sub)
@@ -76,12 +76,14 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="file name of the result (default: from method and results)")
     add_model_relocation_arg(p)
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the result and the round folders")
-    p.add_argument("--no-progress", action="store_true")
-    add_data_args(p, dataset_default=None)
-    add_train_args(p, epochs=0, epochs_flags=("--finetune-epochs", "--epochs"), lr_schedule_flag="--lr-schedule",
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
+    add_data_args(p)
+    add_train_args(p, epochs=0, epochs_flags=("--finetune-epochs", "--epochs"), schedule_alias=False,
                    epochs_help="masked retraining epochs after each round (default: 0)")
-    p.add_argument("--schedule", dest="prune_schedule", choices=["oneshot", "iterative"], default="oneshot",
+    schedules = ["oneshot", "iterative"]
+    p.add_argument("--prune-schedule", dest="prune_schedule", choices=schedules, default="oneshot",
                    help="oneshot (OMP) or iterative (IMP) pruning (default: %(default)s)")
+    add_deprecated_alias(p, "--schedule", "--prune-schedule", dest="prune_schedule", choices=schedules)
     add_distill_args(p)
     p.set_defaults(func=cmd_prune, lr=FINETUNE_LR)
 
@@ -92,9 +94,9 @@ def register_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save", metavar="DIR", default=None,
                    help="run folder for last.pt/best.pt/metrics (default: runs/finetune-<CKPT name>)")
     p.add_argument("--resume", metavar="CKPT", default=None, help="continue the run saved in CKPT (last.pt)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
     add_model_relocation_arg(p)
-    add_data_args(p, dataset_default=None)
+    add_data_args(p)
     add_train_args(p, epochs=FINETUNE_EPOCHS)
     add_distill_args(p)
     p.add_argument("--teacher", metavar="CKPT", default=None,
@@ -139,30 +141,21 @@ def bounded(low: float, high: float, meaning: str):
 def register_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="figures as PNG, with the plotted numbers as CSV beside them")
     kinds = p.add_subparsers(dest="plot_kind", metavar="KIND", required=True)
-    q = kinds.add_parser("accuracy-sparsity", help="test top-1 vs overall sparsity, labelled by method")
-    q.add_argument("checkpoints", metavar="CKPT", nargs="+")
-    q.add_argument("--out", metavar="FILE.png", required=True)
+    q = kinds.add_parser("accuracy-sparsity", help="test top-1 vs parameter sparsity (1 − non-zero parameters / the "
+                                                                 "dense model's parameters), labelled by method")
+    q.add_argument("checkpoints", metavar="CKPT", nargs="+", help="checkpoints that record a test accuracy")
+    q.add_argument("--out", metavar="FILE.png", required=True, help="the figure; its numbers go to FILE.csv")
     q.set_defaults(func=cmd_plot_accuracy_sparsity)
     q = kinds.add_parser("mask", help="kept/pruned pattern of one layer: one row per filter, in×kh×kw columns")
-    q.add_argument("checkpoint", metavar="CKPT")
+    q.add_argument("checkpoint", metavar="CKPT", help="a masked prunekit checkpoint")
     q.add_argument("--layer", required=True, help="prunable layer name (`prunekit layers CKPT`)")
-    q.add_argument("--out", metavar="FILE.png", required=True)
+    q.add_argument("--out", metavar="FILE.png", required=True, help="the figure; its numbers go to FILE.csv")
     q.set_defaults(func=cmd_plot_mask)
     from prunekit.cli.report import register_plot_commands  # hist, layers, sweep, sensitivity
     register_plot_commands(kinds)
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-
-def data_for(args: argparse.Namespace, meta: dict):
-    """The data to retrain on: ``--dataset`` or the checkpoint's own, checked against its class count."""
-    from prunekit.checkpoint import check_classes
-
-    dataset = args.dataset or meta.get("dataset") or "cifar10"
-    data = load_data(args, dataset=dataset, seed=meta.get("seed", 0))
-    check_classes(meta, data)
-    return data
 
 
 def layer_rows(report: dict) -> list[dict]:
@@ -185,8 +178,10 @@ def cmd_layers(args) -> int:
         print_json(report)
         return 0
     print(markdown_table(layer_rows(report)))
-    print(f"\noverall sparsity {report['overall']:.4f} of {report['params']:,} conv + linear weights. A ratio file "
-          "uses these names (e.g. `features.0: 0.5`, `default: 0.8`); the classifier is pruned only when named.")
+    first = report["layers"][0]["name"] if report["layers"] else "features.0"
+    print(f"\nweight sparsity {report['overall']:.4f} of {report['params']:,} conv + linear weights "
+          f"({WEIGHT_SPARSITY_MEANING}). A ratio file uses these names (e.g. `{first}: 0.5`, `default: 0.8`); "
+          "the classifier is pruned only when named.")
     return 0
 
 
@@ -217,21 +212,19 @@ def prune_config_from(args, model):
 def cmd_prune(args) -> int:
     from prunekit.checkpoint import load_checkpoint
     from prunekit.pipeline import run_pruning
-    from prunekit.train.callbacks import PrintEpoch
 
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     prune_config = prune_config_from(args, loaded.model)
     train_config = train_config_from(args)
     data = data_for(args, loaded.meta)
-    meta = {**loaded.meta, "source": str(args.checkpoint), "val_split": args.val_split,
-            "limit_train": args.limit_train}
+    meta = {**loaded.meta, **data_source(args, loaded.meta).meta(), "source": str(args.checkpoint)}
     print(f"pruning {args.checkpoint} ({prune_config.granularity}, {prune_config.schedule}, "
           f"{1 if prune_config.schedule == 'oneshot' else prune_config.iterations} round(s), "
           f"{prune_config.finetune_epochs} retraining epoch(s) each) on {data.info.name}"
           f"{' (SYNTHETIC)' if data.synthetic else ''}", flush=True)
     lock_run_folder(args, args.out)
     result = run_pruning(loaded.model, data, prune_config, train_config, args.out, name=args.name, meta=meta,
-                         progress=not args.no_progress, callbacks=[PrintEpoch()])
+                         progress=not args.no_progress, callbacks=[epoch_printer(data)])
     print_prune_summary(result)
     return 0
 
@@ -243,7 +236,7 @@ def print_prune_summary(result) -> None:
         print(f"filter sparsity {result.filter_sparsity:.4f}{target} ({FILTER_SPARSITY_MEANING})")
         print(f"params {percent_change(meta['dense_params'], meta['params'])}; "
               f"MACs {percent_change(meta['dense_macs'], meta['macs'])}")
-        print(f"achieved overall sparsity {result.sparsity:.4f} (conv + linear weights zeroed, before removal)")
+        print(f"weight sparsity {result.sparsity:.4f} before the filters were removed ({WEIGHT_SPARSITY_MEANING})")
         from prunekit.prune.report import filter_target_shortfall
 
         shortfall = filter_target_shortfall(result.target, result.filter_sparsity)
@@ -253,10 +246,11 @@ def print_prune_summary(result) -> None:
         from prunekit.prune import sparsity_report
 
         report = sparsity_report(result.model)
-        print(f"achieved overall sparsity {result.sparsity:.4f}: {report['zeros']:,} of {report['params']:,} conv + "
+        print(f"weight sparsity {result.sparsity:.4f}: {report['zeros']:,} of {report['params']:,} conv + "
               f"linear weights are zero ({report['overall_without_classifier']:.4f} without the classifier{target})")
         print(f"params {meta['params']:,}, non-zero {meta['nonzero_params']:,}")
-    print(f"test top-1 {result.test_top1:.2f}%  top-5 {result.test_top5:.2f}%; saved {result.path}")
+    synthetic = " on SYNTHETIC data" if meta.get("synthetic") else ""
+    print(f"test top-1 {result.test_top1:.2f}%  top-5 {result.test_top5:.2f}%{synthetic}; saved {result.path}")
 
 
 def cmd_finetune(args) -> int:
@@ -266,7 +260,6 @@ def cmd_finetune(args) -> int:
     from prunekit.errors import PrunekitError
     from prunekit.pipeline import finetune, inherited_meta
     from prunekit.prune import sparsity_report
-    from prunekit.train.callbacks import PrintEpoch
 
     source = args.resume or args.checkpoint
     if not source:
@@ -276,8 +269,6 @@ def cmd_finetune(args) -> int:
         config = TrainConfig(**loaded.train_state["config"])
         if args.epochs is not None:
             config = config.model_copy(update={"epochs": args.epochs})
-        args.val_split = loaded.meta.get("val_split", args.val_split)
-        args.limit_train = loaded.meta.get("limit_train", args.limit_train)
         save = Path(args.save or Path(args.resume).parent)
     else:
         args.epochs = FINETUNE_EPOCHS if args.epochs is None else args.epochs
@@ -285,19 +276,21 @@ def cmd_finetune(args) -> int:
         save = Path(args.save or f"runs/finetune-{Path(args.checkpoint).stem}")
     data = data_for(args, loaded.meta)
     lock_run_folder(args, save)
-    meta = {**inherited_meta(loaded.meta, data), "val_split": args.val_split, "limit_train": args.limit_train,
+    meta = {**inherited_meta(loaded.meta, data), **data_source(args, loaded.meta).meta(),
             "finetuned_from": loaded.meta.get("finetuned_from", str(source)) if args.resume else str(source)}
     before = sparsity_report(loaded.model)["overall"]
-    print(f"fine-tuning {source} (sparsity {before:.4f}) on {data.info.name} for {config.epochs} epochs → {save}",
+    print(f"fine-tuning {source} (weight sparsity {before:.4f}) on {data.info.name}"
+          f"{' (SYNTHETIC)' if data.synthetic else ''} for {config.epochs} epochs → {save}",
           flush=True)
     teacher = None
     if config.distill:
         teacher_path = getattr(args, "teacher", None) or loaded.meta.get("source")
         teacher = load_checkpoint(teacher_path).model if teacher_path else None
     out = finetune(loaded.model, data, config, save, resume=loaded.train_state if args.resume else None,
-                   meta=meta, progress=not args.no_progress, callbacks=[PrintEpoch()], teacher=teacher)
-    print(f"sparsity {out['sparsity']['overall']:.4f}; test top-1 {out['test'].top1:.2f}%  "
-          f"top-5 {out['test'].top5:.2f}%; saved {paths.last(save)}")
+                   meta=meta, progress=not args.no_progress, callbacks=[epoch_printer(data)], teacher=teacher)
+    print(f"weight sparsity {out['sparsity']['overall']:.4f} ({WEIGHT_SPARSITY_MEANING}); test top-1 "
+          f"{out['test'].top1:.2f}%  top-5 {out['test'].top5:.2f}%{' on SYNTHETIC data' if data.synthetic else ''}; "
+          f"saved {paths.last(save)}")
     return 0
 
 
@@ -315,25 +308,25 @@ def cmd_sparsity(args) -> int:
         return 0
     print(markdown_table([{**row, "binarized": layer["binarized"] or ""}
                           for row, layer in zip(layer_rows(report), report["layers"])]))
-    print(f"\noverall sparsity {report['overall']:.4f}: {report['zeros']:,} of {report['params']:,} conv + linear "
+    print(f"\nweight sparsity {report['overall']:.4f}: {report['zeros']:,} of {report['params']:,} conv + linear "
           f"weights are zero ({report['overall_without_classifier']:.4f} without the classifier)")
     return 0
 
 
 def point_of(path: str) -> dict:
-    """One accuracy-sparsity point from a checkpoint: its meta's test accuracy and method."""
+    """One accuracy-sparsity point from a checkpoint: its meta's test accuracy and method, and its parameter
+    sparsity, 1 − non-zero parameters / the dense model's parameters (masked zeros and removed filters alike)."""
     from prunekit.checkpoint import load_checkpoint
     from prunekit.errors import PrunekitError
-    from prunekit.prune import sparsity_report
+    from prunekit.measure import count_nonzero_parameters, count_parameters
 
     loaded = load_checkpoint(path)
     meta = loaded.meta
     if meta.get("test_top1") is None:
         raise PrunekitError(f"{path} records no test accuracy; plot checkpoints written by `prunekit train`, "
                             "`prune` or `finetune`")
-    sparsity = meta.get("sparsity")
-    if sparsity is None:
-        sparsity = sparsity_report(loaded.model)["overall"]
+    dense = meta.get("dense_params") or count_parameters(loaded.model)
+    sparsity = 1.0 - count_nonzero_parameters(loaded.model) / dense  # as `prunekit run` plots it
     return {"label": method_of(meta), "sparsity": sparsity, "top1": meta["test_top1"],
             "top5": meta.get("test_top5"), "source": str(path)}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, load_data, lock_run_folder,
+from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, lock_run_folder,
                                  markdown_table, print_json)
 from prunekit.cli.core import add_model_source_args, load_model_source
 
@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="one row per checkpoint: accuracy, params, MACs, size, memory, speed, ratios",
                        description="Measure every CKPT the same way; ratios are against the first one. Each model "
                                    "is evaluated with its checkpoint's own normalisation and dataset.")
-    p.add_argument("checkpoints", metavar="CKPT", nargs="+")
-    add_data_args(p, dataset_default=None)
+    p.add_argument("checkpoints", metavar="CKPT", nargs="+", help="prunekit checkpoints (and int8 files)")
+    add_data_args(p)
     add_measure_args(p)
     add_reference_arg(p, "default: the first CKPT")
     output = p.add_mutually_exclusive_group()
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="accuracy vs pruning rate, no retraining (CSV + PNG, resumable)",
                        description="Prune a fresh copy of CKPT to each rate and evaluate it. Points already in the "
                                    "CSV are skipped, so an interrupted sweep continues where it stopped.")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
     add_granularity_args(p)
     p.add_argument("--scope", choices=["global", "layer"], default="global",
                    help="one threshold over all layers, or the same rate in each (default: %(default)s)")
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sensitivity", help="each layer pruned alone at each sparsity (CSV + PNG grid, resumable)",
                        description="Per-layer accuracy curves with no retraining; --suggest S turns them into a "
                                    "ratio file for `prunekit prune --ratios` reaching overall sparsity S.")
-    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
     add_granularity_args(p)
     p.add_argument("--sparsities", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                    help="comma-separated sparsities per layer (default: %(default)s)")
@@ -54,10 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="one self-contained HTML page (+ Markdown) for a run folder",
                        description="Table (compare.json, or computed from the folder's checkpoints and saved), every "
                                    "PNG with its CSV, and the configuration files. See docs/measure.md for the layout.")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `prunekit run`, or a folder of checkpoints")
     p.add_argument("--out", metavar="FILE", default=None, help="HTML file (default: RUN_DIR/report.html); the "
                                                                  "Markdown twin goes beside it")
-    add_data_args(p, dataset_default=None)
+    add_data_args(p)
     add_measure_args(p)
     add_reference_arg(p, "default: the dense/unpruned checkpoint with the most non-zero parameters")
     p.set_defaults(func=cmd_report)
@@ -67,19 +67,19 @@ def register_plot_commands(kinds: argparse._SubParsersAction) -> None:
     """Add ``hist``, ``layers``, ``sweep`` and ``sensitivity`` to the subparsers of ``prunekit plot``."""
     q = kinds.add_parser("hist", help="histogram of the non-zero weights of every prunable layer")
     add_model_source_args(q)
-    q.add_argument("--out", metavar="FILE.png", required=True)
+    q.add_argument("--out", metavar="FILE.png", required=True, help="the figure; its numbers go to FILE.csv")
     q.add_argument("--bins", type=POSITIVE_INT, default=60, help="bins per layer (default: %(default)s)")
     q.set_defaults(func=cmd_plot_hist)
     q = kinds.add_parser("layers", help="weights (non-zero / zero) and sparsity of every prunable layer")
     add_model_source_args(q)
-    q.add_argument("--out", metavar="FILE.png", required=True)
+    q.add_argument("--out", metavar="FILE.png", required=True, help="the figure; its numbers go to FILE.csv")
     q.set_defaults(func=cmd_plot_layers)
     q = kinds.add_parser("sweep", help="re-plot a saved sweep CSV")
-    q.add_argument("csv", metavar="FILE.csv")
+    q.add_argument("csv", metavar="FILE.csv", help="the CSV a sweep or sensitivity run wrote")
     q.add_argument("--out", metavar="FILE.png", default=None, help="default: FILE.png beside the CSV")
     q.set_defaults(func=cmd_plot_sweep)
     q = kinds.add_parser("sensitivity", help="re-plot a saved sensitivity CSV")
-    q.add_argument("csv", metavar="FILE.csv")
+    q.add_argument("csv", metavar="FILE.csv", help="the CSV a sweep or sensitivity run wrote")
     q.add_argument("--out", metavar="FILE.png", default=None, help="default: FILE.png beside the CSV")
     q.set_defaults(func=cmd_plot_sensitivity)
 
@@ -99,7 +99,7 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=POSITIVE_INT, default=50,
                    help="timed runs at batch 1; the throughput batch gets max(5, N/5) (default: %(default)s)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
     add_count_arg(p)
 
 
@@ -123,29 +123,18 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", default=None, help="folder for the CSV/PNG (default: CKPT's folder/plots)")
     p.add_argument("--split", choices=["test", "val", "train"], default="test", help="default: %(default)s")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
-    p.add_argument("--no-progress", action="store_true")
-    add_data_args(p, dataset_default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
+    add_data_args(p)
 
 
 # --- helpers -------------------------------------------------------------------------------------------
 
 
 def data_source(args: argparse.Namespace):
-    """``meta -> DataBundle``: ``--dataset`` or the checkpoint's own, loaded once per (dataset, seed)."""
-    from prunekit.checkpoint import check_classes
+    """``meta -> DataBundle``: each checkpoint's remembered data unless the data options say otherwise."""
+    from prunekit.cli.common import data_loader
 
-    cache = {}
-
-    def data_for(meta: dict):
-        dataset = args.dataset or meta.get("dataset") or "cifar10"
-        key = (dataset, meta.get("seed", 0))
-        if key not in cache:
-            cache[key] = load_data(args, dataset=dataset, seed=key[1])
-        data = cache[key]
-        check_classes(meta, data, "a checkpoint")
-        return data
-
-    return data_for
+    return data_loader(args)
 
 
 def compare_settings(args: argparse.Namespace):

@@ -5,34 +5,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import POSITIVE_INT  # numeric flags checked where parsed
-from prunekit.cli.common import add_data_args, add_model_relocation_arg, load_data, print_json
+from prunekit.cli.common import POSITIVE_INT, add_data_args, add_model_relocation_arg, data_for, load_data, print_json
 from prunekit.cli.core import add_model_source_args, load_model_source
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a compact sparse checkpoint or an ONNX file")
     p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint (compact files are accepted too)")
-    p.add_argument("--format", choices=["compact", "onnx"], required=True)
-    p.add_argument("--out", metavar="FILE", required=True)
+    p.add_argument("--format", choices=["compact", "onnx"], required=True,
+                   help="compact: sparse prunekit file; onnx: ONNX graph")
+    p.add_argument("--out", metavar="FILE", required=True, help="where to write the file")
     p.add_argument("--values", choices=["fp32", "fp16", "int8", "binary"], default="fp32",
                    help="compact: how kept weights are stored; fp32 is lossless; binary (a `prunekit binarize` "
                         "checkpoint): 1 sign bit per weight + one fp32 scale per channel (default: %(default)s)")
     p.add_argument("--no-check", action="store_true", help="onnx: skip the ONNX Runtime vs PyTorch check")
     add_model_relocation_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quantize", help="int8 post-training static quantization for CPU inference")
     add_model_source_args(p)
-    add_data_args(p, dataset_default=None)
+    add_data_args(p)
     p.add_argument("--calib-batches", type=int, default=8, metavar="N",
                    help="training batches observed for the activation ranges (default: %(default)s)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="images per calibration batch (default: %(default)s)")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation as for `evaluate` (a prunekit checkpoint uses its own)")
-    p.add_argument("--out", metavar="FILE", required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", metavar="FILE", required=True, help="where to write the file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_quantize)
 
 
@@ -134,7 +134,7 @@ def source_and_data(args):
     if args.checkpoint:
         loaded = load_model_source(args)
         dataset = args.dataset or loaded.meta.get("dataset") or "cifar10"
-        data = load_data(args, dataset=dataset, seed=loaded.meta.get("seed", 0))
+        data = data_for(args, loaded.meta)  # the checkpoint's remembered data unless options say otherwise
     else:
         dataset = args.dataset or "cifar10"
         data = load_data(args, dataset=dataset)

@@ -13,11 +13,16 @@ TOLERANCE = 1e-4  # max |Δ output| allowed by shrink, relative to max(1, max |o
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("shrink", help="physically remove the filters a filter-pruned checkpoint zeroed "
-                                      "(output unchanged)")
-    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint (e.g. from `prune --granularity filter`)")
+    p = sub.add_parser("shrink", help="physically remove the filters a masked checkpoint zeroed (output unchanged)",
+                       description="For a checkpoint whose filters are zeroed by masks but still present: a round "
+                                   "file of `prune --granularity filter` (OUT/<run>/round_K/round.pt) or masks you "
+                                   "applied with prunekit's API. The final file of `prune --granularity filter` and "
+                                   "of `prune-channels` is already physically small: nothing to shrink there.")
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="a masked filter-pruned checkpoint, e.g. OUT/<run>/round_1/round.pt of `prune --granularity "
+                        "filter`")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the smaller checkpoint")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_shrink)
 
     from prunekit.config import DEFAULT_SCOPE
@@ -41,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --ratio: leave this conv (name or glob, repeatable) whole, e.g. features.24")
     add_model_relocation_arg(p)
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned checkpoint")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_prune_channels)
 
 
@@ -67,6 +72,8 @@ def cmd_shrink(args) -> int:
     loaded = load_checkpoint(args.checkpoint)
     model = loaded.model.eval()
     before, sparsity = costs(model), filter_sparsity(model, model)
+    if sparsity == 0:
+        raise PrunekitError(nothing_to_shrink(args.checkpoint, loaded.meta))
     batch = torch.randn(CHECK_BATCH, *INPUT_SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = model(batch)
@@ -89,6 +96,16 @@ def cmd_shrink(args) -> int:
     print(f"\nfilter sparsity {sparsity:.4f} (fraction of conv output channels removed, over all prunable conv "
           f"layers); output unchanged on {CHECK_BATCH} random images (max |Δ| = {difference:.2e}); saved {args.out}")
     return 0
+
+
+def nothing_to_shrink(path, meta: dict) -> str:
+    """Why ``shrink`` has no filter to remove in the checkpoint at ``path``, and what to pass instead."""
+    if meta.get("filter_sparsity") or meta.get("prune_channels") or meta.get("granularity") == "filter":
+        removed = f" (filter sparsity {meta['filter_sparsity']:.4f})" if meta.get("filter_sparsity") else ""
+        return (f"{path} has no zeroed filters left: its filters were already removed physically{removed}; "
+                "shrink is for masked files, e.g. the round file OUT/<run>/round_1/round.pt of `prune`")
+    return (f"{path} has no all-zero filter, so there is nothing to remove; prune filters first (`prunekit prune "
+            "--granularity filter` or `prune-channels`)")
 
 
 def target_kwargs(args) -> dict:

@@ -17,6 +17,7 @@ from prunekit.data.loader import (
     random_flip,
     split_train_val,
 )
+from prunekit.data.source import DataSource
 from prunekit.data.synthetic import make_synthetic
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "DATASET_NAMES",
     "DataBundle",
     "DataInfo",
+    "DataSource",
     "DatasetInfo",
     "DeviceLoader",
     "cutout",

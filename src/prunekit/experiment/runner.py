@@ -148,7 +148,7 @@ def train_baseline(run: Run, model, config: TrainConfig, meta: dict):
     run.say(f"baseline: training {run.experiment.baseline.model} for {config.epochs} epochs"
             + (f" (resuming after epoch {resume.train_state['epoch']})" if resume else ""))
     fit(model, run.data, config, run_dir=folder, resume=resume.train_state if resume else None, meta=meta,
-        callbacks=[PrintEpoch()], progress=run.progress)
+        callbacks=[PrintEpoch(synthetic_note(run))], progress=run.progress)
     return model
 
 
@@ -190,7 +190,7 @@ def prune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     train = retrain_config(run, variant.retrain)
     run.say(f"variant {variant.name}: {config.schedule} {config.granularity} pruning from {variant.source}")
     result = run_pruning(model, run.data, config, train, run.work / variant.name, meta=meta,
-                         progress=run.progress, callbacks=[PrintEpoch()])
+                         progress=run.progress, callbacks=[PrintEpoch(synthetic_note(run))])
     final = names.variant_dir(run.folder, variant.name) / result.path.name
     final.parent.mkdir(parents=True, exist_ok=True)
     result.path.replace(final)
@@ -205,8 +205,9 @@ def binarize_variant(run: Run, variant: VariantSpec, model, meta: dict):
     run.say(f"variant {variant.name}: {config.method} binarization, {config.finetune_epochs} STE epoch(s)")
     result = run_binarization(model, run.data, config, retrain_config(run, variant.retrain),
                               run.work / f"{variant.name}_binarize", meta=meta, progress=run.progress,
-                              callbacks=[PrintEpoch()])
-    final = run.models / f"{variant.name}__{result.path.name}"
+                              callbacks=[PrintEpoch(synthetic_note(run))])
+    final = names.variant_dir(run.folder, variant.name) / result.path.name
+    final.parent.mkdir(parents=True, exist_ok=True)
     result.path.replace(final)
     return result.model, result.meta, final
 
@@ -224,7 +225,7 @@ def finetune_variant(run: Run, variant: VariantSpec, model, meta: dict):
             + (f" (resuming after epoch {resume.train_state['epoch']})" if resume else ""))
     teacher = load_checkpoint(source_path(run, variant.source)).model if config.distill else None  # dense source
     outcome = finetune(model, run.data, config, folder, resume=resume.train_state if resume else None,
-                       meta=meta, progress=run.progress, callbacks=[PrintEpoch()], teacher=teacher)
+                       meta=meta, progress=run.progress, callbacks=[PrintEpoch(synthetic_note(run))], teacher=teacher)
     test = outcome["test"]
     meta = {**meta, "test_top1": test.top1, "test_top5": test.top5, "test_images": test.images,
             "finetune_epochs": config.epochs, "sparsity": outcome["sparsity"]["overall"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -38,19 +39,22 @@ def run_seeds(experiment: Experiment, seeds: list[int], data_root: str | None = 
 
 def summarise(experiment: Experiment, seeds: list[int], folders: list[Path], summary_dir: Path) -> Path:
     """``summary_dir/plots/seeds_top1.png`` + ``.csv`` (mean ± std per model) and a report of them."""
-    from prunekit.paths import variant_of
     from prunekit.report.html import write_report
 
     tables = [json.loads((folder / "compare.json").read_text())["rows"] for folder in folders]
     rows = []
     for position, first in enumerate(tables[0]):
-        name = variant_of(first["path"]) if first.get("path") else first["model"]  # same across seeds
-        top1 = [table[position]["top1"] for table in tables]
-        top5 = [table[position]["top5"] for table in tables]
-        rows.append({"model": name, "seeds": len(seeds), "top1_mean": statistics.mean(top1),
-                     "top1_std": statistics.stdev(top1), "top5_mean": statistics.mean(top5),
-                     "top5_std": statistics.stdev(top5), "params": first["params"],
-                     "nonzero_params": first["nonzero_params"], "macs": first["macs"]})
+        name = seed_label(first)
+        labels = {seed_label(table[position]) for table in tables}
+        if labels != {name}:
+            raise PrunekitError(f"seed runs list different models at row {position + 1}: {sorted(labels)}")
+        row = {"model": name, "seeds": len(seeds)}
+        for key in ("top1", "top5"):
+            values = [table[position][key] for table in tables]
+            row.update({f"{key}_mean": statistics.mean(values), f"{key}_std": statistics.stdev(values)})
+        for key in ("params", "nonzero_params", "macs"):  # mean over seeds (equal for every seed in practice)
+            row[key] = statistics.mean(table[position][key] for table in tables)
+        rows.append(row)
     plot_seed_summary(rows, summary_dir / "plots" / "seeds_top1.png",
                       title=f"{experiment.name}: test top-1 over seeds {', '.join(map(str, seeds))} (mean ± std)")
     atomic_write_text(summary_dir / "runs.json", json.dumps({"seeds": seeds, "runs": [str(f) for f in folders]},
@@ -60,6 +64,24 @@ def summarise(experiment: Experiment, seeds: list[int], folders: list[Path], sum
     for row in rows:
         print(f"  {row['model']}: top-1 {row['top1_mean']:.2f} ± {row['top1_std']:.2f}%")
     return summary_dir
+
+
+def seed_label(row: dict) -> str:
+    """A compare row's name across seeds: its variant (:func:`prunekit.paths.variant_of`), else
+    :func:`model_label` of its file name."""
+    from prunekit.paths import variant_of
+
+    return variant_of(row["path"]) if row.get("path") else model_label(row["model"])
+
+
+def model_label(file_name: str) -> str:
+    """A model's name across seeds: a run's checkpoint file name without the one seed's accuracy, variant name
+    kept (``l1-50__Omp_filter_0.50_acc_91.52_int8.pt`` → ``l1-50_int8``, ``ft_acc_90.10.pt`` → ``ft``)."""
+    label = re.sub(r"_acc_\d+(\.\d+)?", "", file_name.removesuffix(".pt"))
+    if "__" in label:
+        variant, _, rest = label.partition("__")
+        label = variant + ("_int8" if rest.endswith("_int8") else "")
+    return label
 
 
 def plot_seed_summary(rows: list[dict], out: Path, title: str) -> None:

@@ -66,11 +66,14 @@ class EpochSnapshots(Callback):
 
 
 class PrintEpoch(Callback):
-    """Prints one line of metrics per epoch (rank 0 only)."""
+    """Prints one line of metrics per epoch (rank 0 only), ending in ``note`` (e.g. `` (SYNTHETIC data)``)."""
+
+    def __init__(self, note: str = ""):
+        self.note = note
 
     def on_epoch_end(self, epoch: int, record: dict) -> None:
         if is_main_process():
-            print(format_record(record), flush=True)
+            print(format_record(record) + self.note, flush=True)
 
 
 def format_record(record: dict) -> str:

@@ -39,8 +39,11 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
 
 
 def is_main_process() -> bool:
-    """True on rank 0 and in a single-process run: the process that writes files and logs."""
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """True on rank 0 and in a single-process run: the process that writes files and logs. Before the process
+    group starts, torchrun's ``RANK`` says (so a header printed before training appears once)."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def wrap(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:

@@ -1,0 +1,59 @@
+"""Benchmark: `prunekit demo` on real data, timed from outside, into `results/demo.{json,md}`.
+
+Runs the demo in a fresh folder (so no stage is resumed) under `/usr/bin/time -v` when present, then copies
+the run's `demo.json` (data, per-model accuracy and costs, load average) next to the wall time and peak
+memory. The README quotes these numbers; `tests/e2e/test_demo_slow.py` checks that the demo still prints
+them.
+
+    python benchmarks/demo.py --data ../shared/data/cifar10-subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import write_results
+from prunekit.report.tables import markdown_table
+
+TIME = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
+
+
+def run_demo(data: str, out: Path) -> tuple[float, int | None, str]:
+    """Wall seconds, peak resident KiB (None without GNU time) and the demo's printed output."""
+    command = [sys.executable, "-m", "prunekit", "demo", "--data", data, "--out", str(out), "--no-progress"]
+    start = time.perf_counter()
+    done = subprocess.run(([TIME, "-v"] if TIME else []) + command, capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - start
+    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
+    return seconds, int(peak.group(1)) if peak else None, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="CIFAR-10 folder (e.g. ../shared/data/cifar10-subset)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        seconds, peak_kib, printed = run_demo(args.data, Path(tmp))
+        demo = json.loads(next(Path(tmp).glob("*/demo.json")).read_text())
+    payload = {"command": f"prunekit demo --data {args.data}", "wall_seconds": round(seconds, 1),
+               "peak_rss_mib": round(peak_kib / 1024) if peak_kib else None, "demo": demo,
+               "printed_tail": printed.strip().splitlines()[-12:]}
+    rows = [{"model": m["model"], "test top-1 (%)": f"{m['top1']:.2f}", "params": m["params"], "MACs": m["macs"]}
+            for m in demo["models"]]
+    busy = " (machine busy: the time is longer than on a quiet one)" if demo["busy"] else ""
+    table = (markdown_table(rows) + f"\n\n{demo['dataset']}{' SYNTHETIC' if demo['synthetic'] else ''}: "
+             f"{demo['train_images']} training / {demo['test_images']} test images. Wall time {seconds:.0f} s, load "
+             f"average {demo['load_before']} → {demo['load_after']} on {demo['cores']} cores{busy}.")
+    write_results("demo", payload, table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""``prunekit demo``: the embedded recipe on CIFAR-10 (or, offline, on SYNTHETIC data), timed, with a results file.
+
+The demo writes ``RUN/demo.json``: the data it used, the seconds it took, the machine's load, and per model
+the test accuracy and costs. ``benchmarks/demo.py`` copies that file to ``benchmarks/results/demo.json``,
+which the README quotes and a slow test pins, so the README states what the demo prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from prunekit.atomic import atomic_write_text
+from prunekit.errors import PrunekitError
+from prunekit.experiment.config import load_experiment
+from prunekit.experiment.runner import Run, load_run_data, run_experiment, run_folder
+
+BUSY_LOAD_PER_CORE = 0.5  # 1-minute load average per core above which other work visibly slows the demo
+SYNTHETIC_OVERRIDES = ["name=demo-SYNTHETIC", "data.dataset=synthetic", "data.limit_test=500"]  # name: run folder
+RESULT_KEYS = ("top1", "top5", "params", "nonzero_params", "macs")  # per model, from compare.json
+
+
+@dataclass(frozen=True)
+class MachineLoad:
+    """The 1-minute load average and the number of CPU cores when it was read."""
+
+    load: float
+    cores: int
+
+    @classmethod
+    def now(cls) -> MachineLoad:
+        return cls(os.getloadavg()[0], os.cpu_count() or 1)
+
+    @property
+    def busy(self) -> bool:
+        return self.load > BUSY_LOAD_PER_CORE * self.cores
+
+    def note(self) -> str:
+        """One line for the user: how loaded the machine is, and what that does to the demo's times."""
+        state = "busy" if self.busy else "quiet"
+        line = f"machine {state}: load average {self.load:.2f} on {self.cores} core(s)"
+        if self.busy:
+            line += ("; other work is running, so this demo takes longer and its times are noisier "
+                     "(accuracies are unaffected); for trustworthy speed numbers rerun on a quiet machine")
+        return line
+
+
+def demo_experiment(assignments: list[str], synthetic: bool = False):
+    """The embedded demo recipe with the SYNTHETIC data overrides (when asked), then the ``--set`` ones."""
+    recipe = files("prunekit") / "recipes" / "demo.yaml"
+    return load_experiment(str(recipe), assignments=[*(SYNTHETIC_OVERRIDES if synthetic else []), *assignments])
+
+
+def run_demo(data_root: str | None, out: str | Path, assignments: list[str], progress: bool = True) -> Path:
+    """Run the demo; falls back to SYNTHETIC data when CIFAR-10 is not reachable. Prints what it does.
+
+    Side effects: writes the run folder under ``out`` (models, plots, report, ``demo.json``). Returns the
+    path of ``demo.json``.
+    """
+    started, before = time.perf_counter(), MachineLoad.now()
+    print(before.note(), flush=True)
+    experiment = demo_experiment(assignments)
+    try:
+        data = load_run_data(experiment, data_root)
+    except PrunekitError as exc:
+        print(f"CIFAR-10 is not reachable: {exc}\n"
+              "→ running the demo on the SYNTHETIC dataset instead; every number below is synthetic.\n"
+              "  To use real data: download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, put it "
+              "(or the extracted cifar-10-batches-py/) in a folder and pass --data FOLDER or set PRUNEKIT_DATA.",
+              flush=True)
+        experiment = demo_experiment(assignments, synthetic=True)
+        data = load_run_data(experiment, data_root)
+    folder = run_folder(experiment, out)
+    report = run_experiment(Run(experiment, folder, data, progress=progress))
+    seconds, after = time.perf_counter() - started, MachineLoad.now()
+    results = demo_results(folder, seconds, before, after)
+    path = atomic_write_text(folder / "demo.json", json.dumps(results, indent=2) + "\n")
+    print_summary(results, report, path)
+    return path
+
+
+def demo_results(folder: Path, seconds: float, before: MachineLoad, after: MachineLoad) -> dict:
+    """What ``demo.json`` holds: data, time, load, and per model its accuracy and costs (from compare.json)."""
+    config = json.loads((folder / "compare.json").read_text())
+    resolved = _resolved_data(folder)
+    models = [{"model": row["model"], **{key: row.get(key) for key in RESULT_KEYS}} for row in config["rows"]]
+    return {"dataset": resolved.get("dataset"), "synthetic": bool(resolved.get("synthetic")),
+            "train_images": resolved.get("train_images"), "test_images": resolved.get("test_images"),
+            "seconds": round(seconds, 1), "load_before": round(before.load, 2), "load_after": round(after.load, 2),
+            "cores": before.cores, "busy": before.busy or after.busy, "models": models}
+
+
+def _resolved_data(folder: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((folder / "config.yaml").read_text())["data"]["resolved"]
+
+
+def print_summary(results: dict, report: Path, path: Path) -> None:
+    """The closing lines: every model's test top-1 (marked SYNTHETIC when it is), time and load, files."""
+    marker = " SYNTHETIC" if results["synthetic"] else ""
+    print(f"\ndemo results ({results['dataset']}{marker}, {results['train_images']} training / "
+          f"{results['test_images']} test images):")
+    for row in results["models"]:
+        print(f"  {row['model']}: test top-1 {row['top1']:.2f}%{marker}")
+    busy = "; the machine was busy, so this took longer than on a quiet one" if results["busy"] else ""
+    print(f"demo finished in {results['seconds']:.0f} s (load average {results['load_before']:.2f} → "
+          f"{results['load_after']:.2f} on {results['cores']} cores{busy}).")
+    print(f"Results: {path}\nOpen the report: {report}")
