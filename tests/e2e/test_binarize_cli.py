@@ -127,7 +127,7 @@ def test_experiment_run_with_a_binarize_variant(tmp_path, capsys):
     path.write_text(yaml.safe_dump(experiment))
     assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
     (run,) = (tmp_path / "runs").iterdir()
-    (result,) = (run / "models").glob("pruned_bwn__Bin_bwn_acc_*.pt")
+    (result,) = (run / "models" / "pruned_bwn").glob("Bin_bwn_acc_*.pt")  # the variant names the folder
     loaded = load_checkpoint(result)
     assert binarization_spec(loaded.model)["method"] == "bwn" and loaded.masks
     rows = json.loads((run / "compare.json").read_text())["rows"]

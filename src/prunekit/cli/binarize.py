@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from prunekit.cli.common import add_data_args, add_model_relocation_arg, add_train_args, train_config_from
+from prunekit.cli.common import (add_data_args, add_model_relocation_arg, add_train_args, data_for, data_source,
+                                 lock_run_folder, train_config_from)
 from prunekit.config import FINETUNE_LR
 
 
@@ -29,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "much larger accuracy loss) (default: %(default)s)")
     p.add_argument("--name", default=None, help="file name of the result (default: from method and accuracy)")
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the result and the fine-tuning run")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
     add_model_relocation_arg(p)
-    add_data_args(p, dataset_default=None)
+    add_data_args(p)
     add_train_args(p, epochs=0, epochs_flags=("--finetune-epochs", "--epochs"),
                    epochs_help="STE fine-tuning epochs after binarizing (default: 0)")
     p.set_defaults(func=cmd_binarize, lr=FINETUNE_LR)
@@ -41,9 +42,8 @@ def cmd_binarize(args) -> int:
     from prunekit.binarize import BinarizeConfig, binarized_layers
     from prunekit.binarize_pipeline import run_binarization
     from prunekit.checkpoint import load_checkpoint
-    from prunekit.cli.prune import data_for
+    from prunekit.cli.core import epoch_printer
     from prunekit.errors import PrunekitError
-    from prunekit.train.callbacks import PrintEpoch
 
     if args.epochs < 0:
         raise PrunekitError("--finetune-epochs must be 0 or more")
@@ -54,11 +54,12 @@ def cmd_binarize(args) -> int:
                             finetune_epochs=args.epochs,
                             layers=[p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None)
     data = data_for(args, loaded.meta)
-    meta = {**loaded.meta, "source": str(args.checkpoint), "val_split": args.val_split, "limit_train": args.limit_train}
+    meta = {**loaded.meta, **data_source(args, loaded.meta).meta(), "source": str(args.checkpoint)}
+    lock_run_folder(args, args.out)
     print(f"binarizing {args.checkpoint} ({config.method}, activations {config.activations}) and fine-tuning "
           f"{config.finetune_epochs} epoch(s) on {data.info.name}{' (SYNTHETIC)' if data.synthetic else ''}", flush=True)
     result = run_binarization(loaded.model, data, config, train_config_from(args), args.out, name=args.name,
-                              meta=meta, progress=not args.no_progress, callbacks=[PrintEpoch()])
+                              meta=meta, progress=not args.no_progress, callbacks=[epoch_printer(data)])
     print(f"binarized {len(result.layers)} layer(s) ({result.layers[0]} … {result.layers[-1]}); first conv and "
           f"classifier {'kept fp32' if config.keep_first_last else 'binarized if selected'}")
     print(f"test top-1: fp32 {result.fp32_top1:.2f}% → binarized {result.binarized_top1:.2f}% → after "
