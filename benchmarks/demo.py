@@ -5,7 +5,7 @@ the run's `demo.json` (data, per-model accuracy and costs, load average) next to
 memory. The README quotes these numbers; `tests/e2e/test_demo_slow.py` checks that the demo still prints
 them.
 
-    python benchmarks/demo.py --data ../shared/data/cifar10-subset
+    python benchmarks/demo.py --data ../shared/data/cifar10-subset [--keep runs/demo-benchmark]
 """
 
 from __future__ import annotations
@@ -39,10 +39,15 @@ def run_demo(data: str, out: Path) -> tuple[float, int | None, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="CIFAR-10 folder (e.g. ../shared/data/cifar10-subset)")
+    parser.add_argument("--keep", metavar="DIR", default=None,
+                        help="run the demo in this new folder and keep it (e.g. for a screenshot of its report)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        seconds, peak_kib, printed = run_demo(args.data, Path(tmp))
-        demo = json.loads(next(Path(tmp).glob("*/demo.json")).read_text())
+        out = Path(args.keep) if args.keep else Path(tmp)
+        if args.keep and out.exists():
+            parser.error(f"--keep {out} exists; the demo must start from an empty folder")
+        seconds, peak_kib, printed = run_demo(args.data, out)
+        demo = json.loads(next(out.glob("*/demo.json")).read_text())
     payload = {"command": f"prunekit demo --data {args.data}", "wall_seconds": round(seconds, 1),
                "peak_rss_mib": round(peak_kib / 1024) if peak_kib else None, "demo": demo,
                "printed_tail": printed.strip().splitlines()[-12:]}
@@ -50,8 +55,8 @@ def main() -> None:
             for m in demo["models"]]
     busy = " (machine busy: the time is longer than on a quiet one)" if demo["busy"] else ""
     table = (markdown_table(rows) + f"\n\n{demo['dataset']}{' SYNTHETIC' if demo['synthetic'] else ''}: "
-             f"{demo['train_images']} training / {demo['test_images']} test images. Wall time {seconds:.0f} s, load "
-             f"average {demo['load_before']} → {demo['load_after']} on {demo['cores']} cores{busy}.")
+             f"{demo['train_images']} training / {demo['test_images']} test images. Wall time {seconds:.0f} s on "
+             f"{demo['cores']} cores; before it started: {demo['load_before']}{busy}.")
     write_results("demo", payload, table)
 
 

@@ -204,6 +204,13 @@ def format_round(record: dict, rounds: int) -> str:
             f"→ after retraining {record['retrained_top1']:.2f}%")
 
 
+def achieved_weight_sparsity(model: nn.Module, config: PruneConfig, overall: float) -> float:
+    """The unstructured sparsity a result is named by, counted over what the target counts: for a ``sparsity``
+    target the masked fraction of the layers in its scope (the classifier is spared unless included, so the
+    overall fraction sits a little below the target), for a ratio file the overall weight sparsity."""
+    return sparsity_of(extract_masks(model)) if config.sparsity is not None else overall
+
+
 def result_name(config: PruneConfig, achieved: float, top1: float) -> str:
     """``Omp_unstructured_0.80_acc_91.52``: method, granularity, achieved sparsity truncated to two decimals
     (0.3981 is ``0.39``: a name never claims a target that was not reached), test top-1."""
@@ -286,7 +293,7 @@ def finish(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_
     if get_granularity(prune_config.granularity).shrinks:
         model, filters = shrink_filters(model, data, device)
     test = evaluate_split(model, data, "test", device=device)
-    achieved = filters if filters is not None else sparsity
+    achieved = filters if filters is not None else achieved_weight_sparsity(model, prune_config, sparsity)
     result_meta = {
         **meta, "method": method_label(prune_config).upper(),
         "granularity": prune_config.granularity, "schedule": prune_config.schedule,

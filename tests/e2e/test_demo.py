@@ -10,7 +10,8 @@ import pytest
 
 from conftest import REAL_DATA, ROOT, needs_shared
 from prunekit.cli import main
-from prunekit.experiment.demo import BUSY_LOAD_PER_CORE, MachineLoad
+from prunekit.experiment.demo import demo_busy, load_note
+from prunekit.measure.timing import MachineLoad
 
 TINY = ["--set", "baseline.train.epochs=1", "--set", "data.limit_train=256", "--set", "data.limit_test=128",
         "--set", "baseline.model_kwargs.cfg=[8, M, 16, M, 16, 16]", "--set", "compare.timing=false"]
@@ -18,10 +19,10 @@ for _name in ("l1-filter-50", "global-unstructured-80"):
     TINY += ["--set", f"variants.{_name}.prune.finetune_epochs=1"]
 
 
-def test_machine_load_note_says_busy_only_above_the_threshold():
-    quiet, busy = MachineLoad(BUSY_LOAD_PER_CORE * 2, 2), MachineLoad(BUSY_LOAD_PER_CORE * 2 + 0.01, 2)
-    assert not quiet.busy and quiet.note().startswith("machine quiet: load average 1.00 on 2 core(s)")
-    assert busy.busy and "takes longer" in busy.note() and "noisier" in busy.note()
+def test_machine_load_note_says_busy_only_when_others_take_more_than_half_the_cores():
+    quiet, busy = MachineLoad(2, busy_cpus=1.0, load1=1.0), MachineLoad(2, busy_cpus=1.3, load1=1.3)
+    assert not demo_busy(quiet) and load_note(quiet).startswith("machine quiet: other work used 1.0 of 2 CPUs")
+    assert demo_busy(busy) and "takes longer" in load_note(busy) and "noisier" in load_note(busy)
 
 
 def test_offline_demo_marks_every_number_synthetic_and_writes_demo_json(tmp_path, capsys, monkeypatch):
@@ -31,12 +32,13 @@ def test_offline_demo_marks_every_number_synthetic_and_writes_demo_json(tmp_path
     monkeypatch.setattr("urllib.request.urlopen", offline)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("PRUNEKIT_DATA", raising=False)
-    monkeypatch.setattr("os.getloadavg", lambda: (9.0, 9.0, 9.0))  # another job is running
+    busy = MachineLoad(2, busy_cpus=1.9, load1=9.0)  # another job is running
+    monkeypatch.setattr("prunekit.experiment.demo.machine_load", lambda: busy)
     assert main(["demo", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "runs"), "--no-progress",
                  *TINY]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].startswith("machine busy: load average 9.00")
+    assert lines[0].startswith("machine busy: other work used 1.9 of 2 CPUs, load average 9.00")
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert epochs and all(line.endswith("(SYNTHETIC data)") for line in epochs)
     tops = [line for line in lines if "test top-1" in line]

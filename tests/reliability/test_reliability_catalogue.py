@@ -112,7 +112,7 @@ def test_save_that_is_an_existing_file(tmp_path, capsys):
 def test_out_inside_a_file(trained, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = run_cli(capsys, ["shrink", trained / "last.pt", "--out", blocker / "small.pt"])
+    code, _, err = run_cli(capsys, ["prune-channels", trained / "last.pt", "--ratio", "0.5", "--out", blocker / "small.pt"])
     assert code == 2
     line = one_line_error(err)
     assert f"--out {blocker / 'small.pt'}" in line and ("Not a directory" in line or "exists" in line)
@@ -141,7 +141,7 @@ def test_read_only_folder(trained, tmp_path, capsys, monkeypatch):
     else:
         target.chmod(0o555)
     try:
-        code, _, err = run_cli(capsys, ["shrink", trained / "last.pt", "--out", target / "small.pt"])
+        code, _, err = run_cli(capsys, ["prune-channels", trained / "last.pt", "--ratio", "0.5", "--out", target / "small.pt"])
     finally:
         target.chmod(0o755)
     assert code == 2

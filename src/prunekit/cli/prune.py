@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import get_args
 
-from prunekit.cli.common import (FRACTION, POSITIVE_INT, add_data_args, add_deprecated_alias, add_model_relocation_arg,
+from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_data_args, add_deprecated_alias, add_model_relocation_arg,
                                  add_train_args, data_for, data_source, lock_run_folder, markdown_table, print_json,
                                  train_config_from)
 from prunekit.cli.core import add_model_source_args, epoch_printer, load_model_source
@@ -62,7 +62,7 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                    help="filter score, any registered criterion (checked against the registry; built in: l1 | l2 | "
                         "bn_scale | random | taylor | fpgm; filter granularity; default l1); unstructured always "
                         "uses |w|")
-    p.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+    p.add_argument("--recalibrate-bn", type=NON_NEGATIVE_INT, default=0, metavar="N",
                    help="re-estimate BatchNorm statistics on N training batches right after each pruning step, "
                         "before it is evaluated (default: off)")
     p.add_argument("--include-classifier", action="store_true",

@@ -8,9 +8,7 @@ which the README quotes and a slow test pins, so the README states what the demo
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -18,35 +16,25 @@ from prunekit.atomic import atomic_write_text
 from prunekit.errors import PrunekitError
 from prunekit.experiment.config import load_experiment
 from prunekit.experiment.runner import Run, load_run_data, run_experiment, run_folder
+from prunekit.measure.timing import MachineLoad, machine_load
 
-BUSY_LOAD_PER_CORE = 0.5  # 1-minute load average per core above which other work visibly slows the demo
 SYNTHETIC_OVERRIDES = ["name=demo-SYNTHETIC", "data.dataset=synthetic", "data.limit_test=500"]  # name: run folder
 RESULT_KEYS = ("top1", "top5", "params", "nonzero_params", "macs")  # per model, from compare.json
 
 
-@dataclass(frozen=True)
-class MachineLoad:
-    """The 1-minute load average and the number of CPU cores when it was read."""
 
-    load: float
-    cores: int
+def demo_busy(load: MachineLoad) -> bool:
+    """Whether other work takes so much CPU that the demo (which uses every core) visibly slows down: more
+    than half the cores' worth (:meth:`prunekit.measure.MachineLoad.busy` with half the cores free)."""
+    return load.busy(threads=max(1, load.cpus // 2))
 
-    @classmethod
-    def now(cls) -> MachineLoad:
-        return cls(os.getloadavg()[0], os.cpu_count() or 1)
 
-    @property
-    def busy(self) -> bool:
-        return self.load > BUSY_LOAD_PER_CORE * self.cores
-
-    def note(self) -> str:
-        """One line for the user: how loaded the machine is, and what that does to the demo's times."""
-        state = "busy" if self.busy else "quiet"
-        line = f"machine {state}: load average {self.load:.2f} on {self.cores} core(s)"
-        if self.busy:
-            line += ("; other work is running, so this demo takes longer and its times are noisier "
-                     "(accuracies are unaffected); for trustworthy speed numbers rerun on a quiet machine")
-        return line
+def load_note(load: MachineLoad) -> str:
+    """One line for the user: how loaded the machine is, and what that does to the demo's times."""
+    if not demo_busy(load):
+        return f"machine quiet: {load.describe()}"
+    return (f"machine busy: {load.describe()}; other work is running, so this demo takes longer and its times "
+            "are noisier (accuracies are unaffected); for trustworthy speed numbers rerun on a quiet machine")
 
 
 def demo_experiment(assignments: list[str], synthetic: bool = False):
@@ -61,8 +49,9 @@ def run_demo(data_root: str | None, out: str | Path, assignments: list[str], pro
     Side effects: writes the run folder under ``out`` (models, plots, report, ``demo.json``). Returns the
     path of ``demo.json``.
     """
-    started, before = time.perf_counter(), MachineLoad.now()
-    print(before.note(), flush=True)
+    before = machine_load()  # before the demo starts: its own work is not "other work"
+    started = time.perf_counter()
+    print(load_note(before), flush=True)
     experiment = demo_experiment(assignments)
     try:
         data = load_run_data(experiment, data_root)
@@ -76,22 +65,23 @@ def run_demo(data_root: str | None, out: str | Path, assignments: list[str], pro
         data = load_run_data(experiment, data_root)
     folder = run_folder(experiment, out)
     report = run_experiment(Run(experiment, folder, data, progress=progress))
-    seconds, after = time.perf_counter() - started, MachineLoad.now()
-    results = demo_results(folder, seconds, before, after)
+    seconds = time.perf_counter() - started
+    results = demo_results(folder, seconds, before)
     path = atomic_write_text(folder / "demo.json", json.dumps(results, indent=2) + "\n")
     print_summary(results, report, path)
     return path
 
 
-def demo_results(folder: Path, seconds: float, before: MachineLoad, after: MachineLoad) -> dict:
-    """What ``demo.json`` holds: data, time, load, and per model its accuracy and costs (from compare.json)."""
+def demo_results(folder: Path, seconds: float, before: MachineLoad) -> dict:
+    """What ``demo.json`` holds: data, time, the machine's load before the demo started, and per model its
+    accuracy and costs (from compare.json)."""
     config = json.loads((folder / "compare.json").read_text())
     resolved = _resolved_data(folder)
     models = [{"model": row["model"], **{key: row.get(key) for key in RESULT_KEYS}} for row in config["rows"]]
     return {"dataset": resolved.get("dataset"), "synthetic": bool(resolved.get("synthetic")),
             "train_images": resolved.get("train_images"), "test_images": resolved.get("test_images"),
-            "seconds": round(seconds, 1), "load_before": round(before.load, 2), "load_after": round(after.load, 2),
-            "cores": before.cores, "busy": before.busy or after.busy, "models": models}
+            "seconds": round(seconds, 1), "machine_before": before.as_dict(), "load_before": before.describe(),
+            "cores": before.cpus, "busy": demo_busy(before), "models": models}
 
 
 def _resolved_data(folder: Path) -> dict:
@@ -108,6 +98,6 @@ def print_summary(results: dict, report: Path, path: Path) -> None:
     for row in results["models"]:
         print(f"  {row['model']}: test top-1 {row['top1']:.2f}%{marker}")
     busy = "; the machine was busy, so this took longer than on a quiet one" if results["busy"] else ""
-    print(f"demo finished in {results['seconds']:.0f} s (load average {results['load_before']:.2f} → "
-          f"{results['load_after']:.2f} on {results['cores']} cores{busy}).")
+    print(f"demo finished in {results['seconds']:.0f} s on {results['cores']} cores (before it started: "
+          f"{results['load_before']}{busy}).")
     print(f"Results: {path}\nOpen the report: {report}")
