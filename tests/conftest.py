@@ -40,3 +40,18 @@ def tiny_data():
     from prunekit.data import get_data
 
     return get_data("synthetic", limit_train=512, limit_test=256)
+
+
+#: Data flags of a fast CLI run on synthetic data (prune, finetune, binarize tests).
+SYNTHETIC_CLI = ["--dataset", "synthetic", "--limit-train", "256", "--batch-size", "64", "--device", "cpu",
+                 "--no-progress"]
+
+
+@pytest.fixture
+def base(tmp_path, tiny_vgg, tiny_data):
+    """``tmp_path/base.pt``: the tiny VGG saved as a synthetic-data checkpoint (the start of CLI pruning tests)."""
+    from prunekit.checkpoint import save_checkpoint
+
+    meta = {"dataset": "synthetic", "num_classes": 10, "mean": list(tiny_data.info.mean),
+            "std": list(tiny_data.info.std)}
+    return save_checkpoint(tiny_vgg, tmp_path / "base.pt", meta)

@@ -8,19 +8,13 @@ import json
 import pytest
 import torch
 
+from conftest import SYNTHETIC_CLI
 from prunekit.binarize import binarization_spec
-from prunekit.checkpoint import load_checkpoint, save_checkpoint
+from prunekit.checkpoint import load_checkpoint
 from prunekit.cli import main
 from prunekit.experiment import load_experiment
 
-DATA = ["--dataset", "synthetic", "--limit-train", "256", "--batch-size", "64", "--device", "cpu", "--no-progress"]
-
-
-@pytest.fixture
-def base(tmp_path, tiny_vgg, tiny_data):
-    meta = {"dataset": "synthetic", "num_classes": 10, "mean": list(tiny_data.info.mean),
-            "std": list(tiny_data.info.std)}
-    return save_checkpoint(tiny_vgg, tmp_path / "base.pt", meta)
+DATA = SYNTHETIC_CLI
 
 
 def run_json(capsys, argv):

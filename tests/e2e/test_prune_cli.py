@@ -9,12 +9,13 @@ import re
 import pytest
 import torch
 
+from conftest import SYNTHETIC_CLI
 from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.cli import main
 from prunekit.prune.allocate import target_count
 from prunekit.prune.report import effective_weight
 
-DATA = ["--dataset", "synthetic", "--limit-train", "256", "--batch-size", "64", "--device", "cpu", "--no-progress"]
+DATA = SYNTHETIC_CLI
 CONV_WEIGHTS = 3 * 8 * 9 + 8 * 16 * 9 + 2 * 16 * 16 * 9  # tiny VGG, classifier excluded
 ALL_WEIGHTS = CONV_WEIGHTS + 16 * 10
 

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
-from prunekit.checkpoint import load_checkpoint, save_checkpoint
+from conftest import SYNTHETIC_CLI
+from prunekit.checkpoint import load_checkpoint
 from prunekit.cli import main
 
-DATA = ["--dataset", "synthetic", "--limit-train", "256", "--batch-size", "64", "--device", "cpu", "--no-progress"]
-
-
-@pytest.fixture
-def base(tmp_path, tiny_vgg, tiny_data):
-    meta = {"dataset": "synthetic", "num_classes": 10, "mean": list(tiny_data.info.mean),
-            "std": list(tiny_data.info.std)}
-    return save_checkpoint(tiny_vgg, tmp_path / "base.pt", meta)
+DATA = SYNTHETIC_CLI
 
 
 def test_prune_with_recovery_flags_then_finetune_with_distillation(tmp_path, base, capsys):
