@@ -1,14 +1,16 @@
 """A tiny CIFAR-shaped dataset on which a small CNN learns well but not perfectly, so pruning shows a cost.
 
 It exists so that demos and end-to-end tests train a real network in seconds with no files. Classes come
-in pairs: both classes of a pair share one smooth, strong *coarse* colour pattern (which a tiny CNN learns
-in an epoch or two), and the two differ only in a weaker, finer *texture*. Each class has several textures
-(sub-patterns), so telling the partners apart takes many learned filters: a dense model gets most of
-them right, a model with half its filters removed fewer. An image is the coarse pattern of its pair plus
-one of its class's textures, shifted together by a few pixels, plus per-pixel Gaussian noise.
+in pairs: both classes of a pair share one smooth, strong *coarse* colour pattern (a tiny CNN learns which
+pair an image belongs to in an epoch or two), and the two differ only in finer *textures* (4-pixel colour
+blobs), several per class. An image is the coarse pattern of its pair plus one of its class's textures at
+a random contrast between 0 and 1, shifted together by a few pixels, plus per-pixel Gaussian noise. High
+contrast textures are easy, faint ones are hard and the faintest are guesses, so accuracy depends on how
+finely a model tells textures apart: the slim VGG-11 of ``prunekit demo`` stays well below 100 %, and
+removing filters or weights shows up as lost points. Nearest class mean finds the pair but not the class.
 
 Everything is drawn from seeded generators: the patterns from ``pattern_seed`` only, the images from
-``seed``. Generation is vectorised (a few milliseconds per thousand images).
+``seed``. Generation is vectorised (well under a second for the demo's 3,000 images).
 """
 
 from __future__ import annotations
