@@ -66,7 +66,7 @@ def test_run_writes_every_stage_and_resumes(tmp_path, capsys):
     assert rows[3]["model"].endswith("_int8.pt")
     assert rows[1]["params"] < rows[0]["params"]  # filters physically removed
     assert rows[2]["nonzero_params"] < 0.35 * rows[0]["nonzero_params"]  # 80% of prunable weights zero
-    unstructured = load_checkpoint(next((run / "models" / "unstructured").glob("unstructured_acc_*.pt")))
+    unstructured = load_checkpoint(run / "models" / "unstructured" / names[2])  # not the _int8 file
     masks = unstructured.masks
     assert masks and all(torch.all(unstructured.model.get_submodule(k.rsplit(".", 1)[0]).weight[~m] == 0)
                          for k, m in masks.items())

@@ -325,7 +325,7 @@ def test_unknown_names_list_valid_ones():
 # --- synthetic -------------------------------------------------------------------------------------
 
 
-def test_synthetic_is_deterministic_balanced_and_learnable():
+def test_synthetic_is_deterministic_balanced_and_pairs_need_texture():
     images, labels = make_synthetic(300, num_classes=10, seed=5)
     again = make_synthetic(300, num_classes=10, seed=5)
     other = make_synthetic(300, num_classes=10, seed=6)
@@ -333,10 +333,12 @@ def test_synthetic_is_deterministic_balanced_and_learnable():
     assert torch.equal(images, again[0]) and torch.equal(labels, again[1])
     assert not torch.equal(images, other[0])
     assert labels.bincount(minlength=10).tolist() == [30] * 10
-    # nearest class mean (fitted on one seed, scored on another) is far above chance (10%)
+    # nearest class mean (fitted on one seed, scored on another) always finds the pair of classes that share a
+    # coarse pattern, but not the class within the pair: that takes the finer textures, which a mean blurs away
     means = torch.stack([images[labels == c].float().mean(0) for c in range(10)])
-    distances = torch.cdist(other[0].float().flatten(1), means.flatten(1))
-    assert (distances.argmin(1) == other[1]).float().mean() > 0.6
+    nearest = torch.cdist(other[0].float().flatten(1), means.flatten(1)).argmin(1)
+    assert (nearest // 2 == other[1] // 2).float().mean() > 0.95
+    assert 0.4 < (nearest == other[1]).float().mean() < 0.7
 
 
 def test_get_data_synthetic_sizes_and_limits():
