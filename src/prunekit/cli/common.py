@@ -243,15 +243,6 @@ def train_config_from(args: argparse.Namespace):
     return TrainConfig(**{k: getattr(args, k) for k in fields if getattr(args, k, None) is not None})
 
 
-def load_data(args: argparse.Namespace, dataset: str | None = None, seed: int = 0):
-    """The :class:`DataBundle` the data options describe (``dataset`` overrides ``--dataset``), for a command
-    that reads no checkpoint; one that does uses :func:`data_for`."""
-    from prunekit.data import DataSource
-
-    return DataSource(dataset or args.dataset, args.data, args.val_split or 0.0, seed,
-                      getattr(args, "limit_train", None)).load()
-
-
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

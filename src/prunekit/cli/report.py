@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, lock_run_folder,
-                                 markdown_table, print_json)
+from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, data_for,
+                                 data_loader, lock_run_folder, markdown_table, print_json)
 from prunekit.cli.core import add_model_source_args, load_model_source
 
 
@@ -130,13 +130,6 @@ def add_analysis_args(p: argparse.ArgumentParser) -> None:
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def data_source(args: argparse.Namespace):
-    """``meta -> DataBundle``: each checkpoint's remembered data unless the data options say otherwise."""
-    from prunekit.cli.common import data_loader
-
-    return data_loader(args)
-
-
 def compare_settings(args: argparse.Namespace):
     from prunekit.errors import PrunekitError
     from prunekit.analysis.compare import CompareSettings
@@ -164,7 +157,7 @@ def analysis_setup(args: argparse.Namespace):
     from prunekit.checkpoint import check_classes
 
     loaded = load_checkpoint(args.checkpoint)
-    data = data_source(args)(loaded.meta)
+    data = data_for(args, loaded.meta)
     check_classes(loaded.model, data, str(args.checkpoint))  # also for a checkpoint whose meta lacks the count
     mean, std = meta_normalisation(loaded.meta, data)
     evaluator = Evaluator(data, mean, std, resolve_device(args.device), args.split)
@@ -214,7 +207,7 @@ def cmd_compare(args) -> int:
 
     paths = reference_first(args.checkpoints, args.reference) if args.reference else args.checkpoints
     settings = compare_settings(args)
-    comparison = compare_checkpoints(paths, data_source(args), settings, progress=not args.no_progress)
+    comparison = compare_checkpoints(paths, data_loader(args), settings, progress=not args.no_progress)
     if args.json:
         print_json(comparison.as_dict())
         return 0
@@ -320,7 +313,7 @@ def cmd_report(args) -> int:
     comparison = load_comparison(run_dir)
     if comparison is None and find_checkpoints(run_dir):
         paths = reference_first(find_checkpoints(run_dir), args.reference)
-        comparison = compare_checkpoints(paths, data_source(args), compare_settings(args),
+        comparison = compare_checkpoints(paths, data_loader(args), compare_settings(args),
                                          progress=not args.no_progress)
         saved = save_comparison(comparison, run_dir / COMPARE_FILE)
         print(f"measured {len(comparison.rows)} checkpoint(s); saved {saved}")

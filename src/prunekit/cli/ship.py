@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import POSITIVE_INT, add_data_args, add_model_relocation_arg, data_for, load_data, print_json
+from prunekit.cli.common import POSITIVE_INT, add_data_args, add_model_relocation_arg, data_for, print_json
 from prunekit.cli.core import add_model_source_args, load_model_source
 
 
@@ -133,11 +133,9 @@ def source_and_data(args):
 
     if args.checkpoint:
         loaded = load_model_source(args)
-        dataset = args.dataset or loaded.meta.get("dataset") or "cifar10"
         data = data_for(args, loaded.meta)  # the checkpoint's remembered data unless options say otherwise
     else:
-        dataset = args.dataset or "cifar10"
-        data = load_data(args, dataset=dataset)
+        data = data_for(args, None)
         loaded = load_model_source(args, num_classes=data.info.num_classes)
     check_classes(loaded, data, str(loaded.path or args.model))
-    return loaded, dataset, data
+    return loaded, data.info.name, data
