@@ -53,7 +53,7 @@ def cmd_binarize(args) -> int:
     config = BinarizeConfig(method=args.method, keep_first_last=args.keep_first_last, activations=args.activations,
                             finetune_epochs=args.epochs,
                             layers=[p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None)
-    data = data_for(args, loaded.meta)
+    data = data_for(args, loaded)
     meta = {**loaded.meta, **data_source(args, loaded.meta).meta(), "source": str(args.checkpoint)}
     lock_run_folder(args, args.out)
     print(f"binarizing {args.checkpoint} ({config.method}, activations {config.activations}) and fine-tuning "

@@ -160,25 +160,30 @@ def data_source(args: argparse.Namespace, meta: dict | None = None, seed: int | 
     return source
 
 
-def data_for(args: argparse.Namespace, meta: dict | None = None, seed: int | None = None):
-    """The :class:`DataBundle` of :func:`data_source`, checked against the checkpoint's class count."""
-    return data_loader(args, seed)(meta)
+def data_for(args: argparse.Namespace, checkpoint=None, seed: int | None = None):
+    """The :class:`DataBundle` of :func:`data_source` for ``checkpoint`` (a loaded
+    :class:`~prunekit.checkpoint.Checkpoint`, its meta dict, or None), checked against its class count."""
+    return data_loader(args, seed)(checkpoint)
 
 
 def data_loader(args: argparse.Namespace, seed: int | None = None):
-    """``meta -> DataBundle`` for commands that read several checkpoints: :func:`data_source` of each, every
-    distinct source loaded once; a checkpoint whose class count differs from its data's fails in one line."""
+    """``checkpoint -> DataBundle`` for commands that read several checkpoints: :func:`data_source` of each (a
+    :class:`~prunekit.checkpoint.Checkpoint` or a meta dict), every distinct source loaded once. A checkpoint
+    made for another class count than its data's fails in one line (:func:`prunekit.checkpoint.check_classes`:
+    the meta's count, else, for a Checkpoint, its model's output size)."""
     from prunekit.checkpoint import check_classes
 
     cache = {}
 
-    def load(meta: dict | None):
+    def load(checkpoint):
+        meta = getattr(checkpoint, "meta", checkpoint)
         source = data_source(args, meta, seed)
         if source not in cache:
             cache[source] = source.load()
         data = cache[source]
-        if meta:
-            check_classes(meta, data)
+        if checkpoint is not None:
+            path = getattr(checkpoint, "path", None)
+            check_classes(checkpoint, data, str(path) if path else "the model")
         return data
 
     return load

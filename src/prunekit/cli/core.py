@@ -214,12 +214,9 @@ def cmd_evaluate(args) -> int:
     from prunekit.train import evaluate_split
     from prunekit.train.loop import resolve_device
 
-    from prunekit.checkpoint import check_classes
-
     loaded = load_model_source(args)
-    data = data_for(args, loaded.meta)  # the run's own data and split unless options say otherwise
+    data = data_for(args, loaded)  # the run's own data and split unless options say otherwise
     dataset = data.info.name
-    check_classes(loaded, data, str(loaded.path or args.model))
     mean, std = input_normalisation(loaded.meta, data.info, args.normalize)
     metrics = evaluate_split(loaded.model, data, args.split, mean, std, resolve_device(args.device))
     result = {"source": str(loaded.path or args.model), "dataset": dataset, "split": args.split,

@@ -216,7 +216,7 @@ def cmd_prune(args) -> int:
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     prune_config = prune_config_from(args, loaded.model)
     train_config = train_config_from(args)
-    data = data_for(args, loaded.meta)
+    data = data_for(args, loaded)
     meta = {**loaded.meta, **data_source(args, loaded.meta).meta(), "source": str(args.checkpoint)}
     print(f"pruning {args.checkpoint} ({prune_config.granularity}, {prune_config.schedule}, "
           f"{1 if prune_config.schedule == 'oneshot' else prune_config.iterations} round(s), "
@@ -274,7 +274,7 @@ def cmd_finetune(args) -> int:
         args.epochs = FINETUNE_EPOCHS if args.epochs is None else args.epochs
         config = train_config_from(args)
         save = Path(args.save or f"runs/finetune-{Path(args.checkpoint).stem}")
-    data = data_for(args, loaded.meta)
+    data = data_for(args, loaded)
     lock_run_folder(args, save)
     meta = {**inherited_meta(loaded.meta, data), **data_source(args, loaded.meta).meta(),
             "finetuned_from": loaded.meta.get("finetuned_from", str(source)) if args.resume else str(source)}

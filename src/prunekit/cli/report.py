@@ -154,11 +154,8 @@ def analysis_setup(args: argparse.Namespace):
     from prunekit.analysis.points import Evaluator
     from prunekit.train.loop import resolve_device
 
-    from prunekit.checkpoint import check_classes
-
     loaded = load_checkpoint(args.checkpoint)
-    data = data_for(args, loaded.meta)
-    check_classes(loaded.model, data, str(args.checkpoint))  # also for a checkpoint whose meta lacks the count
+    data = data_for(args, loaded)
     mean, std = meta_normalisation(loaded.meta, data)
     evaluator = Evaluator(data, mean, std, resolve_device(args.device), args.split)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "plots"

@@ -133,9 +133,9 @@ def source_and_data(args):
 
     if args.checkpoint:
         loaded = load_model_source(args)
-        data = data_for(args, loaded.meta)  # the checkpoint's remembered data unless options say otherwise
+        data = data_for(args, loaded)  # its remembered data unless options say otherwise; classes checked
     else:
         data = data_for(args, None)
         loaded = load_model_source(args, num_classes=data.info.num_classes)
-    check_classes(loaded, data, str(loaded.path or args.model))
+        check_classes(loaded, data, args.model)  # --num-classes may disagree with the dataset
     return loaded, data.info.name, data
