@@ -133,25 +133,24 @@ def cmd_prune_channels(args) -> int:
     import torch
 
     from prunekit.checkpoint import derived_meta, load_checkpoint, save_checkpoint
-    from prunekit.prune.channels import channel_target, filter_sparsity, prune_channels
     from prunekit.masking import make_permanent
+    from prunekit.prune.channels import channel_target, filter_sparsity, prune_channels
+    from prunekit.prune.report import filter_target_shortfall
 
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     model = make_permanent(loaded.model.eval())  # masked modules cannot be deep-copied
     original, before = copy.deepcopy(model), costs(model)
     target = target_kwargs(args)
     start = time.perf_counter()
-    config = channel_target(criterion=args.criterion, scope=args.scope, seed=args.seed, **target)
-    prune_channels(model, torch.zeros(1, *INPUT_SIZE), criterion=config.criterion, scope=config.scope,
-                   seed=config.seed, **target)
+    config = channel_target(criterion=args.criterion, scope=args.scope, seed=args.seed, **target)  # defaults resolved
+    prune_channels(model, torch.zeros(1, *INPUT_SIZE), criterion=args.criterion, scope=config.scope,
+                   seed=args.seed, **target)
     seconds = time.perf_counter() - start
     after, sparsity = costs(model), filter_sparsity(original, model)
     record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed, "source": str(args.checkpoint),
               **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds}
     meta = derived_meta(loaded.meta)
     save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity})
-    from prunekit.prune.report import filter_target_shortfall
-
     shortfall = filter_target_shortfall(target.get("ratio"), sparsity)
     if args.json:
         print_json({"out": args.out, **record, "before": before, "after": after,

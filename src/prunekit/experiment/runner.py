@@ -191,10 +191,15 @@ def prune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     run.say(f"variant {variant.name}: {config.schedule} {config.granularity} pruning from {variant.source}")
     result = run_pruning(model, run.data, config, train, run.work / variant.name, meta=meta,
                          progress=run.progress, callbacks=[PrintEpoch(synthetic_note(run))])
-    final = names.variant_dir(run.folder, variant.name) / result.path.name
+    return result.model, result.meta, into_variant_folder(run, variant, result.path)
+
+
+def into_variant_folder(run: Run, variant: VariantSpec, path: Path) -> Path:
+    """Move a stage's result file, keeping its exact name, into ``RUN/models/<variant>/``; returns where."""
+    final = names.variant_dir(run.folder, variant.name) / path.name
     final.parent.mkdir(parents=True, exist_ok=True)
-    result.path.replace(final)
-    return result.model, result.meta, final
+    path.replace(final)
+    return final
 
 
 def binarize_variant(run: Run, variant: VariantSpec, model, meta: dict):
@@ -206,10 +211,7 @@ def binarize_variant(run: Run, variant: VariantSpec, model, meta: dict):
     result = run_binarization(model, run.data, config, retrain_config(run, variant.retrain),
                               run.work / f"{variant.name}_binarize", meta=meta, progress=run.progress,
                               callbacks=[PrintEpoch(synthetic_note(run))])
-    final = names.variant_dir(run.folder, variant.name) / result.path.name
-    final.parent.mkdir(parents=True, exist_ok=True)
-    result.path.replace(final)
-    return result.model, result.meta, final
+    return result.model, result.meta, into_variant_folder(run, variant, result.path)
 
 
 def finetune_variant(run: Run, variant: VariantSpec, model, meta: dict):
