@@ -270,7 +270,8 @@ def run_pruning(model: nn.Module, data: DataBundle, prune_config: PruneConfig, t
     train_config = train_config.model_copy(update={"epochs": prune_config.finetune_epochs})
     device = resolve_device(train_config.device)
     model.to(device)
-    dense = {"dense_params": count_parameters(model), "dense_macs": count_macs(model)}
+    dense = {"dense_params": count_parameters(model), "dense_macs": count_macs(model),
+             "dense_weights": sparsity_report(model)["params"]}  # the weight-sparsity denominator
     rewind = foreign_state_dict(prune_config.rewind_to) if prune_config.rewind_to else None
     fingerprint = fingerprint_of(model, data, prune_config, train_config)
     callbacks = [*callbacks, *distillation(train_config, model)]  # teacher: the dense starting model

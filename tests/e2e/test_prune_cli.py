@@ -13,7 +13,7 @@ from conftest import SYNTHETIC_CLI
 from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.cli import main
 from prunekit.prune.allocate import target_count
-from prunekit.prune.report import effective_weight
+from prunekit.prune.report import effective_weight, sparsity_report
 
 DATA = SYNTHETIC_CLI
 CONV_WEIGHTS = 3 * 8 * 9 + 8 * 16 * 9 + 2 * 16 * 16 * 9  # tiny VGG, classifier excluded
@@ -102,9 +102,10 @@ def test_oneshot_prune_sparsity_finetune_and_plots(tmp_path, base, capsys):
     rows = list(csv.DictReader(png.with_suffix(".csv").open()))
     assert png.stat().st_size > 1000 and len(rows) == 3
     assert {r["label"] for r in rows} == {"dense", "OMP unstructured"}
-    # parameter sparsity, as `prunekit run` plots it: 1 − non-zero parameters / the dense model's parameters
-    assert float(next(r for r in rows if r["source"] == str(result))["sparsity"]) == pytest.approx(
-        1 - meta["nonzero_params"] / meta["dense_params"])
+    # weight sparsity, as `prunekit run` plots it: 1 − non-zero conv + linear weights / the dense model's
+    report = sparsity_report(load_checkpoint(result).model)
+    assert meta["dense_weights"] == report["params"]  # unstructured: nothing removed, so the dense count
+    assert float(next(r for r in rows if r["source"] == str(result))["sparsity"]) == pytest.approx(report["overall"])
 
     png = tmp_path / "plots" / "mask.png"
     assert main(["plot", "mask", str(result), "--layer", "features.4", "--out", str(png)]) == 0

@@ -13,6 +13,7 @@ from torch import nn
 
 from prunekit.config import PruneConfig
 from prunekit.data import DataBundle
+from prunekit.errors import PrunekitError
 from prunekit.masking import permanent_copy
 from prunekit.measure import count_nonzero_parameters, count_parameters
 from prunekit.prune import apply_masks, compute_masks, sparsity_report
@@ -61,6 +62,33 @@ def point_record(model: nn.Module, evaluate: Evaluator) -> dict:
     return {"sparsity": sparsity_report(model)["overall"], "params": count_parameters(model),
             "nonzero_params": nonzero, "nonzero_bytes": BYTES_PER_WEIGHT * nonzero,
             "top1": metrics.top1, "top5": metrics.top5, "loss": metrics.loss}
+
+
+def weight_counts(model: nn.Module) -> tuple[int, int]:
+    """``(weights, non-zero weights)`` of the conv + linear layers (masks applied): the quantity behind
+    "weight sparsity" everywhere in prunekit (biases and BN parameters are not counted)."""
+    report = sparsity_report(model)
+    return report["params"], report["params"] - report["zeros"]
+
+
+def dense_weights(model: nn.Module, meta: dict) -> int:
+    """The conv + linear weights of the dense model ``model`` was pruned from: ``meta["dense_weights"]`` when the
+    checkpoint records it (every pruning command does), else ``model``'s own count, which is right only while no
+    filter was physically removed; a physically pruned checkpoint without the record raises a one-line error."""
+    if meta.get("dense_weights"):
+        return int(meta["dense_weights"])
+    if meta.get("filter_sparsity") or meta.get("prune_channels"):
+        raise PrunekitError("this physically pruned checkpoint does not record its dense model's weight count "
+                            "(written by an older prunekit); prune it again to plot its weight sparsity")
+    return weight_counts(model)[0]
+
+
+def accuracy_point(label: str, model: nn.Module, meta: dict, dense: int, source: str) -> dict:
+    """One point of the accuracy-sparsity figure: the meta's test accuracy against weight sparsity,
+    1 − non-zero conv + linear weights / ``dense`` (the dense model's conv + linear weights), so masked zeros
+    and physically removed filters count alike."""
+    return {"label": label, "sparsity": 1.0 - weight_counts(model)[1] / dense, "top1": meta.get("test_top1"),
+            "top5": meta.get("test_top5"), "source": source}
 
 
 def rate_key(rate: float) -> float:

@@ -141,8 +141,8 @@ def bounded(low: float, high: float, meaning: str):
 def register_plot(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="figures as PNG, with the plotted numbers as CSV beside them")
     kinds = p.add_subparsers(dest="plot_kind", metavar="KIND", required=True)
-    q = kinds.add_parser("accuracy-sparsity", help="test top-1 vs parameter sparsity (1 − non-zero parameters / the "
-                                                                 "dense model's parameters), labelled by method")
+    q = kinds.add_parser("accuracy-sparsity", help="test top-1 vs weight sparsity (1 − non-zero conv + linear weights "
+                                                                 "/ the dense model's), labelled by method")
     q.add_argument("checkpoints", metavar="CKPT", nargs="+", help="checkpoints that record a test accuracy")
     q.add_argument("--out", metavar="FILE.png", required=True, help="the figure; its numbers go to FILE.csv")
     q.set_defaults(func=cmd_plot_accuracy_sparsity)
@@ -314,21 +314,18 @@ def cmd_sparsity(args) -> int:
 
 
 def point_of(path: str) -> dict:
-    """One accuracy-sparsity point from a checkpoint: its meta's test accuracy and method, and its parameter
-    sparsity, 1 − non-zero parameters / the dense model's parameters (masked zeros and removed filters alike)."""
+    """One accuracy-sparsity point from a checkpoint: its meta's test accuracy and method, and its weight
+    sparsity (:func:`prunekit.analysis.points.accuracy_point`, the same quantity `prunekit run` plots)."""
+    from prunekit.analysis.points import accuracy_point, dense_weights
     from prunekit.checkpoint import load_checkpoint
     from prunekit.errors import PrunekitError
-    from prunekit.measure import count_nonzero_parameters, count_parameters
 
     loaded = load_checkpoint(path)
     meta = loaded.meta
     if meta.get("test_top1") is None:
         raise PrunekitError(f"{path} records no test accuracy; plot checkpoints written by `prunekit train`, "
                             "`prune` or `finetune`")
-    dense = meta.get("dense_params") or count_parameters(loaded.model)
-    sparsity = 1.0 - count_nonzero_parameters(loaded.model) / dense  # as `prunekit run` plots it
-    return {"label": method_of(meta), "sparsity": sparsity, "top1": meta["test_top1"],
-            "top5": meta.get("test_top5"), "source": str(path)}
+    return accuracy_point(method_of(meta), loaded.model, meta, dense_weights(loaded.model, meta), str(path))
 
 
 def method_of(meta: dict) -> str:

@@ -68,10 +68,12 @@ def cmd_shrink(args) -> int:
     from prunekit.checkpoint import derived_meta, load_checkpoint, save_checkpoint
     from prunekit.errors import PrunekitError
     from prunekit.prune.channels import filter_sparsity, shrink
+    from prunekit.prune.report import sparsity_report
 
     loaded = load_checkpoint(args.checkpoint)
     model = loaded.model.eval()
     before, sparsity = costs(model), filter_sparsity(model, model)
+    dense_count = sparsity_report(model)["params"]  # masked, not yet removed: the dense model's weight count
     if sparsity == 0:
         raise PrunekitError(nothing_to_shrink(args.checkpoint, loaded.meta))
     batch = torch.randn(CHECK_BATCH, *INPUT_SIZE, generator=torch.Generator().manual_seed(0))
@@ -85,6 +87,7 @@ def cmd_shrink(args) -> int:
                             "this is a prunekit bug, please report it with the checkpoint")
     after = costs(model)
     meta = derived_meta(loaded.meta, keeps_outputs=True)  # checked above: the outputs are unchanged
+    meta.setdefault("dense_weights", dense_count)
     meta.update(shrunk_from=str(args.checkpoint), filter_sparsity=sparsity, max_output_change=difference)
     save_checkpoint(model, args.out, meta)
     result = {"out": args.out, "filter_sparsity": sparsity, "max_output_change": difference,
@@ -135,7 +138,7 @@ def cmd_prune_channels(args) -> int:
     from prunekit.checkpoint import derived_meta, load_checkpoint, save_checkpoint
     from prunekit.masking import make_permanent
     from prunekit.prune.channels import channel_target, filter_sparsity, prune_channels
-    from prunekit.prune.report import filter_target_shortfall
+    from prunekit.prune.report import filter_target_shortfall, sparsity_report
 
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     model = make_permanent(loaded.model.eval())  # masked modules cannot be deep-copied
@@ -150,6 +153,7 @@ def cmd_prune_channels(args) -> int:
     record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed, "source": str(args.checkpoint),
               **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds}
     meta = derived_meta(loaded.meta)
+    meta.setdefault("dense_weights", sparsity_report(original)["params"])  # the weight-sparsity denominator
     save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity})
     shortfall = filter_target_shortfall(target.get("ratio"), sparsity)
     if args.json:

@@ -33,6 +33,7 @@ from prunekit.data.normalisation import input_normalisation
 from prunekit.foreign import load_weights
 from prunekit.experiment.config import Experiment, SweepSpec, VariantSpec
 from prunekit.models import arch_label
+from prunekit.analysis.points import accuracy_point, weight_counts
 from prunekit.atomic import atomic_write_text
 
 BASELINE = names.BASELINE
@@ -283,7 +284,9 @@ def write_plots(run: Run, paths: list[Path]) -> None:
     checkpoints = {p: load_checkpoint(p) for p in paths if "_int8" not in p.name}
     if run.experiment.accuracy_sparsity_plot:
         dense = checkpoints[paths[0]]
-        points = [accuracy_point(path, loaded, prunable_weights(dense.model)) for path, loaded in checkpoints.items()]
+        dense_count = weight_counts(dense.model)[0]
+        points = [accuracy_point(point_label(path, loaded.meta), loaded.model, loaded.meta, dense_count, path.name)
+                  for path, loaded in checkpoints.items()]
         plot_accuracy_sparsity(points, plots / "accuracy_sparsity.png",
                                title=f"{run.experiment.name}: {arch_label(dense.arch)}, test accuracy vs weight "
                                      f"sparsity{synthetic_note(run)}")
@@ -361,24 +364,12 @@ def evaluate(run: Run, model, meta: dict) -> dict:
             "test_images": metrics.images}
 
 
-def prunable_weights(model) -> tuple[int, int]:
-    """``(weights, non-zero weights)`` of the conv + linear layers (the quantity of the sparsity axis)."""
-    from prunekit.prune import sparsity_report
-
-    report = sparsity_report(model)
-    return report["params"], report["params"] - report["zeros"]
-
-
-def accuracy_point(path: Path, loaded: Checkpoint, dense_weights: tuple[int, int]) -> dict:
-    """One point of the accuracy-sparsity figure. Sparsity = 1 − non-zero conv + linear weights / the
-    baseline's conv + linear weights (:data:`prunekit.report.plots.WEIGHT_SPARSITY_LABEL`), so masked zeros
-    and physically removed filters count alike."""
-    meta = loaded.meta
-    label = "dense" if path.name == BASELINE else path.parent.name  # the variant's folder: unique per variant
+def point_label(path: Path, meta: dict) -> str:
+    """``dense``, or the variant's folder name (unique per variant) with its method and granularity."""
+    label = "dense" if path.name == BASELINE else path.parent.name
     if meta.get("granularity"):
         label = f"{label} ({meta.get('method', '')} {meta['granularity']})".replace("( ", "(")
-    return {"label": label, "sparsity": 1.0 - prunable_weights(loaded.model)[1] / dense_weights[0],
-            "top1": meta.get("test_top1"), "top5": meta.get("test_top5"), "source": path.name}
+    return label
 
 
 def synthetic_note(run: Run) -> str:

@@ -40,7 +40,7 @@ def save_png(figure, png: Path, dpi: int) -> None:
 
 
 #: What ``sparsity`` means in the accuracy-sparsity figure (``prunekit run`` computes exactly this).
-WEIGHT_SPARSITY_LABEL = "weight sparsity (% of the dense model's conv + linear weights that are zero or removed)"
+WEIGHT_SPARSITY_LABEL = "weight sparsity (% of the dense conv + linear weights\nthat are zero or removed)"
 MARKERS = "osD^vP*X"
 
 
