@@ -66,7 +66,11 @@ class TrainConfig(StrictModel):
 #: The scope a ``sparsity`` target gets when none is given: Han et al.'s one global magnitude threshold for
 #: single weights; Li et al.'s same fraction in every layer for filters (a global filter ranking needs a
 #: normalisation across layers and is opt-in).
-DEFAULT_SCOPE = {"unstructured": "global", "filter": "layer"}
+#: The scopes each granularity understands, its default first: the one list that YAML validation, the CLI's
+#: ``--scope`` choices and the docs read.
+SCOPES = {"unstructured": ("global", "layer", "lamp"), "filter": ("layer", "global")}
+DEFAULT_SCOPE = {granularity: scopes[0] for granularity, scopes in SCOPES.items()}
+ALL_SCOPES = tuple(dict.fromkeys(scope for scopes in SCOPES.values() for scope in scopes))
 #: The targets each granularity understands (exactly one per prune).
 TARGETS = {"unstructured": ("sparsity", "ratios"), "filter": ("sparsity", "ratios", "cfg", "macs_target")}
 
@@ -81,11 +85,11 @@ class PruneConfig(StrictModel):
 
     granularity: Literal["unstructured", "filter"] = "unstructured"
     sparsity: float | None = Field(None, ge=0, lt=1)
-    scope: Literal["global", "layer", "lamp"] | None = Field(
+    scope: str | None = Field(
         None, description="with sparsity: one ranking over all layers (global), the same fraction per layer, or "
-                          "(unstructured) one ranking of LAMP scores; default: DEFAULT_SCOPE of the granularity")
+                          "(unstructured) one ranking of LAMP scores; default: DEFAULT_SCOPE of the granularity; SCOPES lists what each granularity understands")
     ratios: dict[str, float] | None = None
-    criterion: str = Field("l1", description="filter score: l1 | l2 | bn_scale | random | taylor | fpgm")
+    criterion: str = Field("l1", description="filter score: a name in prunekit.prune.importance.CRITERIA")
     cfg: list[int | str] | None = None
     macs_target: float | None = Field(None, gt=0, le=1)
     include_classifier: bool = Field(False, description="prune the classifier with a global/uniform target")
@@ -103,9 +107,10 @@ class PruneConfig(StrictModel):
     def _default_scope(self) -> "PruneConfig":
         if self.scope is None:
             self.scope = DEFAULT_SCOPE[self.granularity]
-        if self.scope == "lamp" and self.granularity != "unstructured":
-            raise ValueError("scope 'lamp' ranks single weights; use it with granularity unstructured "
-                             "(filters: scope global or layer)")
+        if self.scope not in SCOPES[self.granularity]:
+            lamp = " (lamp ranks single weights)" if self.scope == "lamp" else ""
+            raise ValueError(f"scope {self.scope!r}{lamp} does not apply to granularity {self.granularity}; "
+                             f"use one of {', '.join(SCOPES[self.granularity])}")
         return self
 
     def check_target(self) -> None:

@@ -31,8 +31,9 @@ DEBUG_ENV = "PRUNEKIT_DEBUG"  # =1: show tracebacks instead of one-line errors (
 
 def build_parser() -> argparse.ArgumentParser:
     from prunekit import __version__
+    from prunekit.cli.common import ArgumentParser
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="prunekit",
         description="Prune CIFAR convolutional networks and measure the result.",
     )

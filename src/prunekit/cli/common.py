@@ -11,6 +11,66 @@ from typing import Any, Callable
 from prunekit.report.tables import markdown_table  # noqa: F401  (re-exported for the commands)
 
 
+def _criteria() -> list[str]:
+    from prunekit.prune.importance import CRITERIA
+
+    return list(CRITERIA)
+
+
+def _conventions() -> list[str]:
+    from prunekit.measure.counts import CONVENTIONS
+
+    return list(CONVENTIONS)
+
+
+def _runtimes() -> list[str]:
+    from prunekit.runtime import runtime_names
+
+    return runtime_names()
+
+
+#: ``{placeholder}`` in a help text -> the registry whose names replace it when help is printed. Help texts
+#: never spell a list of registered names out (it would drift); building the parser stays free of torch.
+REGISTRY_LISTS: dict[str, Callable[[], list[str]]] = {
+    "criteria": _criteria, "conventions": _conventions, "runtimes": _runtimes}
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, with each ``{name}`` of :data:`REGISTRY_LISTS` in a help text replaced by that
+    registry's names joined with `` | `` (read from the registry only when help is printed)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        for key, names in REGISTRY_LISTS.items():
+            if text and "{" + key + "}" in text:
+                text = text.replace("{" + key + "}", " | ".join(names()))
+        return text
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of every prunekit command and subcommand: :class:`HelpFormatter` by default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def add_criterion_arg(parser: argparse.ArgumentParser, default: str | None = "l1", note: str = "") -> None:
+    """``--criterion NAME``: a registered channel criterion; checked against the registry when the command runs."""
+    shown = f"default: {default}" if default else "default: l1"
+    parser.add_argument("--criterion", default=default, metavar="NAME",
+                        help=f"channel (filter) score: {{criteria}} ({shown}){note}")
+
+
+def add_scope_arg(parser: argparse.ArgumentParser, granularity: str | None = None, default: str | None = None,
+                  help: str = "") -> None:
+    """``--scope``: choices from :data:`prunekit.config.SCOPES` for ``granularity`` (every scope when None)."""
+    from prunekit.config import ALL_SCOPES, SCOPES
+
+    parser.add_argument("--scope", choices=list(SCOPES[granularity] if granularity else ALL_SCOPES),
+                        default=default, help=help)
+
+
 MODEL_HELP = ("a registered model name (`prunekit models`) or your own model: path/to/file.py:ClassName or "
               "package.module:factory (see README, 'Your own model')")
 
@@ -117,9 +177,9 @@ def model_kwargs_from(args: argparse.Namespace, extra_kwargs: dict | None = None
 def add_count_arg(parser: argparse.ArgumentParser) -> None:
     """``--count CONVENTION``: how ``ops`` counts a forward pass (``prunekit.measure.counts.CONVENTIONS``)."""
     parser.add_argument("--count", default="macs", metavar="CONVENTION",
-                        help="operation count convention: macs (conv + linear multiply-accumulates, default), "
-                             "flops (2 × macs), thop or torchprofile (exactly what those libraries report); "
-                             "see docs/measure.md")
+                        help="operation count convention: {conventions} (default macs: conv + linear "
+                             "multiply-accumulates; thop and torchprofile report exactly what those libraries "
+                             "report); see docs/measure.md")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import get_args
 
-from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_data_args, add_deprecated_alias, add_model_relocation_arg,
-                                 add_train_args, data_for, data_source, lock_run_folder, markdown_table, print_json,
+from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_criterion_arg, add_data_args,
+                                 add_deprecated_alias, add_model_relocation_arg, add_scope_arg, add_train_args, data_for, data_source, lock_run_folder, markdown_table, print_json,
                                  train_config_from)
 from prunekit.cli.core import add_model_source_args, epoch_printer, load_model_source
 from prunekit.config import FINETUNE_LR
@@ -53,15 +52,10 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                         help="target fraction in [0, 1) of weights (unstructured) or filters (filter)")
     target.add_argument("--ratios", metavar="FILE",
                         help="YAML of `layer: ratio` (+ optional `default: r`); `prunekit layers CKPT` lists names")
-    p.add_argument("--scope", choices=list(get_args(get_args(PruneConfig.model_fields["scope"].annotation)[0])),
-                   default=None,
-                   help="with --sparsity: one ranking over all layers (global), the same ratio per layer, or one "
+    add_scope_arg(p, help="with --sparsity: one ranking over all layers (global), the same ratio per layer, or one "
                         "ranking of LAMP scores (lamp, unstructured); default: "
                         + ", ".join(f"{s} for {g}" for g, s in DEFAULT_SCOPE.items()))
-    p.add_argument("--criterion", default=None, metavar="NAME",
-                   help="filter score, any registered criterion (checked against the registry; built in: l1 | l2 | "
-                        "bn_scale | random | taylor | fpgm; filter granularity; default l1); unstructured always "
-                        "uses |w|")
+    add_criterion_arg(p, default=None, note="; filter granularity (unstructured always uses |w|)")
     p.add_argument("--recalibrate-bn", type=NON_NEGATIVE_INT, default=0, metavar="N",
                    help="re-estimate BatchNorm statistics on N training batches right after each pruning step, "
                         "before it is evaluated (default: off)")

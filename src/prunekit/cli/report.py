@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, data_for,
+from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_criterion_arg,
+                                 add_data_args, add_scope_arg, data_for,
                                  data_loader, lock_run_folder, markdown_table, print_json)
 from prunekit.cli.core import add_model_source_args, load_model_source
 
@@ -29,8 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "CSV are skipped, so an interrupted sweep continues where it stopped.")
     p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
     add_granularity_args(p)
-    p.add_argument("--scope", choices=["global", "layer"], default="global",
-                   help="one threshold over all layers, or the same rate in each (default: %(default)s)")
+    add_scope_arg(p, default="global", help="one threshold over all layers, or the same rate in each (default: %(default)s)")
     p.add_argument("--from", dest="start", type=FRACTION, default=0.0, help="first rate (default: %(default)s)")
     p.add_argument("--to", dest="stop", type=FRACTION, default=0.95, help="last rate (default: %(default)s)")
     p.add_argument("--steps", type=POSITIVE_INT, default=20, help="number of rates, evenly spaced (default: %(default)s)")
@@ -113,9 +113,7 @@ def add_granularity_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--granularity", choices=list(TARGETS), default="unstructured",
                    help="single weights (fraction of weights) or whole conv filters (fraction of filters)")
-    p.add_argument("--criterion", default="l1", metavar="NAME",
-                   help="filter score, any registered criterion (built in: l1 | l2 | bn_scale | random; filter "
-                        "granularity; default: %(default)s); unstructured ranks by |w|")
+    add_criterion_arg(p, note="; filter granularity (unstructured ranks by |w|)")
     p.add_argument("--include-classifier", action="store_true", help="also prune the classifier")
 
 

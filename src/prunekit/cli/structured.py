@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from prunekit.cli.common import ANY_INT, FRACTION, number  # numeric flags checked where parsed
-from prunekit.cli.common import add_model_relocation_arg, markdown_table, print_json
+from prunekit.cli.common import add_criterion_arg, add_model_relocation_arg, add_scope_arg, markdown_table, print_json
 
 INPUT_SIZE = (3, 32, 32)  # CIFAR images
 CHECK_BATCH = 8  # random images compared before/after shrinking
@@ -36,10 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "stream) uses the ratio of its first named conv")
     target.add_argument("--cfg", metavar="64,M,128,...", help="VGG widths per conv (M = max pool)")
     target.add_argument("--macs-target", type=number(float, 0, 1, low_open=True), metavar="F", help="keep at most this fraction of the MACs")
-    p.add_argument("--criterion", default="l1", metavar="NAME",
-                   help="any registered criterion (built in: l1 | l2 | bn_scale | random; default: %(default)s)")
-    p.add_argument("--scope", choices=["layer", "global"], default=None,
-                   help="layer: same fraction per group; global: one ranking normalised per group "
+    add_criterion_arg(p)
+    add_scope_arg(p, "filter", help="layer: same fraction per group; global: one ranking normalised per group "
                         f"(default: {DEFAULT_SCOPE['filter']}, as `prune --granularity filter`)")
     p.add_argument("--seed", type=ANY_INT, default=0, help="for --criterion random (default: %(default)s)")
     p.add_argument("--exclude", action="append", default=None, metavar="PATTERN",

@@ -106,7 +106,7 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
     image). Give exactly one of ``ratio``, ``ratios`` (per-conv fractions, e.g. from a YAML file;
     ``default`` allowed; a group uses the ratio of its first named producing conv), ``cfg`` (VGG widths)
     or ``macs_target`` (fraction of MACs to keep); or a ``plan`` from :func:`plan_channels`.
-    ``criterion``: a registered channel criterion (l1 | l2 | bn_scale | random, seeded by ``seed``);
+    ``criterion``: a name in :data:`prunekit.prune.importance.CRITERIA` (``random`` is seeded by ``seed``);
     ``scope``: ``layer`` (same fraction per group; the default for filters, see
     :class:`prunekit.config.PruneConfig`) or ``global`` (one normalised ranking). ``exclude``: conv names or
     glob patterns whose groups ``ratio`` leaves whole (e.g. the last conv).
