@@ -24,12 +24,20 @@ _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
     "ConvTranspose2d": (nn.ConvTranspose2d, ("in_channels", "out_channels", "groups")),
     # SyncBatchNorm (distributed training) has the same state and saves as a plain BatchNorm2d
     "BatchNorm2d": ((nn.BatchNorm2d, nn.SyncBatchNorm), ("num_features",)),
+    "BatchNorm1d": (nn.BatchNorm1d, ("num_features",)),
     "Linear": (nn.Linear, ("in_features", "out_features")),
 }
 
 
+def has_shape_record(module_type: type) -> bool:
+    """True when modules of ``module_type`` are recorded by :func:`channel_config` and rebuilt by
+    :func:`apply_channel_config`: the condition for prunekit to resize them (a pruned model must reload)."""
+    return any(issubclass(module_type, cls) for cls, _ in _KINDS.values())
+
+
 def channel_config(model: nn.Module) -> dict[str, dict]:
-    """Channel counts of every Conv2d, ConvTranspose2d, BatchNorm2d, Linear and ZeroPadShortcut, by qualified name.
+    """Channel counts of every module of a recorded kind (:data:`_KINDS`: Conv2d, ConvTranspose2d, BatchNorm1d/2d,
+    Linear, ZeroPadShortcut), by qualified name.
 
     Plain JSON types only; does not modify the model.
     """
@@ -202,11 +210,10 @@ def _new_conv_transpose(old: nn.ConvTranspose2d, c: dict) -> nn.Module:
     )
 
 
-def _new_bn(old: nn.BatchNorm2d, c: dict) -> nn.Module:
-    return nn.BatchNorm2d(
-        c["num_features"], eps=old.eps, momentum=old.momentum, affine=old.affine,
-        track_running_stats=old.track_running_stats, **_factory(old),
-    )
+def _new_bn(old: nn.Module, c: dict) -> nn.Module:
+    kind = nn.BatchNorm1d if c["kind"] == "BatchNorm1d" else nn.BatchNorm2d  # SyncBatchNorm rebuilds as 2d
+    return kind(c["num_features"], eps=old.eps, momentum=old.momentum, affine=old.affine,
+                track_running_stats=old.track_running_stats, **_factory(old))
 
 
 def _new_linear(old: nn.Linear, c: dict) -> nn.Module:
@@ -218,7 +225,7 @@ def _new_shortcut(old: ZeroPadShortcut, c: dict) -> nn.Module:
     return new.to(old.gather_index.device)
 
 
-_BUILDERS = {"Conv2d": _new_conv, "ConvTranspose2d": _new_conv_transpose, "BatchNorm2d": _new_bn,
+_BUILDERS = {"Conv2d": _new_conv, "ConvTranspose2d": _new_conv_transpose, "BatchNorm2d": _new_bn, "BatchNorm1d": _new_bn,
              "Linear": _new_linear, "ZeroPadShortcut": _new_shortcut}
 
 

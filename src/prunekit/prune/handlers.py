@@ -19,6 +19,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.models import ZeroPadShortcut
+from prunekit.models.shapes import has_shape_record
 from prunekit.prune.graph import Layout, ModuleCall, Walker, tensors_in
 
 # --------------------------------------------------------------------------- layers
@@ -53,7 +54,13 @@ LAYERS: list[LayerHandler] = []
 
 
 def register_layer(handler: LayerHandler) -> LayerHandler:
-    """Add ``handler`` to the layer registry (later registrations win); returns it."""
+    """Add ``handler`` to the layer registry (later registrations win); returns it. A handler of a type that
+    :mod:`prunekit.models.shapes` does not record is refused: its pruned widths would not survive save/load."""
+    unrecorded = [t.__name__ for t in handler.types if not has_shape_record(t)]
+    if unrecorded:
+        raise PrunekitError(f"{type(handler).__name__} resizes {', '.join(unrecorded)}, which "
+                            "prunekit.models.shapes does not record; add a shape record (_KINDS and a builder) "
+                            "so a pruned model rebuilds from its checkpoint")
     LAYERS.insert(0, handler)
     return handler
 
