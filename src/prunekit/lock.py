@@ -24,11 +24,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from prunekit.atomic import remove_stale_temp_files
+from prunekit.atomic import pid_alive, remove_stale_temp_files
 from prunekit.errors import PrunekitError
 
 LOCK_NAME = ".prunekit.lock"
 UNREADABLE_LOCK_AGE_S = 10.0  # an empty/garbled lock file older than this is a writer killed while locking
+RECORD_WAIT_S = 1.0  # a starting prunekit writes its record microseconds after creating the file
 
 _held: dict[Path, int] = {}  # folders this process holds, with their nesting depth
 
@@ -46,16 +47,6 @@ def owner_of(path: Path) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else None
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, belongs to someone else
-        return True
-    return True
-
-
 def is_stale(path: Path, owner: dict | None) -> bool:
     """A lock nobody holds any more: its owner is a dead pid of this host, or the file never got its record."""
     if owner is None:
@@ -68,9 +59,29 @@ def is_stale(path: Path, owner: dict | None) -> bool:
 
 def describe(owner: dict | None) -> str:
     if owner is None:
-        return "another process (its lock file is still being written)"
+        return "an unknown process (its lock file holds no owner record)"
     command = f" ({owner['command']})" if owner.get("command") else ""
     return f"process {owner['pid']} on {owner.get('host', '?')}{command}, since {owner.get('started', '?')}"
+
+
+def settled_owner(path: Path) -> dict | None:
+    """:func:`owner_of` ``path``, read again for up to :data:`RECORD_WAIT_S` while it has no record yet (a
+    prunekit that has just created the file is writing it)."""
+    deadline = time.monotonic() + RECORD_WAIT_S
+    owner = owner_of(path)
+    while owner is None and path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        owner = owner_of(path)
+    return owner
+
+
+def unreadable_reason(path: Path) -> str:
+    """Why lock file ``path`` gives no owner record: the OS error reading it, or what is wrong inside."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return "it is empty" if not text.strip() else "it is not a prunekit lock record"
 
 
 def secondary_rank() -> bool:
@@ -87,7 +98,11 @@ def acquire(folder: Path, command: str) -> None:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            owner = owner_of(path)
+            owner = settled_owner(path)
+            if owner is None and not is_stale(path, owner):
+                raise PrunekitError(
+                    f"cannot tell who holds {folder}: its lock file {path} is unreadable ({unreadable_reason(path)})"
+                    f"; if no prunekit is writing there, delete {path}") from None
             if not is_stale(path, owner):
                 raise PrunekitError(
                     f"{folder} is being written by {describe(owner)}; wait for it to finish, or use another "
