@@ -226,7 +226,7 @@ def truncated(value: float, decimals: int = 2) -> str:
 
 def work_name(config: PruneConfig, name: str | None) -> str:
     if name:
-        return name.removesuffix(".pt")
+        return paths.checked_name(name)
     target = f"{config.sparsity:.2f}" if config.sparsity is not None else "ratios"
     return f"{method_label(config)}_{config.granularity}_{target}"
 
@@ -303,7 +303,7 @@ def finish(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_
         "test_loss": test.loss, "test_images": test.images,
         "prune_config": prune_config.model_dump(mode="json"), "train_config": train_config.model_dump(mode="json"),
     }
-    stem = name.removesuffix(".pt") if name else result_name(prune_config, achieved, test.top1)
+    stem = paths.checked_name(name) if name else result_name(prune_config, achieved, test.top1)
     path = save_checkpoint(model, Path(out_dir) / f"{stem}.pt", result_meta)
     return PruneResult(model=model, path=path, rounds=rounds, target=prune_config.sparsity, sparsity=sparsity,
                        filter_sparsity=filters, test_top1=test.top1, test_top5=test.top5, meta=result_meta)

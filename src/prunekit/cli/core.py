@@ -179,6 +179,7 @@ def cmd_train(args) -> int:
         model = None
     seed = (remembered or {}).get("data_seed", config.seed)  # the split seed of the run (older runs: its seed)
     source = data_source(args, remembered, seed)
+    lock_run_folder(args, save)  # before the data loads: a second writer of the folder fails at once
     data = data_for(args, remembered, seed)
     dataset = source.dataset
     if model is None:
@@ -189,7 +190,6 @@ def cmd_train(args) -> int:
             "mean": list(data.info.mean), "std": list(data.info.std), "train_images": len(data.train[1])}
     callbacks = [epoch_printer(data)] + ([EpochSnapshots(model, save, meta)] if args.save_every_epoch else [])
     world_size = requested_world_size()
-    lock_run_folder(args, save)
     if is_main_process():
         print(f"training {arch_label(model.arch)} on {dataset} ({len(data.train[1])} images"
               f"{', SYNTHETIC' if data.synthetic else ''}) for {config.epochs} epochs on "

@@ -210,19 +210,22 @@ def prune_config_from(args, model):
 
 
 def cmd_prune(args) -> int:
+    import prunekit.paths as paths
     from prunekit.checkpoint import load_checkpoint
     from prunekit.pipeline import run_pruning
 
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     prune_config = prune_config_from(args, loaded.model)
     train_config = train_config_from(args)
+    if args.name:
+        paths.checked_name(args.name)  # a path there would write outside --out
+    lock_run_folder(args, args.out)  # before the data loads: a second writer of --out fails at once
     data = data_for(args, loaded)
     meta = {**loaded.meta, **data_source(args, loaded.meta).meta(), "source": str(args.checkpoint)}
     print(f"pruning {args.checkpoint} ({prune_config.granularity}, {prune_config.schedule}, "
           f"{1 if prune_config.schedule == 'oneshot' else prune_config.iterations} round(s), "
           f"{prune_config.finetune_epochs} retraining epoch(s) each) on {data.info.name}"
           f"{' (SYNTHETIC)' if data.synthetic else ''}", flush=True)
-    lock_run_folder(args, args.out)
     result = run_pruning(loaded.model, data, prune_config, train_config, args.out, name=args.name, meta=meta,
                          progress=not args.no_progress, callbacks=[epoch_printer(data)])
     print_prune_summary(result)
@@ -274,8 +277,8 @@ def cmd_finetune(args) -> int:
         args.epochs = FINETUNE_EPOCHS if args.epochs is None else args.epochs
         config = train_config_from(args)
         save = Path(args.save or f"runs/finetune-{Path(args.checkpoint).stem}")
+    lock_run_folder(args, save)  # before the data loads: a second writer fails at once
     data = data_for(args, loaded)
-    lock_run_folder(args, save)
     meta = {**inherited_meta(loaded.meta, data), **data_source(args, loaded.meta).meta(),
             "finetuned_from": loaded.meta.get("finetuned_from", str(source)) if args.resume else str(source)}
     before = sparsity_report(loaded.model)["overall"]
