@@ -8,8 +8,8 @@ from pathlib import Path
 
 from prunekit.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, add_model_args,
                                  add_model_relocation_arg, add_rename_arg, add_train_args, data_for, data_source,
-                                 lock_run_folder, markdown_table, model_from_args, parse_cfg, print_json,
-                                 train_config_from)
+                                 last_train_top1, lock_run_folder, markdown_table, model_from_args, parse_cfg,
+                                 print_json, train_config_from, warn_if_collapsed)
 
 
 SYNTHETIC_NOTE = " (SYNTHETIC data)"  # ends every epoch line of a run on synthetic data
@@ -206,6 +206,7 @@ def cmd_train(args) -> int:
     print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}%  loss {test.loss:.4f} on {test.images} "
           f"{'SYNTHETIC ' if data.synthetic else ''}images; "
           f"{result.seconds:.0f} s; saved {paths.last(save)}")
+    warn_if_collapsed(test, last_train_top1(result.history), "the trained model")
     return 0
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import get_args
 
 from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_data_args, add_deprecated_alias, add_model_relocation_arg,
-                                 add_train_args, data_for, data_source, lock_run_folder, markdown_table, print_json,
-                                 train_config_from)
+                                 add_train_args, data_for, data_source, last_train_top1, lock_run_folder,
+                                 markdown_table, print_json, train_config_from, warn_if_collapsed)
 from prunekit.cli.core import add_model_source_args, epoch_printer, load_model_source
 from prunekit.config import FINETUNE_LR
 
@@ -229,6 +229,9 @@ def cmd_prune(args) -> int:
     result = run_pruning(loaded.model, data, prune_config, train_config, args.out, name=args.name, meta=meta,
                          progress=not args.no_progress, callbacks=[epoch_printer(data)])
     print_prune_summary(result)
+    before = loaded.meta.get("test_top1")
+    warn_if_collapsed(result.test, ("top-1 before pruning", before) if before is not None else None,
+                      "the pruned model")
     return 0
 
 
@@ -294,6 +297,7 @@ def cmd_finetune(args) -> int:
     print(f"weight sparsity {out['sparsity']['overall']:.4f} ({WEIGHT_SPARSITY_MEANING}); test top-1 "
           f"{out['test'].top1:.2f}%  top-5 {out['test'].top5:.2f}%{' on SYNTHETIC data' if data.synthetic else ''}; "
           f"saved {paths.last(save)}")
+    warn_if_collapsed(out["test"], last_train_top1(out["fit"].history), "the fine-tuned model")
     return 0
 
 

@@ -93,9 +93,11 @@ class Metrics:
     top5: float  # percent
     loss: float
     images: int
+    predicted: list[int] | None = None  # images predicted as each class (top-1), not part of as_dict
 
     def as_dict(self, prefix: str = "") -> dict:
-        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+        """The four numbers (``top1``, ``top5``, ``loss``, ``images``) under ``prefix``: one metrics row."""
+        return {f"{prefix}{k}": v for k, v in asdict(self).items() if k != "predicted"}
 
 
 @torch.inference_mode()
@@ -106,6 +108,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, device: torch.device | None
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.int64)
     top5 = torch.zeros((), device=device, dtype=torch.int64)
+    predicted = None
     images = 0
     for x, y in loader:
         with autocast_for(device):
@@ -117,10 +120,13 @@ def evaluate(model: nn.Module, loader: DeviceLoader, device: torch.device | None
         hits = ranked == y[:, None]
         top1 += hits[:, 0].sum()
         top5 += hits.any(dim=1).sum()
+        counts = torch.bincount(ranked[:, 0], minlength=logits.shape[1])
+        predicted = counts if predicted is None else predicted + counts
         images += y.numel()
     if images == 0:
         return Metrics(float("nan"), float("nan"), float("nan"), 0)
-    return Metrics(100.0 * top1.item() / images, 100.0 * top5.item() / images, loss_sum.item() / images, images)
+    return Metrics(100.0 * top1.item() / images, 100.0 * top5.item() / images, loss_sum.item() / images, images,
+                   predicted.tolist())
 
 
 def evaluate_split(model: nn.Module, data: DataBundle, split: str = "test", mean=None, std=None,
