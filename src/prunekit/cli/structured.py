@@ -78,9 +78,12 @@ def cmd_shrink(args) -> int:
 
     loaded = load_checkpoint(args.checkpoint)
     model = loaded.model.eval()
-    before, sparsity = costs(model), filter_sparsity(model, model)
-    if sparsity == 0:
-        raise PrunekitError(nothing_to_shrink(args.checkpoint, loaded.meta))
+    sparsity = filter_sparsity(model, model)
+    if sparsity == 0:  # a notice, not an error: the file is already as small as shrink can make it
+        notice = nothing_to_shrink(args.checkpoint, loaded.meta)
+        print_json({"out": None, "filter_sparsity": 0.0, "notice": notice}) if args.json else print(notice)
+        return 0
+    before = costs(model)
     batch = torch.randn(CHECK_BATCH, *INPUT_SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = model(batch)
@@ -106,13 +109,15 @@ def cmd_shrink(args) -> int:
 
 
 def nothing_to_shrink(path, meta: dict) -> str:
-    """Why ``shrink`` has no filter to remove in the checkpoint at ``path``, and what to pass instead."""
+    """The notice for a checkpoint at ``path`` with no filter to remove: why, and what to pass instead (no file
+    is written)."""
     if meta.get("filter_sparsity") or meta.get("prune_channels") or meta.get("granularity") == "filter":
         removed = f" (filter sparsity {meta['filter_sparsity']:.4f})" if meta.get("filter_sparsity") else ""
-        return (f"{path} has no zeroed filters left: its filters were already removed physically{removed}; "
-                "shrink is for masked files, e.g. the round file OUT/<run>/round_1/round.pt of `prune`")
-    return (f"{path} has no all-zero filter, so there is nothing to remove; prune filters first (`prunekit prune "
-            "--granularity filter` or `prune-channels`)")
+        return (f"nothing to shrink: {path} is already small, its filters were removed physically{removed}; "
+                "use it as it is (no file written). shrink is for masked files, e.g. the round file "
+                "OUT/<run>/round_1/round.pt of `prune`")
+    return (f"nothing to shrink: {path} has no all-zero filter (no file written); prune filters first (`prunekit "
+            "prune --granularity filter` or `prune-channels`)")
 
 
 def target_kwargs(args) -> dict:
