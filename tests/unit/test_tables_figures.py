@@ -132,3 +132,38 @@ def test_run_checkpoints_are_named_by_their_variant_folder(tmp_path):
     assert variant_of(folder / "Omp_filter_0.40_acc_91.20.pt") == "filter-40"  # the pipeline's exact name inside
     assert variant_of(folder / "Omp_filter_0.40_acc_91.20_int8.pt") == "filter-40 int8"
     assert variant_of(tmp_path / "models" / "00_baseline.pt") == "baseline"
+
+
+def test_comparison_labels_never_overprint_each_other_or_a_marker(tmp_path, monkeypatch):
+    """Crowded as in the demo: the unstructured model sits on the baseline's weights and nearly its top-1."""
+    import itertools
+
+    import prunekit.report.plots as plots
+
+    rows = [{"label": "baseline", "top1": 54.0, "weights_bytes": 400_000, "latency_ms": 2.0},
+            {"label": "unstructured-80", "top1": 53.1, "weights_bytes": 400_000, "latency_ms": 2.05},
+            {"label": "baseline int8", "top1": 53.6, "weights_bytes": 110_000, "latency_ms": 1.1, "noisy": True},
+            {"label": "filter-40", "top1": 52.2, "weights_bytes": 150_000, "latency_ms": 1.2},
+            {"label": "filter-40 int8", "top1": 51.9, "weights_bytes": 45_000, "latency_ms": 1.15},
+            {"label": "binary", "top1": 30.0, "weights_bytes": 15_000, "latency_ms": None}]
+    seen = {}
+    original = plots.save_png
+
+    def spy(figure, png, dpi):
+        original(figure, png, dpi)  # lays the figure out as saved
+        renderer = figure.canvas.get_renderer()
+        seen["labels"] = [(t.get_text(), t.get_window_extent(renderer)) for ax in figure.axes for t in ax.texts]
+        seen["markers"] = [plots.marker_box(ax, *c.get_offsets()[0], c.get_sizes()[0], figure.dpi / 72.0)
+                           for ax in figure.axes for c in ax.collections]
+        seen["axes"] = [ax.get_window_extent(renderer) for ax in figure.axes]
+
+    monkeypatch.setattr(plots, "save_png", spy)
+    plots.plot_comparison(rows, tmp_path / "c.png")
+    labels = seen["labels"]
+    assert sorted(text for text, _ in labels) == sorted([r["label"] for r in rows] + [r["label"] for r in rows[:5]])
+    for (a, box_a), (b, box_b) in itertools.combinations(labels, 2):
+        assert plots.overlap_area(box_a, box_b) == 0, (a, b)
+    for (text, box), marker in itertools.product(labels, seen["markers"]):
+        assert plots.overlap_area(box, marker) == 0, text
+    for _, box in labels:
+        assert any(plots.overlap_area(box, axes) == box.width * box.height for axes in seen["axes"])
