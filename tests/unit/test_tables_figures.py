@@ -167,3 +167,34 @@ def test_comparison_labels_never_overprint_each_other_or_a_marker(tmp_path, monk
         assert plots.overlap_area(box, marker) == 0, text
     for _, box in labels:
         assert any(plots.overlap_area(box, axes) == box.width * box.height for axes in seen["axes"])
+
+
+def test_summary_names_the_compact_file_and_the_noisy_measurement():
+    from prunekit.measure.timing import noise_note
+
+    reference = row("dense.pt", top1=54.0)
+    note = noise_note(12.34, 1, "speed-up", (0.41, 1.02, 13.0))
+    unstructured = row("omp.pt", top1=53.0, macs_reduction=1.0, weights_reduction=1.0, compact_reduction=4.4,
+                       speedup=1.02, speedup_q1=0.41, speedup_q3=13.0, noise=note)
+    sentence = model_sentence(unstructured, reference)
+    assert sentence.startswith("same MACs, same weight size, 4.4× smaller compact file, as fast at batch 1 (noisy: "
+                               "speed-up IQR [0.41–13] = 1234% of median 1.02")
+    # the percentage is the one the brackets give, and the table shows the same brackets
+    assert round(100 * (13.0 - 0.41) / 1.02) == 1234
+    (cell,) = [v for k, v in display_rows(Comparison([unstructured], CompareSettings(device="cpu")))[0].items()
+               if k.startswith("speed-up")]
+    assert cell == "1.02× [0.41–13.00] noisy"
+
+
+def test_terminal_table_keeps_the_important_columns_within_the_width():
+    from prunekit.report.tables import markdown_table, terminal_rows
+
+    rows = [row("dense.pt", **timed("cpu", 2.0, 1.0)), row("pruned.pt", top1=53.0, **timed("cpu", 1.0, 2.0))]
+    comparison = Comparison(rows, CompareSettings(device="cpu", batch_size=8))
+    narrow, left_out = terminal_rows(comparison, width=100)
+    assert max(len(line) for line in markdown_table(narrow).splitlines()) <= 100
+    assert list(narrow[0])[:2] == ["model", "top-1 %"]
+    assert "latency ms [IQR]" in narrow[0] and "speed-up" in narrow[0] and left_out
+    assert set(narrow[0]) | set(left_out) == set(display_rows(comparison)[0])
+    tiny, _ = terminal_rows(comparison, width=10)
+    assert list(tiny[0]) == ["model", "top-1 %"]  # never less than the model and its accuracy

@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the rows and the method as JSON (compare.json)")
     output.add_argument("--csv", metavar="FILE", default=None, help="also write the raw rows to FILE as CSV")
+    p.add_argument("--wide", action="store_true",
+                   help="print every column (default: the most important ones that fit 100 characters)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", help="accuracy vs pruning rate, no retraining (CSV + PNG, resumable)",
@@ -200,7 +202,7 @@ def sweep_xlabel(granularity: str, include_classifier: bool) -> str:
 
 def cmd_compare(args) -> int:
     from prunekit.analysis.compare import compare_checkpoints, reference_first, save_comparison_csv
-    from prunekit.report.tables import display_rows
+    from prunekit.report.tables import TERMINAL_WIDTH, display_rows, terminal_rows
 
     paths = reference_first(args.checkpoints, args.reference) if args.reference else args.checkpoints
     settings = compare_settings(args)
@@ -208,7 +210,11 @@ def cmd_compare(args) -> int:
     if args.json:
         print_json(comparison.as_dict())
         return 0
-    print(markdown_table(display_rows(comparison)))
+    rows, left_out = (display_rows(comparison), []) if args.wide else terminal_rows(comparison)
+    print(markdown_table(rows))
+    if left_out:
+        print(f"({len(left_out)} more column(s) to fit {TERMINAL_WIDTH} characters: {', '.join(left_out)}; --wide "
+              "shows every column, --csv/--json keep every number)")
     print(f"\n{comparison.method}")
     for line in comparison.warnings():
         print(f"WARNING {line}")
