@@ -149,7 +149,9 @@ def compare_settings(args: argparse.Namespace):
 
 
 def analysis_setup(args: argparse.Namespace):
-    """The loaded checkpoint, an evaluator with its own normalisation, the output folder and saved settings."""
+    """The loaded checkpoint, an evaluator with its own normalisation, the output folder and saved settings.
+    Side effect: holds the output folder's run lock (taken before the data loads, so a second writer fails at
+    once)."""
     from prunekit.checkpoint import load_checkpoint
     from prunekit.analysis.compare import meta_normalisation
     from prunekit.analysis.results import file_sha256
@@ -157,10 +159,11 @@ def analysis_setup(args: argparse.Namespace):
     from prunekit.train.loop import resolve_device
 
     loaded = load_checkpoint(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "plots"
+    lock_run_folder(args, out)
     data = data_for(args, loaded)
     mean, std = meta_normalisation(loaded.meta, data)
     evaluator = Evaluator(data, mean, std, resolve_device(args.device), args.split)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "plots"
     settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint)}
     return loaded, evaluator, out, settings
 
@@ -231,7 +234,6 @@ def cmd_sweep(args) -> int:
 
     rates = sweep_rates(args.start, args.stop, args.steps)
     loaded, evaluator, out, settings = analysis_setup(args)
-    lock_run_folder(args, out)
     csv_path = out / f"{sweep_name(args.granularity, args.scope, args.start, args.stop)}.csv"
     rows = run_sweep(loaded.model, rates, evaluator, csv_path, args.granularity, args.scope, args.criterion,
                      args.include_classifier, settings, progress=not args.no_progress)
@@ -257,7 +259,6 @@ def cmd_sensitivity(args) -> int:
     sparsities = parse_sparsities(args.sparsities)
     check_suggest_target(args.suggest)
     loaded, evaluator, out, settings = analysis_setup(args)
-    lock_run_folder(args, out)
     csv_path = out / f"sensitivity_{args.granularity}.csv"
     rows = run_sensitivity(loaded.model, sparsities, evaluator, csv_path, args.granularity, args.criterion,
                            args.include_classifier, settings, progress=not args.no_progress)
