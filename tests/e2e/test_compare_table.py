@@ -15,13 +15,19 @@ from prunekit.prune import prune_unstructured
 DATA = ["--dataset", "synthetic", "--no-progress"]
 
 
-def test_compare_table_labels_errors_devices_and_weights(tmp_path, tiny_vgg, capsys):
+def dense_and_pruned(tmp_path, tiny_vgg):
+    """``dense/last.pt`` and ``pruned/last.pt`` (60% unstructured) of the tiny VGG, synthetic-data checkpoints."""
     meta = {"dataset": "synthetic", "num_classes": 10}
     dense = save_checkpoint(tiny_vgg, tmp_path / "dense" / "last.pt", meta)
     pruned_model = copy.deepcopy(tiny_vgg)
     prune_unstructured(pruned_model, 0.6)
     pruned = save_checkpoint(pruned_model, tmp_path / "pruned" / "last.pt",
                              {**meta, "method": "OMP", "granularity": "unstructured"})
+    return dense, pruned
+
+
+def test_compare_table_labels_errors_devices_and_weights(tmp_path, tiny_vgg, capsys):
+    dense, pruned = dense_and_pruned(tmp_path, tiny_vgg)
     assert main(["compare", str(dense), str(pruned), "--device", "cpu,cuda", "--repeats", "3", "--batch-size", "4",
                  "--wide", *DATA]) == 0
     out = capsys.readouterr().out
@@ -63,12 +69,7 @@ def test_device_list_is_checked(tmp_path, tiny_vgg, capsys):
 
 
 def test_compare_table_fits_100_columns_unless_wide(tmp_path, tiny_vgg, capsys):
-    meta = {"dataset": "synthetic", "num_classes": 10}
-    dense = save_checkpoint(tiny_vgg, tmp_path / "dense" / "last.pt", meta)
-    pruned_model = copy.deepcopy(tiny_vgg)
-    prune_unstructured(pruned_model, 0.6)
-    pruned = save_checkpoint(pruned_model, tmp_path / "pruned" / "last.pt",
-                             {**meta, "method": "OMP", "granularity": "unstructured"})
+    dense, pruned = dense_and_pruned(tmp_path, tiny_vgg)
     argv = ["compare", str(dense), str(pruned), "--device", "cpu,cuda", "--repeats", "3", "--batch-size", "4", *DATA]
     assert main(argv) == 0
     out = capsys.readouterr().out
