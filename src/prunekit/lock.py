@@ -3,9 +3,12 @@
 Every command that writes a run folder (``train``, ``finetune``, ``prune``, ``run``, ``sweep``,
 ``sensitivity``) holds :func:`run_lock` on it for as long as it writes. A second writer gets a one-line
 :class:`PrunekitError` naming the process that holds the folder. A lock whose owner is gone (a killed
-process on this host, or a lock file left half-written) is taken over with a notice on stderr, so resuming
-after a crash needs no ``--force``. Taking a lock also removes the temporary files a killed atomic write left
-in the folder (:func:`prunekit.atomic.remove_stale_temp_files`).
+process on this host, or a lock file left half-written for 10 s) is taken over with a notice on stderr, so
+resuming after a crash needs no ``--force``; a younger lock file without an owner record is refused by name
+(it may be a prunekit starting, or a file someone else wrote). Taking a lock also removes the temporary files
+a killed atomic write left in the folder (:func:`prunekit.atomic.remove_stale_temp_files`). Commands lock
+before they load any data, so a second writer fails at once; a folder the lock created and nothing was
+written to is removed again on exit.
 
 The lock is advisory (other programs can still write) and re-entrant within one process: the pipeline may
 lock a folder the command already holds. Processes of another host are never judged dead; delete the lock
@@ -117,18 +120,29 @@ def acquire(folder: Path, command: str) -> None:
     raise PrunekitError(f"could not lock {folder}: {path} keeps reappearing; another prunekit is starting there")
 
 
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty; stop at the first that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: the run wrote something, keep it and its parents
+            return
+
+
 @contextmanager
 def run_lock(folder: str | Path, command: str = "") -> Iterator[Path]:
     """Hold the lock of run folder ``folder`` (created if missing) for the block; yields the folder.
 
-    Side effects: creates ``folder`` and ``folder/.prunekit.lock`` (removed on exit), deletes stale
-    temporary files of killed atomic writes under ``folder``, prints a notice when it takes over a dead
-    owner's lock. Raises :class:`PrunekitError` when a live process holds it.
+    Side effects: creates ``folder`` (removed again on exit, with the parents it created, while they are empty) and
+    ``folder/.prunekit.lock`` (removed on exit), deletes stale temporary files of killed atomic writes under
+    ``folder``, prints a notice when it takes over a dead owner's lock. Raises :class:`PrunekitError` when a
+    live process holds it.
     """
     folder = Path(folder)
     if secondary_rank():
         yield folder
         return
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     key = folder.resolve()
     if key not in _held:
@@ -144,3 +158,4 @@ def run_lock(folder: str | Path, command: str = "") -> Iterator[Path]:
             owner = owner_of(lock_path(folder))
             if owner is not None and owner["pid"] == os.getpid():
                 lock_path(folder).unlink(missing_ok=True)
+            remove_empty(created)

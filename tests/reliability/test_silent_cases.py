@@ -183,6 +183,21 @@ def test_lock_comes_before_the_data(trained, tmp_path, capsys, monkeypatch):
     assert code == 2 and f"process {other.pid}" in one_line_error(err)
 
 
+def test_a_folder_the_lock_created_goes_again_when_nothing_was_written(tmp_path):
+    from prunekit.lock import run_lock
+
+    with run_lock(tmp_path / "new" / "run"):
+        assert (tmp_path / "new" / "run" / ".prunekit.lock").is_file()
+    assert list(tmp_path.iterdir()) == []  # e.g. the data failed to load after the lock was taken
+    with run_lock(tmp_path / "new" / "run"):
+        (tmp_path / "new" / "run" / "last.pt").write_text("kept")
+    assert [p.name for p in (tmp_path / "new" / "run").iterdir()] == ["last.pt"]
+    (tmp_path / "old").mkdir()
+    with run_lock(tmp_path / "old"):
+        pass
+    assert (tmp_path / "old").is_dir()  # not created by the lock: left alone
+
+
 # --- 6, 7, 12-14: prune_channels ---------------------------------------------------------------------------
 
 def tiny(last: int = 16) -> nn.Module:
