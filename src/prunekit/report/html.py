@@ -248,7 +248,7 @@ def model_sentence(row: dict, reference: dict) -> str:
     4.4× smaller compact file, 2.3× faster at batch 1, −4.5 points top-1'`` (a noisy speed-up says so, naming
     the measurement and the quartiles its IQR comes from)."""
     if row is reference:
-        return "the reference every ratio is against" + (f"; its latency is {row['noise']}" if row.get("noise")
+        return "the reference every ratio is against" + (f"; its timing is {row['noise']}" if row.get("noise")
                                                           else "")
     parts = [times(row.get("macs_reduction"), "fewer MACs", "more MACs", "same MACs"),
              times(row.get("weights_reduction"), "smaller weights", "larger weights", "same weight size"),
