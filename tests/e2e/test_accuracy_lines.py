@@ -101,3 +101,17 @@ def test_shrink_on_an_already_small_file_is_a_notice(base, tmp_path, capsys):
     assert not (tmp_path / "again.pt").exists()
     code, out, _ = run(capsys, ["shrink", base, "--out", tmp_path / "again.pt", "--json"])
     assert code == 0 and json.loads(out)["out"] is None and "no all-zero filter" in json.loads(out)["notice"]
+
+
+def test_prune_channels_with_remembered_data_gone_prunes_without_it(tiny_vgg, tmp_path, capsys):
+    from prunekit.checkpoint import save_checkpoint
+
+    gone = tmp_path / "moved-away"
+    save_checkpoint(tiny_vgg, tmp_path / "old.pt", {"dataset": "cifar10", "num_classes": 10, "data_root": str(gone)})
+    code, out, err = run(capsys, ["prune-channels", tmp_path / "old.pt", "--ratio", "0.5", "--out",
+                                  tmp_path / "small.pt", "--json"])
+    assert code == 0 and json.loads(out)["bn_recalibration_batches"] == 0
+    assert f"no longer at {gone}" in err and "--data DIR" in err
+    code, _, err = run(capsys, ["prune-channels", tmp_path / "old.pt", "--ratio", "0.5", "--recalibrate-bn", "4",
+                                "--out", tmp_path / "small.pt"])
+    assert code == 2 and "no longer at" in err  # asked for: the one-line data error

@@ -200,12 +200,21 @@ def print_prune_channels_summary(args, before: dict, after: dict, sparsity: floa
 def known_data(args, loaded):
     """The checkpoint's data, normalised as it was trained, when it is known (the checkpoint remembers its
     folder or is synthetic, or ``--data``/``--dataset`` name one) or ``--recalibrate-bn N > 0`` asks for it;
-    else None (``--recalibrate-bn`` then defaults to 0 and no accuracy is measured)."""
+    else None (``--recalibrate-bn`` then defaults to 0 and no accuracy is measured). A remembered folder
+    that is gone counts as unknown, with a note on stderr, unless the data was asked for."""
+    import sys
+    from pathlib import Path
+
     from prunekit.pipeline import with_normalisation
 
     meta = loaded.meta
-    known = args.data or args.dataset or meta.get("data_root") or meta.get("dataset") == "synthetic"
-    if not known and not args.recalibrate_bn:
+    asked = args.data or args.dataset or args.recalibrate_bn
+    remembered = meta.get("data_root") or meta.get("dataset") == "synthetic"
+    if not asked and meta.get("data_root") and not Path(meta["data_root"]).exists():
+        print(f"note: the data {args.checkpoint} was made with is no longer at {meta['data_root']}: no BN "
+              "re-estimation and no accuracy (pass --data DIR to have both)", file=sys.stderr)
+        return None
+    if not (asked or remembered):
         return None
     return with_normalisation(data_for(args, loaded), meta)
 
