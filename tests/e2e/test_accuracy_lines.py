@@ -115,3 +115,14 @@ def test_prune_channels_with_remembered_data_gone_prunes_without_it(tiny_vgg, tm
     code, _, err = run(capsys, ["prune-channels", tmp_path / "old.pt", "--ratio", "0.5", "--recalibrate-bn", "4",
                                 "--out", tmp_path / "small.pt"])
     assert code == 2 and "no longer at" in err  # asked for: the one-line data error
+
+
+def test_evaluate_warns_about_a_model_that_predicts_one_class(tiny_vgg, tmp_path, capsys):
+    from prunekit.checkpoint import save_checkpoint
+
+    with torch.no_grad():
+        tiny_vgg.classifier.weight.zero_()
+        tiny_vgg.classifier.bias.copy_(torch.arange(10.0))  # class 9 wins for every image
+    save_checkpoint(tiny_vgg, tmp_path / "one.pt", {"dataset": "synthetic", "num_classes": 10})
+    code, _, err = run(capsys, ["evaluate", tmp_path / "one.pt", *DATA])
+    assert code == 0 and "warning: the model predicts class 9 for 100% of the" in err

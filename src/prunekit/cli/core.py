@@ -231,6 +231,7 @@ def cmd_evaluate(args) -> int:
         if not loaded.meta.get("mean") and args.normalize is None:
             print(f"hint: these weights were fed inputs normalised with {dataset}'s mean/std; if they were trained "
                   "with another (akamaster's CIFAR ResNets use ImageNet's), pass --normalize imagenet")
+    warn_if_collapsed(metrics)
     return 0
 
 
