@@ -6,9 +6,10 @@ so a crash or an interruption never leaves a half-written file where a good one 
 never share a temporary name. The result gets the permissions an ordinary ``open(path, "w")`` would
 give (the process umask), not ``mkstemp``'s private 0600. Imports only the standard library.
 
-A temporary file is named ``.NAME.XXXXXXXX.tmp`` (plus an extension a writer may need, e.g.
-``.tmp.onnx``); a write killed by ``kill -9`` or a power cut can leave one behind, which
-:func:`remove_stale_temp_files` deletes (the run-folder lock calls it when a command starts in a folder).
+A temporary file is named ``.NAME.PID-XXXXXXXX.tmp`` (plus an extension a writer may need, e.g.
+``.tmp.onnx``; files of older versions lack ``PID-``); a write killed by ``kill -9`` or a power cut can
+leave one behind, which :func:`remove_stale_temp_files` deletes: every atomic write does so in its own
+folder, and the run-folder lock under the whole folder when a command starts there.
 """
 
 from __future__ import annotations
@@ -31,26 +32,55 @@ def current_umask() -> int:
 
 
 TEMP_SUFFIX = ".tmp"
-# ``.NAME.`` + mkstemp's 8 random characters + ``.tmp`` (+ an optional extension)
-TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+# ``.NAME.`` + the writer's pid and ``-`` (absent in older files) + mkstemp's 8 random characters + ``.tmp``
+# (+ an optional extension)
+TEMP_PATTERN = re.compile(r"^\.(?P<dest>.+?)\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp(?P<ext>\.[A-Za-z0-9]+)?$")
 STALE_TEMP_AGE_S = 10.0  # younger temporaries may belong to a write still in progress
 
 
-def remove_stale_temp_files(folder: str | Path, min_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
-    """Delete the temporary files of killed atomic writes under ``folder`` (recursively) that were last
-    modified at least ``min_age_s`` seconds ago. Returns the removed paths; unreadable folders are skipped."""
+def pid_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists on this host (also one of another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, belongs to someone else
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def is_stale_temp(path: Path, now: float, min_age_s: float) -> bool:
+    """A temporary file of a killed write: named like one, unmodified for ``min_age_s`` seconds, and (when its
+    name records the writer's pid) that process is gone."""
+    match = TEMP_PATTERN.match(path.name)
+    if match is None:
+        return False
+    try:
+        if now - path.lstat().st_mtime < min_age_s:
+            return False
+    except OSError:
+        return False
+    return match.group("pid") is None or not pid_alive(int(match.group("pid")))
+
+
+def remove_stale_temp_files(folder: str | Path, min_age_s: float = STALE_TEMP_AGE_S,
+                            recursive: bool = True) -> list[Path]:
+    """Delete the temporary files of killed atomic writes (:func:`is_stale_temp`) in ``folder`` (and its
+    subfolders when ``recursive``). Returns the removed paths; unreadable folders are skipped."""
     removed, now = [], time.time()
     for directory, _, names in os.walk(folder):
         for name in names:
-            if not TEMP_PATTERN.match(name):
-                continue
             path = Path(directory) / name
-            try:
-                if now - path.lstat().st_mtime >= min_age_s:
+            if is_stale_temp(path, now, min_age_s):
+                try:
                     path.unlink()
                     removed.append(path)
-            except OSError:
-                continue
+                except OSError:
+                    continue
+        if not recursive:
+            break
     return removed
 
 
@@ -59,11 +89,14 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a unique temporary path beside ``path``; when the block finishes without an exception the
     temporary file is fsynced and renamed to ``path``, else it is removed and ``path`` is left as it was.
     For writers that need a file name (e.g. ``torch.onnx.export``); ``suffix`` is appended after
-    ``.tmp`` (``".onnx"`` → ``.NAME.XXXXXXXX.tmp.onnx``). Creates the parent folder."""
+    ``.tmp`` (``".onnx"`` → ``.NAME.PID-XXXXXXXX.tmp.onnx``). Creates the parent folder and first deletes
+    the stale temporaries of killed writes in it (:func:`remove_stale_temp_files`, not recursive), so a
+    ``kill -9`` leaves no full-size litter beyond the next write to that folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path.parent, recursive=False)
     suffix = suffix if suffix.startswith(TEMP_SUFFIX) else TEMP_SUFFIX + suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -122,6 +155,4 @@ def destination_of(path: str | os.PathLike) -> str:
     any other path unchanged."""
     path = Path(path)
     match = TEMP_PATTERN.match(path.name)
-    if match is None:
-        return str(path)
-    return str(path.with_name(path.name[1:].rsplit(".", 2 if match.group(1) is None else 3)[0]))
+    return str(path) if match is None else str(path.with_name(match.group("dest")))

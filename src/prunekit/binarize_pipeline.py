@@ -14,6 +14,7 @@ from typing import Sequence
 
 from torch import nn
 
+import prunekit.paths as paths
 from prunekit.binarize import BinarizeConfig, binarize_model, select_layers
 from prunekit.checkpoint import resume_point, save_checkpoint
 from prunekit.config import TrainConfig
@@ -62,7 +63,7 @@ def run_binarization(model: nn.Module, data: DataBundle, config: BinarizeConfig,
     layers = select_layers(model, config.layers, config.keep_first_last)
     binarize_model(model, layers, config.method, config.activations)
     before = evaluate_split(model, data, "test", device=device)
-    work = Path(out_dir) / (name.removesuffix(".pt") if name else f"Bin_{config.method}_{config.activations}")
+    work = Path(out_dir) / (paths.checked_name(name) if name else f"Bin_{config.method}_{config.activations}")
     if config.finetune_epochs:
         resumed = resume_point(work)
         if resumed is not None:
@@ -80,7 +81,7 @@ def run_binarization(model: nn.Module, data: DataBundle, config: BinarizeConfig,
         "fp32_top1": fp32.top1, "binarized_top1": before.top1, "test_top1": after.top1, "test_top5": after.top5,
         "test_loss": after.loss, "test_images": after.images, "nonzero_params": count_nonzero_parameters(model),
     }
-    stem = name.removesuffix(".pt") if name else result_stem(config, after.top1)
+    stem = paths.checked_name(name) if name else result_stem(config, after.top1)
     path = save_checkpoint(model, Path(out_dir) / f"{stem}.pt", result_meta)
     return BinarizeResult(model=model, path=path, layers=layers, fp32_top1=fp32.top1, binarized_top1=before.top1,
                           test_top1=after.top1, test_top5=after.top5, meta=result_meta)

@@ -39,7 +39,7 @@ from torch import nn
 
 from prunekit.atomic import atomic_write
 import prunekit.paths as paths
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, require_file
 from prunekit.binarize import binarization_spec, latent_weights, restore_binarization
 from prunekit.masking import Masks, apply_masks, effective_state_dict, extract_masks
 from prunekit.models import build_model, is_reference, saved_arch
@@ -171,8 +171,7 @@ def read_checkpoint_file(path: str | Path) -> dict:
     """Load the raw dict with ``weights_only=True``; clear errors for missing, corrupt (including a tensor
     checksum mismatch) or foreign files."""
     path = Path(path)
-    if not path.is_file():
-        raise PrunekitError(f"checkpoint not found: {path}")
+    require_file(path, "checkpoint")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/corrupt/unsafe files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Literal
 
@@ -9,21 +10,59 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict:
-    """The mapping in the YAML file ``path``; clear errors for a missing file, bad YAML or a non-mapping."""
+    """The mapping in the YAML file ``path``; one-line errors for a missing file or a folder, bad YAML, a key
+    written twice (plain YAML would keep the last value silently) or a non-mapping."""
     import yaml
 
-    from prunekit.errors import PrunekitError
+    from prunekit.errors import PrunekitError, require_file
 
     path = Path(path)
-    if not path.is_file():
-        raise PrunekitError(f"{what} not found: {path}")
+    require_file(path, what)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=unique_key_loader())
+    except DuplicateKeyError as exc:
+        raise PrunekitError(f"{path}: key {exc.key!r} appears twice (lines {exc.first} and {exc.second}) in this "
+                            f"{what}; keep one of them") from None
     except yaml.YAMLError as exc:
-        raise PrunekitError(f"{path} is not valid YAML: {exc}") from None
+        raise PrunekitError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise PrunekitError(f"{path} must be a YAML mapping ({what})")
     return data
+
+
+class DuplicateKeyError(Exception):
+    """A mapping key written twice in a YAML file (``first``/``second``: 1-based line numbers)."""
+
+    def __init__(self, key, first: int, second: int):
+        super().__init__(f"duplicate key {key!r} on lines {first} and {second}")
+        self.key, self.first, self.second = key, first, second
+
+
+def unique_key_loader():
+    """A ``yaml.SafeLoader`` subclass that raises :class:`DuplicateKeyError` for a key repeated in one mapping
+    (built on first use so importing this module does not import yaml)."""
+    global _UNIQUE_KEY_LOADER
+    if _UNIQUE_KEY_LOADER is None:
+        import yaml
+
+        class UniqueKeyLoader(yaml.SafeLoader):
+            def construct_mapping(self, node, deep=False):
+                seen = {}
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    if not isinstance(key, Hashable):
+                        continue  # SafeLoader reports an unhashable key itself
+                    if key in seen:
+                        raise DuplicateKeyError(key, seen[key], line)
+                    seen[key] = line
+                return super().construct_mapping(node, deep)
+
+        _UNIQUE_KEY_LOADER = UniqueKeyLoader
+    return _UNIQUE_KEY_LOADER
+
+
+_UNIQUE_KEY_LOADER = None
 
 
 FINETUNE_LR = 0.01  # peak lr of masked retraining (prune, finetune, experiment variants): a tenth of from scratch

@@ -10,7 +10,7 @@ A pruning schedule (``pipeline.run_pruning``) in ``OUT/<work name>/``, one folde
     OUT/<work name>/round_<k>/round.pt  the finished round
 
 An experiment (``prunekit run``) in ``RUN/``: see :mod:`prunekit.experiment.runner`; its stage files are
-named here too. Only the standard library is imported.
+named here too. Only the standard library (and prunekit.errors) is imported.
 """
 
 from __future__ import annotations
@@ -57,6 +57,19 @@ def train_config(run_dir: str | Path) -> Path:
 
 
 # --- a pruning schedule ------------------------------------------------------------------------------------
+
+def checked_name(name: str) -> str:
+    """A result's chosen name (``--name``) without ``.pt``, checked to be a plain file name, so the result and
+    its work folder stay inside the output folder. Raises PrunekitError for a path (``../x``, ``a/b``) or an
+    empty name."""
+    from prunekit.errors import PrunekitError
+
+    stem = name.removesuffix(".pt")
+    if stem in ("", ".", "..") or "/" in stem or "\\" in stem or Path(stem).is_absolute():
+        raise PrunekitError(f"--name {name!r} is not a plain file name; give a name without folders (e.g. "
+                            "pruned80): the result is written into --out, choose the folder there")
+    return stem
+
 
 def round_dir(work: str | Path, k: int) -> Path:
     """The folder of round ``k`` (from 1) of the pruning run in ``work``."""

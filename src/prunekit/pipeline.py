@@ -43,7 +43,7 @@ from prunekit.measure import count_macs, count_nonzero_parameters, count_paramet
 from prunekit.prune import apply_masks, compute_masks, extract_masks, make_permanent, sparsity_of, sparsity_report
 from prunekit.prune.allocate import round_fraction
 from prunekit.prune.granularity import get_granularity
-from prunekit.train import Callback, evaluate_split, fit, resolve_device
+from prunekit.train import Callback, Metrics, evaluate_split, fit, resolve_device
 from prunekit.train.bn import recalibrate_bn
 from prunekit.train.distill import KnowledgeDistillation
 from prunekit.train.loop import sample_batches
@@ -66,6 +66,7 @@ class PruneResult:
     test_top1: float = float("nan")
     test_top5: float = float("nan")
     meta: dict = field(default_factory=dict)
+    test: Metrics | None = None  # the test evaluation of the result (with its predicted-class counts)
 
 
 def method_label(config: PruneConfig) -> str:
@@ -226,7 +227,7 @@ def truncated(value: float, decimals: int = 2) -> str:
 
 def work_name(config: PruneConfig, name: str | None) -> str:
     if name:
-        return name.removesuffix(".pt")
+        return paths.checked_name(name)
     target = f"{config.sparsity:.2f}" if config.sparsity is not None else "ratios"
     return f"{method_label(config)}_{config.granularity}_{target}"
 
@@ -304,10 +305,11 @@ def finish(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_
         "test_loss": test.loss, "test_images": test.images,
         "prune_config": prune_config.model_dump(mode="json"), "train_config": train_config.model_dump(mode="json"),
     }
-    stem = name.removesuffix(".pt") if name else result_name(prune_config, achieved, test.top1)
+    stem = paths.checked_name(name) if name else result_name(prune_config, achieved, test.top1)
     path = save_checkpoint(model, Path(out_dir) / f"{stem}.pt", result_meta)
     return PruneResult(model=model, path=path, rounds=rounds, target=prune_config.sparsity, sparsity=sparsity,
-                       filter_sparsity=filters, test_top1=test.top1, test_top5=test.top5, meta=result_meta)
+                       filter_sparsity=filters, test_top1=test.top1, test_top5=test.top5, meta=result_meta,
+                       test=test)
 
 
 def finetune(model: nn.Module, data: DataBundle, train_config: TrainConfig, run_dir: str | Path,

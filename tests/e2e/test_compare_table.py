@@ -15,15 +15,21 @@ from prunekit.prune import prune_unstructured
 DATA = ["--dataset", "synthetic", "--no-progress"]
 
 
-def test_compare_table_labels_errors_devices_and_weights(tmp_path, tiny_vgg, capsys):
+def dense_and_pruned(tmp_path, tiny_vgg):
+    """``dense/last.pt`` and ``pruned/last.pt`` (60% unstructured) of the tiny VGG, synthetic-data checkpoints."""
     meta = {"dataset": "synthetic", "num_classes": 10}
     dense = save_checkpoint(tiny_vgg, tmp_path / "dense" / "last.pt", meta)
     pruned_model = copy.deepcopy(tiny_vgg)
     prune_unstructured(pruned_model, 0.6)
     pruned = save_checkpoint(pruned_model, tmp_path / "pruned" / "last.pt",
                              {**meta, "method": "OMP", "granularity": "unstructured"})
+    return dense, pruned
+
+
+def test_compare_table_labels_errors_devices_and_weights(tmp_path, tiny_vgg, capsys):
+    dense, pruned = dense_and_pruned(tmp_path, tiny_vgg)
     assert main(["compare", str(dense), str(pruned), "--device", "cpu,cuda", "--repeats", "3", "--batch-size", "4",
-                 *DATA]) == 0
+                 "--wide", *DATA]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("| model |"))
     for heading in ("top-1 err %", "top-5 err %", "| file |", "| weights |", "latency ms [IQR] cpu",
@@ -60,3 +66,20 @@ def test_device_list_is_checked(tmp_path, tiny_vgg, capsys):
     path = save_checkpoint(tiny_vgg, tmp_path / "m.pt", {"dataset": "synthetic", "num_classes": 10})
     assert main(["compare", str(path), "--device", "cpu,tpu", *DATA]) != 0
     assert "--device cpu,tpu: give cpu, cuda or cpu,cuda" in capsys.readouterr().err
+
+
+def test_compare_table_fits_100_columns_unless_wide(tmp_path, tiny_vgg, capsys):
+    dense, pruned = dense_and_pruned(tmp_path, tiny_vgg)
+    argv = ["compare", str(dense), str(pruned), "--device", "cpu,cuda", "--repeats", "3", "--batch-size", "4", *DATA]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert max(len(line) for line in table) <= 100
+    header = table[0]
+    for heading in ("| model |", "| top-1 % |", "latency ms [IQR] cpu", "speed-up cpu"):
+        assert heading in header, heading
+    note = next(line for line in out.splitlines() if "more column(s) to fit 100 characters" in line)
+    assert "--wide shows every column" in note and "peak mem" in note
+    assert main([*argv, "--wide"]) == 0
+    wide = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert wide[0].count("|") > header.count("|") and "peak mem" in wide[0]

@@ -84,6 +84,10 @@ def test_run_writes_every_stage_and_resumes(tmp_path, capsys):
     assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "baseline: done" in out and "variant filter: done" in out and "epoch" not in out
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert table and max(len(line) for line in table) <= 100  # the terminal table fits; compare.md has it all
+    full_header = (run / "compare.md").read_text().splitlines()[0]
+    assert full_header.count("|") >= table[0].count("|") and "peak mem" in full_header
     assert len(stamps) == 5 and stamps == {p: p.stat().st_mtime_ns for p in (run / "models").rglob("*.pt")}
 
 

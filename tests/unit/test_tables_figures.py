@@ -132,3 +132,69 @@ def test_run_checkpoints_are_named_by_their_variant_folder(tmp_path):
     assert variant_of(folder / "Omp_filter_0.40_acc_91.20.pt") == "filter-40"  # the pipeline's exact name inside
     assert variant_of(folder / "Omp_filter_0.40_acc_91.20_int8.pt") == "filter-40 int8"
     assert variant_of(tmp_path / "models" / "00_baseline.pt") == "baseline"
+
+
+def test_comparison_labels_never_overprint_each_other_or_a_marker(tmp_path, monkeypatch):
+    """Crowded as in the demo: the unstructured model sits on the baseline's weights and nearly its top-1."""
+    import itertools
+
+    import prunekit.report.plots as plots
+
+    rows = [{"label": "baseline", "top1": 54.0, "weights_bytes": 400_000, "latency_ms": 2.0},
+            {"label": "unstructured-80", "top1": 53.1, "weights_bytes": 400_000, "latency_ms": 2.05},
+            {"label": "baseline int8", "top1": 53.6, "weights_bytes": 110_000, "latency_ms": 1.1, "noisy": True},
+            {"label": "filter-40", "top1": 52.2, "weights_bytes": 150_000, "latency_ms": 1.2},
+            {"label": "filter-40 int8", "top1": 51.9, "weights_bytes": 45_000, "latency_ms": 1.15},
+            {"label": "binary", "top1": 30.0, "weights_bytes": 15_000, "latency_ms": None}]
+    seen = {}
+    original = plots.save_png
+
+    def spy(figure, png, dpi):
+        original(figure, png, dpi)  # lays the figure out as saved
+        renderer = figure.canvas.get_renderer()
+        seen["labels"] = [(t.get_text(), t.get_window_extent(renderer)) for ax in figure.axes for t in ax.texts]
+        seen["markers"] = [plots.marker_box(ax, *c.get_offsets()[0], c.get_sizes()[0], figure.dpi / 72.0)
+                           for ax in figure.axes for c in ax.collections]
+        seen["axes"] = [ax.get_window_extent(renderer) for ax in figure.axes]
+
+    monkeypatch.setattr(plots, "save_png", spy)
+    plots.plot_comparison(rows, tmp_path / "c.png")
+    labels = seen["labels"]
+    assert sorted(text for text, _ in labels) == sorted([r["label"] for r in rows] + [r["label"] for r in rows[:5]])
+    for (a, box_a), (b, box_b) in itertools.combinations(labels, 2):
+        assert plots.overlap_area(box_a, box_b) == 0, (a, b)
+    for (text, box), marker in itertools.product(labels, seen["markers"]):
+        assert plots.overlap_area(box, marker) == 0, text
+    for _, box in labels:
+        assert any(plots.overlap_area(box, axes) == box.width * box.height for axes in seen["axes"])
+
+
+def test_summary_names_the_compact_file_and_the_noisy_measurement():
+    from prunekit.measure.timing import noise_note
+
+    reference = row("dense.pt", top1=54.0)
+    note = noise_note(12.34, 1, "speed-up", (0.41, 1.02, 13.0))
+    unstructured = row("omp.pt", top1=53.0, macs_reduction=1.0, weights_reduction=1.0, compact_reduction=4.4,
+                       speedup=1.02, speedup_q1=0.41, speedup_q3=13.0, noise=note)
+    sentence = model_sentence(unstructured, reference)
+    assert sentence.startswith("same MACs, same weight size, 4.4× smaller compact file, as fast at batch 1 (noisy: "
+                               "speed-up IQR [0.41–13] = 1234% of median 1.02")
+    # the percentage is the one the brackets give, and the table shows the same brackets
+    assert round(100 * (13.0 - 0.41) / 1.02) == 1234
+    (cell,) = [v for k, v in display_rows(Comparison([unstructured], CompareSettings(device="cpu")))[0].items()
+               if k.startswith("speed-up")]
+    assert cell == "1.02× [0.41–13.00] noisy"
+
+
+def test_terminal_table_keeps_the_important_columns_within_the_width():
+    from prunekit.report.tables import markdown_table, terminal_rows
+
+    rows = [row("dense.pt", **timed("cpu", 2.0, 1.0)), row("pruned.pt", top1=53.0, **timed("cpu", 1.0, 2.0))]
+    comparison = Comparison(rows, CompareSettings(device="cpu", batch_size=8))
+    narrow, left_out = terminal_rows(comparison, width=100)
+    assert max(len(line) for line in markdown_table(narrow).splitlines()) <= 100
+    assert list(narrow[0])[:2] == ["model", "top-1 %"]
+    assert "latency ms [IQR]" in narrow[0] and "speed-up" in narrow[0] and left_out
+    assert set(narrow[0]) | set(left_out) == set(display_rows(comparison)[0])
+    tiny, _ = terminal_rows(comparison, width=10)
+    assert list(tiny[0]) == ["model", "top-1 %"]  # never less than the model and its accuracy

@@ -275,15 +275,18 @@ def time_rows(rows: list[dict], models: list[nn.Module], device: str, settings: 
         row, t = rows[i], single[i]
         values = {"latency_ms": t.per_image_ms, "latency_q1_ms": t.q1_ms, "latency_q3_ms": t.q3_ms,
                   "latency_spread": t.spread, "throughput_ips": batched[i].images_per_second}
-        spreads = [t.spread, batched[i].spread]
+        b = batched[i]
+        spreads = {"latency": (t.spread, (t.q1_ms / t.batch_size, t.per_image_ms, t.q3_ms / t.batch_size)),
+                   f"batch-{b.batch_size} time": (b.spread, (b.q1_ms, b.median_ms, b.q3_ms))}
         if reference is not None:
             speedup = paired_ratio(single[reference], t)
-            throughput = paired_ratio(batched[reference], batched[i])
+            throughput = paired_ratio(batched[reference], b)
             values.update(speedup=speedup.median, speedup_q1=speedup.q1, speedup_q3=speedup.q3,
                           throughput_ratio=throughput.median)
-            spreads += [speedup.spread, throughput.spread]
-        worst = max(spreads)
-        values["noise"] = noise_note(worst, threads) if worst > NOISY_IQR else None
+            spreads.update({"speed-up": (speedup.spread, (speedup.q1, speedup.median, speedup.q3)),
+                            "throughput ratio": (throughput.spread, (throughput.q1, throughput.median, throughput.q3))})
+        what, (worst, quartiles) = max(spreads.items(), key=lambda item: item[1][0])
+        values["noise"] = noise_note(worst, threads, what, quartiles) if worst > NOISY_IQR else None
         row.update({f"{k}_{device}": v for k, v in values.items()})
     for model in placed:
         model.to("cpu")

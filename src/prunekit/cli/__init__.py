@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # argparse has printed usage and the error (or --help): return its status
             return exc.code if isinstance(exc.code, int) else 2
+        refuse_empty_values(args)
         with contextlib.ExitStack() as stack:
             args.exit_stack = stack
             return args.func(args) or 0
@@ -78,6 +79,22 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"prunekit {command}: error: {message}", file=sys.stderr)
         return 2
+
+
+PATH_DESTS = {"out", "save", "name", "data", "resume", "weights", "ratios", "rewind_to", "teacher", "checkpoint",
+              "run_dir", "csv", "experiment"}  # options and positionals that name a file or folder
+
+
+def refuse_empty_values(args: argparse.Namespace) -> None:
+    """PrunekitError naming the first option given as an empty string (``--out ''``): an empty path would
+    otherwise mean the current folder or the default one, silently."""
+    from prunekit.errors import PrunekitError
+
+    for dest, value in vars(args).items():
+        if value == "" and dest != "command":
+            flag = POSITIONAL_NAMES.get(dest, f"--{dest.replace('_', '-')}")
+            what = "name a file or folder" if dest in PATH_DESTS else "give it a value"
+            raise PrunekitError(f"{flag} is empty (''); {what}, or leave the option out where it has a default")
 
 
 def user_message(exc: BaseException, flags: dict) -> str | None:

@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_binarize(args) -> int:
+    import prunekit.paths as paths
     from prunekit.binarize import BinarizeConfig, binarized_layers
     from prunekit.binarize_pipeline import run_binarization
     from prunekit.checkpoint import load_checkpoint
@@ -53,9 +54,11 @@ def cmd_binarize(args) -> int:
     config = BinarizeConfig(method=args.method, keep_first_last=args.keep_first_last, activations=args.activations,
                             finetune_epochs=args.epochs,
                             layers=[p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None)
+    if args.name:
+        paths.checked_name(args.name)  # a path there would write outside --out
+    lock_run_folder(args, args.out)  # before the data loads: a second writer of --out fails at once
     data = data_for(args, loaded)
     meta = {**loaded.meta, **data_source(args, loaded.meta).meta(), "source": str(args.checkpoint)}
-    lock_run_folder(args, args.out)
     print(f"binarizing {args.checkpoint} ({config.method}, activations {config.activations}) and fine-tuning "
           f"{config.finetune_epochs} epoch(s) on {data.info.name}{' (SYNTHETIC)' if data.synthetic else ''}", flush=True)
     result = run_binarization(loaded.model, data, config, train_config_from(args), args.out, name=args.name,

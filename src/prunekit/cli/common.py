@@ -308,6 +308,21 @@ def train_config_from(args: argparse.Namespace):
     return TrainConfig(**{k: getattr(args, k) for k in fields if getattr(args, k, None) is not None})
 
 
+def warn_if_collapsed(metrics, reference: tuple[str, float] | None = None, what: str = "the model") -> None:
+    """Print :func:`prunekit.train.health.collapse_warning`'s line on stderr when ``metrics`` show a collapse."""
+    from prunekit.train.health import collapse_warning
+
+    warning = collapse_warning(metrics, reference, what)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
+def last_train_top1(history: list[dict]) -> tuple[str, float] | None:
+    """``("training top-1", percent)`` of a fit's last epoch, the reference of a collapse warning; None when
+    no epoch ran."""
+    return ("training top-1", history[-1]["train_top1"]) if history else None
+
+
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from prunekit.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, add_model_args,
                                  add_model_relocation_arg, add_rename_arg, add_train_args, data_for, data_source,
-                                 lock_run_folder, markdown_table, model_from_args, parse_cfg, print_json,
-                                 train_config_from)
+                                 last_train_top1, lock_run_folder, markdown_table, model_from_args, parse_cfg,
+                                 print_json, train_config_from, warn_if_collapsed)
 
 
 SYNTHETIC_NOTE = " (SYNTHETIC data)"  # ends every epoch line of a run on synthetic data
@@ -179,6 +179,7 @@ def cmd_train(args) -> int:
         model = None
     seed = (remembered or {}).get("data_seed", config.seed)  # the split seed of the run (older runs: its seed)
     source = data_source(args, remembered, seed)
+    lock_run_folder(args, save)  # before the data loads: a second writer of the folder fails at once
     data = data_for(args, remembered, seed)
     dataset = source.dataset
     if model is None:
@@ -189,7 +190,6 @@ def cmd_train(args) -> int:
             "mean": list(data.info.mean), "std": list(data.info.std), "train_images": len(data.train[1])}
     callbacks = [epoch_printer(data)] + ([EpochSnapshots(model, save, meta)] if args.save_every_epoch else [])
     world_size = requested_world_size()
-    lock_run_folder(args, save)
     if is_main_process():
         print(f"training {arch_label(model.arch)} on {dataset} ({len(data.train[1])} images"
               f"{', SYNTHETIC' if data.synthetic else ''}) for {config.epochs} epochs on "
@@ -206,6 +206,7 @@ def cmd_train(args) -> int:
     print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}%  loss {test.loss:.4f} on {test.images} "
           f"{'SYNTHETIC ' if data.synthetic else ''}images; "
           f"{result.seconds:.0f} s; saved {paths.last(save)}")
+    warn_if_collapsed(test, last_train_top1(result.history), "the trained model")
     return 0
 
 
@@ -230,6 +231,7 @@ def cmd_evaluate(args) -> int:
         if not loaded.meta.get("mean") and args.normalize is None:
             print(f"hint: these weights were fed inputs normalised with {dataset}'s mean/std; if they were trained "
                   "with another (akamaster's CIFAR ResNets use ImageNet's), pass --normalize imagenet")
+    warn_if_collapsed(metrics)
     return 0
 
 

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_criterion_arg, add_data_args,
-                                 add_deprecated_alias, add_model_relocation_arg, add_scope_arg, add_train_args, data_for, data_source, lock_run_folder, markdown_table, print_json,
-                                 train_config_from)
+                                 add_deprecated_alias, add_model_relocation_arg, add_scope_arg, add_train_args, data_for,
+                                 data_source, last_train_top1, lock_run_folder, markdown_table, print_json,
+                                 train_config_from, warn_if_collapsed)
 from prunekit.cli.core import add_model_source_args, epoch_printer, load_model_source
 from prunekit.config import FINETUNE_LR
 
@@ -204,22 +205,28 @@ def prune_config_from(args, model):
 
 
 def cmd_prune(args) -> int:
+    import prunekit.paths as paths
     from prunekit.checkpoint import load_checkpoint
     from prunekit.pipeline import run_pruning
 
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
     prune_config = prune_config_from(args, loaded.model)
     train_config = train_config_from(args)
+    if args.name:
+        paths.checked_name(args.name)  # a path there would write outside --out
+    lock_run_folder(args, args.out)  # before the data loads: a second writer of --out fails at once
     data = data_for(args, loaded)
     meta = {**loaded.meta, **data_source(args, loaded.meta).meta(), "source": str(args.checkpoint)}
     print(f"pruning {args.checkpoint} ({prune_config.granularity}, {prune_config.schedule}, "
           f"{1 if prune_config.schedule == 'oneshot' else prune_config.iterations} round(s), "
           f"{prune_config.finetune_epochs} retraining epoch(s) each) on {data.info.name}"
           f"{' (SYNTHETIC)' if data.synthetic else ''}", flush=True)
-    lock_run_folder(args, args.out)
     result = run_pruning(loaded.model, data, prune_config, train_config, args.out, name=args.name, meta=meta,
                          progress=not args.no_progress, callbacks=[epoch_printer(data)])
     print_prune_summary(result)
+    before = loaded.meta.get("test_top1")
+    warn_if_collapsed(result.test, ("top-1 before pruning", before) if before is not None else None,
+                      "the pruned model")
     return 0
 
 
@@ -268,8 +275,8 @@ def cmd_finetune(args) -> int:
         args.epochs = FINETUNE_EPOCHS if args.epochs is None else args.epochs
         config = train_config_from(args)
         save = Path(args.save or f"runs/finetune-{Path(args.checkpoint).stem}")
+    lock_run_folder(args, save)  # before the data loads: a second writer fails at once
     data = data_for(args, loaded)
-    lock_run_folder(args, save)
     meta = {**inherited_meta(loaded.meta, data), **data_source(args, loaded.meta).meta(),
             "finetuned_from": loaded.meta.get("finetuned_from", str(source)) if args.resume else str(source)}
     before = sparsity_report(loaded.model)["overall"]
@@ -285,6 +292,7 @@ def cmd_finetune(args) -> int:
     print(f"weight sparsity {out['sparsity']['overall']:.4f} ({WEIGHT_SPARSITY_MEANING}); test top-1 "
           f"{out['test'].top1:.2f}%  top-5 {out['test'].top5:.2f}%{' on SYNTHETIC data' if data.synthetic else ''}; "
           f"saved {paths.last(save)}")
+    warn_if_collapsed(out["test"], last_train_top1(out["fit"].history), "the fine-tuned model")
     return 0
 
 

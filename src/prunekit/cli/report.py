@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the rows and the method as JSON (compare.json)")
     output.add_argument("--csv", metavar="FILE", default=None, help="also write the raw rows to FILE as CSV")
+    p.add_argument("--wide", action="store_true",
+                   help="print every column (default: the most important ones that fit 100 characters)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", help="accuracy vs pruning rate, no retraining (CSV + PNG, resumable)",
@@ -145,7 +147,9 @@ def compare_settings(args: argparse.Namespace):
 
 
 def analysis_setup(args: argparse.Namespace):
-    """The loaded checkpoint, an evaluator with its own normalisation, the output folder and saved settings."""
+    """The loaded checkpoint, an evaluator with its own normalisation, the output folder and saved settings.
+    Side effect: holds the output folder's run lock (taken before the data loads, so a second writer fails at
+    once)."""
     from prunekit.checkpoint import load_checkpoint
     from prunekit.analysis.compare import meta_normalisation
     from prunekit.analysis.results import file_sha256
@@ -153,10 +157,11 @@ def analysis_setup(args: argparse.Namespace):
     from prunekit.train.loop import resolve_device
 
     loaded = load_checkpoint(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "plots"
+    lock_run_folder(args, out)
     data = data_for(args, loaded)
     mean, std = meta_normalisation(loaded.meta, data)
     evaluator = Evaluator(data, mean, std, resolve_device(args.device), args.split)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "plots"
     settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": file_sha256(args.checkpoint)}
     return loaded, evaluator, out, settings
 
@@ -198,7 +203,7 @@ def sweep_xlabel(granularity: str, include_classifier: bool) -> str:
 
 def cmd_compare(args) -> int:
     from prunekit.analysis.compare import compare_checkpoints, reference_first, save_comparison_csv
-    from prunekit.report.tables import display_rows
+    from prunekit.report.tables import TERMINAL_WIDTH, display_rows, terminal_rows
 
     paths = reference_first(args.checkpoints, args.reference) if args.reference else args.checkpoints
     settings = compare_settings(args)
@@ -206,7 +211,11 @@ def cmd_compare(args) -> int:
     if args.json:
         print_json(comparison.as_dict())
         return 0
-    print(markdown_table(display_rows(comparison)))
+    rows, left_out = (display_rows(comparison), []) if args.wide else terminal_rows(comparison)
+    print(markdown_table(rows))
+    if left_out:
+        print(f"({len(left_out)} more column(s) to fit {TERMINAL_WIDTH} characters: {', '.join(left_out)}; --wide "
+              "shows every column, --csv/--json keep every number)")
     print(f"\n{comparison.method}")
     for line in comparison.warnings():
         print(f"WARNING {line}")
@@ -223,7 +232,6 @@ def cmd_sweep(args) -> int:
 
     rates = sweep_rates(args.start, args.stop, args.steps)
     loaded, evaluator, out, settings = analysis_setup(args)
-    lock_run_folder(args, out)
     csv_path = out / f"{sweep_name(args.granularity, args.scope, args.start, args.stop)}.csv"
     rows = run_sweep(loaded.model, rates, evaluator, csv_path, args.granularity, args.scope, args.criterion,
                      args.include_classifier, settings, progress=not args.no_progress)
@@ -249,7 +257,6 @@ def cmd_sensitivity(args) -> int:
     sparsities = parse_sparsities(args.sparsities)
     check_suggest_target(args.suggest)
     loaded, evaluator, out, settings = analysis_setup(args)
-    lock_run_folder(args, out)
     csv_path = out / f"sensitivity_{args.granularity}.csv"
     rows = run_sensitivity(loaded.model, sparsities, evaluator, csv_path, args.granularity, args.criterion,
                            args.include_classifier, settings, progress=not args.no_progress)

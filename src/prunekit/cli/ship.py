@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import POSITIVE_INT, add_data_args, add_model_relocation_arg, data_for, print_json
+from prunekit.cli.common import (POSITIVE_INT, add_data_args, add_model_relocation_arg, data_for, print_json,
+                                 warn_if_collapsed)
 from prunekit.cli.core import add_model_source_args, load_model_source
 
 
@@ -117,13 +118,31 @@ def cmd_quantize(args) -> int:
             "num_classes": loaded.meta.get("num_classes", data.info.num_classes), "calibration": calibration,
             "source": str(loaded.path or args.model)}
     path = save_quantized(quantized, args.out, meta)
-    result = {"out": str(path), "int8_bytes": path.stat().st_size, "calibration": calibration}
+    result = {"out": str(path), "int8_bytes": path.stat().st_size, "calibration": calibration,
+              **accuracy_and_size(loaded.model, quantized, data, mean, std, path)}
     if args.json:
         print_json(result)
     else:
         print(f"int8 (FX graph mode, x86 backend) calibrated on {images} {dataset} training images"
               f"{' (SYNTHETIC)' if data.synthetic else ''}; wrote {path} ({result['int8_bytes']:,} B)")
+        print(f"test top-1 fp32 {result['fp32_top1']:.2f}% → int8 {result['int8_top1']:.2f}% on "
+              f"{result['test_images']} {'SYNTHETIC ' if data.synthetic else ''}images; size fp32 weights "
+              f"{result['fp32_bytes']:,} B → int8 file {result['int8_bytes']:,} B (×{result['size_ratio']:.2f})")
+    warn_if_collapsed(result.pop("int8_metrics"), ("fp32 top-1", result["fp32_top1"]), "the int8 model")
     return 0
+
+
+def accuracy_and_size(fp32_model, quantized, data, mean, std, path) -> dict:
+    """Test top-1 of the fp32 model and its int8 version (same images, same normalisation), and the int8
+    file's size over the fp32 weights' (``serialized_size``). ``int8_metrics``: the int8 evaluation."""
+    from prunekit.measure import serialized_size
+    from prunekit.train import evaluate_split
+
+    fp32 = evaluate_split(fp32_model, data, "test", mean, std)
+    int8 = evaluate_split(quantized, data, "test", mean, std)
+    fp32_bytes = serialized_size(fp32_model)
+    return {"fp32_top1": fp32.top1, "int8_top1": int8.top1, "test_images": int8.images, "fp32_bytes": fp32_bytes,
+            "size_ratio": path.stat().st_size / fp32_bytes, "int8_metrics": int8}
 
 
 def source_and_data(args):

@@ -310,7 +310,7 @@ def ensure_comparison(run: Run, paths: list[Path]) -> None:
     from prunekit.analysis.compare import (CompareSettings, compare_checkpoints, save_comparison,
                                            save_comparison_csv)
     from prunekit.measure.timing import DEFAULT_TIMING_THREADS
-    from prunekit.report.tables import display_rows, markdown_table
+    from prunekit.report.tables import TERMINAL_WIDTH, display_rows, markdown_table, terminal_rows
 
     spec = run.experiment.compare
     settings = CompareSettings(device=spec.device, threads=spec.threads or DEFAULT_TIMING_THREADS,
@@ -319,10 +319,12 @@ def ensure_comparison(run: Run, paths: list[Path]) -> None:
     comparison = compare_checkpoints(paths, lambda meta: run.data, settings, progress=run.progress)
     save_comparison(comparison, run.folder / "compare.json")
     save_comparison_csv(comparison, run.folder / "compare.csv")
-    table = "\n".join([markdown_table(display_rows(comparison)), "", comparison.method,
-                       *(f"WARNING {line}" for line in comparison.warnings())])
-    atomic_write_text(run.folder / "compare.md", table + "\n")
-    print(table, flush=True)
+    notes = ["", comparison.method, *(f"WARNING {line}" for line in comparison.warnings())]
+    atomic_write_text(run.folder / "compare.md", "\n".join([markdown_table(display_rows(comparison)), *notes]) + "\n")
+    narrow, left_out = terminal_rows(comparison)  # the terminal gets what fits; compare.md has every column
+    more = [f"({len(left_out)} more column(s) to fit {TERMINAL_WIDTH} characters: every column is in "
+            f"{run.folder / 'compare.md'})"] if left_out else []
+    print("\n".join([markdown_table(narrow), *more, *notes]), flush=True)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

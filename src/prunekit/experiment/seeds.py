@@ -25,12 +25,16 @@ def parse_seeds(text: str) -> list[int]:
 
 def run_seeds(experiment: Experiment, seeds: list[int], data_root: str | None = None, out: str | Path = "runs",
               progress: bool = True) -> list[Path]:
-    """Run ``experiment`` once per seed; with several seeds also write a summary folder. Returns run folders."""
+    """Run ``experiment`` once per seed; with several seeds also write a summary folder. Returns run folders.
+    Each run folder is locked before its data loads, so a second writer fails at once."""
+    from prunekit.lock import run_lock
+
     folders = []
     for seed in seeds:
         replicate = experiment.model_copy(update={"seed": seed})
         folder = run_folder(replicate, out)
-        run_experiment(Run(replicate, folder, load_run_data(replicate, data_root), progress))
+        with run_lock(folder, f"prunekit run {replicate.name}"):  # run_experiment takes it again (re-entrant)
+            run_experiment(Run(replicate, folder, load_run_data(replicate, data_root), progress))
         folders.append(folder)
     if len(seeds) > 1:
         summarise(experiment, seeds, folders, Path(out) / f"{experiment.name}-seeds-{'_'.join(map(str, seeds))}")

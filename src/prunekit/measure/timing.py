@@ -47,10 +47,17 @@ def spread(median: float, q1: float, q3: float) -> float:
     return (q3 - q1) / median if median else 0.0
 
 
-def noise_note(fraction: float, threads: int | None = None) -> str:
-    """The plain-language warning printed beside a noisy number."""
+def noise_note(fraction: float, threads: int | None = None, what: str | None = None,
+               quartiles: tuple[float, float, float] | None = None) -> str:
+    """The plain-language warning printed beside a noisy number: ``what`` names the measurement whose IQR it
+    is (``speed-up``), ``quartiles`` (q1, median, q3) give the numbers the percentage comes from, so a reader
+    can check it against a table's brackets."""
     fix = "rerun on a quiet machine" + (" or with --threads 1" if threads != 1 else "")
-    return f"noisy: IQR {100 * fraction:.0f}% of median — {fix}"
+    if quartiles:
+        q1, median, q3 = quartiles
+        return (f"noisy: {what + ' ' if what else ''}IQR [{q1:.3g}–{q3:.3g}] = {100 * fraction:.0f}% of median "
+                f"{median:.3g} — {fix}")
+    return f"noisy: {what + ' ' if what else ''}IQR {100 * fraction:.0f}% of median — {fix}"
 
 
 @dataclass

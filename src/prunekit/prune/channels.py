@@ -28,6 +28,7 @@ already zero (masked earlier) stay removed and count towards the target, so iter
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -57,6 +58,8 @@ class ChannelPlan:
                  depthwise rows, Linear rows, BN γ and β of every removed channel)
     ``blocked``  {where: why} for every channel prunekit had to keep (an op it cannot resize, the output)
     ``retraced`` True when size assumptions did not hold and the plan was made with those channels kept
+    ``shapes``   {parameter name: shape} of the model it was made for: :func:`prune_channels` refuses a
+                 plan on any other model (another architecture, changed layers, or one pruned already)
     """
 
     removed: dict[str, list[int]]
@@ -66,6 +69,7 @@ class ChannelPlan:
     graph: ChannelGraph = field(repr=False)
     channel_ids: frozenset[int] = field(repr=False)
     inputs: tuple = field(repr=False)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
 
 
 def channel_target(ratio: float | None = None, ratios: dict | None = None, cfg: list | None = None,
@@ -120,9 +124,57 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
         target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude)
         plan, pruned = _plan(model, as_inputs(model, example_inputs),
                              lambda graph: select_channels(model, graph, target))
+        if not plan.removed and _asks_for_removal(ratio, ratios, cfg, macs_target):
+            warnings.warn(_nothing_removed(plan), stacklevel=2)
     else:
-        pruned = _cut_and_check(model, plan.graph, set(plan.channel_ids), plan.inputs)
+        if any(t is not None for t in (ratio, ratios, cfg, macs_target)):
+            raise PrunekitError("prune_channels: give a plan or a target (ratio, ratios, cfg, macs_target), not "
+                                "both: the plan fixed its channels when plan_channels made it")
+        pruned = _apply_plan(model, plan)
     return _swap_in(model, pruned)
+
+
+def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """{parameter name: shape}; a masked parameter is named as its unmasked self (``weight``, not ``weight_orig``)."""
+    return {name.removesuffix("_orig"): tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def _apply_plan(model: nn.Module, plan: ChannelPlan) -> nn.Module:
+    """The checked pruned copy of ``model`` that ``plan`` describes; PrunekitError naming the first difference
+    when ``model`` is not the model the plan was made for."""
+    shapes = parameter_shapes(model)
+    if plan.shapes and shapes != plan.shapes:
+        name = next((n for n in {**plan.shapes, **shapes} if plan.shapes.get(n) != shapes.get(n)))
+        raise PrunekitError(f"prune_channels: this plan was made for another model ({name}: "
+                            f"{_shape_text(plan.shapes.get(name))} in the plan, {_shape_text(shapes.get(name))} here; "
+                            "a different or changed architecture, or a model pruned already); make a new plan with "
+                            "plan_channels(model, ...)")
+    try:
+        return _cut_and_check(model, plan.graph, set(plan.channel_ids), plan.inputs)
+    except (IndexError, KeyError, AttributeError) as exc:  # a changed module the shapes did not show
+        raise PrunekitError(f"prune_channels: this plan does not fit the model ({type(exc).__name__}: {exc}); make "
+                            "a new plan with plan_channels(model, ...)") from exc
+
+
+def _shape_text(shape: tuple[int, ...] | None) -> str:
+    return "absent" if shape is None else "×".join(map(str, shape)) or "scalar"
+
+
+def _asks_for_removal(ratio, ratios, cfg, macs_target) -> bool:
+    """True unless the target removes nothing by definition (ratio 0, a ratio file of zeros)."""
+    if ratio is not None:
+        return ratio > 0
+    if ratios is not None:
+        return any(r > 0 for r in ratios.values())
+    return cfg is not None or macs_target is not None
+
+
+def _nothing_removed(plan: ChannelPlan) -> str:
+    """The warning for a target that removed no channel: no prunable conv at all, or every one held."""
+    reasons = "; ".join(f"{where}: {why}" for where, why in list(plan.blocked.items())[:3])
+    what = "no conv channel could be removed" + (f" ({reasons})" if reasons else "")
+    return (f"prune_channels removed nothing and returns the model unchanged: {what}; it prunes conv filters "
+            "(and what depends on them) only")
 
 
 def _swap_in(model: nn.Module, pruned: nn.Module) -> nn.Module:
@@ -150,7 +202,8 @@ def _plan(model: nn.Module, inputs: tuple,
                 if slot.role in ("conv_out", "depthwise"):
                     removed_by_conv.setdefault(slot.module, []).append(slot.index)
         plan = ChannelPlan({k: sorted(v) for k, v in removed_by_conv.items()}, channel_masks(model, graph, removed),
-                           dict(graph.blocked), not trust_sizes, graph, frozenset(removed), inputs)
+                           dict(graph.blocked), not trust_sizes, graph, frozenset(removed), inputs,
+                           parameter_shapes(model))
         return plan, pruned
     raise AssertionError("unreachable")
 

@@ -244,13 +244,16 @@ def times(ratio: float | None, more: str, less: str, same: str) -> str | None:
 
 
 def model_sentence(row: dict, reference: dict) -> str:
-    """One plain sentence comparing ``row`` with the reference row, e.g. ``'3.9× fewer MACs, 2.3× faster at
-    batch 1, −4.5 points top-1'`` (a noisy speed-up says so)."""
+    """One plain sentence comparing ``row`` with the reference row, e.g. ``'3.9× fewer MACs, same weight size,
+    4.4× smaller compact file, 2.3× faster at batch 1, −4.5 points top-1'`` (a noisy speed-up says so, naming
+    the measurement and the quartiles its IQR comes from)."""
     if row is reference:
-        return "the reference every ratio is against" + (f"; its latency is {row['noise']}" if row.get("noise")
+        return "the reference every ratio is against" + (f"; its timing is {row['noise']}" if row.get("noise")
                                                           else "")
     parts = [times(row.get("macs_reduction"), "fewer MACs", "more MACs", "same MACs"),
-             times(row.get("weights_reduction"), "smaller weights", "larger weights", "same weight size")]
+             times(row.get("weights_reduction"), "smaller weights", "larger weights", "same weight size"),
+             times(row.get("compact_reduction"), "smaller compact file", "larger compact file",
+                   "same compact file size")]
     speed = times(row.get("speedup"), "faster at batch 1", "slower at batch 1", "as fast at batch 1")
     if speed:
         parts.append(speed + (f" ({row['noise']})" if row.get("noise") else ""))

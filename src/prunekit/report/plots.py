@@ -118,14 +118,14 @@ def plot_comparison(rows: Sequence[dict], out: str | Path, title: str = "Every c
     specs += [("latency_ms", 1.0, "batch-1 latency (ms per image, log scale; hollow = noisy)")] if timed else []
     from matplotlib.ticker import FuncFormatter
 
+    labels = []
     for ax, (key, scale, xlabel) in zip(panels, specs):
         for i, r in enumerate(r for r in rows if r.get(key)):
             hollow = key == "latency_ms" and r.get("noisy")
-            colour = f"C{i % 10}"
-            ax.scatter([scale * r[key]], [r["top1"]], s=110 - 25 * (i % 4), marker=MARKERS[i % len(MARKERS)],
+            colour, size = f"C{i % 10}", 110 - 25 * (i % 4)
+            ax.scatter([scale * r[key]], [r["top1"]], s=size, marker=MARKERS[i % len(MARKERS)],
                        facecolors="none" if hollow else colour, edgecolors=colour, zorder=3)
-            ax.annotate(str(r["label"]), (scale * r[key], r["top1"]), xytext=(0, 7 + 9 * (i % 3)),
-                        textcoords="offset points", fontsize="x-small", ha="center", color=colour)
+            labels.append((ax, scale * r[key], r["top1"], str(r["label"]), colour, size))
         ax.set_xscale("log")
         ax.margins(x=0.2)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -135,8 +135,68 @@ def plot_comparison(rows: Sequence[dict], out: str | Path, title: str = "Every c
     panels[0].set_ylim(0, 100)
     panels[0].set_ylabel("test top-1 accuracy (%)")
     figure.suptitle(title, fontsize="medium")
+    place_labels(figure, labels)
     save_png(figure, png, 130)
     return png, csv_path
+
+
+#: Where a point's label may go, tried in order: (dx, dy) in points from the point, alignment.
+LABEL_SPOTS = [(0, 8, "center", "bottom"), (0, -8, "center", "top"), (8, 0, "left", "center"),
+               (-8, 0, "right", "center"), (8, 9, "left", "bottom"), (-8, 9, "right", "bottom"),
+               (8, -9, "left", "top"), (-8, -9, "right", "top"), (0, 20, "center", "bottom"),
+               (0, -20, "center", "top"), (14, 20, "left", "bottom"), (-14, 20, "right", "bottom"),
+               (14, -20, "left", "top"), (-14, -20, "right", "top"), (0, 32, "center", "bottom"),
+               (0, -32, "center", "top")]
+
+
+def place_labels(figure, labels: Sequence[tuple]) -> None:
+    """Annotate every point beside it where its text overlaps no other label and no marker and stays inside
+    its axes (the first free spot of :data:`LABEL_SPOTS`; the least-overlapping one when none is free).
+
+    ``labels``: ``(ax, x, y, text, colour, marker size in points²)`` per point, in data coordinates. Lays the
+    figure out first (labels are kept out of the layout, so saving does not move them)."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    pixels_per_point = figure.dpi / 72.0
+    markers = [marker_box(ax, x, y, size, pixels_per_point) for ax, x, y, _, _, size in labels]
+    placed = []
+    for ax, x, y, text, colour, _ in labels:
+        best = None
+        for dx, dy, ha, va in LABEL_SPOTS:
+            note = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize="x-small",
+                               ha=ha, va=va, color=colour, annotation_clip=False)
+            note.set_in_layout(False)
+            box = note.get_window_extent(renderer)
+            cost = sum(overlap_area(box, other) for other in placed + markers) + outside_area(box, ax, renderer)
+            if best is not None and cost >= best[0]:
+                note.remove()
+                continue
+            if best is not None:
+                best[1].remove()
+            best = (cost, note, box)
+            if cost == 0:
+                break
+        placed.append(best[2])
+
+
+def marker_box(ax, x: float, y: float, size: float, pixels_per_point: float):
+    """The display-space box of a scatter marker of ``size`` points² at data ``(x, y)``."""
+    from matplotlib.transforms import Bbox
+
+    cx, cy = ax.transData.transform((x, y))
+    radius = 0.5 * size ** 0.5 * pixels_per_point + 1.0
+    return Bbox.from_extents(cx - radius, cy - radius, cx + radius, cy + radius)
+
+
+def overlap_area(a, b) -> float:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(0.0, width) * max(0.0, height)
+
+
+def outside_area(box, ax, renderer) -> float:
+    """How much of ``box`` lies outside ``ax``'s drawing area."""
+    return box.width * box.height - overlap_area(box, ax.get_window_extent(renderer))
 
 
 def plot_mask(kept, out: str | Path, title: str = "") -> tuple[Path, Path]:

@@ -43,7 +43,7 @@ TIMING_COLUMNS = [("latency ms [IQR]", "latency_ms", "latency"), ("img/s", "thro
 #: The narrow table that fits a 1280 px page (the report's first table; the full one follows).
 SUMMARY_COLUMNS = [("model", "model", "text"), ("top-1 %", "top1", "pct"), ("Δ top-1", "top1_delta", "points"),
                    ("MACs", "macs", "count"), ("MACs ÷", "macs_reduction", "ratio"), ("weights", "weights_bytes", "bytes"),
-                   ("weights ÷", "weights_reduction", "ratio")]
+                   ("weights ÷", "weights_reduction", "ratio"), ("compact ÷", "compact_reduction", "ratio")]
 NOISY_MARK = "noisy"
 
 
@@ -86,8 +86,10 @@ def format_cell(row: dict, key: str, kind: str, unavailable: str | None = None) 
         text = f"{value:.3f} [{q1:.3f}–{q3:.3f}]" if q1 is not None else f"{value:.3f}"
         return text + (f" {NOISY_MARK}" if row.get(f"noise{suffix}") else "")
     if kind == "speedup":
-        noisy = row.get("noise" + key.removeprefix("speedup"))
-        return f"{value:.2f}×" + (f" {NOISY_MARK}" if noisy else "")
+        suffix = key.removeprefix("speedup")
+        q1, q3 = row.get(f"speedup_q1{suffix}"), row.get(f"speedup_q3{suffix}")
+        text = f"{value:.2f}× [{q1:.2f}–{q3:.2f}]" if q1 is not None and q3 is not None else f"{value:.2f}×"
+        return text + (f" {NOISY_MARK}" if row.get(f"noise{suffix}") else "")
     if kind == "rate":
         return f"{value:,.0f}"
     if kind == "ratio":
@@ -135,3 +137,43 @@ def display_rows(comparison: Comparison, base=DISPLAY_COLUMNS) -> list[dict]:
 def summary_rows(comparison: Comparison) -> list[dict]:
     """The narrow table (:data:`SUMMARY_COLUMNS` plus batch-1 latency and speed-up per device)."""
     return display_rows(comparison, SUMMARY_COLUMNS)
+
+
+TERMINAL_WIDTH = 100  # characters a terminal `compare` table may take by default (`--wide`: every column)
+#: Row keys (device suffix removed) by importance: the terminal table keeps the first ones that fit.
+TERMINAL_PRIORITY = ["model", "top1", "latency_ms", "speedup", "macs_reduction", "weights_bytes", "compact_bytes",
+                     "nonzero_params", "macs", "weights_reduction", "compact_reduction", "params", "throughput_ips",
+                     "top1_error", "top5_error", "file_bytes", "nonzero_reduction", "file_reduction",
+                     "peak_memory_bytes", "memory_reduction"]
+
+
+def markdown_width(rows: Sequence[dict], columns: Sequence[str]) -> int:
+    """Characters of the longest line :func:`markdown_table` prints for ``rows`` (formatted strings) and
+    ``columns``."""
+    lines = [list(columns)] + [[str(row.get(c, "")) for c in columns] for row in rows]
+    return max(sum(len(cell) for cell in line) + 3 * len(columns) + 1 for line in lines)
+
+
+def terminal_rows(comparison: Comparison, width: int = TERMINAL_WIDTH) -> tuple[list[dict], list[str]]:
+    """The :func:`display_rows` columns that fit ``width`` characters, most important first
+    (:data:`TERMINAL_PRIORITY`; the model and its top-1 always), in the full table's order; and the headings
+    left out."""
+    rows = display_rows(comparison)
+    if not rows:
+        return rows, []
+    keys = {heading: key for heading, key, _ in table_columns(comparison)}
+    devices = comparison.settings.devices if comparison.settings.timing else []
+
+    def rank(heading: str) -> int:
+        key = keys.get(heading, heading)
+        for device in devices:
+            key = key.removesuffix(f"_{device}")
+        return TERMINAL_PRIORITY.index(key) if key in TERMINAL_PRIORITY else len(TERMINAL_PRIORITY)
+
+    headings = list(rows[0])
+    chosen: list[str] = []
+    for heading in sorted(headings, key=rank):
+        trial = [h for h in headings if h in chosen or h == heading]
+        if len(chosen) < 2 or markdown_width(rows, trial) <= width:
+            chosen = trial
+    return [{h: row[h] for h in chosen} for row in rows], [h for h in headings if h not in chosen]

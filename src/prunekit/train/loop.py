@@ -50,17 +50,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+DIVERGED_LOSS = 1e3  # nats per image: no learning model gets near it (chance on 100 classes is 4.6)
+
+
+def diverged_loss(record: dict) -> tuple[str, float] | None:
+    """``(key, value)`` of the first loss in an epoch ``record`` (training, then validation/test) that is NaN,
+    infinite or above :data:`DIVERGED_LOSS`; None when all are sane (a split of 0 images has no loss)."""
+    for key in sorted((k for k in record if k.endswith("loss")), key=lambda k: k != "train_loss"):
+        value = record[key]
+        if record.get(key.removesuffix("loss") + "images") == 0:
+            continue
+        if not math.isfinite(value) or value > DIVERGED_LOSS:
+            return key, value
+    return None
+
+
 def check_finite(record: dict, config: TrainConfig, run_dir: str | Path | None) -> None:
-    """PrunekitError when the epoch's training loss is NaN or infinite: the run stops before that epoch is
-    saved, so ``last.pt`` keeps the last good epoch."""
+    """PrunekitError when the epoch's training or evaluation loss is NaN, infinite or above
+    :data:`DIVERGED_LOSS`: the run stops before that epoch is saved, so ``last.pt`` keeps the last good epoch."""
     from prunekit.errors import PrunekitError
 
-    if math.isfinite(record["train_loss"]):
+    diverged = diverged_loss(record)
+    if diverged is None:
         return
-    kept = (f"{paths.last(run_dir)} keeps the last good epoch ({record['epoch'] - 1})" if run_dir
-            else "nothing was saved")
-    raise PrunekitError(f"training diverged in epoch {record['epoch']}: the loss is {record['train_loss']}; {kept}. "
-                        f"Lower the learning rate (--lr {config.lr}) or check the data and model")
+    saved = run_dir is not None and paths.last(run_dir).exists()
+    kept = f"{paths.last(run_dir)} keeps the last good epoch ({record['epoch'] - 1})" if saved else "nothing was saved"
+    raise PrunekitError(f"training diverged in epoch {record['epoch']}: the {diverged[0].replace('_', ' ')} is "
+                        f"{diverged[1]:.4g}; {kept}. Lower the learning rate (--lr {config.lr}) or check the data "
+                        "and model")
 
 
 def autocast_for(device: torch.device):
@@ -76,9 +93,11 @@ class Metrics:
     top5: float  # percent
     loss: float
     images: int
+    predicted: list[int] | None = None  # images predicted as each class (top-1), not part of as_dict
 
     def as_dict(self, prefix: str = "") -> dict:
-        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+        """The four numbers (``top1``, ``top5``, ``loss``, ``images``) under ``prefix``: one metrics row."""
+        return {f"{prefix}{k}": v for k, v in asdict(self).items() if k != "predicted"}
 
 
 @torch.inference_mode()
@@ -89,6 +108,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, device: torch.device | None
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     top1 = torch.zeros((), device=device, dtype=torch.int64)
     top5 = torch.zeros((), device=device, dtype=torch.int64)
+    predicted = None
     images = 0
     for x, y in loader:
         with autocast_for(device):
@@ -100,10 +120,13 @@ def evaluate(model: nn.Module, loader: DeviceLoader, device: torch.device | None
         hits = ranked == y[:, None]
         top1 += hits[:, 0].sum()
         top5 += hits.any(dim=1).sum()
+        counts = torch.bincount(ranked[:, 0], minlength=logits.shape[1])
+        predicted = counts if predicted is None else predicted + counts
         images += y.numel()
     if images == 0:
         return Metrics(float("nan"), float("nan"), float("nan"), 0)
-    return Metrics(100.0 * top1.item() / images, 100.0 * top5.item() / images, loss_sum.item() / images, images)
+    return Metrics(100.0 * top1.item() / images, 100.0 * top5.item() / images, loss_sum.item() / images, images,
+                   predicted.tolist())
 
 
 def evaluate_split(model: nn.Module, data: DataBundle, split: str = "test", mean=None, std=None,
@@ -212,9 +235,9 @@ def fit(model: nn.Module, data: DataBundle, config: TrainConfig, run_dir: str | 
     for epoch in range(state.epoch, config.epochs):
         record = train_epoch(step_model, train_loader, optimizer, scheduler, loss_fn, device, callbacks,
                              epoch, config, progress and rank == 0)
-        check_finite(record, config, run_dir)
         record["lr"] = scheduler.get_last_lr()[0]
         record.update(evaluate(model, eval_loader, device).as_dict(f"{split}_"))
+        check_finite(record, config, run_dir)
         is_best = state.add_epoch(record)
         state.capture(epoch + 1, optimizer, scheduler, train_loader)
         notify(callbacks, "on_state", model, record, state, is_best)
