@@ -86,11 +86,31 @@ class SparseLinear(_CsrWeight):
         return f"in_features={self.in_features}, out_features={self.out_features}, sparsity={self.sparsity:.3f}"
 
 
+def wide_columns(image: torch.Tensor, kernel: tuple, dilation: tuple, padding: tuple) -> tuple[torch.Tensor, int]:
+    """im2col of one image ``(C, H, W)`` for a stride-1 convolution, on a *wide* output grid: returns the
+    columns ``(C·kh·kw, H_out·W_padded)`` and ``W_padded``; the product with the weight is the output with
+    ``W_padded − W_out`` extra columns per row, to be cropped.
+
+    Why: in the flattened zero-padded image, the inputs that one kernel tap reads for a whole row-major wide
+    output are one contiguous run, so the columns are one copy of long contiguous runs (2–10× faster than
+    ``F.unfold`` on CIFAR's feature maps). One extra zero row at the bottom keeps the last tap's run inside
+    the image (it only feeds cropped columns)."""
+    channels = image.shape[0]
+    padded = F.pad(image, (padding[1], padding[1], padding[0], padding[0] + (kernel[1] > 1)))
+    padded_w = padded.shape[2]
+    out_h = padded.shape[1] - (kernel[1] > 1) - dilation[0] * (kernel[0] - 1)
+    flat = padded.reshape(channels, -1)
+    taps = flat.as_strided((channels, kernel[0], kernel[1], out_h * padded_w),
+                           (flat.stride(0), dilation[0] * padded_w, dilation[1], 1))
+    return taps.reshape(channels * kernel[0] * kernel[1], out_h * padded_w), padded_w
+
+
 class SparseConv2d(_CsrWeight):
     """``nn.Conv2d`` (groups = 1, zero padding) with a CSR weight of shape ``(out, in·kh·kw)``.
 
     Forward, per image: unfold the input into columns ``(in·kh·kw, H_out·W_out)`` (a 1×1, stride-1,
-    unpadded convolution uses the image itself), multiply by the CSR weight, add the bias."""
+    unpadded convolution uses the image itself; a stride-1 one :func:`wide_columns`; others ``F.unfold``),
+    multiply by the CSR weight, add the bias."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__(conv.weight.reshape(conv.out_channels, -1), conv.bias)
@@ -102,22 +122,27 @@ class SparseConv2d(_CsrWeight):
         return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in zip(
             (height, width), self.padding, self.dilation, self.kernel_size, self.stride))
 
-    def _columns(self, image: torch.Tensor) -> torch.Tensor:
-        """One image ``(1, C, H, W)`` as the columns ``(C·kh·kw, H_out·W_out)`` the weight multiplies."""
+    def _columns(self, image: torch.Tensor, out_w: int) -> tuple[torch.Tensor, int]:
+        """One image ``(C, H, W)`` as the columns the weight multiplies and the width of one output row in
+        them (``out_w``, or more for :func:`wide_columns`, whose extra columns are cropped)."""
         if self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0):
-            return image[0].reshape(self.in_channels, -1)
-        return F.unfold(image, self.kernel_size, self.dilation, self.padding, self.stride)[0]
+            return image.reshape(self.in_channels, -1), image.shape[-1]
+        if self.stride == (1, 1):
+            return wide_columns(image, self.kernel_size, self.dilation, self.padding)
+        columns = F.unfold(image[None], self.kernel_size, self.dilation, self.padding, self.stride)[0]
+        return columns, out_w
+
+    def _convolve(self, weight: torch.Tensor, image: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+        columns, row_width = self._columns(image, out_w)
+        y = torch.sparse.mm(weight, columns)
+        if self.bias is not None:
+            y = y.add_(self.bias[:, None])
+        return y.view(self.out_channels, out_h, row_width)[:, :, :out_w]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_h, out_w = self.output_size(x.shape[-2], x.shape[-1])
         weight = self.weight_csr()
-        outputs = []
-        for i in range(x.shape[0]):
-            y = torch.sparse.mm(weight, self._columns(x[i:i + 1]))
-            if self.bias is not None:
-                y = y.add_(self.bias[:, None])
-            outputs.append(y.reshape(self.out_channels, out_h, out_w))
-        return torch.stack(outputs)
+        return torch.stack([self._convolve(weight, image, out_h, out_w) for image in x])
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
