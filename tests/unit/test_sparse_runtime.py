@@ -208,3 +208,33 @@ def test_peak_memory_does_not_count_an_alias_of_the_input_twice():
 
     image_bytes = 3 * 8 * 8 * 4
     assert peak_inference_memory(FirstImage(), batch_size=2, input_size=(3, 8, 8)) == 2 * image_bytes
+
+
+# --- profile ------------------------------------------------------------------------------------------------
+
+def test_profile_measures_the_runtime_s_model(monkeypatch):
+    from prunekit.measure import profile
+    from prunekit.runtime import Runtime
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(64, 256, 3, padding=1, bias=False)).eval()
+    prune_unstructured(model, sparsity=0.95, include_classifier=True)
+    always_sparse = Runtime("always-sparse", "test", lambda m, x, device, threads: accelerate(
+        m, x, device, threads, timer=lambda d, s, shape, t: (2.0, 1.0), cache=False))
+    eager = profile(model, input_size=(1, 64, 4, 4), timing=False)
+    sparse = profile(model, input_size=(1, 64, 4, 4), timing=False, runtime=always_sparse)
+    assert (eager.runtime, sparse.runtime) == ("eager", "always-sparse")
+    assert sparse.peak_memory_bytes < 0.25 * eager.peak_memory_bytes
+    assert sparse.weights_bytes < 0.25 * eager.weights_bytes
+    assert (sparse.params, sparse.nonzero_params, sparse.macs) == (eager.params, eager.nonzero_params, eager.macs)
+
+
+def test_profile_cli_runtime_flag(base, tmp_path, monkeypatch, capsys):
+    from prunekit.cli import main
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    capsys.readouterr()
+    assert main(["profile", str(base), "--runtime", "sparse", "--no-timing", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"] == "sparse"
+    assert main(["profile", str(base), "--runtime", "tensorrtx", "--no-timing"]) != 0
+    assert "unknown runtime 'tensorrtx'" in capsys.readouterr().err
