@@ -36,6 +36,8 @@ CONVS = [  # (in, out, kernel, stride, padding, dilation, bias, input size)
     (8, 6, 1, 1, 0, 1, False, 5),
     (8, 6, 1, 2, 0, 1, True, 6),
     (3, 4, 5, 1, 0, (1, 2), True, 11),
+    (3, 4, 5, 1, (2, 1), (1, 2), False, 16),  # wide columns with dilation and uneven padding
+    (5, 4, 3, 1, 1, 1, True, 3),  # narrow: F.unfold
 ]
 
 
