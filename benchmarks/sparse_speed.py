@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="one tiny row (CI)")
     parser.add_argument("--json", help="write the JSON here instead of benchmarks/results/sparse_speed.{json,md}")
     args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)  # every timing sets it too; this makes the results' hardware line say so
     if args.smoke:
         plan, repeats = [("vgg11", 0.9, 1)], SMOKE_REPEATS
     else:
