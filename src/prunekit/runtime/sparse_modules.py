@@ -113,10 +113,9 @@ WIDE_COLUMNS_MIN_WIDTH = 8
 class SparseConv2d(_CsrWeight):
     """``nn.Conv2d`` (groups = 1, zero padding) with a CSR weight of shape ``(out, in·kh·kw)``.
 
-    Forward, per image: unfold the input into columns ``(in·kh·kw, H_out·W_out)`` (a 1×1, stride-1,
-    unpadded convolution uses the image itself; a stride-1 one at least :data:`WIDE_COLUMNS_MIN_WIDTH` wide
-    :func:`wide_columns`; others ``F.unfold``),
-    multiply by the CSR weight, add the bias."""
+    Forward, per image: the input as columns ``(in·kh·kw, H_out·W_out)`` (a 1×1, stride-1, unpadded
+    convolution uses the image itself; a stride-1 one with outputs at least :data:`WIDE_COLUMNS_MIN_WIDTH`
+    wide, :func:`wide_columns`; any other, ``F.unfold``), times the CSR weight, plus the bias."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__(conv.weight.reshape(conv.out_channels, -1), conv.bias)
