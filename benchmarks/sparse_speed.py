@@ -14,8 +14,9 @@ magnitude pruning (``prune_unstructured(scope="global")``, classifier spared) at
 
     python benchmarks/sparse_speed.py [--quick] [--smoke] [--json OUT]
 
-``--quick``: 90% only. ``--smoke``: one tiny row (VGG-11, 90%, batch 1, few repeats), a few seconds.
-Writes ``benchmarks/results/sparse_speed.{json,md}`` (``--json OUT``: the JSON there instead, no Markdown).
+``--quick``: 90% only. ``--smoke``: one tiny row (VGG-11, 90%, batch 1, few repeats), a few seconds, printed
+(and written only to ``--json OUT``). Otherwise writes ``benchmarks/results/sparse_speed.{json,md}``
+(``--json OUT``: the JSON there instead, no Markdown).
 """
 
 from __future__ import annotations
@@ -123,8 +124,9 @@ def main(argv=None) -> int:
         print(f"{name} {sparsity:.0%} batch {batch}: {r['speedup']:.2f}× ({r['layers_sparse']}/{r['layers_tried']} "
               f"sparse, autotune {r['autotune_s']:.0f} s)", flush=True)
     payload = {"threads": THREADS, "quick": args.quick, "smoke": args.smoke, "rows": rows}
-    if args.json:
-        atomic_write_text(args.json, json.dumps(payload, indent=2, default=str))
+    if args.json or args.smoke:  # a smoke run never replaces the committed results
+        if args.json:
+            atomic_write_text(args.json, json.dumps(payload, indent=2, default=str))
         print(table(rows))
     else:
         write_results("sparse_speed", payload, table(rows))
