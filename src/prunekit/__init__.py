@@ -10,6 +10,7 @@ The public API (imported lazily, so ``import prunekit`` and ``prunekit --help`` 
     load_weights                       state dicts of other code bases (foreign.py)
     prune_unstructured, plan_channels, prune_channels   pruning (prune/)
     binarize_model                     1-bit weights with a straight-through estimator (binarize.py)
+    accelerate                         sparse kernels where they measured faster, per layer (runtime/)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _EXPORTS = {
     "plan_channels": "prunekit.prune",
     "make_permanent": "prunekit.masking",
     "binarize_model": "prunekit.binarize",
+    "accelerate": "prunekit.runtime.sparse",
     "PrunekitError": "prunekit.errors",
 }
 

@@ -86,6 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=NON_NEGATIVE_INT, default=1, help="CPU threads while timing (default: %(default)s: "
                    "single-threaded, steady on a busy machine; 0: torch's default)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
+    p.add_argument("--runtime", default="eager", help="measure memory and time of the model as this runtime runs "
+                   "it, e.g. sparse (sparse kernels where faster, per layer) (default: %(default)s)")
     add_count_arg(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_profile)
@@ -315,13 +317,30 @@ def cmd_info(args) -> int:
     return 0
 
 
+def usable_runtime(name: str, device: str):
+    """The registered runtime ``name``, checked to run here on ``device``; else a one-line PrunekitError."""
+    from prunekit.errors import PrunekitError
+    from prunekit.runtime import get_runtime
+
+    runtime = get_runtime(name)
+    reason = runtime.missing()
+    if reason:
+        raise PrunekitError(f"runtime {name!r} cannot run here: {reason}")
+    if device not in runtime.devices:
+        raise PrunekitError(f"runtime {name!r} runs on {', '.join(runtime.devices)}, not {device}; "
+                            f"use --device {runtime.devices[0]}")
+    return runtime
+
+
 def cmd_profile(args) -> int:
     from prunekit.measure import profile
 
+    runtime = usable_runtime(args.runtime, args.device)
     loaded = load_model_source(args)
     result = profile(loaded.model, device=args.device, checkpoint_path=args.checkpoint,
                      timing=not args.no_timing, batch_size=args.batch_size, repeats=args.repeats,
-                     threads=args.threads or None, count=args.count)
+                     threads=args.threads or None, count=args.count,
+                     runtime=None if args.runtime == "eager" else runtime)
     if args.json:
         print_json(result.as_dict())
         return 0

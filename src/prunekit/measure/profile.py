@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunekit.errors import PrunekitError
 from prunekit.masking import has_masks, has_transforms, permanent_copy
 from prunekit.measure.counts import (count_macs, count_nonzero_parameters, count_ops, count_parameters,
                                      serialized_size)
@@ -37,6 +38,7 @@ class Profile:
     latency_spread: float | None = None  # IQR / median of the batch-1 latency
     noise: str | None = None  # the warning when the latency is noisy (IQR > 20% of median)
     machine: dict | None = None  # machine_load() just before timing: busy CPUs, steal, load average
+    runtime: str = "eager"  # the runtime whose model the memory and timing figures measure
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,9 +58,24 @@ def deployable(model: nn.Module) -> nn.Module:
     return model
 
 
+def prepared(runtime, model: nn.Module, batch_size: int, input_size, device: torch.device,
+             threads: int | None) -> nn.Module:
+    """``model`` as ``runtime`` (a :class:`prunekit.runtime.Runtime`, or None for eager) runs it, prepared for
+    batches of ``batch_size``; raises when that runtime does not run a PyTorch module."""
+    if runtime is None:
+        return model
+    example = torch.randn(batch_size, *input_size[1:], device=device)
+    runnable = runtime.prepare(model, example, device.type, threads)
+    if not isinstance(runnable, nn.Module):
+        raise PrunekitError(f"profile measures memory of PyTorch modules only; runtime {runtime.name!r} is not "
+                            "one: time it with `compare --runtime` instead")
+    return runnable
+
+
 def profile(model: nn.Module, input_size=(1, 3, 32, 32), device: str | torch.device = "cpu",
             checkpoint_path: str | Path | None = None, timing: bool = True, batch_size: int = 64,
-            repeats: int = 50, threads: int | None = DEFAULT_TIMING_THREADS, count: str = "macs") -> Profile:
+            repeats: int = 50, threads: int | None = DEFAULT_TIMING_THREADS, count: str = "macs",
+            runtime=None) -> Profile:
     """Measure ``model``: params, non-zero params, MACs, the operations under convention ``count`` (``ops``),
     size, peak memory and (if ``timing``) latency at batch 1 and throughput at ``batch_size``. Side effect:
     moves the model to ``device`` and eval mode.
@@ -66,11 +83,15 @@ def profile(model: nn.Module, input_size=(1, 3, 32, 32), device: str | torch.dev
     A masked model is measured as it would be deployed: memory and time on a copy whose masks are made
     permanent (the ``weight_orig * weight_mask`` re-parametrisation is a training device that would
     otherwise add a multiplication per layer and a second copy of every weight). Timing is single-threaded
-    unless ``threads`` says otherwise (``None``: torch's current count); a noisy latency carries ``noise``."""
+    unless ``threads`` says otherwise (``None``: torch's current count); a noisy latency carries ``noise``.
+
+    ``runtime``: a :class:`prunekit.runtime.Runtime` (e.g. ``get_runtime("sparse")``) whose prepared model
+    the weights, peak memory and timing figures measure, prepared once for batch 1 (latency, memory) and
+    once for ``batch_size`` (throughput); counts (params, MACs, file size) stay those of ``model``."""
     device = torch.device(device)
     model = model.to(device).eval()
-    deployed = deployable(model)
     threads = threads or torch.get_num_threads()
+    deployed = prepared(runtime, deployable(model), 1, input_size, device, threads)
     result = Profile(
         params=count_parameters(model),
         nonzero_params=count_nonzero_parameters(model),
@@ -83,11 +104,13 @@ def profile(model: nn.Module, input_size=(1, 3, 32, 32), device: str | torch.dev
         device=device.type,
         threads=threads,
         hardware=hardware_name(device),
+        runtime=runtime.name if runtime is not None else "eager",
     )
     if timing:
         result.machine = machine_load().as_dict()
         single = time_inference(deployed, 1, device, repeats=repeats, threads=threads, input_size=tuple(input_size[1:]))
-        batched = time_inference(deployed, batch_size, device, repeats=max(5, repeats // 5), threads=threads,
+        batched_model = prepared(runtime, deployable(model), batch_size, input_size, device, threads)
+        batched = time_inference(batched_model, batch_size, device, repeats=max(5, repeats // 5), threads=threads,
                                  input_size=tuple(input_size[1:]))
         result.latency_ms = single.per_image_ms
         result.latency_iqr_ms = (single.q1_ms, single.q3_ms)

@@ -233,13 +233,16 @@ def machine_load(interval: float = 0.25) -> MachineLoad:
 
 
 class _LiveTensorBytes(TorchDispatchMode):
-    """Tracks the bytes of tensor storages created during a forward pass and frees them when collected."""
+    """Tracks the bytes of tensor storages created during a forward pass and frees them when collected.
 
-    def __init__(self):
+    ``known``: storages (``data_ptr``) counted elsewhere, e.g. the model's weights and the input, which an
+    op may return as an alias (``to`` on the right device, a slice) and which must not be counted twice."""
+
+    def __init__(self, known: set[int] = frozenset()):
         super().__init__()
         self.live = 0
         self.peak = 0
-        self._seen: set[int] = set()
+        self._seen: set[int] = set(known)
 
     def _release(self, key: int, nbytes: int) -> None:
         self.live -= nbytes
@@ -248,7 +251,8 @@ class _LiveTensorBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
+            # a sparse tensor's memory is its component tensors, which are tracked (or are buffers) already
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
                 storage = t.untyped_storage()
                 key = storage.data_ptr()
                 if key and key not in self._seen:
@@ -260,11 +264,15 @@ class _LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-def static_bytes(model: nn.Module) -> int:
-    """Bytes of the parameters, buffers and state-dict tensors (an int8 model's packed weights), each
-    storage counted once."""
+def static_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The parameters, buffers and state-dict tensors (an int8 model's packed weights) of ``model``."""
     tensors = list(model.parameters()) + list(model.buffers())
-    tensors += [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
+    return tensors + [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
+
+
+def static_bytes(model: nn.Module) -> int:
+    """Bytes of :func:`static_tensors`, each storage counted once."""
+    tensors = static_tensors(model)
     seen, total = set(), 0
     for t in tensors:
         key = (t.untyped_storage().data_ptr(), t.dtype) if not t.is_quantized else id(t)
@@ -294,7 +302,8 @@ def peak_inference_memory(model: nn.Module, batch_size: int = 1, device: torch.d
             model(x)
         torch.cuda.synchronize(device)
         return static + input_bytes + torch.cuda.max_memory_allocated(device) - base
-    tracker = _LiveTensorBytes()
+    known = {t.untyped_storage().data_ptr() for t in [x, *static_tensors(model)] if not t.is_quantized}
+    tracker = _LiveTensorBytes(known)
     with torch.inference_mode(), tracker:
         model(x)
     return static + input_bytes + tracker.peak

@@ -1,0 +1,242 @@
+"""The sparse runtime: sparse modules equal dense ones, the autotune keeps dense where sparse is slower
+(fake timer), decisions are cached, and accelerate works on masked, permanent and compact-file models."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit import accelerate, make_permanent, prune_unstructured
+from prunekit.checkpoint import load_checkpoint
+from prunekit.export import save_compact
+from prunekit.masking import apply_masks, has_masks
+from prunekit.measure.timing import peak_inference_memory, static_bytes
+from prunekit.runtime import get_runtime
+from prunekit.runtime.autotune import cache_path
+from prunekit.runtime.sparse import describe_choices
+from prunekit.runtime.sparse_modules import SparseConv2d, SparseLinear, sparse_twin
+
+
+def randomly_masked(layer: nn.Module, sparsity: float = 0.8) -> nn.Module:
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand_like(layer.weight) >= sparsity)
+    return layer.eval()
+
+
+def assert_same_function(expected: torch.Tensor, actual: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+CONVS = [  # (in, out, kernel, stride, padding, dilation, bias, input size)
+    (3, 8, 3, 1, 1, 1, True, 9),
+    (6, 5, 3, 2, 1, 1, False, 9),
+    (4, 7, 3, 1, 2, 2, True, 8),
+    (5, 4, (3, 1), (2, 1), (0, 1), 1, True, 7),
+    (8, 6, 1, 1, 0, 1, False, 5),
+    (8, 6, 1, 2, 0, 1, True, 6),
+    (3, 4, 5, 1, 0, (1, 2), True, 11),
+    (3, 4, 5, 1, (2, 1), (1, 2), False, 16),  # wide columns with dilation and uneven padding
+    (5, 4, 3, 1, 1, 1, True, 3),  # narrow: F.unfold
+]
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("spec", CONVS)
+def test_sparse_conv_equals_dense_conv(spec, batch):
+    cin, cout, kernel, stride, padding, dilation, bias, size = spec
+    torch.manual_seed(batch)
+    conv = randomly_masked(nn.Conv2d(cin, cout, kernel, stride, padding, dilation, bias=bias))
+    x = torch.randn(batch, cin, size, size + 1)
+    sparse = sparse_twin(conv)
+    assert isinstance(sparse, SparseConv2d)
+    assert_same_function(conv(x), sparse(x))
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("bias", [True, False])
+def test_sparse_linear_equals_dense_linear(batch, bias):
+    torch.manual_seed(0)
+    linear = randomly_masked(nn.Linear(12, 5, bias=bias))
+    sparse = sparse_twin(linear)
+    assert isinstance(sparse, SparseLinear)
+    for x in (torch.randn(batch, 12), torch.randn(batch, 3, 12)):
+        assert_same_function(linear(x), sparse(x))
+
+
+def test_sparse_module_stores_only_the_kept_weights():
+    weight = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 3.0]])
+    linear = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    sparse = sparse_twin(linear)
+    assert sparse.values.tolist() == [2.0, 1.0, 3.0]
+    assert sparse.col_indices.tolist() == [1, 0, 2]
+    assert sparse.crow_indices.tolist() == [0, 1, 1, 3]
+    assert sparse.sparsity == pytest.approx(6 / 9)
+    assert static_bytes(sparse) == 3 * 4 + 3 * 4 + 4 * 4  # values fp32, col and row indices int32
+    assert torch.equal(sparse.dense_weight(), weight)
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 8, 3, groups=2),
+                                   nn.Conv2d(4, 4, 3, padding="same"), nn.Conv2d(4, 4, 3, padding_mode="reflect"),
+                                   nn.BatchNorm2d(4)])
+def test_grouped_depthwise_and_other_layers_stay_dense(layer):
+    assert sparse_twin(layer) is None
+
+
+# --- accelerate and the autotune ----------------------------------------------------------------------------
+
+class FakeTimer:
+    """Sparse is 4× faster on layers with 16 output channels, 2× slower elsewhere; counts its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, dense, sparse, input_shape, threads):
+        self.calls.append((tuple(dense.weight.shape), input_shape, threads))
+        return (2.0, 0.5) if dense.weight.shape[0] == 16 else (1.0, 2.0)
+
+
+@pytest.fixture
+def pruned_vgg(tiny_vgg):
+    torch.manual_seed(1)
+    prune_unstructured(tiny_vgg, sparsity=0.9, include_classifier=True)
+    return tiny_vgg.eval()
+
+
+def test_autotune_keeps_dense_where_sparse_measured_slower(pruned_vgg, tmp_path):
+    timer = FakeTimer()
+    x = torch.randn(1, 3, 32, 32)
+    fast = accelerate(pruned_vgg, x, threads=1, timer=timer, cache=tmp_path / "cache.json")
+    kinds = {name: type(module) for name, module in fast.named_modules()}
+    # tiny_vgg: convolutions features.0 (3→8), .4 (8→16), .8 (16→16), .11 (16→16); classifier 16→10
+    assert kinds["features.0"] is nn.Conv2d and kinds["classifier"] is nn.Linear
+    assert kinds["features.4"] is kinds["features.8"] is kinds["features.11"] is SparseConv2d
+    by_name = {c.name: c for c in fast.sparse_choices}
+    assert by_name["features.0"].sparse is False and by_name["features.0"].speedup == 0.5
+    chosen = by_name["features.4"]
+    assert chosen.sparse is True and (chosen.dense_ms, chosen.sparse_ms, chosen.speedup) == (2.0, 0.5, 4.0)
+    assert chosen.input_shape == [1, 8, 16, 16]
+    assert {threads for *_, threads in timer.calls} == {1}
+    assert "| features.0 |" in describe_choices(fast.sparse_choices)
+    with torch.inference_mode():
+        assert_same_function(pruned_vgg(x), fast(x))
+
+
+def test_autotune_keeps_dense_on_a_tie_within_the_margin(pruned_vgg, tmp_path):
+    fast = accelerate(pruned_vgg, torch.randn(1, 3, 32, 32), timer=lambda d, s, shape, t: (1.0, 0.99),
+                      cache=False)
+    assert not any(isinstance(m, (SparseConv2d, SparseLinear)) for m in fast.modules())
+    assert fast.sparse_choices and not any(c.sparse for c in fast.sparse_choices)
+
+
+def test_decisions_are_cached_on_disk_and_not_measured_again(pruned_vgg, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    x = torch.randn(1, 3, 32, 32)
+    first = FakeTimer()
+    accelerate(pruned_vgg, x, threads=1, timer=first)
+    assert cache_path() == tmp_path / "sparse_autotune.json"
+    entries = json.loads(cache_path().read_text())
+    assert len(entries) == len(first.calls) >= 4
+    assert all("threads1|cpu|torch" in key for key in entries)
+
+    def must_not_measure(*args):
+        raise AssertionError("a cached decision was measured again")
+
+    again = accelerate(pruned_vgg, x, threads=1, timer=must_not_measure)
+    assert all(c.cached for c in again.sparse_choices)
+    assert isinstance(again.features[4], SparseConv2d) and isinstance(again.features[0], nn.Conv2d)
+    other_batch = FakeTimer()
+    accelerate(pruned_vgg, torch.randn(4, 3, 32, 32), threads=1, timer=other_batch)
+    assert other_batch.calls, "a different batch size is a different decision"
+
+
+def test_accelerate_never_changes_the_model_and_works_on_masked_and_permanent_models(pruned_vgg):
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected = pruned_vgg(x)
+    masked = accelerate(pruned_vgg, x[:1], timer=FakeTimer(), cache=False)
+    assert has_masks(pruned_vgg) and not has_masks(masked)
+    permanent = accelerate(make_permanent(pruned_vgg), x[:1], timer=FakeTimer(), cache=False)
+    with torch.inference_mode():
+        assert_same_function(expected, masked(x))
+        assert_same_function(expected, permanent(x))
+    assert isinstance(permanent.features[8], SparseConv2d)
+
+
+def test_compact_file_round_trip_into_accelerate(pruned_vgg, tmp_path):
+    path = save_compact(pruned_vgg, tmp_path / "m.compact.pt")
+    loaded = load_checkpoint(path).model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    fast = accelerate(loaded, x[:1], timer=FakeTimer(), cache=False)
+    assert isinstance(fast.features[11], SparseConv2d)
+    with torch.inference_mode():
+        assert_same_function(pruned_vgg(x), fast(x))
+
+
+def test_sparse_runtime_follows_the_runtime_contract(pruned_vgg, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    deployable = make_permanent(pruned_vgg)
+    before = {k: v.clone() for k, v in deployable.state_dict().items()}
+    x = torch.randn(5, 3, 32, 32)
+    runtime = get_runtime("sparse")
+    assert runtime.missing() is None and "cpu" in runtime.devices
+    runnable = runtime.prepare(deployable, x[:1], "cpu", 1)
+    runnable.eval().to("cpu")
+    with torch.inference_mode():
+        assert_same_function(deployable(x), runnable(x))
+    assert all(torch.equal(before[k], v) for k, v in deployable.state_dict().items())
+    assert (tmp_path / "sparse_autotune.json").exists()
+
+
+def test_peak_memory_of_a_sparse_model_counts_only_the_kept_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(64, 256, 3, padding=1, bias=False)).eval()  # weights dominate at 4×4
+    apply_masks(model, {"0.weight": torch.rand(256, 64, 3, 3) >= 0.95})
+    make_permanent(model)
+    always_sparse = accelerate(model, torch.randn(1, 64, 4, 4), timer=lambda d, s, shape, t: (2.0, 1.0),
+                               cache=False)
+    assert isinstance(always_sparse[0], SparseConv2d)
+    dense_weight = 256 * 64 * 9 * 4
+    sparse_peak = peak_inference_memory(always_sparse, input_size=(64, 4, 4))
+    assert sparse_peak < 0.25 * peak_inference_memory(model, input_size=(64, 4, 4)) < 0.25 * 1.2 * dense_weight
+
+
+def test_peak_memory_does_not_count_an_alias_of_the_input_twice():
+    class FirstImage(nn.Module):
+        def forward(self, x):
+            return x[:1]
+
+    image_bytes = 3 * 8 * 8 * 4
+    assert peak_inference_memory(FirstImage(), batch_size=2, input_size=(3, 8, 8)) == 2 * image_bytes
+
+
+# --- profile ------------------------------------------------------------------------------------------------
+
+def test_profile_measures_the_runtime_s_model(monkeypatch):
+    from prunekit.measure import profile
+    from prunekit.runtime import Runtime
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(64, 256, 3, padding=1, bias=False)).eval()
+    prune_unstructured(model, sparsity=0.95, include_classifier=True)
+    always_sparse = Runtime("always-sparse", "test", lambda m, x, device, threads: accelerate(
+        m, x, device, threads, timer=lambda d, s, shape, t: (2.0, 1.0), cache=False))
+    eager = profile(model, input_size=(1, 64, 4, 4), timing=False)
+    sparse = profile(model, input_size=(1, 64, 4, 4), timing=False, runtime=always_sparse)
+    assert (eager.runtime, sparse.runtime) == ("eager", "always-sparse")
+    assert sparse.peak_memory_bytes < 0.25 * eager.peak_memory_bytes
+    assert sparse.weights_bytes < 0.25 * eager.weights_bytes
+    assert (sparse.params, sparse.nonzero_params, sparse.macs) == (eager.params, eager.nonzero_params, eager.macs)
+
+
+def test_profile_cli_runtime_flag(base, tmp_path, monkeypatch, capsys):
+    from prunekit.cli import main
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    capsys.readouterr()
+    assert main(["profile", str(base), "--runtime", "sparse", "--no-timing", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"] == "sparse"
+    assert main(["profile", str(base), "--runtime", "tensorrtx", "--no-timing"]) != 0
+    assert "unknown runtime 'tensorrtx'" in capsys.readouterr().err
