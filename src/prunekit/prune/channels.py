@@ -37,8 +37,8 @@ from torch import nn
 from prunekit.config import PruneConfig, make_prune_config
 from prunekit.errors import PrunekitError
 from prunekit.prune.allocate import repair, select_channels
-from prunekit.prune.graph import ChannelGraph, as_inputs, trace_channels
-from prunekit.prune.handlers import handler_for
+from prunekit.prune.graph import ChannelGraph, as_inputs, parse_param_role, trace_channels
+from prunekit.prune.handlers import handler_for, param_zero_entries
 from prunekit.prune.importance import effective_tensor, get_criterion, zeroed_channels
 from prunekit.masking import Masks, apply_masks, make_permanent, permanent_copy
 from prunekit.prune.surgery import remove_channels
@@ -237,15 +237,20 @@ def filter_sparsity(before: nn.Module, after: nn.Module) -> float:
 
 def channel_masks(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> Masks:
     """Bool masks (True = kept) zeroing the channels ``removed``: conv rows and biases, depthwise rows and
-    biases, Linear rows and biases, γ and β of every BN on them. Only tensors with a removed entry."""
+    biases, Linear rows and biases, γ and β of every BN on them, and the entries of per-channel parameters a
+    forward uses directly (a functional norm's γ and β, a layer scale). Only tensors with a removed entry."""
     modules = dict(model.named_modules())
     masks: Masks = {}
     for cid in sorted(removed):
         for slot in graph.channels[cid].slots:
-            if slot.role not in ("conv_out", "depthwise", "bn", "linear_out"):
-                continue
             module = modules[slot.module]
-            for param, index in handler_for(module).zero_entries(module, slot.role, slot.index):
+            if parse_param_role(slot.role) is not None:
+                entries = param_zero_entries(slot.role, slot.index)
+            elif slot.role in ("conv_out", "depthwise", "bn", "linear_out"):
+                entries = handler_for(module).zero_entries(module, slot.role, slot.index)
+            else:
+                continue
+            for param, index in entries:
                 tensor = effective_tensor(module, param)
                 if tensor is None:
                     continue

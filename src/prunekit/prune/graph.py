@@ -201,6 +201,33 @@ def tensors_in(value: Any) -> list[torch.Tensor]:
 # --------------------------------------------------------------------------- atoms and layouts
 
 
+class ParamView(NamedTuple):
+    """A per-channel parameter (or buffer) ``module.attr`` whose entries run along its axis ``dim``, seen in a
+    tensor (the parameter itself or a reshaped view) on that tensor's axis ``axis``."""
+
+    module: str
+    attr: str
+    dim: int
+    axis: int
+
+
+PARAM_ROLES = ("affine", "param")  # cut and zeroed in the masked twin | cut only (running statistics)
+
+
+def param_role(attr: str, dim: int, zeroed: bool) -> str:
+    """The slot role of entries of parameter ``attr`` along ``dim``: ``affine:gamma:0``, ``param:running_mean:0``."""
+    return f"{PARAM_ROLES[0] if zeroed else PARAM_ROLES[1]}:{attr}:{dim}"
+
+
+def parse_param_role(role: str) -> tuple[str, int, bool] | None:
+    """``(attr, dim, zeroed)`` of a parameter role, None for a layer role (``conv_out``, ``bn``, ...)."""
+    kind, _, rest = role.partition(":")
+    if kind not in PARAM_ROLES or not rest:
+        return None
+    attr, _, dim = rest.rpartition(":")
+    return attr, int(dim), kind == PARAM_ROLES[0]
+
+
 class Layout(NamedTuple):
     """The atoms of a tensor's channel axes: ``atoms`` has the tensor's sizes at ``dims`` (usually (1,))."""
 
@@ -288,6 +315,9 @@ class Walker:
         self.where = "<top level>"  # the layer the current op runs in
         self.origin: dict[int, str] = {}  # id(tensor) -> layer that made it
         self.consumed: set[int] = set()  # ids of tensors a traced op or layer read
+        self.owners = {id(t): (name, attr) for name, m in model.named_modules()
+                       for attr, t in (*m._parameters.items(), *m._buffers.items()) if t is not None}
+        self.param_views: dict[int, ParamView] = {}  # id(tensor) -> the per-channel parameter it shows
 
     # ---- tensors and layouts
 
@@ -312,6 +342,55 @@ class Walker:
             if key not in self.consumed and tensor.is_floating_point():
                 self.pin(self.layouts[key], f"a tensor of layer '{self.origin[key]}'",
                          "it is read by code prunekit cannot trace (e.g. a TorchScript function)")
+
+    def param_view(self, value: Any) -> ParamView | None:
+        """The per-channel parameter or buffer ``value`` is (or is a view of, see :meth:`follow_param`):
+        a tensor with exactly one axis longer than 1, owned by a module; None otherwise. A masked parameter
+        is found as the plain attribute its mask hook sets on the layer the op runs in."""
+        if not isinstance(value, torch.Tensor):
+            return None
+        if id(value) in self.param_views:
+            return self.param_views[id(value)]
+        owner = self.owners.get(id(value)) or self._attribute_of(value)
+        long_axes = [d for d, size in enumerate(value.shape) if size > 1]
+        if owner is None or len(long_axes) != 1:
+            return None
+        return ParamView(owner[0], owner[1], long_axes[0], long_axes[0])
+
+    def _attribute_of(self, value: torch.Tensor) -> tuple[str, str] | None:
+        module = self.model.get_submodule(self.where) if self.where != "<top level>" else self.model
+        attr = next((k for k, v in vars(module).items() if v is value), None)
+        return None if attr is None else (self.where if self.where != "<top level>" else "", attr)
+
+    def follow_param(self, value: Any, result: Any) -> bool:
+        """When ``value`` is a per-channel parameter and ``result`` a reshaped view of it (one long axis of the
+        same size), remember ``result`` as that parameter; True when it did."""
+        view = self.param_view(value)
+        if view is None or not isinstance(result, torch.Tensor) or self.layout(value) is not None:
+            return False
+        long_axes = [d for d, size in enumerate(result.shape) if size > 1]
+        if len(long_axes) != 1 or result.shape[long_axes[0]] != value.shape[view.axis]:
+            return False
+        self.alive.append(result)
+        self.param_views[id(result)] = view._replace(axis=long_axes[0])
+        return True
+
+    def param_atoms(self, view: ParamView, count: int, zeroed: bool) -> np.ndarray:
+        """``count`` new atoms carrying the entries of ``view``'s parameter, registered as its slots.
+
+        ``zeroed``: the parameter scales or shifts the channel (a norm's γ and β, a layer scale, a bias),
+        so the masked twin zeroes its entries and they are producers; else (running statistics) they are only
+        cut along with the channel. A buffer is never zeroed (masks hold parameters only)."""
+        module = self.model.get_submodule(view.module)
+        learned = view.attr in module._parameters or f"{view.attr}_orig" in module._parameters
+        zeroed = zeroed and learned  # a buffer cannot be masked: it is cut, and its channel is not zero
+        role = param_role(view.attr, view.dim, zeroed)
+        kind = "producer" if zeroed else ("never" if learned or view.attr not in ("running_mean", "running_var")
+                                          else "same")
+        atoms = np.array([self.atoms.new(kind) for _ in range(count)], dtype=np.int64)
+        for index, atom in enumerate(atoms):
+            self.register(view.module, role, index, int(atom))
+        return atoms
 
     def fresh(self, tensor: torch.Tensor, kind: str) -> Layout | None:
         """New atoms of rule ``kind`` for dim 1 of ``tensor`` (None below 2 dims)."""
