@@ -43,6 +43,11 @@ def randomise(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def width(module: nn.Module) -> int:
+    """Output channels of a conv, output features of a Linear (a channels-last Linear's filters)."""
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
 def logits(output):
     return output[0] if isinstance(output, tuple) else output
 
@@ -58,7 +63,7 @@ def test_masked_twin_equals_physical_model(case, setting):
     model = randomise(case.build())
     x = torch.randn(case.input_shape)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+    widths = {n: width(m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))}
 
     plan = plan_channels(model, x, **setting)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "plan_channels changed the model"
@@ -73,9 +78,9 @@ def test_masked_twin_equals_physical_model(case, setting):
 
     modules = dict(model.named_modules())
     for name, removed in plan.removed.items():
-        assert removed == sorted(set(removed)) and modules[name].out_channels == widths[name] - len(removed)
+        assert removed == sorted(set(removed)) and width(modules[name]) == widths[name] - len(removed)
     untouched = set(widths) - set(plan.removed)
-    assert all(modules[n].out_channels == widths[n] for n in untouched)
+    assert all(width(modules[n]) == widths[n] for n in untouched if not isinstance(modules[n], nn.Linear))
 
     model.train()
     logits(model(x)).square().mean().backward()
