@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=ANY_INT, default=0, help="for --criterion random (default: %(default)s)")
     p.add_argument("--exclude", action="append", default=None, metavar="PATTERN",
                    help="with --ratio: leave this conv (name or glob, repeatable) whole, e.g. features.24")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 2, nothing written) when the cut achieved is below half of the one asked "
+                        "(--ratio: filters; --macs-target: MACs), naming the ops that kept the channels")
     add_model_relocation_arg(p)
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned checkpoint")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
@@ -134,7 +137,8 @@ def cmd_prune_channels(args) -> int:
 
     from prunekit.checkpoint import derived_meta, load_checkpoint, save_checkpoint
     from prunekit.masking import make_permanent
-    from prunekit.prune.channels import channel_target, filter_sparsity, prune_channels
+    from prunekit.errors import PrunekitError
+    from prunekit.prune.channels import channel_target, filter_sparsity, plan_channels, prune_channels
     from prunekit.prune.report import filter_target_shortfall
 
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
@@ -143,12 +147,17 @@ def cmd_prune_channels(args) -> int:
     target = target_kwargs(args)
     start = time.perf_counter()
     config = channel_target(criterion=args.criterion, scope=args.scope, seed=args.seed, **target)  # defaults resolved
-    prune_channels(model, torch.zeros(1, *INPUT_SIZE), criterion=args.criterion, scope=config.scope,
-                   seed=args.seed, **target)
+    example = torch.zeros(1, *INPUT_SIZE)
+    plan = plan_channels(model, example, criterion=args.criterion, scope=config.scope, seed=args.seed, **target)
+    outcome = plan.outcome
+    if args.strict and outcome.shortfall():
+        raise PrunekitError(f"{outcome.shortfall()} (--strict: nothing written)")
+    prune_channels(model, example, plan=plan)
     seconds = time.perf_counter() - start
     after, sparsity = costs(model), filter_sparsity(original, model)
     record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed, "source": str(args.checkpoint),
-              **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds}
+              **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds,
+              **outcome_record(outcome)}
     meta = derived_meta(loaded.meta)
     save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity})
     shortfall = filter_target_shortfall(target.get("ratio"), sparsity)
@@ -156,9 +165,18 @@ def cmd_prune_channels(args) -> int:
         print_json({"out": args.out, **record, "before": before, "after": after,
                     **({"warning": shortfall} if shortfall else {})})
         return 0
-    if shortfall:
-        print(shortfall)
+    for line in (shortfall, outcome.shortfall()):
+        if line:
+            print(line)
     print(markdown_table(cost_rows(before, after)))
-    print(f"\nfilter sparsity {sparsity:.4f} (fraction of conv output channels removed); pruned in {seconds:.2f} s, "
+    print(f"\n{outcome.summary()}")
+    print(f"filter sparsity {sparsity:.4f} (fraction of conv output channels removed); pruned in {seconds:.2f} s, "
           f"not retrained (accuracy will drop until you fine-tune: `prunekit finetune`); saved {args.out}")
     return 0
+
+
+def outcome_record(outcome) -> dict:
+    """Asked vs achieved of a :class:`prunekit.prune.channels.PlanOutcome` as plain JSON values."""
+    return {"asked_filters": outcome.asked_filters, "achieved_filters": outcome.achieved_filters,
+            "asked_macs": outcome.asked_macs, "achieved_macs": outcome.achieved_macs, "coverage": outcome.coverage,
+            "shortfall": outcome.shortfall()}

@@ -28,6 +28,7 @@ already zero (masked earlier) stay removed and count towards the target, so iter
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -36,7 +37,7 @@ from torch import nn
 
 from prunekit.config import PruneConfig, make_prune_config
 from prunekit.errors import PrunekitError
-from prunekit.prune.allocate import repair, select_channels
+from prunekit.prune.allocate import estimate_macs, repair, select_channels
 from prunekit.prune.graph import ChannelGraph, as_inputs, parse_param_role, trace_channels
 from prunekit.prune.handlers import handler_for, param_zero_entries
 from prunekit.prune.importance import effective_tensor, get_criterion, zeroed_channels
@@ -57,6 +58,7 @@ class ChannelPlan:
                  depthwise rows, Linear rows, BN γ and β of every removed channel)
     ``blocked``  {where: why} for every channel prunekit had to keep (an op it cannot resize, the output)
     ``retraced`` True when size assumptions did not hold and the plan was made with those channels kept
+    ``outcome``  asked vs achieved (filters and MACs), coverage and the top blocking ops: :class:`PlanOutcome`
     """
 
     removed: dict[str, list[int]]
@@ -66,6 +68,77 @@ class ChannelPlan:
     graph: ChannelGraph = field(repr=False)
     channel_ids: frozenset[int] = field(repr=False)
     inputs: tuple = field(repr=False)
+    outcome: PlanOutcome | None = None
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the model's conv filters (filters of channels-last Linears included) that are free to
+        prune: on a channel no op pins. 1.0 when nothing blocks pruning (the network output aside, almost)."""
+        return self.outcome.coverage
+
+
+#: Achieved below this fraction of the asked amount is a shortfall: one line names what blocked the cut.
+SHORTFALL_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """What a plan asked for and what it achieves, before anything is cut.
+
+    Filters are conv output channels (and outputs of Linears on a channels-last tensor), counted as slots: a
+    channel shared by two convs counts twice. ``asked_filters`` is the ``ratio`` (None for other targets),
+    ``asked_macs`` the MAC reduction ``1 - macs_target`` (None for other targets). MACs are the trace's
+    estimate per example input (conv and linear calls). ``blockers``: ``(count, place, why)`` for the pins,
+    places with the same layer pattern (``stages.*.norm1``) counted together, most frequent first.
+    """
+
+    filters: int
+    filters_removed: int
+    prunable_filters: int
+    macs_before: int
+    macs_after: int
+    asked_filters: float | None = None
+    asked_macs: float | None = None
+    blockers: tuple[tuple[int, str, str], ...] = ()
+
+    @property
+    def achieved_filters(self) -> float:
+        return self.filters_removed / self.filters if self.filters else 0.0
+
+    @property
+    def achieved_macs(self) -> float:
+        return 1.0 - self.macs_after / self.macs_before if self.macs_before else 0.0
+
+    @property
+    def coverage(self) -> float:
+        return self.prunable_filters / self.filters if self.filters else 0.0
+
+    def summary(self) -> str:
+        """``asked 50% of filters, achieved 48.7% (MACs -61.2%)``."""
+        asked = (f"asked {self.asked_filters:.1%} of filters, " if self.asked_filters is not None else
+                 f"asked MACs -{self.asked_macs:.1%}, " if self.asked_macs is not None else "")
+        return (f"{asked}achieved {self.achieved_filters:.1%} of filters (MACs -{self.achieved_macs:.1%}); "
+                f"{self.coverage:.1%} of filters are free to prune")
+
+    def shortfall(self) -> str | None:
+        """One line when the achieved amount is below :data:`SHORTFALL_FRACTION` of the asked one, naming the
+        top blocking ops with counts; None otherwise (or when the target is not a ratio or a MAC target)."""
+        short = ((self.asked_filters is not None and self.achieved_filters < SHORTFALL_FRACTION * self.asked_filters)
+                 or (self.asked_macs is not None and self.achieved_macs < SHORTFALL_FRACTION * self.asked_macs))
+        if not short:
+            return None
+        top = "; ".join(f"{count} × {place} ({why})" for count, place, why in self.blockers[:3])
+        return f"shortfall: {self.summary()}. Channels kept by: {top or 'nothing recorded'}"
+
+
+def blockers_of(blocked: dict[str, str]) -> tuple[tuple[int, str, str], ...]:
+    """``blocked`` ({where: why}) counted by place pattern: module indices become ``*``, so the 44 norms of a
+    network's stages count as one blocker ``44 × 'batch_norm' in layer 'stages.*.norm1'``."""
+    counts: dict[tuple[str, str], int] = {}
+    for where, why in blocked.items():
+        key = (re.sub(r"(?<=[.'])\d+(?=[.'])|(?<=\.)\d+$|^\d+(?=\.)", "*", where), why)
+        counts[key] = counts.get(key, 0) + 1
+    return tuple(sorted(((n, place, why) for (place, why), n in counts.items()), key=lambda b: -b[0]))
 
 
 def channel_target(ratio: float | None = None, ratios: dict | None = None, cfg: list | None = None,
@@ -93,7 +166,8 @@ def plan_channels(model: nn.Module, example_inputs: Any = None, ratio: float | N
     traced again with those channels kept. Raises PrunekitError when no exact plan exists.
     """
     target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude)
-    return _plan(model, as_inputs(model, example_inputs), lambda graph: select_channels(model, graph, target))[0]
+    return _plan(model, as_inputs(model, example_inputs), lambda graph: select_channels(model, graph, target),
+                 target)[0]
 
 
 def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
@@ -119,7 +193,7 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
     if plan is None:
         target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude)
         plan, pruned = _plan(model, as_inputs(model, example_inputs),
-                             lambda graph: select_channels(model, graph, target))
+                             lambda graph: select_channels(model, graph, target), target)
     else:
         pruned = _cut_and_check(model, plan.graph, set(plan.channel_ids), plan.inputs)
     return _swap_in(model, pruned)
@@ -131,8 +205,8 @@ def _swap_in(model: nn.Module, pruned: nn.Module) -> nn.Module:
     return model
 
 
-def _plan(model: nn.Module, inputs: tuple,
-          choose: Callable[[ChannelGraph], set[int]]) -> tuple[ChannelPlan, nn.Module]:
+def _plan(model: nn.Module, inputs: tuple, choose: Callable[[ChannelGraph], set[int]],
+          target: PruneConfig | None = None) -> tuple[ChannelPlan, nn.Module]:
     """(plan, the checked pruned copy) for the channels ``choose(graph)`` picks; retraces with size
     assumptions off when the check fails and the trace made some."""
     for trust_sizes in (True, False):
@@ -150,9 +224,21 @@ def _plan(model: nn.Module, inputs: tuple,
                 if slot.role in ("conv_out", "depthwise"):
                     removed_by_conv.setdefault(slot.module, []).append(slot.index)
         plan = ChannelPlan({k: sorted(v) for k, v in removed_by_conv.items()}, channel_masks(model, graph, removed),
-                           dict(graph.blocked), not trust_sizes, graph, frozenset(removed), inputs)
+                           dict(graph.blocked), not trust_sizes, graph, frozenset(removed), inputs,
+                           plan_outcome(model, graph, removed, target))
         return plan, pruned
     raise AssertionError("unreachable")
+
+
+def plan_outcome(model: nn.Module, graph: ChannelGraph, removed: set[int],
+                 target: PruneConfig | None = None) -> PlanOutcome:
+    """Asked vs achieved for removing ``removed`` from ``model`` (see :class:`PlanOutcome`)."""
+    filters = sum(channel.filters for channel in graph.channels.values())
+    prunable = sum(channel.filters for channel in graph.channels.values() if channel.prunable)
+    asked_macs = None if target is None or target.macs_target is None else 1.0 - target.macs_target
+    return PlanOutcome(filters, sum(graph.channels[cid].filters for cid in removed), prunable,
+                       estimate_macs(graph, model), estimate_macs(graph, model, removed),
+                       None if target is None else target.sparsity, asked_macs, blockers_of(graph.blocked))
 
 
 def _cut_and_check(model: nn.Module, graph: ChannelGraph, removed: set[int], inputs: tuple) -> nn.Module:

@@ -883,9 +883,10 @@ def _layer_norm(w, name, args, kwargs, result):
     if layout is None:
         return w.set(result, w.fresh(result, "fixed"))
     normalised = set(range(x.dim() - len(tuple(_arg(args, kwargs, 1, "normalized_shape"))), x.dim()))
-    if normalised & set(layout.dims):
-        return unknown(w, name, args, kwargs, result, f"{name} normalises over the channel axis: its mean and "
-                                                      "variance use every channel, so none can be removed exactly")
+    if normalised & set(layout.dims):  # the channels stay, and stay where they are (axis 3 of NHWC)
+        w.pin(layout, f"'{name}' in layer '{w.where}'", f"{name} normalises over the channel axis: its mean and "
+                                                        "variance use every channel, so none can be removed exactly")
+        return w.set(result, w.new_op("never", [layout]))
     _pass(w, name, args, kwargs, result, kind="never")
 
 
