@@ -133,12 +133,13 @@ class PlanOutcome:
 
 def blockers_of(blocked: dict[str, str]) -> tuple[tuple[int, str, str], ...]:
     """``blocked`` ({where: why}) counted by place pattern: module indices become ``*``, so the 44 norms of a
-    network's stages count as one blocker ``44 × 'batch_norm' in layer 'stages.*.norm1'``."""
-    counts: dict[tuple[str, str], int] = {}
+    network's stages count as one blocker ``44 × 'batch_norm' in layer 'stages.*.norm1'`` (with the reason
+    of the first)."""
+    counts: dict[str, list] = {}
     for where, why in blocked.items():
-        key = (re.sub(r"(?<=[.'])\d+(?=[.'])|(?<=\.)\d+$|^\d+(?=\.)", "*", where), why)
-        counts[key] = counts.get(key, 0) + 1
-    return tuple(sorted(((n, place, why) for (place, why), n in counts.items()), key=lambda b: -b[0]))
+        place = re.sub(r"(?<=[.'])\d+(?=[.'])|(?<=\.)\d+$|^\d+(?=\.)", "*", where)
+        counts.setdefault(place, [0, why])[0] += 1  # the first reason of a place stands for all of them
+    return tuple(sorted(((n, place, why) for place, (n, why) in counts.items()), key=lambda b: -b[0]))
 
 
 def channel_target(ratio: float | None = None, ratios: dict | None = None, cfg: list | None = None,

@@ -633,8 +633,11 @@ def _split(w, name, args, kwargs, result):
     even = len(set(widths)) == 1
     assumed = name != "chunk"  # chunk(k) always re-splits the current width; split sizes may be literals
     what = f"{name} of {x.shape[1]} channels in layer '{w.where}' follows the width"
-    if not even or not _even_pieces(w, layout, widths[0], what, assumed):
+    if not even:
         return unknown(w, name, args, kwargs, result, f"{name} into {widths} is not even, so it cannot follow pruning")
+    if not _even_pieces(w, layout, widths[0], what, assumed):
+        return unknown(w, name, args, kwargs, result, f"{name} into {widths}: the sizes are literals in the code "
+                                                      "(the pruned model failed the self-check), so they stay")
     offset = 0
     for piece, width in zip(pieces, widths):
         w.set(piece, Layout((1,), layout.atoms[offset:offset + width]))
@@ -799,6 +802,38 @@ def _softmax(w, name, args, kwargs, result):
     if layout is None or dim is None or dim in layout.dims:
         return unknown(w, name, args, kwargs, result, "softmax over the channel axis mixes channels")
     _pass(w, name, args, kwargs, result, kind="never")
+
+
+# ---- functional layers: a layer subclass whose forward calls F.linear / F.conv2d on its own weight
+
+
+def _own_layer(w: Walker, weight: Any, kind: type) -> tuple[str, nn.Module] | None:
+    """(name, module) when ``weight`` is the ``weight`` parameter of a ``kind`` layer, else None."""
+    owner = w.owners.get(id(weight)) if isinstance(weight, torch.Tensor) else None
+    if owner is None or owner[1] != "weight":
+        return None
+    module = w.model.get_submodule(owner[0])
+    return (owner[0], module) if isinstance(module, kind) else None
+
+
+@register_op("linear")
+def _linear(w, name, args, kwargs, result):
+    """``F.linear(x, self.weight, self.bias)`` inside a Linear subclass: traced as that Linear."""
+    layer = _own_layer(w, _arg(args, kwargs, 1, "weight"), nn.Linear)
+    if layer is None or args[0].shape[-1] != layer[1].in_features:
+        return unknown(w, name, args, kwargs, result, "prunekit does not know how 'linear' uses channels")
+    _Linear().trace(w, layer[0], layer[1], (args[0],), result)
+
+
+@register_op("conv2d")
+def _conv2d(w, name, args, kwargs, result):
+    """``F.conv2d(x, self.weight, ...)`` inside a Conv2d subclass (e.g. 'same' padding computed in forward):
+    traced as that Conv2d when the call uses the layer's own weight and groups."""
+    layer = _own_layer(w, _arg(args, kwargs, 1, "weight"), nn.Conv2d)
+    groups = _arg(args, kwargs, 6, "groups", 1)
+    if layer is None or groups != layer[1].groups:
+        return unknown(w, name, args, kwargs, result, "prunekit does not know how 'conv2d' uses channels")
+    _Conv().trace(w, layer[0], layer[1], (args[0],), result)
 
 
 # ---- functional normalisation (a norm layer with its own forward, e.g. a norm + activation block)
