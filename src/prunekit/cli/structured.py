@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from prunekit.cli.common import ANY_INT, FRACTION, number  # numeric flags checked where parsed
-from prunekit.cli.common import add_model_relocation_arg, markdown_table, print_json
+from prunekit.cli.common import markdown_table, print_json
+from prunekit.cli.core import add_model_source_args, load_model_source
 
 INPUT_SIZE = (3, 32, 32)  # CIFAR images
 CHECK_BATCH = 8  # random images compared before/after shrinking
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from prunekit.config import DEFAULT_SCOPE
 
     p = sub.add_parser("prune-channels", help="one-shot physical filter pruning, no retraining")
-    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
+    add_model_source_args(p)  # CKPT, or --model NAME|REF (timm:resnet18d, torchvision:resnet18) [--weights FILE]
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--ratio", type=FRACTION, metavar="R", help="fraction of every channel group to remove")
     target.add_argument("--ratios", metavar="FILE",
@@ -47,7 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 2, nothing written) when the cut achieved is below half of the one asked "
                         "(--ratio: filters; --macs-target: MACs), naming the ops that kept the channels")
-    add_model_relocation_arg(p)
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned checkpoint")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_prune_channels)
@@ -135,13 +135,13 @@ def cmd_prune_channels(args) -> int:
 
     import torch
 
-    from prunekit.checkpoint import derived_meta, load_checkpoint, save_checkpoint
+    from prunekit.checkpoint import derived_meta, save_checkpoint
     from prunekit.masking import make_permanent
     from prunekit.errors import PrunekitError
     from prunekit.prune.channels import channel_target, filter_sparsity, plan_channels, prune_channels
     from prunekit.prune.report import filter_target_shortfall
 
-    loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
+    loaded = load_model_source(args)
     model = make_permanent(loaded.model.eval())  # masked modules cannot be deep-copied
     original, before = copy.deepcopy(model), costs(model)
     target = target_kwargs(args)
@@ -155,7 +155,7 @@ def cmd_prune_channels(args) -> int:
     prune_channels(model, example, plan=plan)
     seconds = time.perf_counter() - start
     after, sparsity = costs(model), filter_sparsity(original, model)
-    record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed, "source": str(args.checkpoint),
+    record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed, "source": str(args.checkpoint or args.model),
               **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds,
               **outcome_record(outcome)}
     meta = derived_meta(loaded.meta)

@@ -86,7 +86,9 @@ def arch_of(model: nn.Module) -> dict:
             "build it with prunekit.models.create_model or resolve_model, or save it with arch_ref='file.py:Class'"
         )
     key = "name" if isinstance(arch.get("name"), str) else "ref"
-    return {key: arch[key], "kwargs": copy.deepcopy(arch.get("kwargs", {})), "channels": channel_config(model)}
+    library = {"library": arch["library"]} if isinstance(arch.get("library"), str) else {}
+    return {key: arch[key], "kwargs": copy.deepcopy(arch.get("kwargs", {})), **library,
+            "channels": channel_config(model)}
 
 
 def saved_arch(model: nn.Module, arch_ref: str | None = None, kwargs: dict | None = None) -> dict | None:
@@ -132,7 +134,8 @@ def build_model(arch: dict, search_dirs=()) -> nn.Module:
     if arch.get("channels"):
         apply_channel_config(model, arch["channels"])
     key = "name" if "name" in model.arch else "ref"
-    model.arch = {key: model.arch[key], "kwargs": copy.deepcopy(model.arch["kwargs"])}
+    library = {"library": model.arch["library"]} if "library" in model.arch else {}  # the version installed now
+    model.arch = {key: model.arch[key], "kwargs": copy.deepcopy(model.arch["kwargs"]), **library}
     return model
 
 
