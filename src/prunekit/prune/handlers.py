@@ -836,6 +836,16 @@ def _conv2d(w, name, args, kwargs, result):
     _Conv().trace(w, layer[0], layer[1], (args[0],), result)
 
 
+@register_op("conv1d")
+def _conv1d(w, name, args, kwargs, result):
+    """A conv1d sliding along the channel axis (ECA attention: ``conv1d(y.view(b, 1, c))``) pins with its reason."""
+    layout = w.layout(args[0])
+    along_channels = layout is not None and args[0].dim() - 1 in layout.dims
+    why = ("conv1d along the channel axis (ECA-style attention) mixes neighbouring channels, so removing one "
+           "would change its neighbours' gates" if along_channels else "prunekit does not know how 'conv1d' uses channels")
+    unknown(w, name, args, kwargs, result, why)
+
+
 # ---- functional normalisation (a norm layer with its own forward, e.g. a norm + activation block)
 
 
