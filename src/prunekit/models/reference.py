@@ -160,7 +160,11 @@ def library_constructor(library: str, name: str) -> Callable:
     ``get_model`` with ``weights=None`` unless given). Raises PrunekitError when the library cannot be imported
     (naming the extra to install) or has no such model (naming close ones)."""
     module = _import_library(library)
-    names = module.list_models() if library == "timm" else module.models.list_models()
+    try:
+        names = list(module.list_models() if library == "timm" else module.models.list_models())
+    except Exception as exc:  # an old or broken install
+        raise PrunekitError(f"{library} cannot list its models ({type(exc).__name__}: {str(exc)[:100]}); install a "
+                            f"current {library}") from None
     if name not in names and not (library == "timm" and module.is_model(name)):
         close = difflib.get_close_matches(name, names, n=3)
         raise PrunekitError(f"{library} has no model '{name}'" + (f"; did you mean {', '.join(close)}?" if close else
