@@ -117,6 +117,8 @@ class PlanOutcome:
         """``asked 50% of filters, achieved 48.7% (MACs -61.2%)``."""
         asked = (f"asked {self.asked_filters:.1%} of filters, " if self.asked_filters is not None else
                  f"asked MACs -{self.asked_macs:.1%}, " if self.asked_macs is not None else "")
+        if not self.filters:
+            return f"{asked}achieved nothing: no conv in this model is one prunekit can cut (see the blocking ops)"
         return (f"{asked}achieved {self.achieved_filters:.1%} of filters (MACs -{self.achieved_macs:.1%}); "
                 f"{self.coverage:.1%} of filters are free to prune")
 
@@ -239,7 +241,7 @@ def plan_outcome(model: nn.Module, graph: ChannelGraph, removed: set[int],
     asked_macs = None if target is None or target.macs_target is None else 1.0 - target.macs_target
     return PlanOutcome(filters, sum(graph.channels[cid].filters for cid in removed), prunable,
                        estimate_macs(graph, model), estimate_macs(graph, model, removed),
-                       None if target is None else target.sparsity, asked_macs, blockers_of(graph.blocked))
+                       None if target is None else target.sparsity, asked_macs, blockers_of(graph.blocking or graph.blocked))
 
 
 def _cut_and_check(model: nn.Module, graph: ChannelGraph, removed: set[int], inputs: tuple) -> nn.Module:

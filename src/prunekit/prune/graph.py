@@ -124,7 +124,8 @@ class ChannelGraph:
     applied directly to that conv's output; ``calls`` every Conv/Linear call (MAC estimates); ``layout``
     conv names and ``"M"`` (max pool) in call order (checks VGG-style cfgs); ``outputs[module]`` the
     channel id of every output channel of each traced layer call (the self-check compares them);
-    ``blocked`` {where: why} for every pin; ``assumed`` the size assumptions made (see module doc).
+    ``blocked`` {where: why} for every pin (``blocking``: those that keep conv filters); ``assumed`` the size
+    assumptions made (see module doc).
     """
 
     channels: dict[int, Channel]
@@ -136,6 +137,7 @@ class ChannelGraph:
     outputs: dict[str, list[int]] = field(default_factory=dict)
     blocked: dict[str, str] = field(default_factory=dict)
     assumed: list[str] = field(default_factory=list)
+    blocking: dict[str, str] = field(default_factory=dict)  # the pins of ``blocked`` that keep conv filters
 
     def prunable(self, group: ChannelGroup) -> list[int]:
         return [c for c in group.channels if self.channels[c].prunable]
@@ -311,6 +313,7 @@ class Walker:
         self.reads: list[int] = []  # atoms read by an op that mixes channels
         self.pinned: set[int] = set()
         self.blocked: dict[str, str] = {}
+        self.pinned_at: dict[str, list[int]] = {}  # where -> the atoms pinned there
         self.assumed: list[str] = []
         self.where = "<top level>"  # the layer the current op runs in
         self.origin: dict[int, str] = {}  # id(tensor) -> layer that made it
@@ -440,6 +443,7 @@ class Walker:
             return
         self.pinned.update(layout.flat)
         self.blocked.setdefault(where, why)
+        self.pinned_at.setdefault(where, []).extend(layout.flat)
 
     def pin_inputs(self, values: Iterable[Any], where: str, why: str) -> None:
         for value in values:
@@ -561,8 +565,11 @@ def _build_graph(walker: Walker) -> ChannelGraph:
         channels[cid] = Channel(cid, group_of.get(cid), tuple(slots[cid]), frozenset(deps.get(cid, ())), prunable)
     ports = {key: {i: root_ids[atoms.find(a)] for i, a in port.items()} for key, port in walker.ports.items()}
     outputs = {name: [root_ids.get(atoms.find(a), -1) for a in layout] for name, layout in walker.outputs.items()}
+    with_filters = {cid for cid, found in slots.items() if any(slot.role == "conv_out" for slot in found)}
+    blocking = {where: why for where, why in walker.blocked.items()
+                if any(root_ids.get(atoms.find(a)) in with_filters for a in walker.pinned_at.get(where, ()))}
     return ChannelGraph(channels, groups, ports, walker.bn_after, walker.calls, walker.sequence, outputs,
-                        dict(walker.blocked), list(walker.assumed))
+                        dict(walker.blocked), list(walker.assumed), blocking)
 
 
 

@@ -831,6 +831,9 @@ def _conv2d(w, name, args, kwargs, result):
     traced as that Conv2d when the call uses the layer's own weight and groups."""
     layer = _own_layer(w, _arg(args, kwargs, 1, "weight"), nn.Conv2d)
     groups = _arg(args, kwargs, 6, "groups", 1)
+    if layer is None and isinstance(w.model.get_submodule(w.where) if w.where != "<top level>" else w.model, nn.Conv2d):
+        return unknown(w, name, args, kwargs, result, "the conv computes its weight in forward (e.g. weight "
+                                                      "standardisation, whose statistics span every input channel)")
     if layer is None or groups != layer[1].groups:
         return unknown(w, name, args, kwargs, result, "prunekit does not know how 'conv2d' uses channels")
     _Conv().trace(w, layer[0], layer[1], (args[0],), result)
