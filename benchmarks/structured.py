@@ -281,7 +281,7 @@ def library_rows(ratio: float = 0.5, smoke: bool = False) -> list[dict]:
                 before = count_macs(model, LIBRARY_INPUT)
                 pruned = prune_channels(model, example, plan=plan)
                 outcome = plan.outcome
-                row.update(status="ok", macs_before=before, macs_after=count_macs(pruned, LIBRARY_INPUT),
+                row.update(status="ok", library=model.arch.get("library"), macs_before=before, macs_after=count_macs(pruned, LIBRARY_INPUT),
                            achieved_filters=outcome.achieved_filters, coverage=outcome.coverage,
                            blockers=[list(b) for b in outcome.blockers if b[1] != "model output"][:2])
             except Exception as exc:  # refused or broken: recorded, never hidden

@@ -204,3 +204,11 @@ def test_blockers_are_counted_by_layer_pattern():
                "layer1.10": "c", "model output": "d"}
     assert blockers_of(blocked) == ((2, "'batch_norm' in layer 'stages.*.blocks.*.norm1'", "a"), (1, "layer1.*", "c"),
                                     (1, "model output", "d"))
+
+
+def test_a_wrong_parameter_shape_in_a_channel_config_names_the_module():
+    from prunekit.errors import PrunekitError
+
+    model = Net(LayerScale())
+    with pytest.raises(PrunekitError, match="'middle'.*'shapes'"):
+        apply_channel_config(model, {"middle": {"kind": "Params", "shapes": {"gamma": [2, 1]}}})
