@@ -281,7 +281,8 @@ def library_rows(ratio: float = 0.5, smoke: bool = False) -> list[dict]:
                 before = count_macs(model, LIBRARY_INPUT)
                 pruned = prune_channels(model, example, plan=plan)
                 outcome = plan.outcome
-                row.update(status="ok", library=model.arch.get("library"), macs_before=before, macs_after=count_macs(pruned, LIBRARY_INPUT),
+                row.update(status="ok", library=model.arch.get("library"), macs_before=before,
+                           macs_after=count_macs(pruned, LIBRARY_INPUT),
                            achieved_filters=outcome.achieved_filters, coverage=outcome.coverage,
                            blockers=[list(b) for b in outcome.blockers if b[1] != "model output"][:2])
             except Exception as exc:  # refused or broken: recorded, never hidden
@@ -292,12 +293,15 @@ def library_rows(ratio: float = 0.5, smoke: bool = False) -> list[dict]:
 
 
 def library_table(rows: list[dict]) -> str:
+    def cut(r):
+        return None if "macs_after" not in r else f"{1 - r['macs_after'] / r['macs_before']:.1%}"
+
+    def kept_because(r):
+        return "; ".join(f"{n} × {place}: {why}" for n, place, why in r.get("blockers", []))[:160]
+
     return markdown_table([{"model": r["model"], "status": r["status"], "achieved / asked": achieved_over_asked(r),
-                            "MACs cut": None if "macs_after" not in r else f"{1 - r['macs_after'] / r['macs_before']:.1%}",
-                            "free filters": None if "coverage" not in r else f"{r['coverage']:.0%}",
-                            "plan s": r.get("seconds"),
-                            "kept because": "; ".join(f"{n} × {place}: {why}" for n, place, why in r.get("blockers", []))[:160]}
-                           for r in rows])
+                            "MACs cut": cut(r), "free filters": None if "coverage" not in r else f"{r['coverage']:.0%}",
+                            "plan s": r.get("seconds"), "kept because": kept_because(r)} for r in rows])
 
 
 def latency_rows(names: tuple[str, ...], ratios: tuple[float, ...], batches: tuple[int, ...], threads: int,

@@ -196,12 +196,13 @@ def test_shortfall_names_the_blocking_ops_with_counts():
     outcome = plan_channels(randomise(Net(CumSum())), X[:1], ratio=0.5).outcome
     assert outcome.filters_removed == 0
     line = outcome.shortfall()
-    assert line.startswith("shortfall: asked 50.0% of filters, achieved 0.0%") and "1 × 'cumsum' in layer 'middle'" in line
+    assert line.startswith("shortfall: asked 50.0% of filters, achieved 0.0%")
+    assert "1 × 'cumsum' in layer 'middle'" in line
 
 
 def test_blockers_are_counted_by_layer_pattern():
-    blocked = {"'batch_norm' in layer 'stages.0.blocks.1.norm1'": "a", "'batch_norm' in layer 'stages.2.blocks.0.norm1'": "b",
-               "layer1.10": "c", "model output": "d"}
+    blocked = {"'batch_norm' in layer 'stages.0.blocks.1.norm1'": "a",
+               "'batch_norm' in layer 'stages.2.blocks.0.norm1'": "b", "layer1.10": "c", "model output": "d"}
     assert blockers_of(blocked) == ((2, "'batch_norm' in layer 'stages.*.blocks.*.norm1'", "a"), (1, "layer1.*", "c"),
                                     (1, "model output", "d"))
 

@@ -63,7 +63,8 @@ def test_masked_twin_equals_physical_model(case, setting):
     model = randomise(case.build())
     x = torch.randn(case.input_shape)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    widths = {n: width(m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))}
+    layers = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+    widths = {n: width(m) for n, m in model.named_modules() if isinstance(m, layers)}
 
     plan = plan_channels(model, x, **setting)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "plan_channels changed the model"

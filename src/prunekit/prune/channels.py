@@ -239,9 +239,10 @@ def plan_outcome(model: nn.Module, graph: ChannelGraph, removed: set[int],
     filters = sum(channel.filters for channel in graph.channels.values())
     prunable = sum(channel.filters for channel in graph.channels.values() if channel.prunable)
     asked_macs = None if target is None or target.macs_target is None else 1.0 - target.macs_target
+    asked_filters = None if target is None else target.sparsity
     return PlanOutcome(filters, sum(graph.channels[cid].filters for cid in removed), prunable,
-                       estimate_macs(graph, model), estimate_macs(graph, model, removed),
-                       None if target is None else target.sparsity, asked_macs, blockers_of(graph.blocking or graph.blocked))
+                       estimate_macs(graph, model), estimate_macs(graph, model, removed), asked_filters, asked_macs,
+                       blockers_of(graph.blocking or graph.blocked))
 
 
 def _cut_and_check(model: nn.Module, graph: ChannelGraph, removed: set[int], inputs: tuple) -> nn.Module:

@@ -844,8 +844,10 @@ def _conv1d(w, name, args, kwargs, result):
     """A conv1d sliding along the channel axis (ECA attention: ``conv1d(y.view(b, 1, c))``) pins with its reason."""
     layout = w.layout(args[0])
     along_channels = layout is not None and args[0].dim() - 1 in layout.dims
-    why = ("conv1d along the channel axis (ECA-style attention) mixes neighbouring channels, so removing one "
-           "would change its neighbours' gates" if along_channels else "prunekit does not know how 'conv1d' uses channels")
+    why = "prunekit does not know how 'conv1d' uses channels"
+    if along_channels:
+        why = ("conv1d along the channel axis (ECA-style attention) mixes neighbouring channels, so removing one "
+               "would change its neighbours' gates")
     unknown(w, name, args, kwargs, result, why)
 
 
