@@ -114,3 +114,15 @@ def test_real_library_model_end_to_end(ref, tmp_path, capsys):
     result = json.loads(out)
     assert result["achieved_macs"] > 0.4 and result["shortfall"] is None
     assert load_checkpoint(tmp_path / "p.pt").arch["ref"] == ref
+
+
+def test_prune_summary_names_the_blocking_ops_below_half_the_target(capsys):
+    from types import SimpleNamespace
+
+    from prunekit.cli.prune import print_blocking_ops
+
+    print_blocking_ops(SimpleNamespace(target=0.5, filter_sparsity=0.1, model=LibraryNet(num_classes=10, blocked=True)))
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("shortfall: asked 50.0% of filters, achieved 10.0%") and "'cumsum' in layer 'mix'" in line
+    print_blocking_ops(SimpleNamespace(target=0.5, filter_sparsity=0.3, model=LibraryNet(num_classes=10)))
+    assert capsys.readouterr().out == ""

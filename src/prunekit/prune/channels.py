@@ -129,8 +129,18 @@ class PlanOutcome:
                  or (self.asked_macs is not None and self.achieved_macs < SHORTFALL_FRACTION * self.asked_macs))
         if not short:
             return None
-        top = "; ".join(f"{count} × {place} ({why})" for count, place, why in self.blockers[:3])
-        return f"shortfall: {self.summary()}. Channels kept by: {top or 'nothing recorded'}"
+        return f"shortfall: {self.summary()}. Channels kept by: {blockers_text(self.blockers)}"
+
+
+def blockers_text(blockers: tuple[tuple[int, str, str], ...], top: int = 3) -> str:
+    """The ``top`` blockers as ``12 × 'layer_norm' in layer 'stages.*.norm' (why); …``."""
+    return "; ".join(f"{count} × {place} ({why})" for count, place, why in blockers[:top]) or "nothing recorded"
+
+
+def blocking_ops(model: nn.Module, example_inputs: Any = None) -> str:
+    """What keeps ``model``'s channels, traced now (e.g. to explain a shortfall after a pruning run)."""
+    graph = trace_channels(model, example_inputs)
+    return blockers_text(blockers_of(graph.blocking or graph.blocked))
 
 
 def blockers_of(blocked: dict[str, str]) -> tuple[tuple[int, str, str], ...]:
