@@ -213,3 +213,14 @@ def test_a_wrong_parameter_shape_in_a_channel_config_names_the_module():
     model = Net(LayerScale())
     with pytest.raises(PrunekitError, match="'middle'.*'shapes'"):
         apply_channel_config(model, {"middle": {"kind": "Params", "shapes": {"gamma": [2, 1]}}})
+
+
+def test_bn_scale_reads_the_gamma_of_a_norm_layer_with_its_own_forward():
+    from prunekit.prune.importance import channel_scores
+
+    model = randomise(Net(NormAct(4)))
+    with torch.no_grad():
+        model.middle.weight.copy_(torch.tensor([0.5, -3.0, 0.25, 2.0]))
+    graph = trace_channels(model, X[:1])
+    scores = channel_scores(model, graph, "bn_scale")
+    assert [scores[graph.ports[("conv1", "conv_out")][i]] for i in range(4)] == [0.5, 3.0, 0.25, 2.0]

@@ -131,7 +131,8 @@ def l2_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dict[int,
 
 @register_criterion("bn_scale")
 def bn_scale_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dict[int, float]:
-    """|γ| of the BN right after each producing conv, summed; else the first BN on the channel."""
+    """|γ| of the BN right after each producing conv, summed; else the first BN on the channel (a norm layer
+    with its own forward, e.g. a norm + activation layer, counts: its γ is the channel's ``affine:weight:0``)."""
     modules = dict(model.named_modules())
     gammas: dict[str, list[float]] = {}
 
@@ -148,7 +149,8 @@ def bn_scale_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dic
         channel = graph.channels[cid]
         pairs = [(graph.bn_after[s.module], s.index) for s in channel.producers if s.module in graph.bn_after]
         if not pairs:
-            pairs = [(s.module, s.index) for s in channel.slots if s.role == "bn"][:1]
+            pairs = [(s.module, s.index) for s in channel.slots if s.role == "bn" or (
+                s.role == "affine:weight:0" and isinstance(modules[s.module], nn.modules.batchnorm._NormBase))][:1]
         if pairs:
             scores[cid] = sum(gamma(name, index) for name, index in pairs)
         else:  # no BN anywhere on this channel (e.g. a last conv feeding the classifier): its filter's L1
