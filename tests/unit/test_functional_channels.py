@@ -224,3 +224,27 @@ def test_bn_scale_reads_the_gamma_of_a_norm_layer_with_its_own_forward():
     graph = trace_channels(model, X[:1])
     scores = channel_scores(model, graph, "bn_scale")
     assert [scores[graph.ports[("conv1", "conv_out")][i]] for i in range(4)] == [0.5, 3.0, 0.25, 2.0]
+
+
+class MixedConv(nn.ModuleDict):
+    """Uneven split sizes held by the layer (``torch.split(x, self.splits, 1)``), one conv per piece, cat."""
+
+    def __init__(self):
+        super().__init__({"0": nn.Conv2d(1, 2, 1), "1": nn.Conv2d(3, 2, 3, padding=1)})
+        self.splits = [1, 3]
+
+    def forward(self, x):
+        pieces = torch.split(x, self.splits, 1)
+        return torch.cat([conv(piece) for conv, piece in zip(self.values(), pieces)], 1)
+
+
+def test_split_sizes_held_by_the_layer_follow_pruning_and_round_trip():
+    model = randomise(Net(MixedConv()))
+    twin, physical, small, _ = cut(model, ("conv1", "conv_out", 2))  # a channel of the second piece
+    torch.testing.assert_close(physical, twin)
+    assert small.middle.splits == [1, 2] and small.middle["1"].in_channels == 2
+    config = channel_config(small)
+    assert config["middle"] == {"kind": "SplitSizes", "sizes": {"splits": [1, 2]}}
+    rebuilt = apply_channel_config(Net(MixedConv()), config)
+    rebuilt.load_state_dict(small.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(X), small(X))

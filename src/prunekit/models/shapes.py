@@ -30,6 +30,19 @@ _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
 }
 # Any other module holding parameters of its own (a layer scale, a learned per-channel bias): their shapes.
 PARAMS_KIND = "Params"
+# A module whose split sizes pruning changed (``torch.split(x, self.splits, 1)``): the sizes.
+SIZES_KIND = "SplitSizes"
+SIZED = "_prunekit_split_sizes"  # module attribute: names of the size attributes pruning changed
+
+
+def set_split_sizes(module: nn.Module, attr: str, sizes: list[int]) -> None:
+    """Set ``module.<attr>`` to ``sizes`` (same container type) and remember it, so ``channel_config``
+    records it and a checkpoint rebuilds the module with these sizes."""
+    old = getattr(module, attr)
+    setattr(module, attr, type(old)(sizes) if isinstance(old, (list, tuple)) else list(sizes))
+    module.__dict__.setdefault(SIZED, [])
+    if attr not in module.__dict__[SIZED]:
+        module.__dict__[SIZED].append(attr)
 
 
 def channel_config(model: nn.Module) -> dict[str, dict]:
@@ -39,7 +52,12 @@ def channel_config(model: nn.Module) -> dict[str, dict]:
 
     Plain JSON types only; does not modify the model.
     """
-    return {name: _describe(m) for name, m in model.named_modules() if _kind_of(m) is not None}
+    config = {name: _describe(m) for name, m in model.named_modules() if _kind_of(m) is not None}
+    for name, module in model.named_modules():
+        if getattr(module, SIZED, None) and name not in config:
+            sizes = {attr: [int(v) for v in getattr(module, attr)] for attr in module.__dict__[SIZED]}
+            config[name] = {"kind": SIZES_KIND, "sizes": sizes}
+    return config
 
 
 def apply_channel_config(model: nn.Module, config: dict[str, dict]) -> nn.Module:
@@ -60,6 +78,9 @@ def apply_channel_config(model: nn.Module, config: dict[str, dict]) -> nn.Module
     modules = dict(model.named_modules())
     for name, stored in config.items():
         module = modules.get(name)
+        if module is not None and isinstance(stored, dict) and stored.get("kind") == SIZES_KIND:
+            _apply_sizes(name, module, stored.get("sizes"))
+            continue
         if module is None or (name == "" and _kind_of(module) != PARAMS_KIND):
             raise PrunekitError(
                 f"channel config names module '{name}', which this model does not have; "
@@ -188,6 +209,18 @@ def _check_value(name: str, field: str, value: object) -> int | list[int]:
     elif is_int(value) and value > 0:
         return int(value)
     raise PrunekitError(f"channel config for '{name}': '{field}' has invalid value {value!r}")
+
+
+def _apply_sizes(name: str, module: nn.Module, sizes: object) -> None:
+    ok = isinstance(sizes, dict) and all(
+        isinstance(getattr(module, a, None), (list, tuple)) and isinstance(v, list)
+        and len(v) == len(getattr(module, a)) and all(isinstance(i, int) and i > 0 for i in v)
+        for a, v in sizes.items())
+    if not ok:
+        raise PrunekitError(f"channel config for '{name}': 'sizes' must give split-size attributes of the module "
+                            f"as lists of positive ints of their current length, got {sizes!r:.200}")
+    for attr, values in sizes.items():
+        set_split_sizes(module, attr, values)
 
 
 def _check_shapes(name: str, module: nn.Module, shapes: object) -> dict[str, list[int]]:

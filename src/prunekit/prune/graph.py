@@ -138,6 +138,8 @@ class ChannelGraph:
     blocked: dict[str, str] = field(default_factory=dict)
     assumed: list[str] = field(default_factory=list)
     blocking: dict[str, str] = field(default_factory=dict)  # the pins of ``blocked`` that keep conv filters
+    sizes: list[tuple[str, str, list[list[int]]]] = field(default_factory=list)  # split sizes a layer holds:
+    # (layer, attribute, channel ids of each piece); surgery writes the kept count of each piece back
 
     def prunable(self, group: ChannelGroup) -> list[int]:
         return [c for c in group.channels if self.channels[c].prunable]
@@ -314,6 +316,7 @@ class Walker:
         self.pinned: set[int] = set()
         self.blocked: dict[str, str] = {}
         self.pinned_at: dict[str, list[int]] = {}  # where -> the atoms pinned there
+        self.sizes: list[tuple[str, str, list[list[int]]]] = []  # (layer, attribute, atoms of each piece)
         self.assumed: list[str] = []
         self.where = "<top level>"  # the layer the current op runs in
         self.origin: dict[int, str] = {}  # id(tensor) -> layer that made it
@@ -568,8 +571,10 @@ def _build_graph(walker: Walker) -> ChannelGraph:
     with_filters = {cid for cid, found in slots.items() if any(slot.role == "conv_out" for slot in found)}
     blocking = {where: why for where, why in walker.blocked.items()
                 if any(root_ids.get(atoms.find(a)) in with_filters for a in walker.pinned_at.get(where, ()))}
+    sizes = [(module, attr, [[root_ids.get(atoms.find(a), -1) for a in piece] for piece in pieces])
+             for module, attr, pieces in walker.sizes]
     return ChannelGraph(channels, groups, ports, walker.bn_after, walker.calls, walker.sequence, outputs,
-                        dict(walker.blocked), list(walker.assumed), blocking)
+                        dict(walker.blocked), list(walker.assumed), blocking, sizes)
 
 
 

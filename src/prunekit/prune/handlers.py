@@ -630,6 +630,9 @@ def _split(w, name, args, kwargs, result):
             w.set(piece, layout)
         return None
     widths = [p.shape[1] for p in pieces]
+    holder = _size_holder(w, _arg(args, kwargs, 1, "split_size_or_sections"))
+    if holder is not None and w.assume(f"split sizes {holder[0]}.{holder[1]} are only used to split"):
+        return _split_by_attribute(w, layout, pieces, widths, holder)
     even = len(set(widths)) == 1
     assumed = name != "chunk"  # chunk(k) always re-splits the current width; split sizes may be literals
     what = f"{name} of {x.shape[1]} channels in layer '{w.where}' follows the width"
@@ -642,6 +645,27 @@ def _split(w, name, args, kwargs, result):
     for piece, width in zip(pieces, widths):
         w.set(piece, Layout((1,), layout.atoms[offset:offset + width]))
         offset += width
+
+
+def _size_holder(w: Walker, sizes: Any) -> tuple[str, str] | None:
+    """(layer, attribute) when ``sizes`` is a list of split sizes the layer holds (``split(x, self.splits, 1)``)."""
+    if not isinstance(sizes, (list, tuple)) or w.where == "<top level>":
+        return None
+    module = w.model.get_submodule(w.where)
+    attr = next((k for k, v in vars(module).items() if v is sizes), None)
+    return None if attr is None else (w.where, attr)
+
+
+def _split_by_attribute(w: Walker, layout: Layout, pieces: list, widths: list[int], holder: tuple[str, str]) -> None:
+    """Split sizes held by the layer follow pruning: each piece keeps its own channels (uneven pieces too),
+    and surgery writes the new sizes into the attribute (see :attr:`prunekit.prune.graph.ChannelGraph.sizes`)."""
+    offset, parts = 0, []
+    for piece, width in zip(pieces, widths):
+        atoms = layout.atoms[offset:offset + width]
+        w.set(piece, Layout((1,), atoms))
+        parts.append([int(a) for a in atoms])
+        offset += width
+    w.sizes.append((*holder, parts))
 
 
 @register_op("setitem", "index_put", "index_add", "index_copy", "scatter", "masked_fill", "copy", "fill", "zero")

@@ -13,6 +13,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.masking import masked_names
+from prunekit.models.shapes import set_split_sizes
 from prunekit.prune.graph import ChannelGraph, parse_param_role
 from prunekit.prune.handlers import handler_for, shrink_parameters
 
@@ -57,4 +58,6 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, removed: set[int]) ->
         if replacement is not None:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, replacement)
+    for name, attr, pieces in graph.sizes:
+        set_split_sizes(modules[name], attr, [sum(cid not in removed for cid in piece) for piece in pieces])
     return model
