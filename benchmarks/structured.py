@@ -251,7 +251,8 @@ def achieved_over_asked(row: dict) -> str | None:
 
 LIBRARY_MODELS = {
     "timm": ("resnetv2_50", "regnetx_002", "efficientnet_b0", "mobilenetv3_large_100", "convnext_atto", "cspresnet50",
-             "dpn68", "densenet121", "resnet50_gn", "ecaresnet26t", "skresnet18", "repvgg_a0", "ese_vovnet19b_dw"),
+             "dpn68", "densenet121", "resnet50_gn", "ecaresnet26t", "skresnet18", "repvgg_a0", "ese_vovnet19b_dw",
+             "mixnet_s"),
     "torchvision": ("resnet18", "mobilenet_v3_large", "efficientnet_b0", "regnet_x_400mf", "densenet121",
                     "convnext_tiny"),
 }
