@@ -4,7 +4,10 @@ Layers (``LAYERS``, by module type; :func:`register_layer` adds one) are the mod
 each :class:`LayerHandler` says how a call maps channels (``trace``), which parameter entries carry an
 output channel (``zero_entries``, the masked twin and the zero test) and how to cut the module
 (``shrink``). Ops (``OPS``, by plain torch function name; :func:`register_op` adds one) are everything
-else a forward pass runs. An op or layer with no entry pins the channels it touches (they are kept),
+else a forward pass runs; a layer subclass with its own forward is traced op by op (its functional
+``batch_norm``, ``group_norm``, ``linear``, ``conv2d`` on its own parameters) but resized like its base
+(:func:`handler_for`), and per-channel parameters a forward uses directly are cut by
+:func:`shrink_parameters`. An op or layer with no entry pins the channels it touches (they are kept),
 with its name and layer in the reason, so an unknown op never yields a wrong model.
 """
 
