@@ -1,7 +1,7 @@
 """Benchmark: structured (filter) pruning of every zoo model, beside Torch-Pruning, and what it buys on CPU.
 
-0. User-style networks: every case of ``tests/user_styles`` (53 networks written in the styles of public
-   CIFAR code) at every ratio: ok / kept / refused / broken (see ``style_rows``).
+0. User-style networks: every case of ``tests/user_styles`` (60 networks written in the styles of public
+   CIFAR code and of downloaded model libraries) at every ratio: ok / kept / refused / broken (see ``style_rows``).
 1. Pruning. Every registered model (10 classes, random init; BN statistics calibrated on one random batch
    and γ/β randomised, so equivalence checks are meaningful) at ratios 0.3 and 0.5 of every channel group
    (L1 criterion, layer scope): ``prune_channels`` wall time, params and MACs before/after
@@ -12,12 +12,17 @@
    equivalence check: the groups it prunes are recorded (interactive mode), the same channels are zeroed
    in a copy (conv rows/biases, BN γ/β), and the copy's output is compared with the pruned model's. A
    crash, a wrong output shape or a mismatch is recorded as the status.
-3. Speed-up. VGG-11, VGG-16, ResNet-56: CPU latency (``time_inference``: eval, inference_mode, warm-up,
+3. Library models (when timm / torchvision import): the networks people download, built with random
+   weights (``pretrained=False`` / ``weights=None``), pruned at ratio 0.5 (L1) on a 64x64 input: asked vs
+   achieved filters, MACs before/after, ``plan_channels`` time (trace, allocation, cut and float64 self-check
+   of a copy) and the top blocking ops.
+4. Speed-up. VGG-11, VGG-16, ResNet-56: CPU latency (``time_inference``: eval, inference_mode, warm-up,
    median; torch threads fixed by ``--threads``, default 1) of the original and the pruned models at batch 1 and 64,
    in alternating rounds (median of round medians) so background load hits all alike, beside the MACs
    reduction.
 
-    /tmp/tpvenv/bin/python benchmarks/structured.py [--quick] [--threads 1] [--part all|pruning|styles|latency]
+    /tmp/tpvenv/bin/python benchmarks/structured.py [--quick | --smoke] [--threads 1]
+        [--part all|pruning|styles|libraries|latency]
 
 Writes ``benchmarks/results/structured.{json,md}``.
 """
@@ -40,7 +45,7 @@ from prunekit.report.tables import markdown_table
 from prunekit.config import PruneConfig
 from prunekit.measure import count_macs, count_parameters, time_inference
 from prunekit.models import create_model, list_models
-from prunekit.prune.channels import filter_masks, prune_channels, shrink
+from prunekit.prune.channels import filter_masks, filter_sparsity, plan_channels, prune_channels, shrink
 from prunekit.prune.mask import apply_masks
 
 RATIOS = (0.3, 0.5)
@@ -91,7 +96,8 @@ def prunekit_row(name: str, ratio: float) -> dict:
     start = time.perf_counter()
     pruned = prune_channels(copy.deepcopy(model), example, ratio=ratio, criterion="l1", scope="layer")
     row["prunekit_seconds"] = time.perf_counter() - start
-    row.update(prunekit_params=count_parameters(pruned), prunekit_macs=count_macs(pruned))
+    row.update(prunekit_params=count_parameters(pruned), prunekit_macs=count_macs(pruned),
+               achieved_filters=filter_sparsity(model, pruned))
     config = PruneConfig(granularity="filter", sparsity=ratio, scope="layer", criterion="l1")
     masked = apply_masks(model, filter_masks(model, example, config))
     with torch.no_grad():
@@ -184,7 +190,7 @@ def pruning_rows(names: list[str], ratios: tuple[float, ...], tp) -> list[dict]:
     return rows
 
 
-def style_rows(ratios: tuple[float, ...]) -> list[dict]:
+def style_rows(ratios: tuple[float, ...], limit: int | None = None) -> list[dict]:
     """Every network of the user-style zoo (tests/user_styles) through ``prune_channels``: ``ok`` (pruned and
     equal to the masked twin within 1e-5 relative), ``kept`` (exact, nothing prunable), ``refused`` (a
     PrunekitError) or ``broken`` (a model that fails or differs: must never happen)."""
@@ -197,7 +203,7 @@ def style_rows(ratios: tuple[float, ...]) -> list[dict]:
     from prunekit.prune.channels import plan_channels
 
     rows = []
-    for case in CASES:
+    for case in CASES[:limit]:
         for ratio in ratios:
             torch.manual_seed(0)
             model, x = case.build().eval(), torch.randn(case.input_shape)
@@ -219,6 +225,7 @@ def style_rows(ratios: tuple[float, ...]) -> list[dict]:
             params = count_parameters(pruned) / count_parameters(model)
             status = "broken" if error > 1e-5 else ("ok" if plan.removed else "kept")
             rows.append({**row, "status": status, "relative_error": error, "params_kept": params,
+                         "achieved_filters": plan.outcome.achieved_filters, "macs_cut": plan.outcome.achieved_macs,
                          "seconds": time.perf_counter() - start, "retraced": plan.retraced,
                          "kept_because": sorted(set(plan.blocked.values()) - {"the network's output channels are fixed"})})
     return rows
@@ -230,9 +237,72 @@ def style_counts(rows: list[dict]) -> dict[str, int]:
 
 def style_table(rows: list[dict]) -> str:
     return markdown_table([{"case": r["case"], "pattern": r["pattern"], "ratio": r["ratio"], "status": r["status"],
+                            "achieved / asked": achieved_over_asked(r),
                             "params kept": None if "params_kept" not in r else round(r["params_kept"], 2),
                             "rel. error": r.get("relative_error"), "retraced": r.get("retraced"),
                             "channels kept because": "; ".join(r.get("kept_because", []))[:140]} for r in rows])
+
+
+def achieved_over_asked(row: dict) -> str | None:
+    """``0.50 / 0.50``: fraction of filters removed / asked (None when the row has no result)."""
+    achieved = row.get("achieved_filters")
+    return None if achieved is None else f"{achieved:.2f} / {row['ratio']:.2f}"
+
+
+LIBRARY_MODELS = {
+    "timm": ("resnetv2_50", "regnetx_002", "efficientnet_b0", "mobilenetv3_large_100", "convnext_atto", "cspresnet50",
+             "dpn68", "densenet121", "resnet50_gn", "ecaresnet26t", "skresnet18", "repvgg_a0", "ese_vovnet19b_dw",
+             "mixnet_s"),
+    "torchvision": ("resnet18", "mobilenet_v3_large", "efficientnet_b0", "regnet_x_400mf", "densenet121",
+                    "convnext_tiny"),
+}
+SMOKE_LIBRARY_MODELS = {"timm": ("regnetx_002",), "torchvision": ("resnet18",)}
+LIBRARY_INPUT = (1, 3, 64, 64)
+
+
+def library_rows(ratio: float = 0.5, smoke: bool = False) -> list[dict]:
+    """Every model of :data:`LIBRARY_MODELS` whose library imports, pruned at ``ratio`` (see the module doc)."""
+    from prunekit.errors import PrunekitError
+    from prunekit.models import resolve_model
+
+    rows = []
+    for library, names in (SMOKE_LIBRARY_MODELS if smoke else LIBRARY_MODELS).items():
+        for name in names:
+            row = {"model": f"{library}:{name}", "ratio": ratio}
+            try:
+                model = resolve_model(row["model"]).eval()
+            except PrunekitError as exc:
+                print(f"{row['model']}: skipped ({exc})", flush=True)
+                break  # the library does not import here: its other models would not either
+            example = torch.randn(*LIBRARY_INPUT, generator=torch.Generator().manual_seed(0))
+            try:
+                start = time.perf_counter()
+                plan = plan_channels(model, example, ratio=ratio)
+                row["seconds"] = time.perf_counter() - start
+                before = count_macs(model, LIBRARY_INPUT)
+                pruned = prune_channels(model, example, plan=plan)
+                outcome = plan.outcome
+                row.update(status="ok", library=model.arch.get("library"), macs_before=before,
+                           macs_after=count_macs(pruned, LIBRARY_INPUT),
+                           achieved_filters=outcome.achieved_filters, coverage=outcome.coverage,
+                           blockers=[list(b) for b in outcome.blockers if b[1] != "model output"][:2])
+            except Exception as exc:  # refused or broken: recorded, never hidden
+                row.update(status=f"{type(exc).__name__}: {str(exc)[:160]}")
+            print(f"{row['model']}: {row['status']} {row.get('seconds', float('nan')):.1f}s", flush=True)
+            rows.append(row)
+    return rows
+
+
+def library_table(rows: list[dict]) -> str:
+    def cut(r):
+        return None if "macs_after" not in r else f"{1 - r['macs_after'] / r['macs_before']:.1%}"
+
+    def kept_because(r):
+        return "; ".join(f"{n} × {place}: {why}" for n, place, why in r.get("blockers", []))[:160]
+
+    return markdown_table([{"model": r["model"], "status": r["status"], "achieved / asked": achieved_over_asked(r),
+                            "MACs cut": cut(r), "free filters": None if "coverage" not in r else f"{r['coverage']:.0%}",
+                            "plan s": r.get("seconds"), "kept because": kept_because(r)} for r in rows])
 
 
 def latency_rows(names: tuple[str, ...], ratios: tuple[float, ...], batches: tuple[int, ...], threads: int,
@@ -274,6 +344,7 @@ def pruning_table(rows: list[dict]) -> str:
     table = [{"model": r["model"], "ratio": r["ratio"],
               "params M": f"{m(r.get('params_before'))} → {m(r.get('prunekit_params'))}",
               "MACs M": f"{m(r.get('macs_before'))} → {m(r.get('prunekit_macs'))}",
+              "achieved / asked": achieved_over_asked(r),
               "prunekit s": r.get("prunekit_seconds"), "prunekit max|Δ|": r.get("prunekit_max_diff"),
               "TP status": r.get("tp_status"), "TP params M": m(r.get("tp_params")), "TP MACs M": m(r.get("tp_macs")),
               "TP s": r.get("tp_seconds"), "TP max|Δ|": r.get("tp_max_diff")} for r in rows]
@@ -298,32 +369,41 @@ def main() -> None:
                         help="torch threads for latency (default: 1: stable on shared cores, where one preempted "
                              "OpenMP thread stalls every op of a multi-threaded run; use 2+ on an idle machine)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (default: 5)")
-    parser.add_argument("--part", choices=["all", "pruning", "styles", "latency"], default="all",
+    parser.add_argument("--smoke", action="store_true",
+                        help="one model, one style case, one library model, no latency; writes structured_smoke.*")
+    parser.add_argument("--part", choices=["all", "pruning", "styles", "libraries", "latency"], default="all",
                         help="re-run one part, keeping the other from the last results (e.g. time again "
                              "when the machine is quiet)")
     args = parser.parse_args()
     tp = torch_pruning()
-    names = ["vgg11", "resnet20", "mobilenetv2"] if args.quick else list_models()
-    ratios = (0.5,) if args.quick else RATIOS
+    names = ["resnet20"] if args.smoke else ["vgg11", "resnet20", "mobilenetv2"] if args.quick else list_models()
+    ratios = (0.5,) if args.quick or args.smoke else RATIOS
+    tp = None if args.smoke else tp
     rounds = 2 if args.quick else args.rounds
     previous = previous_results() if args.part != "all" else {}
     start = time.perf_counter()
     torch.set_num_threads(1)  # pruning and equivalence: one thread is fastest on shared cores
-    pruning = previous.get("pruning", []) if args.part in ("latency", "styles") else pruning_rows(names, ratios, tp)
-    styles = previous.get("styles", []) if args.part in ("latency", "pruning") else style_rows(ratios)
+    pruning = previous.get("pruning", []) if args.part in ("latency", "styles", "libraries") else pruning_rows(
+        names, ratios, tp)
+    styles = previous.get("styles", []) if args.part in ("latency", "pruning", "libraries") else style_rows(
+        ratios, 1 if args.smoke else None)
+    libraries = previous.get("libraries", []) if args.part in ("latency", "pruning", "styles") else library_rows(
+        smoke=args.smoke)
     print("user-style zoo:", style_counts(styles), "| shipped zoo:",
           {s: sum(r.get("prunekit_status", "ok") == s for r in pruning) for s in ("ok",)}, flush=True)
     torch.set_num_threads(args.threads)  # latency (and the hardware header) use the fixed thread count
     load_before = os.getloadavg()[0]
-    latency = previous.get("latency", []) if args.part in ("pruning", "styles") else latency_rows(
-        ("vgg11",) if args.quick else LATENCY_MODELS, ratios, (1,) if args.quick else (1, 64), args.threads, rounds)
+    latency = [] if args.smoke else previous.get("latency", []) if args.part in ("pruning", "styles", "libraries") \
+        else latency_rows(("vgg11",) if args.quick else LATENCY_MODELS, ratios, (1,) if args.quick else (1, 64),
+                          args.threads, rounds)
     load = [load_before, os.getloadavg()[0]] if args.part in ("all", "latency") else previous.get(
         "latency_load_average", [load_before, load_before])
     payload = {"quick": args.quick, "ratios": ratios, "criterion": "l1", "scope": "layer",
                "torch_pruning": getattr(tp, "__version__", None) if tp else None, "latency_threads": args.threads,
                "latency_rounds": rounds, "latency_load_average": load,
                "seconds": time.perf_counter() - start, "pruning": pruning, "latency": latency,
-               "styles": styles, "style_counts": style_counts(styles)}
+               "styles": styles, "style_counts": style_counts(styles), "libraries": libraries,
+               "library_input": LIBRARY_INPUT}
     notes = ("prunekit max|Δ|: masked (filter_masks) vs physical (shrink) output, 4 random images, calibrated BN. "
              "TP max|Δ|: Torch-Pruning's pruned model vs the original with the channels it removed zeroed. "
              f"Latency: ms per batch, median of {rounds} alternating rounds (original, r=0.3, r=0.5 in turn), "
@@ -332,8 +412,9 @@ def main() -> None:
     counts = style_counts(styles)
     table = "## Pruning (L1, layer scope)\n\n" + pruning_table(pruning) + "\n\n## User-style networks (tests/user_styles)\n\n" \
         + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "\n\n" + style_table(styles) \
+        + "\n\n## Library models (ratio 0.5, L1, 64x64 input, random weights)\n\n" + library_table(libraries) \
         + "\n\n## CPU latency\n\n" + latency_table(latency) + "\n\n" + notes
-    write_results("structured", payload, table)
+    write_results("structured_smoke" if args.smoke else "structured", payload, table)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 The models were written for prunekit's tests to mimic common CIFAR code styles (modules built in
 forward, Python on tensor sizes, grouped convs, gates, splits, shuffles, padded shortcuts, transposed
-and scripted convs, literal-size heads, ...). No third-party code is copied. Each ``Case`` names one
+and scripted convs, literal-size heads, ...) and, in ``norms`` and ``channels_last``, the styles of the
+model libraries people download (norm layers calling ``F.batch_norm``/``F.group_norm`` themselves,
+channels-last MLP blocks with layer scale). No third-party code is copied. Each ``Case`` names one
 model, the style ``pattern`` it exercises, and a ``build`` callable returning a fresh model.
 
 Every model takes ``input_shape`` (default ``(2, 3, 32, 32)``) and returns ``(N, 10)`` logits, except
@@ -16,7 +18,8 @@ from typing import Callable
 
 from torch import nn
 
-from . import gates, grouped, inline_modules, misc, pad_shortcut, shape_python, shuffle, splits, transpose_script, views
+from . import (channels_last, gates, grouped, inline_modules, misc, norms, pad_shortcut, shape_python, shuffle, splits,
+               transpose_script, views)
 
 PATTERNS = (
     "inline_modules",
@@ -29,6 +32,8 @@ PATTERNS = (
     "transpose_script",
     "views",
     "misc",
+    "norms",
+    "channels_last",
 )
 
 
@@ -158,4 +163,20 @@ CASES: list[Case] = [
          notes="GoogLeNet-like: four branches (1x1, 3x3, double 3x3, pool-proj) concatenated"),
     Case("shared_conv_twice", "misc", misc.SharedConvNet,
          notes="one conv module called twice (weight sharing) with different BNs, residual add"),
+    # ------------------------------------------------------------------ norms
+    Case("bnact_preact_resnet", "norms", norms.BNActResNet,
+         notes="pre-act ResNet; every norm a BatchNorm2d subclass whose forward calls F.batch_norm then ReLU"),
+    Case("bnact_mbconv_se", "norms", norms.BNActEffNet,
+         notes="EfficientNet-like MBConv + SE with BatchNormAct norms (no act after the projection)"),
+    Case("groupnorm_resnet", "norms", norms.GroupNormResNet,
+         notes="ResNet with nn.GroupNorm(8, C) and a GroupNorm subclass calling F.group_norm + SiLU"),
+    Case("instancenorm_vgg", "norms", norms.InstanceNormNet,
+         notes="affine nn.InstanceNorm2d, and F.instance_norm on the model's own scale/shift parameters"),
+    # ------------------------------------------------------------------ channels_last
+    Case("convnext_linear_mlp", "channels_last", channels_last.TinyConvNeXt,
+         notes="permute(0, 2, 3, 1), nn.LayerNorm, Linear 4x MLP, gamma * x, permute back; LayerNorm2d downsampling"),
+    Case("layer_scale_conv_mlp", "channels_last", channels_last.LayerScaleConvNet,
+         notes="1x1-conv MLP with a learned (1, C, 1, 1) hidden bias; x + y.mul(gamma.reshape(1, -1, 1, 1))"),
+    Case("tokens_flatten_transpose", "channels_last", channels_last.TokenMixerNet,
+         notes="tokens by x.flatten(2).transpose(1, 2), Linear MLP with ls[None, None, :], back by reshape"),
 ]

@@ -43,6 +43,11 @@ def randomise(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def width(module: nn.Module) -> int:
+    """Output channels of a conv, output features of a Linear (a channels-last Linear's filters)."""
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
 def logits(output):
     return output[0] if isinstance(output, tuple) else output
 
@@ -58,7 +63,8 @@ def test_masked_twin_equals_physical_model(case, setting):
     model = randomise(case.build())
     x = torch.randn(case.input_shape)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+    layers = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+    widths = {n: width(m) for n, m in model.named_modules() if isinstance(m, layers)}
 
     plan = plan_channels(model, x, **setting)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "plan_channels changed the model"
@@ -73,9 +79,9 @@ def test_masked_twin_equals_physical_model(case, setting):
 
     modules = dict(model.named_modules())
     for name, removed in plan.removed.items():
-        assert removed == sorted(set(removed)) and modules[name].out_channels == widths[name] - len(removed)
+        assert removed == sorted(set(removed)) and width(modules[name]) == widths[name] - len(removed)
     untouched = set(widths) - set(plan.removed)
-    assert all(modules[n].out_channels == widths[n] for n in untouched)
+    assert all(width(modules[n]) == widths[n] for n in untouched if not isinstance(modules[n], nn.Linear))
 
     model.train()
     logits(model(x)).square().mean().backward()
@@ -112,3 +118,36 @@ def test_unstructured_pruning_refuses_weights_inside_torchscript_blocks_by_name(
     with pytest.raises(PrunekitError, match="TorchScript block .*block1"):
         prune_unstructured(model, sparsity=0.5)
     assert not any(n.endswith("_orig") for n, _ in model.named_parameters())  # nothing was masked
+
+
+# Patterns whose every channel group can follow pruning; convnext_linear_mlp keeps its residual stream (a
+# LayerNorm over channels reads every channel), so only its MLP hidden widths go.
+SECOND_ZOO = [c for c in CASES if c.pattern in ("norms", "channels_last")]
+STREAM_PINNED = {"convnext_linear_mlp"}
+
+
+@pytest.mark.parametrize("case", SECOND_ZOO, ids=lambda c: c.name)
+def test_second_zoo_achieves_what_is_asked(case):
+    outcome = plan_channels(randomise(case.build()), torch.randn(case.input_shape), ratio=0.5).outcome
+    if case.name in STREAM_PINNED:
+        assert outcome.achieved_filters >= 0.3 and outcome.achieved_macs >= 0.3, outcome.summary()
+        assert any("normalises over the channel axis" in why for _, _, why in outcome.blockers)
+    else:
+        assert outcome.achieved_filters >= 0.8 * 0.5 and outcome.achieved_macs >= 0.4, outcome.summary()
+        assert outcome.shortfall() is None
+
+
+@pytest.mark.parametrize("case", SECOND_ZOO + [c for c in CASES if c.name in ("dpn_dual_path", "csp_half_split")],
+                         ids=lambda c: c.name)
+def test_plan_predicts_the_cut_made_without_it(case):
+    """plan_channels(m, x, **args) then prune_channels(m, x, **args) with no plan removes exactly plan.removed."""
+    torch.manual_seed(0)
+    model = randomise(case.build())
+    x = torch.randn(case.input_shape)
+    widths = {n: width(m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    plan = plan_channels(model, x, ratio=0.5, criterion="l1")
+    prune_channels(model, x, ratio=0.5, criterion="l1")
+    modules = dict(model.named_modules())
+    assert plan.removed
+    assert {n: widths[n] - width(modules[n]) for n in widths if width(modules[n]) != widths[n]} == \
+        {n: len(r) for n, r in plan.removed.items()}

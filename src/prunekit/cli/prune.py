@@ -243,6 +243,7 @@ def print_prune_summary(result) -> None:
         shortfall = filter_target_shortfall(result.target, result.filter_sparsity)
         if shortfall:
             print(shortfall)
+        print_blocking_ops(result)
     else:
         from prunekit.prune import sparsity_report
 
@@ -252,6 +253,18 @@ def print_prune_summary(result) -> None:
         print(f"params {meta['params']:,}, non-zero {meta['nonzero_params']:,}")
     synthetic = " on SYNTHETIC data" if meta.get("synthetic") else ""
     print(f"test top-1 {result.test_top1:.2f}%  top-5 {result.test_top5:.2f}%{synthetic}; saved {result.path}")
+
+
+def print_blocking_ops(result) -> None:
+    """Below half of the asked filter sparsity: one line naming the ops that kept the channels."""
+    from prunekit.prune.channels import SHORTFALL_FRACTION, blocking_ops
+
+    if result.target and result.filter_sparsity < SHORTFALL_FRACTION * result.target:
+        import torch
+
+        device = next(result.model.parameters()).device
+        print(f"shortfall: asked {result.target:.1%} of filters, achieved {result.filter_sparsity:.1%}. Channels "
+              f"kept by: {blocking_ops(result.model, torch.zeros(1, 3, 32, 32, device=device))}")
 
 
 def cmd_finetune(args) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from prunekit.cli.common import ANY_INT, FRACTION, NON_NEGATIVE_INT, number  # numeric flags checked where parsed
-from prunekit.cli.common import (add_criterion_arg, add_data_args, add_model_relocation_arg, add_scope_arg, data_for,
-                                 markdown_table, print_json, warn_if_collapsed)
+from prunekit.cli.common import (add_criterion_arg, add_data_args, add_scope_arg, data_for, markdown_table, print_json,
+                                 warn_if_collapsed)
+from prunekit.cli.core import add_model_source_args, load_model_source
 
 INPUT_SIZE = (3, 32, 32)  # CIFAR images
 RECALIBRATION_BATCHES = 8  # prune-channels' default when the data is known: 30% of a ResNet-32 gets 14% → 73%
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from prunekit.config import DEFAULT_SCOPE
 
     p = sub.add_parser("prune-channels", help="one-shot physical filter pruning, no retraining")
-    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
+    add_model_source_args(p)  # CKPT, or --model NAME|REF (timm:resnet18d, torchvision:resnet18) [--weights FILE]
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--ratio", type=FRACTION, metavar="R", help="fraction of every channel group to remove")
     target.add_argument("--ratios", metavar="FILE",
@@ -48,7 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="re-estimate BatchNorm statistics on N training batches after pruning; default "
                         f"{RECALIBRATION_BATCHES} when the data is known (the checkpoint remembers its folder, or "
                         "--data/--dataset is given), else 0; 0 skips it. With data, top-1 before/after is printed")
-    add_model_relocation_arg(p)
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 2, nothing written) when the cut achieved is below half of the one asked "
+                        "(--ratio: filters; --macs-target: MACs), naming the ops that kept the channels")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned checkpoint")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     add_data_args(p)
@@ -145,12 +148,13 @@ def cmd_prune_channels(args) -> int:
 
     import torch
 
-    from prunekit.checkpoint import derived_meta, load_checkpoint, save_checkpoint
+    from prunekit.checkpoint import derived_meta, save_checkpoint
     from prunekit.masking import make_permanent
-    from prunekit.prune.channels import channel_target, filter_sparsity, prune_channels
+    from prunekit.errors import PrunekitError
+    from prunekit.prune.channels import channel_target, filter_sparsity, plan_channels, prune_channels
     from prunekit.prune.report import filter_target_shortfall, sparsity_report
 
-    loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
+    loaded = load_model_source(args)
     model = make_permanent(loaded.model.eval())  # masked modules cannot be deep-copied
     original, before = copy.deepcopy(model), costs(model)
     target = target_kwargs(args)
@@ -158,15 +162,20 @@ def cmd_prune_channels(args) -> int:
     top1_before = test_metrics(model, data) if data is not None else None
     start = time.perf_counter()
     config = channel_target(criterion=args.criterion, scope=args.scope, seed=args.seed, **target)  # defaults resolved
-    prune_channels(model, torch.zeros(1, *INPUT_SIZE), criterion=args.criterion, scope=config.scope,
-                   seed=args.seed, **target)
+    example = torch.zeros(1, *INPUT_SIZE)
+    plan = plan_channels(model, example, criterion=args.criterion, scope=config.scope, seed=args.seed, **target)
+    outcome = plan.outcome
+    if args.strict and outcome.shortfall():
+        raise PrunekitError(f"{outcome.shortfall()} (--strict: nothing written)")
+    prune_channels(model, example, plan=plan)
     seconds = time.perf_counter() - start
     after, sparsity = costs(model), filter_sparsity(original, model)
     recalibrated = recalibrate(model, data, args)
     top1_after = test_metrics(model, data) if data is not None else None
-    record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed, "source": str(args.checkpoint),
-              **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds,
-              "bn_recalibration_batches": recalibrated}
+    record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed,
+              "source": str(args.checkpoint or args.model), **{k: v for k, v in target.items()},
+              "filter_sparsity": sparsity, "seconds": seconds, "bn_recalibration_batches": recalibrated,
+              **outcome_record(outcome)}
     measured = {} if top1_after is None else {"test_top1": top1_after.top1, "test_top5": top1_after.top5,
                                               "test_loss": top1_after.loss, "test_images": top1_after.images}
     meta = derived_meta(loaded.meta)
@@ -178,7 +187,7 @@ def cmd_prune_channels(args) -> int:
         print_json({"out": args.out, **record, "before": before, "after": after, **accuracy,
                     **({"warning": shortfall} if shortfall else {})})
     else:
-        print_prune_channels_summary(args, before, after, sparsity, seconds, shortfall, recalibrated,
+        print_prune_channels_summary(args, before, after, sparsity, seconds, (shortfall, outcome), recalibrated,
                                      (top1_before, top1_after) if data is not None else None, data)
     if top1_after is not None:
         warn_if_collapsed(top1_after, ("top-1 before pruning", top1_before.top1), "the pruned model")
@@ -186,10 +195,14 @@ def cmd_prune_channels(args) -> int:
 
 
 def print_prune_channels_summary(args, before: dict, after: dict, sparsity: float, seconds: float,
-                                 shortfall: str | None, recalibrated: int, accuracy, data) -> None:
-    if shortfall:
-        print(shortfall)
+                                 shortfall: tuple, recalibrated: int, accuracy, data) -> None:
+    """``shortfall``: (the filter-target shortfall line or None, the plan's :class:`PlanOutcome`)."""
+    line, outcome = shortfall
+    for text in (line, outcome.shortfall()):
+        if text:
+            print(text)
     print(markdown_table(cost_rows(before, after)))
+    print(f"\n{outcome.summary()}")
     bn = f"BN statistics re-estimated on {recalibrated} training batch(es), " if recalibrated else ""
     print(f"\nfilter sparsity {sparsity:.4f} (fraction of conv output channels removed); pruned in {seconds:.2f} s, "
           f"{bn}not retrained (accuracy will drop until you fine-tune: `prunekit finetune`); saved {args.out}")
@@ -237,3 +250,10 @@ def test_metrics(model, data):
     from prunekit.train import evaluate_split
 
     return evaluate_split(model, data, "test")
+
+
+def outcome_record(outcome) -> dict:
+    """Asked vs achieved of a :class:`prunekit.prune.channels.PlanOutcome` as plain JSON values."""
+    return {"asked_filters": outcome.asked_filters, "achieved_filters": outcome.achieved_filters,
+            "asked_macs": outcome.asked_macs, "achieved_macs": outcome.achieved_macs, "coverage": outcome.coverage,
+            "shortfall": outcome.shortfall()}

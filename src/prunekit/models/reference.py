@@ -1,4 +1,5 @@
-"""User models by reference: ``path/to/file.py:Class`` or ``package.module:factory``.
+"""User models by reference: ``path/to/file.py:Class``, ``package.module:factory``, or a model of a library,
+``timm:resnet18d`` / ``torchvision:resnet18`` (see :data:`LIBRARIES`; the library and its version are recorded).
 
 A reference names a constructor (an ``nn.Module`` class or a function returning a module) and is stored
 in checkpoints as ``arch = {"ref": REF, "kwargs": {...}}`` beside the per-layer channel counts, the way
@@ -17,6 +18,7 @@ named as ``package.module:factory``.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -100,9 +102,15 @@ def model_from_reference(ref: str, kwargs: dict | None = None, search_dirs: Iter
     return _construct(constructor, used, dict(kwargs or {}))
 
 
+#: Model libraries named as ``library:model`` (optional extras ``prunekit[timm]``, ``prunekit[torchvision]``).
+LIBRARIES = ("timm", "torchvision")
+
+
 def load_constructor(ref: str, search_dirs: Iterable[str | Path] = ()) -> tuple[Callable, str]:
     """The callable ``ref`` names and the reference as found (file path possibly re-located)."""
     target, attribute = parse_reference(ref)
+    if target in LIBRARIES:
+        return library_constructor(target, attribute), ref
     if _is_file(target):
         path = _find_file(target, ref, search_dirs)
         module, used = _import_file(path), f"{path}:{attribute}"
@@ -146,6 +154,45 @@ def reference_of(cls: type) -> str | None:
     return f"{module_name}:{qualname}"
 
 
+def library_constructor(library: str, name: str) -> Callable:
+    """A constructor ``(num_classes=None, **kwargs)`` of model ``name`` of ``library`` (timm: ``create_model``
+    with ``pretrained=False`` unless kwargs say otherwise, weights then from the HF Hub; torchvision:
+    ``get_model`` with ``weights=None`` unless given). Raises PrunekitError when the library cannot be imported
+    (naming the extra to install) or has no such model (naming close ones)."""
+    module = _import_library(library)
+    try:
+        names = list(module.list_models() if library == "timm" else module.models.list_models())
+    except Exception as exc:  # an old or broken install
+        raise PrunekitError(f"{library} cannot list its models ({type(exc).__name__}: {str(exc)[:100]}); install a "
+                            f"current {library}") from None
+    if name not in names and not (library == "timm" and module.is_model(name)):
+        close = difflib.get_close_matches(name, names, n=3)
+        raise PrunekitError(f"{library} has no model '{name}'" + (f"; did you mean {', '.join(close)}?" if close else
+                                                                   f"; list them with {library}.list_models()"))
+
+    def build(num_classes: int | None = None, **kwargs) -> nn.Module:
+        extra = {} if num_classes is None else {"num_classes": num_classes}
+        if library == "timm":
+            return module.create_model(name, **{"pretrained": False, **kwargs, **extra})
+        return module.models.get_model(name, **{"weights": None, **kwargs, **extra})
+
+    build.library_version = f"{library} {getattr(module, '__version__', '?')}"
+    return build
+
+
+def _import_library(library: str) -> ModuleType:
+    try:
+        return importlib.import_module(library)
+    except ModuleNotFoundError:
+        raise PrunekitError(f"--model {library}:NAME needs {library}: pip install 'prunekit[{library}]' (CPU-only "
+                            "torch: install torchvision from https://download.pytorch.org/whl/cpu, see the README)"
+                            ) from None
+    except Exception as exc:  # e.g. a torchvision built for another torch: undefined symbol torchvision::nms
+        raise PrunekitError(f"importing {library} raised {type(exc).__name__}: {str(exc)[:200]}; install the "
+                            f"{library} build that matches your torch (CPU-only torch: torchvision from "
+                            "https://download.pytorch.org/whl/cpu)") from None
+
+
 def _construct(constructor: Callable, ref: str, kwargs: dict) -> nn.Module:
     kwargs = as_json_kwargs(kwargs, ref)
     try:
@@ -157,6 +204,8 @@ def _construct(constructor: Callable, ref: str, kwargs: dict) -> nn.Module:
         raise PrunekitError(f"{ref} returned an object of type {type(model).__name__}, not a torch.nn.Module: name an nn.Module "
                             "class or a function that returns one")
     model.arch = {"ref": ref, "kwargs": kwargs}
+    if hasattr(constructor, "library_version"):
+        model.arch["library"] = constructor.library_version  # recorded in checkpoints beside the reference
     return model
 
 

@@ -26,7 +26,24 @@ _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
     "BatchNorm2d": ((nn.BatchNorm2d, nn.SyncBatchNorm), ("num_features",)),
     "BatchNorm1d": (nn.BatchNorm1d, ("num_features",)),
     "Linear": (nn.Linear, ("in_features", "out_features")),
+    "GroupNorm": (nn.GroupNorm, ("num_groups", "num_channels")),
+    "InstanceNorm2d": (nn.InstanceNorm2d, ("num_features",)),
 }
+# Any other module holding parameters of its own (a layer scale, a learned per-channel bias): their shapes.
+PARAMS_KIND = "Params"
+# A module whose split sizes pruning changed (``torch.split(x, self.splits, 1)``): the sizes.
+SIZES_KIND = "SplitSizes"
+SIZED = "_prunekit_split_sizes"  # module attribute: names of the size attributes pruning changed
+
+
+def set_split_sizes(module: nn.Module, attr: str, sizes: list[int]) -> None:
+    """Set ``module.<attr>`` to ``sizes`` (same container type) and remember it, so ``channel_config``
+    records it and a checkpoint rebuilds the module with these sizes."""
+    old = getattr(module, attr)
+    setattr(module, attr, type(old)(sizes) if isinstance(old, (list, tuple)) else list(sizes))
+    module.__dict__.setdefault(SIZED, [])
+    if attr not in module.__dict__[SIZED]:
+        module.__dict__[SIZED].append(attr)
 
 
 def has_shape_record(module_type: type) -> bool:
@@ -37,11 +54,17 @@ def has_shape_record(module_type: type) -> bool:
 
 def channel_config(model: nn.Module) -> dict[str, dict]:
     """Channel counts of every module of a recorded kind (:data:`_KINDS`: Conv2d, ConvTranspose2d, BatchNorm1d/2d,
-    Linear, ZeroPadShortcut), by qualified name.
+    Linear, GroupNorm, InstanceNorm2d, ZeroPadShortcut), and the shapes of the parameters of any other module that
+    holds its own (``Params``: a layer scale, a learned bias), by qualified name.
 
     Plain JSON types only; does not modify the model.
     """
-    return {name: _describe(m) for name, m in model.named_modules() if _kind_of(m) is not None}
+    config = {name: _describe(m) for name, m in model.named_modules() if _kind_of(m) is not None}
+    for name, module in model.named_modules():
+        if getattr(module, SIZED, None) and name not in config:
+            sizes = {attr: [int(v) for v in getattr(module, attr)] for attr in module.__dict__[SIZED]}
+            config[name] = {"kind": SIZES_KIND, "sizes": sizes}
+    return config
 
 
 def apply_channel_config(model: nn.Module, config: dict[str, dict]) -> nn.Module:
@@ -62,14 +85,19 @@ def apply_channel_config(model: nn.Module, config: dict[str, dict]) -> nn.Module
     modules = dict(model.named_modules())
     for name, stored in config.items():
         module = modules.get(name)
-        if module is None or name == "":
+        if module is not None and isinstance(stored, dict) and stored.get("kind") == SIZES_KIND:
+            _apply_sizes(name, module, stored.get("sizes"))
+            continue
+        if module is None or (name == "" and _kind_of(module) != PARAMS_KIND):
             raise PrunekitError(
                 f"channel config names module '{name}', which this model does not have; "
                 "was the config saved from a different architecture?"
             )
         wanted = _normalise(name, module, stored)
         if wanted != _describe(module):
-            _set_submodule(model, name, _rebuild(name, module, wanted))
+            new = _rebuild(name, module, wanted)
+            if new is not module:
+                _set_submodule(model, name, new)
     return model
 
 
@@ -86,7 +114,9 @@ def arch_of(model: nn.Module) -> dict:
             "build it with prunekit.models.create_model or resolve_model, or save it with arch_ref='file.py:Class'"
         )
     key = "name" if isinstance(arch.get("name"), str) else "ref"
-    return {key: arch[key], "kwargs": copy.deepcopy(arch.get("kwargs", {})), "channels": channel_config(model)}
+    library = {"library": arch["library"]} if isinstance(arch.get("library"), str) else {}
+    return {key: arch[key], "kwargs": copy.deepcopy(arch.get("kwargs", {})), **library,
+            "channels": channel_config(model)}
 
 
 def saved_arch(model: nn.Module, arch_ref: str | None = None, kwargs: dict | None = None) -> dict | None:
@@ -132,7 +162,8 @@ def build_model(arch: dict, search_dirs=()) -> nn.Module:
     if arch.get("channels"):
         apply_channel_config(model, arch["channels"])
     key = "name" if "name" in model.arch else "ref"
-    model.arch = {key: model.arch[key], "kwargs": copy.deepcopy(model.arch["kwargs"])}
+    library = {"library": model.arch["library"]} if "library" in model.arch else {}  # the version installed now
+    model.arch = {key: model.arch[key], "kwargs": copy.deepcopy(model.arch["kwargs"]), **library}
     return model
 
 
@@ -140,11 +171,17 @@ def _kind_of(module: nn.Module) -> str | None:
     for kind, (cls, _) in _KINDS.items():
         if isinstance(module, cls):
             return kind
-    return None
+    return PARAMS_KIND if module._parameters and any(p is not None for p in module._parameters.values()) else None
+
+
+def _own_shapes(module: nn.Module) -> dict[str, list[int]]:
+    return {attr: [int(v) for v in p.shape] for attr, p in module._parameters.items() if p is not None}
 
 
 def _describe(module: nn.Module) -> dict:
     kind = _kind_of(module)
+    if kind == PARAMS_KIND:
+        return {"kind": kind, "shapes": _own_shapes(module)}
     fields = _KINDS[kind][1]
     out = {"kind": kind}
     for field in fields:
@@ -159,6 +196,8 @@ def _normalise(name: str, module: nn.Module, stored: object) -> dict:
     if not isinstance(stored, dict) or stored.get("kind") != kind:
         got = stored.get("kind") if isinstance(stored, dict) else stored
         raise PrunekitError(f"module '{name}' is a {type(module).__name__} (kind {kind}) but the config says {got!r}")
+    if kind == PARAMS_KIND:
+        return {"kind": kind, "shapes": _check_shapes(name, module, stored.get("shapes"))}
     out = {"kind": kind}
     for field in _KINDS[kind][1]:
         if field not in stored:
@@ -179,12 +218,34 @@ def _check_value(name: str, field: str, value: object) -> int | list[int]:
     raise PrunekitError(f"channel config for '{name}': '{field}' has invalid value {value!r}")
 
 
+def _apply_sizes(name: str, module: nn.Module, sizes: object) -> None:
+    ok = isinstance(sizes, dict) and all(
+        isinstance(getattr(module, a, None), (list, tuple)) and isinstance(v, list)
+        and len(v) == len(getattr(module, a)) and all(isinstance(i, int) and i > 0 for i in v)
+        for a, v in sizes.items())
+    if not ok:
+        raise PrunekitError(f"channel config for '{name}': 'sizes' must give split-size attributes of the module "
+                            f"as lists of positive ints of their current length, got {sizes!r:.200}")
+    for attr, values in sizes.items():
+        set_split_sizes(module, attr, values)
+
+
+def _check_shapes(name: str, module: nn.Module, shapes: object) -> dict[str, list[int]]:
+    own = _own_shapes(module)
+    if not isinstance(shapes, dict) or set(shapes) != set(own) or not all(
+            isinstance(v, list) and len(v) == len(own[k]) and all(isinstance(i, int) and i > 0 for i in v)
+            for k, v in shapes.items()):
+        raise PrunekitError(f"channel config for '{name}': 'shapes' must give each of its parameters {sorted(own)} "
+                            f"a shape of the same rank, got {shapes!r:.200}")
+    return {k: list(v) for k, v in shapes.items()}
+
+
 def _rebuild(name: str, old: nn.Module, c: dict) -> nn.Module:
     try:
         new = _BUILDERS[c["kind"]](old, c)
     except (ValueError, PrunekitError) as exc:
         raise PrunekitError(f"cannot resize module '{name}' to {c}: {exc}") from None
-    return new.train(old.training)
+    return new if new is old else new.train(old.training)
 
 
 def _factory(old: nn.Module) -> dict:
@@ -210,7 +271,41 @@ def _new_conv_transpose(old: nn.ConvTranspose2d, c: dict) -> nn.Module:
     )
 
 
+def _resized_copy(old: nn.Module, count: int, sizes: dict[str, int]) -> nn.Module:
+    """A copy of ``old`` (its class, so its own forward, and its settings) whose per-channel parameters and
+    buffers have ``count`` entries (zeros) and whose size attributes are ``sizes``."""
+    new = copy.deepcopy(old)
+    width = next((t.shape[0] for t in (*old._parameters.values(), *old._buffers.values())
+                  if t is not None and t.dim() >= 1), None)
+    for store in (new._parameters, new._buffers):
+        for attr, tensor in store.items():
+            if tensor is not None and tensor.dim() >= 1 and tensor.shape[0] == width:
+                fresh = tensor.new_zeros((count, *tensor.shape[1:]))
+                store[attr] = nn.Parameter(fresh, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else fresh
+    for attr, value in sizes.items():
+        setattr(new, attr, value)
+    return new
+
+
+def _new_norm(old: nn.Module, c: dict) -> nn.Module:
+    """GroupNorm, InstanceNorm2d, or a BatchNorm2d subclass with its own forward (a norm + activation)."""
+    count = c.get("num_features", c.get("num_channels"))
+    if count is None or ("num_groups" in c and count % c["num_groups"]):
+        raise PrunekitError(f"{c.get('num_channels')} channels do not split into {c.get('num_groups')} groups")
+    return _resized_copy(old, count, {k: v for k, v in c.items() if k != "kind"})
+
+
+def _new_params(old: nn.Module, c: dict) -> nn.Module:
+    """``old`` itself (it may be the model), its own parameters replaced by zeros of the stored shapes."""
+    for attr, shape in c["shapes"].items():
+        tensor = old._parameters[attr]
+        old._parameters[attr] = nn.Parameter(tensor.new_zeros(shape), tensor.requires_grad)
+    return old
+
+
 def _new_bn(old: nn.Module, c: dict) -> nn.Module:
+    if type(old) not in (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm):
+        return _new_norm(old, c)
     kind = nn.BatchNorm1d if c["kind"] == "BatchNorm1d" else nn.BatchNorm2d  # SyncBatchNorm rebuilds as 2d
     return kind(c["num_features"], eps=old.eps, momentum=old.momentum, affine=old.affine,
                 track_running_stats=old.track_running_stats, **_factory(old))
@@ -225,8 +320,9 @@ def _new_shortcut(old: ZeroPadShortcut, c: dict) -> nn.Module:
     return new.to(old.gather_index.device)
 
 
-_BUILDERS = {"Conv2d": _new_conv, "ConvTranspose2d": _new_conv_transpose, "BatchNorm2d": _new_bn, "BatchNorm1d": _new_bn,
-             "Linear": _new_linear, "ZeroPadShortcut": _new_shortcut}
+_BUILDERS = {"Conv2d": _new_conv, "ConvTranspose2d": _new_conv_transpose, "BatchNorm2d": _new_bn,
+             "BatchNorm1d": _new_bn, "Linear": _new_linear, "ZeroPadShortcut": _new_shortcut, "GroupNorm": _new_norm,
+             "InstanceNorm2d": _new_norm, PARAMS_KIND: _new_params}
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -186,8 +186,9 @@ def estimate_macs(graph: ChannelGraph, model: nn.Module, removed: set[int] = fro
     for call in graph.calls:
         module = modules[call.module]
         if call.kind == "linear":
-            features = module.in_features - lost.get((call.module, "linear_in"), 0)
-            total += call.positions * features * (module.out_features - lost.get((call.module, "linear_out"), 0))
+            gone_in = lost.get((call.module, "linear_in"), 0) + lost.get((call.module, "conv_in"), 0)
+            gone_out = lost.get((call.module, "linear_out"), 0) + lost.get((call.module, "conv_out"), 0)
+            total += call.positions * (module.in_features - gone_in) * (module.out_features - gone_out)
             continue
         kernel = math.prod(module.kernel_size)
         if (call.module, "depthwise") in graph.ports:

@@ -28,6 +28,7 @@ already zero (masked earlier) stay removed and count towards the target, so iter
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -37,9 +38,9 @@ from torch import nn
 
 from prunekit.config import PruneConfig, make_prune_config
 from prunekit.errors import PrunekitError
-from prunekit.prune.allocate import repair, select_channels
-from prunekit.prune.graph import ChannelGraph, as_inputs, trace_channels
-from prunekit.prune.handlers import handler_for
+from prunekit.prune.allocate import estimate_macs, repair, select_channels
+from prunekit.prune.graph import ChannelGraph, as_inputs, parse_param_role, trace_channels
+from prunekit.prune.handlers import handler_for, param_zero_entries
 from prunekit.prune.importance import effective_tensor, get_criterion, zeroed_channels
 from prunekit.masking import Masks, apply_masks, make_permanent, permanent_copy
 from prunekit.prune.surgery import remove_channels
@@ -60,6 +61,7 @@ class ChannelPlan:
     ``retraced`` True when size assumptions did not hold and the plan was made with those channels kept
     ``shapes``   {parameter name: shape} of the model it was made for: :func:`prune_channels` refuses a
                  plan on any other model (another architecture, changed layers, or one pruned already)
+    ``outcome``  asked vs achieved (filters and MACs), coverage and the top blocking ops: :class:`PlanOutcome`
     """
 
     removed: dict[str, list[int]]
@@ -70,6 +72,90 @@ class ChannelPlan:
     channel_ids: frozenset[int] = field(repr=False)
     inputs: tuple = field(repr=False)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    outcome: PlanOutcome | None = None
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the model's conv filters (filters of channels-last Linears included) that are free to
+        prune: on a channel no op pins. 1.0 when nothing blocks pruning (the network output aside, almost)."""
+        return self.outcome.coverage
+
+
+#: Achieved below this fraction of the asked amount is a shortfall: one line names what blocked the cut.
+SHORTFALL_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """What a plan asked for and what it achieves, before anything is cut.
+
+    Filters are conv output channels (and outputs of Linears on a channels-last tensor), counted as slots: a
+    channel shared by two convs counts twice. ``asked_filters`` is the ``ratio`` (None for other targets),
+    ``asked_macs`` the MAC reduction ``1 - macs_target`` (None for other targets). MACs are the trace's
+    estimate per example input (conv and linear calls). ``blockers``: ``(count, place, why)`` for the pins,
+    places with the same layer pattern (``stages.*.norm1``) counted together, most frequent first.
+    """
+
+    filters: int
+    filters_removed: int
+    prunable_filters: int
+    macs_before: int
+    macs_after: int
+    asked_filters: float | None = None
+    asked_macs: float | None = None
+    blockers: tuple[tuple[int, str, str], ...] = ()
+
+    @property
+    def achieved_filters(self) -> float:
+        return self.filters_removed / self.filters if self.filters else 0.0
+
+    @property
+    def achieved_macs(self) -> float:
+        return 1.0 - self.macs_after / self.macs_before if self.macs_before else 0.0
+
+    @property
+    def coverage(self) -> float:
+        return self.prunable_filters / self.filters if self.filters else 0.0
+
+    def summary(self) -> str:
+        """``asked 50% of filters, achieved 48.7% (MACs -61.2%)``."""
+        asked = (f"asked {self.asked_filters:.1%} of filters, " if self.asked_filters is not None else
+                 f"asked MACs -{self.asked_macs:.1%}, " if self.asked_macs is not None else "")
+        if not self.filters:
+            return f"{asked}achieved nothing: no conv in this model is one prunekit can cut (see the blocking ops)"
+        return (f"{asked}achieved {self.achieved_filters:.1%} of filters (MACs -{self.achieved_macs:.1%}); "
+                f"{self.coverage:.1%} of filters are free to prune")
+
+    def shortfall(self) -> str | None:
+        """One line when the achieved amount is below :data:`SHORTFALL_FRACTION` of the asked one, naming the
+        top blocking ops with counts; None otherwise (or when the target is not a ratio or a MAC target)."""
+        short = ((self.asked_filters is not None and self.achieved_filters < SHORTFALL_FRACTION * self.asked_filters)
+                 or (self.asked_macs is not None and self.achieved_macs < SHORTFALL_FRACTION * self.asked_macs))
+        if not short:
+            return None
+        return f"shortfall: {self.summary()}. Channels kept by: {blockers_text(self.blockers)}"
+
+
+def blockers_text(blockers: tuple[tuple[int, str, str], ...], top: int = 3) -> str:
+    """The ``top`` blockers as ``12 × 'layer_norm' in layer 'stages.*.norm' (why); …``."""
+    return "; ".join(f"{count} × {place} ({why})" for count, place, why in blockers[:top]) or "nothing recorded"
+
+
+def blocking_ops(model: nn.Module, example_inputs: Any = None) -> str:
+    """What keeps ``model``'s channels, traced now (e.g. to explain a shortfall after a pruning run)."""
+    graph = trace_channels(model, example_inputs)
+    return blockers_text(blockers_of(graph.blocking or graph.blocked))
+
+
+def blockers_of(blocked: dict[str, str]) -> tuple[tuple[int, str, str], ...]:
+    """``blocked`` ({where: why}) counted by place pattern: module indices become ``*``, so the 44 norms of a
+    network's stages count as one blocker ``44 × 'batch_norm' in layer 'stages.*.norm1'`` (with the reason
+    of the first)."""
+    counts: dict[str, list] = {}
+    for where, why in blocked.items():
+        place = re.sub(r"(?<=[.'])\d+(?=[.'])|(?<=\.)\d+$|^\d+(?=\.)", "*", where)
+        counts.setdefault(place, [0, why])[0] += 1  # the first reason of a place stands for all of them
+    return tuple(sorted(((n, place, why) for place, (n, why) in counts.items()), key=lambda b: -b[0]))
 
 
 def channel_target(ratio: float | None = None, ratios: dict | None = None, cfg: list | None = None,
@@ -97,7 +183,8 @@ def plan_channels(model: nn.Module, example_inputs: Any = None, ratio: float | N
     traced again with those channels kept. Raises PrunekitError when no exact plan exists.
     """
     target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude)
-    return _plan(model, as_inputs(model, example_inputs), lambda graph: select_channels(model, graph, target))[0]
+    return _plan(model, as_inputs(model, example_inputs), lambda graph: select_channels(model, graph, target),
+                 target)[0]
 
 
 def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
@@ -123,7 +210,7 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
     if plan is None:
         target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude)
         plan, pruned = _plan(model, as_inputs(model, example_inputs),
-                             lambda graph: select_channels(model, graph, target))
+                             lambda graph: select_channels(model, graph, target), target)
         if not plan.removed and _asks_for_removal(ratio, ratios, cfg, macs_target):
             warnings.warn(_nothing_removed(plan), stacklevel=2)
     else:
@@ -183,8 +270,8 @@ def _swap_in(model: nn.Module, pruned: nn.Module) -> nn.Module:
     return model
 
 
-def _plan(model: nn.Module, inputs: tuple,
-          choose: Callable[[ChannelGraph], set[int]]) -> tuple[ChannelPlan, nn.Module]:
+def _plan(model: nn.Module, inputs: tuple, choose: Callable[[ChannelGraph], set[int]],
+          target: PruneConfig | None = None) -> tuple[ChannelPlan, nn.Module]:
     """(plan, the checked pruned copy) for the channels ``choose(graph)`` picks; retraces with size
     assumptions off when the check fails and the trace made some."""
     for trust_sizes in (True, False):
@@ -203,9 +290,21 @@ def _plan(model: nn.Module, inputs: tuple,
                     removed_by_conv.setdefault(slot.module, []).append(slot.index)
         plan = ChannelPlan({k: sorted(v) for k, v in removed_by_conv.items()}, channel_masks(model, graph, removed),
                            dict(graph.blocked), not trust_sizes, graph, frozenset(removed), inputs,
-                           parameter_shapes(model))
+                           parameter_shapes(model), plan_outcome(model, graph, removed, target))
         return plan, pruned
     raise AssertionError("unreachable")
+
+
+def plan_outcome(model: nn.Module, graph: ChannelGraph, removed: set[int],
+                 target: PruneConfig | None = None) -> PlanOutcome:
+    """Asked vs achieved for removing ``removed`` from ``model`` (see :class:`PlanOutcome`)."""
+    filters = sum(channel.filters for channel in graph.channels.values())
+    prunable = sum(channel.filters for channel in graph.channels.values() if channel.prunable)
+    asked_macs = None if target is None or target.macs_target is None else 1.0 - target.macs_target
+    asked_filters = None if target is None else target.sparsity
+    return PlanOutcome(filters, sum(graph.channels[cid].filters for cid in removed), prunable,
+                       estimate_macs(graph, model), estimate_macs(graph, model, removed), asked_filters, asked_macs,
+                       blockers_of(graph.blocking or graph.blocked))
 
 
 def _cut_and_check(model: nn.Module, graph: ChannelGraph, removed: set[int], inputs: tuple) -> nn.Module:
@@ -290,15 +389,20 @@ def filter_sparsity(before: nn.Module, after: nn.Module) -> float:
 
 def channel_masks(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> Masks:
     """Bool masks (True = kept) zeroing the channels ``removed``: conv rows and biases, depthwise rows and
-    biases, Linear rows and biases, γ and β of every BN on them. Only tensors with a removed entry."""
+    biases, Linear rows and biases, γ and β of every BN on them, and the entries of per-channel parameters a
+    forward uses directly (a functional norm's γ and β, a layer scale). Only tensors with a removed entry."""
     modules = dict(model.named_modules())
     masks: Masks = {}
     for cid in sorted(removed):
         for slot in graph.channels[cid].slots:
-            if slot.role not in ("conv_out", "depthwise", "bn", "linear_out"):
-                continue
             module = modules[slot.module]
-            for param, index in handler_for(module).zero_entries(module, slot.role, slot.index):
+            if parse_param_role(slot.role) is not None:
+                entries = param_zero_entries(slot.role, slot.index)
+            elif slot.role in ("conv_out", "depthwise", "bn", "linear_out"):
+                entries = handler_for(module).zero_entries(module, slot.role, slot.index)
+            else:
+                continue
+            for param, index in entries:
                 tensor = effective_tensor(module, param)
                 if tensor is None:
                     continue

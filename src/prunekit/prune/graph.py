@@ -18,7 +18,10 @@ slot     one index on one axis of one module, e.g. ``Slot("layer1.0.conv1", "con
          ``conv_out`` (filter: weight row + bias of a Conv2d, column of a ConvTranspose2d),
          ``conv_in`` (input column), ``depthwise`` (output of a conv with one input per group: row + bias),
          ``bn`` (γ, β, running stats), ``linear_in``/``linear_out`` (Linear columns / rows + bias),
-         ``shortcut_in``/``shortcut_out`` (ZeroPadShortcut).
+         ``shortcut_in``/``shortcut_out`` (ZeroPadShortcut), and ``affine:<attr>:<dim>`` /
+         ``param:<attr>:<dim>`` for the entries of a per-channel parameter or buffer a forward uses directly
+         (a functional norm's γ and β / running statistics, a layer scale): zeroed in the masked twin and
+         cut / cut only. A Linear on the channel axis of a channels-last tensor has ``conv_in``/``conv_out``.
 channel  the unit of removal: a union-find class of atoms with every slot on it.
 group    channels that share producing convs (a residual stream, one conv's output with its BN).
 
@@ -124,7 +127,8 @@ class ChannelGraph:
     applied directly to that conv's output; ``calls`` every Conv/Linear call (MAC estimates); ``layout``
     conv names and ``"M"`` (max pool) in call order (checks VGG-style cfgs); ``outputs[module]`` the
     channel id of every output channel of each traced layer call (the self-check compares them);
-    ``blocked`` {where: why} for every pin; ``assumed`` the size assumptions made (see module doc).
+    ``blocked`` {where: why} for every pin (``blocking``: those that keep conv filters); ``assumed`` the size
+    assumptions made (see module doc).
     """
 
     channels: dict[int, Channel]
@@ -136,6 +140,9 @@ class ChannelGraph:
     outputs: dict[str, list[int]] = field(default_factory=dict)
     blocked: dict[str, str] = field(default_factory=dict)
     assumed: list[str] = field(default_factory=list)
+    blocking: dict[str, str] = field(default_factory=dict)  # the pins of ``blocked`` that keep conv filters
+    sizes: list[tuple[str, str, list[list[int]]]] = field(default_factory=list)  # split sizes a layer holds:
+    # (layer, attribute, channel ids of each piece); surgery writes the kept count of each piece back
 
     def prunable(self, group: ChannelGroup) -> list[int]:
         return [c for c in group.channels if self.channels[c].prunable]
@@ -199,6 +206,33 @@ def tensors_in(value: Any) -> list[torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- atoms and layouts
+
+
+class ParamView(NamedTuple):
+    """A per-channel parameter (or buffer) ``module.attr`` whose entries run along its axis ``dim``, seen in a
+    tensor (the parameter itself or a reshaped view) on that tensor's axis ``axis``."""
+
+    module: str
+    attr: str
+    dim: int
+    axis: int
+
+
+PARAM_ROLES = ("affine", "param")  # cut and zeroed in the masked twin | cut only (running statistics)
+
+
+def param_role(attr: str, dim: int, zeroed: bool) -> str:
+    """The slot role of entries of parameter ``attr`` along ``dim``: ``affine:gamma:0``, ``param:running_mean:0``."""
+    return f"{PARAM_ROLES[0] if zeroed else PARAM_ROLES[1]}:{attr}:{dim}"
+
+
+def parse_param_role(role: str) -> tuple[str, int, bool] | None:
+    """``(attr, dim, zeroed)`` of a parameter role, None for a layer role (``conv_out``, ``bn``, ...)."""
+    kind, _, rest = role.partition(":")
+    if kind not in PARAM_ROLES or not rest:
+        return None
+    attr, _, dim = rest.rpartition(":")
+    return attr, int(dim), kind == PARAM_ROLES[0]
 
 
 class Layout(NamedTuple):
@@ -284,10 +318,15 @@ class Walker:
         self.reads: list[int] = []  # atoms read by an op that mixes channels
         self.pinned: set[int] = set()
         self.blocked: dict[str, str] = {}
+        self.pinned_at: dict[str, list[int]] = {}  # where -> the atoms pinned there
+        self.sizes: list[tuple[str, str, list[list[int]]]] = []  # (layer, attribute, atoms of each piece)
         self.assumed: list[str] = []
         self.where = "<top level>"  # the layer the current op runs in
         self.origin: dict[int, str] = {}  # id(tensor) -> layer that made it
         self.consumed: set[int] = set()  # ids of tensors a traced op or layer read
+        self.owners = {id(t): (name, attr) for name, m in model.named_modules()
+                       for attr, t in (*m._parameters.items(), *m._buffers.items()) if t is not None}
+        self.param_views: dict[int, ParamView] = {}  # id(tensor) -> the per-channel parameter it shows
 
     # ---- tensors and layouts
 
@@ -312,6 +351,55 @@ class Walker:
             if key not in self.consumed and tensor.is_floating_point():
                 self.pin(self.layouts[key], f"a tensor of layer '{self.origin[key]}'",
                          "it is read by code prunekit cannot trace (e.g. a TorchScript function)")
+
+    def param_view(self, value: Any) -> ParamView | None:
+        """The per-channel parameter or buffer ``value`` is (or is a view of, see :meth:`follow_param`):
+        a tensor with exactly one axis longer than 1, owned by a module; None otherwise. A masked parameter
+        is found as the plain attribute its mask hook sets on the layer the op runs in."""
+        if not isinstance(value, torch.Tensor):
+            return None
+        if id(value) in self.param_views:
+            return self.param_views[id(value)]
+        owner = self.owners.get(id(value)) or self._attribute_of(value)
+        long_axes = [d for d, size in enumerate(value.shape) if size > 1]
+        if owner is None or len(long_axes) != 1:
+            return None
+        return ParamView(owner[0], owner[1], long_axes[0], long_axes[0])
+
+    def _attribute_of(self, value: torch.Tensor) -> tuple[str, str] | None:
+        module = self.model.get_submodule(self.where) if self.where != "<top level>" else self.model
+        attr = next((k for k, v in vars(module).items() if v is value), None)
+        return None if attr is None else (self.where if self.where != "<top level>" else "", attr)
+
+    def follow_param(self, value: Any, result: Any) -> bool:
+        """When ``value`` is a per-channel parameter and ``result`` a reshaped view of it (one long axis of the
+        same size), remember ``result`` as that parameter; True when it did."""
+        view = self.param_view(value)
+        if view is None or not isinstance(result, torch.Tensor) or self.layout(value) is not None:
+            return False
+        long_axes = [d for d, size in enumerate(result.shape) if size > 1]
+        if len(long_axes) != 1 or result.shape[long_axes[0]] != value.shape[view.axis]:
+            return False
+        self.alive.append(result)
+        self.param_views[id(result)] = view._replace(axis=long_axes[0])
+        return True
+
+    def param_atoms(self, view: ParamView, count: int, zeroed: bool) -> np.ndarray:
+        """``count`` new atoms carrying the entries of ``view``'s parameter, registered as its slots.
+
+        ``zeroed``: the parameter scales or shifts the channel (a norm's γ and β, a layer scale, a bias),
+        so the masked twin zeroes its entries and they are producers; else (running statistics) they are only
+        cut along with the channel. A buffer is never zeroed (masks hold parameters only)."""
+        module = self.model.get_submodule(view.module)
+        learned = view.attr in module._parameters or f"{view.attr}_orig" in module._parameters
+        zeroed = zeroed and learned  # a buffer cannot be masked: it is cut, and its channel is not zero
+        role = param_role(view.attr, view.dim, zeroed)
+        kind = "producer" if zeroed else ("never" if learned or view.attr not in ("running_mean", "running_var")
+                                          else "same")
+        atoms = np.array([self.atoms.new(kind) for _ in range(count)], dtype=np.int64)
+        for index, atom in enumerate(atoms):
+            self.register(view.module, role, index, int(atom))
+        return atoms
 
     def fresh(self, tensor: torch.Tensor, kind: str) -> Layout | None:
         """New atoms of rule ``kind`` for dim 1 of ``tensor`` (None below 2 dims)."""
@@ -361,6 +449,7 @@ class Walker:
             return
         self.pinned.update(layout.flat)
         self.blocked.setdefault(where, why)
+        self.pinned_at.setdefault(where, []).extend(layout.flat)
 
     def pin_inputs(self, values: Iterable[Any], where: str, why: str) -> None:
         for value in values:
@@ -482,8 +571,13 @@ def _build_graph(walker: Walker) -> ChannelGraph:
         channels[cid] = Channel(cid, group_of.get(cid), tuple(slots[cid]), frozenset(deps.get(cid, ())), prunable)
     ports = {key: {i: root_ids[atoms.find(a)] for i, a in port.items()} for key, port in walker.ports.items()}
     outputs = {name: [root_ids.get(atoms.find(a), -1) for a in layout] for name, layout in walker.outputs.items()}
+    with_filters = {cid for cid, found in slots.items() if any(slot.role == "conv_out" for slot in found)}
+    blocking = {where: why for where, why in walker.blocked.items()
+                if any(root_ids.get(atoms.find(a)) in with_filters for a in walker.pinned_at.get(where, ()))}
+    sizes = [(module, attr, [[root_ids.get(atoms.find(a), -1) for a in piece] for piece in pieces])
+             for module, attr, pieces in walker.sizes]
     return ChannelGraph(channels, groups, ports, walker.bn_after, walker.calls, walker.sequence, outputs,
-                        dict(walker.blocked), list(walker.assumed))
+                        dict(walker.blocked), list(walker.assumed), blocking, sizes)
 
 
 

@@ -4,7 +4,10 @@ Layers (``LAYERS``, by module type; :func:`register_layer` adds one) are the mod
 each :class:`LayerHandler` says how a call maps channels (``trace``), which parameter entries carry an
 output channel (``zero_entries``, the masked twin and the zero test) and how to cut the module
 (``shrink``). Ops (``OPS``, by plain torch function name; :func:`register_op` adds one) are everything
-else a forward pass runs. An op or layer with no entry pins the channels it touches (they are kept),
+else a forward pass runs; a layer subclass with its own forward is traced op by op (its functional
+``batch_norm``, ``group_norm``, ``linear``, ``conv2d`` on its own parameters) but resized like its base
+(:func:`handler_for`), and per-channel parameters a forward uses directly are cut by
+:func:`shrink_parameters`. An op or layer with no entry pins the channels it touches (they are kept),
 with its name and layer in the reason, so an unknown op never yields a wrong model.
 """
 
@@ -20,7 +23,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.models import ZeroPadShortcut
 from prunekit.models.shapes import has_shape_record
-from prunekit.prune.graph import Layout, ModuleCall, Walker, tensors_in
+from prunekit.prune.graph import Layout, ModuleCall, Walker, parse_param_role, tensors_in
 
 # --------------------------------------------------------------------------- layers
 
@@ -33,6 +36,10 @@ class LayerHandler:
     def accepts(self, module: nn.Module) -> bool:
         """Only the stock forward: a subclass with its own forward is traced op by op instead."""
         return any(type(module).forward is t.forward for t in self.types)
+
+    def resizes(self, module: nn.Module) -> bool:
+        """Any instance, own forward or not: a subclass keeps the parameters (and shapes) of its base."""
+        return isinstance(module, self.types)
 
     def trace(self, w: Walker, name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
         raise NotImplementedError
@@ -207,14 +214,18 @@ class _BatchNorm(LayerHandler):
 
 class _Linear(LayerHandler):
     """Linear on (N, F): input features are channels (after a flatten, H*W per channel); its outputs are
-    channels too (an SE gate's expanding layer); they are never filters."""
+    channels too (an SE gate's expanding layer); they are never filters. Linear on the channel axis of a
+    channels-last tensor ((N, H, W, C), (N, L, C)) is a 1x1 convolution: its outputs are filters."""
 
     types = (nn.Linear,)
 
     def trace(self, w, name, linear, inputs, output):
         x = w.known(inputs[0])
-        if inputs[0].dim() != 2:
-            w.pin(x, name, f"Linear on a {inputs[0].dim()}-d tensor acts on its last axis, not on channels")
+        ndim = inputs[0].dim()
+        if ndim > 2 and x.dims == (ndim - 1,):
+            return self._trace_per_position(w, name, linear, inputs[0], output, x)
+        if ndim != 2:
+            w.pin(x, name, f"Linear on a {ndim}-d tensor acts on its last axis, not on channels")
             w.calls.append(ModuleCall(name, "linear", math.prod(inputs[0].shape[1:-1])))
             w.set(output, w.fresh(output, "fixed"))
             return
@@ -227,17 +238,28 @@ class _Linear(LayerHandler):
             w.register(name, "linear_out", index, atom)
         w.set(output, Layout((1,), np.array(out, dtype=np.int64)))
 
+    @staticmethod
+    def _trace_per_position(w, name, linear, x_tensor, output, x):
+        w.calls.append(ModuleCall(name, "linear", math.prod(x_tensor.shape[1:-1])))
+        for index, atom in enumerate(x.flat):
+            w.register(name, "conv_in", index, atom)
+        w.read(x)
+        out = w.conv_outputs(name, linear.out_features)
+        w.producer_of[id(output)] = name  # no w.outputs: the self-check compares layer outputs on axis 1
+        w.set(output, Layout((output.dim() - 1,), np.array(out, dtype=np.int64)))
+
     def zero_entries(self, linear, role, index):
         return [("weight", (index,)), ("bias", (index,))]
 
     def shrink(self, linear, keep):
-        if "linear_out" in keep:
-            _keep(linear, "weight", 0, keep["linear_out"])
-            _keep(linear, "bias", 0, keep["linear_out"])
-            linear.out_features = len(keep["linear_out"])
-        if "linear_in" in keep:
-            _keep(linear, "weight", 1, keep["linear_in"])
-            linear.in_features = len(keep["linear_in"])
+        rows, columns = keep.get("linear_out", keep.get("conv_out")), keep.get("linear_in", keep.get("conv_in"))
+        if rows is not None:
+            _keep(linear, "weight", 0, rows)
+            _keep(linear, "bias", 0, rows)
+            linear.out_features = len(rows)
+        if columns is not None:
+            _keep(linear, "weight", 1, columns)
+            linear.in_features = len(columns)
         return None
 
 
@@ -286,10 +308,53 @@ for _handler in (_Shortcut(), _BatchNorm(), _Linear(), _ConvTranspose(), _Conv()
 
 
 def handler_for(module: nn.Module) -> LayerHandler:
-    handler = layer_handler(module)
-    if handler is None or handler is OPAQUE:
+    """The handler that resizes ``module`` (by type, so a subclass with its own forward is resized like its
+    base); raises PrunekitError when there is none."""
+    handler = next((h for h in LAYERS if h.resizes(module)), None)
+    if handler is None:
         raise PrunekitError(f"{type(module).__name__} has no channel handler")
     return handler
+
+
+# --------------------------------------------------------------------------- per-channel parameters
+
+
+def param_zero_entries(role: str, index: int) -> list[tuple[str, tuple]]:
+    """``[(parameter, index)]`` the masked twin zeroes for entry ``index`` of a parameter role (none for a
+    cut-only role such as running statistics)."""
+    attr, dim, zeroed = parse_param_role(role)
+    return [(attr, (slice(None),) * dim + (index,))] if zeroed else []
+
+
+def shrink_parameters(module: nn.Module, keep: dict[str, list[int]]) -> None:
+    """Cut the per-channel parameters and buffers named by the parameter roles in ``keep`` (see
+    :func:`prunekit.prune.graph.param_role`) to the kept entries, in place, then update the size
+    attributes of a norm layer (``num_features``, ``num_channels`` and ``num_groups``, ``normalized_shape``)."""
+    before = _norm_sizes(module)
+    for role, indices in keep.items():
+        attr, dim, _ = parse_param_role(role)
+        _keep(module, attr, dim, indices)
+    _set_norm_sizes(module, before)
+
+
+def _norm_sizes(module: nn.Module) -> dict[str, Any]:
+    if isinstance(module, nn.GroupNorm):
+        return {"group_width": module.num_channels // module.num_groups}
+    return {}
+
+
+def _set_norm_sizes(module: nn.Module, before: dict[str, Any]) -> None:
+    tensor = next((getattr(module, a) for a in ("weight", "running_mean") if getattr(module, a, None) is not None),
+                  None)
+    if tensor is None:
+        return
+    if isinstance(module, nn.modules.batchnorm._NormBase):  # BatchNorm and InstanceNorm, subclasses included
+        module.num_features = tensor.shape[0]
+    elif isinstance(module, nn.GroupNorm):
+        module.num_channels = tensor.shape[0]
+        module.num_groups = tensor.shape[0] // before["group_width"]
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = tuple(tensor.shape)
 
 
 # --------------------------------------------------------------------------- ops
@@ -408,26 +473,44 @@ def _pow(w, name, args, kwargs, result):
 # ---- binary elementwise
 
 
-def _operand(w: Walker, value: Any, out: torch.Tensor) -> tuple[str, Layout | None]:
+def _channel_axis(w: Walker, values: tuple, out: torch.Tensor) -> int:
+    """The output axis that holds the channels: that of the first operand traced with one channel axis
+    (axis 3 for a channels-last tensor), else 1."""
+    for value in values:
+        layout = w.layout(value)
+        if layout is not None and len(layout.dims) == 1:
+            return layout.dims[0] + out.dim() - value.dim()
+    return 1
+
+
+def _operand(w: Walker, value: Any, out: torch.Tensor, channel_axis: int = 1) -> tuple[str, Layout | None]:
     """('const', None) for a number or a tensor broadcast over channels; ('zero', None) for the number 0;
-    ('wide', layout) for a tensor with the output's channels (a constant one gets pinned atoms)."""
+    ('wide', layout) for a tensor with the output's channels: a traced one, a per-channel parameter of a
+    layer (a layer scale, a learned bias: cut with the channel, zeroed in the masked twin), or a constant
+    (pinned atoms)."""
     if not isinstance(value, torch.Tensor):
         return ("zero" if value == 0 else "const"), None
-    offset = out.dim() - value.dim()
-    axis = 1 - offset
+    axis = channel_axis - (out.dim() - value.dim())
     if axis < 0 or value.shape[axis] == 1 or out.dim() < 2:
         return "const", None
     layout = w.layout(value)
-    if axis != 1 or layout is None or layout.dims != (1,):
-        layout = Layout((1,), np.array([w.atoms.new("fixed") for _ in range(value.shape[axis])], dtype=np.int64))
-        w.pin(layout, f"a constant in layer '{w.where}'", "a per-channel constant tensor cannot be cut")
+    if layout is not None and layout.dims == (axis,):
+        return "wide", Layout((channel_axis,), layout.atoms)
+    view = w.param_view(value) if layout is None else None
+    if view is not None and view.axis == axis:
+        return "wide", Layout((channel_axis,), w.param_atoms(view, value.shape[axis], zeroed=True))
+    layout = Layout((channel_axis,), np.array([w.atoms.new("fixed") for _ in range(value.shape[axis])],
+                                              dtype=np.int64))
+    w.pin(layout, f"a constant in layer '{w.where}'", "a per-channel constant tensor cannot be cut")
     return "wide", layout
 
 
 def _binary(w: Walker, name: str, args: tuple, kwargs: dict, result: Any, rule: str) -> None:
     if not isinstance(result, torch.Tensor) or result.dim() < 2:
         return
-    kinds = [_operand(w, value, result) for value in (args[0], _arg(args, kwargs, 1, "other", 0))]
+    values = (args[0], _arg(args, kwargs, 1, "other", 0))
+    axis = _channel_axis(w, values, result)
+    kinds = [_operand(w, value, result, axis) for value in values]
     if name.startswith("r"):  # __rsub__(x, c) = c - x, __rtruediv__(x, c) = c / x
         kinds.reverse()
     wide = [layout for kind, layout in kinds if kind == "wide"]
@@ -516,6 +599,10 @@ def _channel_slice(index: Any, ndim: int) -> slice | None:
 @register_op("getitem")
 def _getitem(w, name, args, kwargs, result):
     x, index = args[0], args[1]
+    plain = isinstance(index, tuple) and all(i is None or i is Ellipsis or (isinstance(i, slice) and i == slice(None))
+                                             for i in index)
+    if plain and w.follow_param(x, result):  # gamma[:, None, None]
+        return None
     layout = w.layout(x)
     if layout is None or not isinstance(result, torch.Tensor):
         return w.set(result, w.fresh(result, "fixed")) if isinstance(result, torch.Tensor) else None
@@ -553,15 +640,42 @@ def _split(w, name, args, kwargs, result):
             w.set(piece, layout)
         return None
     widths = [p.shape[1] for p in pieces]
+    holder = _size_holder(w, _arg(args, kwargs, 1, "split_size_or_sections"))
+    if holder is not None and w.assume(f"split sizes {holder[0]}.{holder[1]} are only used to split"):
+        return _split_by_attribute(w, layout, pieces, widths, holder)
     even = len(set(widths)) == 1
     assumed = name != "chunk"  # chunk(k) always re-splits the current width; split sizes may be literals
     what = f"{name} of {x.shape[1]} channels in layer '{w.where}' follows the width"
-    if not even or not _even_pieces(w, layout, widths[0], what, assumed):
+    if not even:
         return unknown(w, name, args, kwargs, result, f"{name} into {widths} is not even, so it cannot follow pruning")
+    if not _even_pieces(w, layout, widths[0], what, assumed):
+        return unknown(w, name, args, kwargs, result, f"{name} into {widths}: the sizes are literals in the code "
+                                                      "(the pruned model failed the self-check), so they stay")
     offset = 0
     for piece, width in zip(pieces, widths):
         w.set(piece, Layout((1,), layout.atoms[offset:offset + width]))
         offset += width
+
+
+def _size_holder(w: Walker, sizes: Any) -> tuple[str, str] | None:
+    """(layer, attribute) when ``sizes`` is a list of split sizes the layer holds (``split(x, self.splits, 1)``)."""
+    if not isinstance(sizes, (list, tuple)) or w.where == "<top level>":
+        return None
+    module = w.model.get_submodule(w.where)
+    attr = next((k for k, v in vars(module).items() if v is sizes), None)
+    return None if attr is None else (w.where, attr)
+
+
+def _split_by_attribute(w: Walker, layout: Layout, pieces: list, widths: list[int], holder: tuple[str, str]) -> None:
+    """Split sizes held by the layer follow pruning: each piece keeps its own channels (uneven pieces too),
+    and surgery writes the new sizes into the attribute (see :attr:`prunekit.prune.graph.ChannelGraph.sizes`)."""
+    offset, parts = 0, []
+    for piece, width in zip(pieces, widths):
+        atoms = layout.atoms[offset:offset + width]
+        w.set(piece, Layout((1,), atoms))
+        parts.append([int(a) for a in atoms])
+        offset += width
+    w.sizes.append((*holder, parts))
 
 
 @register_op("setitem", "index_put", "index_add", "index_copy", "scatter", "masked_fill", "copy", "fill", "zero")
@@ -584,6 +698,8 @@ def _shape_args(args: tuple) -> tuple:
 @register_op("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as")
 def _reshape(w, name, args, kwargs, result):
     x = args[0]
+    if w.follow_param(x, result):
+        return None
     layout = w.layout(x)
     if layout is None or not isinstance(result, torch.Tensor):
         return w.set(result, w.fresh(result, "fixed")) if isinstance(result, torch.Tensor) else None
@@ -617,26 +733,40 @@ def _reshape(w, name, args, kwargs, result):
     unknown(w, name, args, kwargs, result, f"reshaping {s} to {t} mixes the channel axis with others")
 
 
+def _axis_order(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int] | None:
+    """``order[i]``: the input axis that becomes output axis i (None when the op's arguments are not plain)."""
+    if name == "permute":
+        return [_dim(d, ndim) for d in _shape_args(args)]
+    if name in ("transpose", "swapaxes"):
+        a, b = _dim(_arg(args, kwargs, 1, "dim0"), ndim), _dim(_arg(args, kwargs, 2, "dim1"), ndim)
+        order = list(range(ndim))
+        order[a], order[b] = order[b], order[a]
+        return order
+    source, destination = _arg(args, kwargs, 1, "source"), _arg(args, kwargs, 2, "destination")
+    source = [source] if isinstance(source, int) else list(source)
+    destination = [destination] if isinstance(destination, int) else list(destination)
+    order: list[int | None] = [None] * ndim
+    for s, d in zip(source, destination):
+        order[_dim(d, ndim)] = _dim(s, ndim)
+    rest = iter(a for a in range(ndim) if a not in {_dim(s, ndim) for s in source})
+    return [a if a is not None else next(rest) for a in order]
+
+
 @register_op("transpose", "permute", "swapaxes", "movedim")
 def _permute(w, name, args, kwargs, result):
+    """A channel axis moved (channels-last blocks: ``x.permute(0, 2, 3, 1)``) is followed to its new place."""
     x = args[0]
     layout = w.layout(x)
     if layout is None:
         return w.set(result, w.fresh(result, "fixed"))
-    ndim = x.dim()
-    if name == "permute":
-        order = [_dim(d, ndim) for d in _shape_args(args)]
-    elif name in ("transpose", "swapaxes"):
-        a, b = _dim(args[1], ndim), _dim(args[2], ndim)
-        order = list(range(ndim))
-        order[a], order[b] = order[b], order[a]
-    else:
-        order = None
-    if order is not None and all(order[d] == d for d in (0, *layout.dims)):
+    order = _axis_order(name, args, kwargs, x.dim())
+    if all(order[d] == d for d in (0, *layout.dims)):
         return w.set(result, layout)
-    if order is not None and layout.dims == (1, 2) and order[:3] == [0, 2, 1]:
+    if order[0] == 0 and len(layout.dims) == 1:
+        return w.set(result, Layout((order.index(layout.dims[0]),), layout.atoms))
+    if layout.dims == (1, 2) and order[:3] == [0, 2, 1]:
         return w.set(result, Layout((1, 2), layout.atoms.T))
-    unknown(w, name, args, kwargs, result, "it moves the channel axis")
+    unknown(w, name, args, kwargs, result, "it moves the batch axis or a split channel axis")
 
 
 @register_op("pad")
@@ -705,6 +835,142 @@ def _softmax(w, name, args, kwargs, result):
     dim = _dim(_arg(args, kwargs, 1, "dim"), x.dim())
     if layout is None or dim is None or dim in layout.dims:
         return unknown(w, name, args, kwargs, result, "softmax over the channel axis mixes channels")
+    _pass(w, name, args, kwargs, result, kind="never")
+
+
+# ---- functional layers: a layer subclass whose forward calls F.linear / F.conv2d on its own weight
+
+
+def _own_layer(w: Walker, weight: Any, kind: type) -> tuple[str, nn.Module] | None:
+    """(name, module) when ``weight`` is the ``weight`` parameter of a ``kind`` layer, else None."""
+    owner = w.owners.get(id(weight)) if isinstance(weight, torch.Tensor) else None
+    if owner is None or owner[1] != "weight":
+        return None
+    module = w.model.get_submodule(owner[0])
+    return (owner[0], module) if isinstance(module, kind) else None
+
+
+@register_op("linear")
+def _linear(w, name, args, kwargs, result):
+    """``F.linear(x, self.weight, self.bias)`` inside a Linear subclass: traced as that Linear."""
+    layer = _own_layer(w, _arg(args, kwargs, 1, "weight"), nn.Linear)
+    if layer is None or args[0].shape[-1] != layer[1].in_features:
+        return unknown(w, name, args, kwargs, result, "prunekit does not know how 'linear' uses channels")
+    _Linear().trace(w, layer[0], layer[1], (args[0],), result)
+
+
+@register_op("conv2d")
+def _conv2d(w, name, args, kwargs, result):
+    """``F.conv2d(x, self.weight, ...)`` inside a Conv2d subclass (e.g. 'same' padding computed in forward):
+    traced as that Conv2d when the call uses the layer's own weight and groups."""
+    layer = _own_layer(w, _arg(args, kwargs, 1, "weight"), nn.Conv2d)
+    groups = _arg(args, kwargs, 6, "groups", 1)
+    if layer is None and isinstance(w.model.get_submodule(w.where) if w.where != "<top level>" else w.model, nn.Conv2d):
+        return unknown(w, name, args, kwargs, result, "the conv computes its weight in forward (e.g. weight "
+                                                      "standardisation, whose statistics span every input channel)")
+    if layer is None or groups != layer[1].groups:
+        return unknown(w, name, args, kwargs, result, "prunekit does not know how 'conv2d' uses channels")
+    _Conv().trace(w, layer[0], layer[1], (args[0],), result)
+
+
+@register_op("conv1d")
+def _conv1d(w, name, args, kwargs, result):
+    """A conv1d sliding along the channel axis (ECA attention: ``conv1d(y.view(b, 1, c))``) pins with its reason."""
+    layout = w.layout(args[0])
+    along_channels = layout is not None and args[0].dim() - 1 in layout.dims
+    why = "prunekit does not know how 'conv1d' uses channels"
+    if along_channels:
+        why = ("conv1d along the channel axis (ECA-style attention) mixes neighbouring channels, so removing one "
+               "would change its neighbours' gates")
+    unknown(w, name, args, kwargs, result, why)
+
+
+# ---- functional normalisation (a norm layer with its own forward, e.g. a norm + activation block)
+
+
+def _norm_parameters(w: Walker, name: str, layout: Layout, tensors: dict[str, Any]) -> bool:
+    """Register the per-channel ``tensors`` ({"weight": γ, "bias": β, "running_mean": ...}; None ones skipped)
+    of a functional norm as slots on ``layout``'s channels; False (nothing registered) when one of them is not
+    a per-channel parameter or buffer of a layer."""
+    count = len(layout.atoms)
+    views = {key: w.param_view(t) for key, t in tensors.items() if t is not None}
+    if any(v is None or tensors[k].shape[v.axis] != count for k, v in views.items()):
+        return False
+    for key, view in views.items():
+        atoms = w.param_atoms(view, count, zeroed=key in ("weight", "bias"))
+        for atom, channel in zip(atoms, layout.atoms):
+            w.atoms.union(int(channel), int(atom))
+    return True
+
+
+def _channel_norm_output(w: Walker, name: str, args: tuple, kwargs: dict, result: Any, layout: Layout,
+                         tensors: dict[str, Any]) -> None:
+    """Output of a norm whose statistics are per channel (or per whole group): zero when γ (and β) are."""
+    if not _norm_parameters(w, name, layout, tensors):
+        return unknown(w, name, args, kwargs, result, f"its per-channel tensors are not parameters of a layer, "
+                                                      "so they cannot be cut")
+    w.set(result, w.new_op("producer" if tensors.get("weight") is not None else "never", [layout]))
+
+
+@register_op("batch_norm", "instance_norm")
+def _batch_norm(w, name, args, kwargs, result):
+    """``F.batch_norm`` / ``F.instance_norm`` (input, running_mean, running_var, weight, bias, ...): statistics
+    per channel, so each channel is cut with its γ, β and running statistics."""
+    x = args[0]
+    layout = w.layout(x)
+    if layout is None:
+        return w.set(result, w.fresh(result, "fixed"))
+    if layout.dims != (1,):
+        return unknown(w, name, args, kwargs, result, "it normalises a tensor whose channel axis is not axis 1")
+    keys = ("running_mean", "running_var", "weight", "bias")
+    tensors = {key: _arg(args, kwargs, i + 1, key) for i, key in enumerate(keys)}
+    _channel_norm_output(w, name, args, kwargs, result, layout, tensors)
+
+
+@register_op("group_norm")
+def _group_norm(w, name, args, kwargs, result):
+    """``F.group_norm(x, G, weight, bias)``: statistics per group of C/G channels, so only whole groups can
+    go: the channels of one group become one unit of removal (num_groups shrinks with it)."""
+    x = args[0]
+    layout = w.layout(x)
+    if layout is None:
+        return w.set(result, w.fresh(result, "fixed"))
+    groups, channels = int(_arg(args, kwargs, 1, "num_groups")), x.shape[1]
+    if layout.dims != (1,) or groups == 1:
+        return unknown(w, name, args, kwargs, result, "group_norm with one group normalises over every channel "
+                                                      "together, so removing one changes all the others")
+    if groups != channels:
+        owner = w.model.get_submodule(w.where) if w.where != "<top level>" else w.model
+        from_layer = isinstance(owner, nn.GroupNorm) and owner.num_groups == groups
+        if not from_layer and not w.assume(f"group_norm in layer '{w.where}' has {groups} groups of the width"):
+            return unknown(w, name, args, kwargs, result, f"its group count {groups} is a literal that cannot "
+                                                          "follow pruning")
+        _unite_groups(w, layout, channels // groups)
+    tensors = {"weight": _arg(args, kwargs, 2, "weight"), "bias": _arg(args, kwargs, 3, "bias")}
+    _channel_norm_output(w, name, args, kwargs, result, layout, tensors)
+
+
+def _unite_groups(w: Walker, layout: Layout, width: int) -> None:
+    """Make each run of ``width`` consecutive channels of ``layout`` one unit of removal."""
+    for start in range(0, len(layout.atoms), width):
+        for p in range(start + 1, start + width):
+            w.atoms.union(int(layout.atoms[start]), int(layout.atoms[p]))
+
+
+@register_op("layer_norm", "rms_norm")
+def _layer_norm(w, name, args, kwargs, result):
+    """``F.layer_norm(x, shape, weight, bias)`` over the last axes: over the channel axis (a channels-last
+    block, LayerNorm2d) its statistics use every channel, so the channels stay; over other axes only, it is
+    per channel."""
+    x = args[0]
+    layout = w.layout(x)
+    if layout is None:
+        return w.set(result, w.fresh(result, "fixed"))
+    normalised = set(range(x.dim() - len(tuple(_arg(args, kwargs, 1, "normalized_shape"))), x.dim()))
+    if normalised & set(layout.dims):  # the channels stay, and stay where they are (axis 3 of NHWC)
+        w.pin(layout, f"'{name}' in layer '{w.where}'", f"{name} normalises over the channel axis: its mean and "
+                                                        "variance use every channel, so none can be removed exactly")
+        return w.set(result, w.new_op("never", [layout]))
     _pass(w, name, args, kwargs, result, kind="never")
 
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.masking import effective_tensor as forward_tensor
-from prunekit.prune.graph import ChannelGraph
+from prunekit.prune.graph import ChannelGraph, parse_param_role
 from prunekit.prune.handlers import handler_for
 
 Criterion = Callable[[nn.Module, ChannelGraph, int], dict[int, float]]
@@ -131,7 +131,8 @@ def l2_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dict[int,
 
 @register_criterion("bn_scale")
 def bn_scale_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dict[int, float]:
-    """|γ| of the BN right after each producing conv, summed; else the first BN on the channel."""
+    """|γ| of the BN right after each producing conv, summed; else the first BN on the channel (a norm layer
+    with its own forward, e.g. a norm + activation layer, counts: its γ is the channel's ``affine:weight:0``)."""
     modules = dict(model.named_modules())
     gammas: dict[str, list[float]] = {}
 
@@ -148,7 +149,8 @@ def bn_scale_scores(model: nn.Module, graph: ChannelGraph, seed: int = 0) -> dic
         channel = graph.channels[cid]
         pairs = [(graph.bn_after[s.module], s.index) for s in channel.producers if s.module in graph.bn_after]
         if not pairs:
-            pairs = [(s.module, s.index) for s in channel.slots if s.role == "bn"][:1]
+            pairs = [(s.module, s.index) for s in channel.slots if s.role == "bn" or (
+                s.role == "affine:weight:0" and isinstance(modules[s.module], nn.modules.batchnorm._NormBase))][:1]
         if pairs:
             scores[cid] = sum(gamma(name, index) for name, index in pairs)
         else:  # no BN anywhere on this channel (e.g. a last conv feeding the classifier): its filter's L1
@@ -269,7 +271,7 @@ def zeroed_channels(model: nn.Module, graph: ChannelGraph) -> set[int]:
 
     own = {cid for cid in _prunable(graph)
            if not any(live(s.module, s.role, s.index) for s in graph.channels[cid].slots
-                      if s.role in ("conv_out", "depthwise", "bn", "linear_out"))}
+                      if s.role in ("conv_out", "depthwise", "bn", "linear_out") or _zeroed_param(s.role))}
     changed = True
     while changed:  # a copy of a live channel keeps a channel alive
         dead = {cid for cid in own if graph.channels[cid].depends_on <= own}
@@ -277,8 +279,18 @@ def zeroed_channels(model: nn.Module, graph: ChannelGraph) -> set[int]:
     return own
 
 
+def _zeroed_param(role: str) -> bool:
+    parsed = parse_param_role(role)
+    return parsed is not None and parsed[2]
+
+
 def _nonzero_rows(module: nn.Module, role: str) -> torch.Tensor | None:
-    """Per output index: whether any parameter entry of that index (weight row, bias) is non-zero."""
+    """Per output index: whether any parameter entry of that index (weight row, bias; for a parameter role
+    the parameter's entries) is non-zero."""
+    parsed = parse_param_role(role)
+    if parsed is not None:
+        tensor = effective_tensor(module, parsed[0]).detach()
+        return tensor.movedim(parsed[1], 0).reshape(tensor.shape[parsed[1]], -1).ne(0).any(dim=1).cpu()
     flags = None
     for name in ("weight", "bias"):
         tensor = effective_tensor(module, name)

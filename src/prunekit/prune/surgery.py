@@ -1,7 +1,9 @@
 """Physical channel removal: shrink modules in place so removed channels no longer exist.
 
 Each module is cut by its handler in :mod:`prunekit.prune.handlers` (Conv2d rows/columns/groups,
-ConvTranspose2d, BatchNorm, Linear rows/columns, ZeroPadShortcut ``source_index``). No module type is
+ConvTranspose2d, BatchNorm, Linear rows/columns, ZeroPadShortcut ``source_index``); per-channel parameters
+a forward uses directly (a functional norm's γ, β and statistics, a layer scale) are cut by
+:func:`prunekit.prune.handlers.shrink_parameters`. No module type is
 added, so :func:`prunekit.models.channel_config` still describes the model.
 """
 
@@ -11,8 +13,9 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.masking import masked_names
-from prunekit.prune.graph import ChannelGraph
-from prunekit.prune.handlers import handler_for
+from prunekit.models.shapes import set_split_sizes
+from prunekit.prune.graph import ChannelGraph, parse_param_role
+from prunekit.prune.handlers import handler_for, shrink_parameters
 
 
 def kept_indices(graph: ChannelGraph, removed: set[int]) -> dict[tuple[str, str], list[int]]:
@@ -47,8 +50,14 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, removed: set[int]) ->
         module = modules[name]
         if masked_names(module):
             raise PrunekitError(f"'{name}' is masked; make the masks permanent before removing channels")
-        replacement = handler_for(module).shrink(module, keep)
+        parameters = {role: k for role, k in keep.items() if parse_param_role(role) is not None}
+        if parameters:
+            shrink_parameters(module, parameters)
+        layer_roles = {role: k for role, k in keep.items() if role not in parameters}
+        replacement = handler_for(module).shrink(module, layer_roles) if layer_roles else None
         if replacement is not None:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, replacement)
+    for name, attr, pieces in graph.sizes:
+        set_split_sizes(modules[name], attr, [sum(cid not in removed for cid in piece) for piece in pieces])
     return model

@@ -1,0 +1,128 @@
+"""``--model timm:NAME`` / ``torchvision:NAME``: a library's model by name through prune-channels, the
+library and its version recorded, asked vs achieved printed, ``--strict`` failing on a shortfall.
+
+The plumbing runs against a stand-in ``timm`` module (its ``create_model`` builds a small network in the
+library's style: a BatchNorm2d subclass calling ``F.batch_norm`` itself), so it is tested where timm is not
+installed; the real libraries run when they import, and skip with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit.checkpoint import load_checkpoint
+from prunekit.cli import main
+
+
+class NormAct(nn.BatchNorm2d):
+    def forward(self, x):
+        return F.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                                   self.eps))
+
+
+class CumSum(nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x, 1)  # no handler: pins every channel it reads
+
+
+class LibraryNet(nn.Module):
+    def __init__(self, num_classes=1000, blocked=False):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.Conv2d(16, 32, 3, 2, 1, bias=False)])
+        self.norms = nn.ModuleList([NormAct(16), NormAct(32)])
+        self.mix = CumSum() if blocked else nn.Identity()
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        for conv, norm in zip(self.convs, self.norms):
+            x = self.mix(norm(conv(x)))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.fixture
+def fake_timm(monkeypatch):
+    module = types.ModuleType("timm")
+    module.__version__ = "9.9.9"
+    module.list_models = lambda: ["librarynet", "librarynet_blocked"]
+    module.is_model = lambda name: name in module.list_models()
+    module.create_model = lambda name, pretrained=False, **kw: LibraryNet(blocked=name.endswith("blocked"), **kw)
+    monkeypatch.setitem(sys.modules, "timm", module)
+    return module
+
+
+def run(capsys, argv):
+    capsys.readouterr()
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_library_model_by_name_prunes_and_reloads(fake_timm, tmp_path, capsys):
+    code, out, err = run(capsys, ["prune-channels", "--model", "timm:librarynet", "--ratio", "0.5",
+                                  "--out", str(tmp_path / "p.pt"), "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["asked_filters"] == 0.5 and result["achieved_filters"] == pytest.approx(0.5)
+    assert result["achieved_macs"] > 0.4 and result["shortfall"] is None
+    loaded = load_checkpoint(tmp_path / "p.pt")
+    assert loaded.arch["ref"] == "timm:librarynet" and loaded.arch["library"] == "timm 9.9.9"
+    model = loaded.model
+    assert [n.num_features for n in model.norms] == [8, 16] and type(model.norms[0]) is NormAct
+    assert model.head.out_features == 10  # the dataset's classes, passed to create_model
+
+
+def test_shortfall_is_printed_and_strict_fails_with_the_blocking_op(fake_timm, tmp_path, capsys):
+    argv = ["prune-channels", "--model", "timm:librarynet_blocked", "--ratio", "0.5", "--out", str(tmp_path / "p.pt")]
+    code, out, _ = run(capsys, argv)
+    assert code == 0
+    line = next(l for l in out.splitlines() if l.startswith("shortfall"))
+    assert "asked 50.0% of filters, achieved 0.0%" in line and "1 × 'cumsum' in layer 'mix'" in line
+    code, _, err = run(capsys, argv[:-1] + [str(tmp_path / "q.pt"), "--strict"])
+    assert code == 2 and "shortfall" in err and "'cumsum'" in err and not (tmp_path / "q.pt").exists()
+
+
+def test_unknown_library_model_names_close_ones(fake_timm, tmp_path, capsys):
+    code, _, err = run(capsys, ["prune-channels", "--model", "timm:librarynett", "--ratio", "0.5",
+                                "--out", str(tmp_path / "p.pt")])
+    assert code == 2 and "timm has no model 'librarynett'" in err and "librarynet" in err
+
+
+def importable(name: str) -> str | None:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # torchvision built for a CUDA torch fails here on torchvision::nms
+        return f"{name} does not import here ({type(exc).__name__}: {str(exc)[:80]})"
+    return None
+
+
+@pytest.mark.parametrize("ref", ["timm:resnet18d", "torchvision:resnet18"])
+def test_real_library_model_end_to_end(ref, tmp_path, capsys):
+    reason = importable(ref.partition(":")[0])
+    if reason:
+        pytest.skip(reason)
+    code, out, err = run(capsys, ["prune-channels", "--model", ref, "--ratio", "0.5", "--out", str(tmp_path / "p.pt"),
+                                  "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["achieved_macs"] > 0.4 and result["shortfall"] is None
+    assert load_checkpoint(tmp_path / "p.pt").arch["ref"] == ref
+
+
+def test_prune_summary_names_the_blocking_ops_below_half_the_target(capsys):
+    from types import SimpleNamespace
+
+    from prunekit.cli.prune import print_blocking_ops
+
+    print_blocking_ops(SimpleNamespace(target=0.5, filter_sparsity=0.1, model=LibraryNet(num_classes=10, blocked=True)))
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("shortfall: asked 50.0% of filters, achieved 10.0%") and "'cumsum' in layer 'mix'" in line
+    print_blocking_ops(SimpleNamespace(target=0.5, filter_sparsity=0.3, model=LibraryNet(num_classes=10)))
+    assert capsys.readouterr().out == ""
