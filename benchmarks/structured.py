@@ -35,7 +35,7 @@ import traceback
 import torch
 from torch import nn
 
-from common import RESULTS, write_results
+from common import RESULTS, add_smoke_flag, results_folder, write_results
 from prunekit.report.tables import markdown_table
 from prunekit.config import PruneConfig
 from prunekit.measure import count_macs, count_parameters, time_inference
@@ -301,16 +301,20 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "pruning", "styles", "latency"], default="all",
                         help="re-run one part, keeping the other from the last results (e.g. time again "
                              "when the machine is quiet)")
+    add_smoke_flag(parser)
     args = parser.parse_args()
-    tp = torch_pruning()
-    names = ["vgg11", "resnet20", "mobilenetv2"] if args.quick else list_models()
+    if args.smoke:  # one model, no user-style zoo, no Torch-Pruning, one timing round
+        args.quick, args.part = True, "all"
+    tp = None if args.smoke else torch_pruning()
+    names = ["resnet20"] if args.smoke else ["vgg11", "resnet20", "mobilenetv2"] if args.quick else list_models()
     ratios = (0.5,) if args.quick else RATIOS
-    rounds = 2 if args.quick else args.rounds
+    rounds = 1 if args.smoke else 2 if args.quick else args.rounds
     previous = previous_results() if args.part != "all" else {}
     start = time.perf_counter()
     torch.set_num_threads(1)  # pruning and equivalence: one thread is fastest on shared cores
     pruning = previous.get("pruning", []) if args.part in ("latency", "styles") else pruning_rows(names, ratios, tp)
-    styles = previous.get("styles", []) if args.part in ("latency", "pruning") else style_rows(ratios)
+    skip_styles = args.smoke or args.part in ("latency", "pruning")
+    styles = previous.get("styles", []) if skip_styles else style_rows(ratios)
     print("user-style zoo:", style_counts(styles), "| shipped zoo:",
           {s: sum(r.get("prunekit_status", "ok") == s for r in pruning) for s in ("ok",)}, flush=True)
     torch.set_num_threads(args.threads)  # latency (and the hardware header) use the fixed thread count
@@ -333,7 +337,7 @@ def main() -> None:
     table = "## Pruning (L1, layer scope)\n\n" + pruning_table(pruning) + "\n\n## User-style networks (tests/user_styles)\n\n" \
         + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "\n\n" + style_table(styles) \
         + "\n\n## CPU latency\n\n" + latency_table(latency) + "\n\n" + notes
-    write_results("structured", payload, table)
+    write_results("structured", payload, table, results_folder(args.smoke))
 
 
 if __name__ == "__main__":
