@@ -28,6 +28,10 @@ COMMAND_MODULES = [
 
 DEBUG_ENV = "PRUNEKIT_DEBUG"  # =1: show tracebacks instead of one-line errors (like --debug)
 
+#: Subcommands that train or evaluate: they first fit torch's threads to the CPUs other work leaves free
+COMPUTE_COMMANDS = {"train", "finetune", "evaluate", "convert", "prune", "prune-channels", "binarize", "quantize",
+                    "compare", "sweep", "sensitivity", "run", "demo"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     from prunekit import __version__
@@ -64,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             return exc.code if isinstance(exc.code, int) else 2
         with contextlib.ExitStack() as stack:
             args.exit_stack = stack
+            if args.command in COMPUTE_COMMANDS:
+                fit_threads_to_machine(args.command)
             return args.func(args) or 0
     except KeyboardInterrupt:
         if debug:
@@ -77,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"prunekit {command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def fit_threads_to_machine(command: str) -> None:
+    """Use only the CPUs other work leaves free (:func:`prunekit.measure.threads.fit_threads`), saying so in
+    one line on stderr (stdout stays the command's own output, e.g. ``--json``)."""
+    from prunekit.measure.threads import fit_threads
+
+    note = fit_threads()
+    if note:
+        print(f"prunekit {command}: {note}", file=sys.stderr, flush=True)
 
 
 def user_message(exc: BaseException, flags: dict) -> str | None:
