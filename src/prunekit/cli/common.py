@@ -248,6 +248,19 @@ def train_config_from(args: argparse.Namespace):
     return TrainConfig(**{k: getattr(args, k) for k in fields if getattr(args, k, None) is not None})
 
 
+def print_time_estimate(model, data, config, start_epoch: int = 0) -> None:
+    """On a CPU, print how long training ``model`` with ``config`` will take (measured on two steps) before it
+    starts, so a many-hour run is never started silently; on a GPU print nothing (no probe)."""
+    from prunekit.train.estimate import describe_estimate, estimate_fit_seconds
+    from prunekit.train.loop import resolve_device
+
+    device = resolve_device(config.device)
+    epochs = config.epochs - start_epoch
+    if device.type == "cpu" and epochs > 0:
+        seconds = estimate_fit_seconds(model, data, config, device, start_epoch)
+        print(describe_estimate(seconds, epochs, device), flush=True)
+
+
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
