@@ -18,7 +18,7 @@ def test_the_time_left_is_the_remaining_work_at_the_measured_speed():
     lines = []
     clock = StageClock([Stage("a", 220), Stage("b", 110)], Sizes(train=100, evaluated=30, test=30), lines.append)
     clock.begin(0)
-    assert lines[-1].startswith("stage 1/2 · a · ") and lines[-1].endswith("time left known after one epoch")
+    assert lines[-1].startswith("stage 1/2 · a · ") and lines[-1].endswith("time left not measured yet")
     clock.epoch_done(5.5, "epoch 1/2")  # 110 units in 5.5 s: 0.05 s per unit; 220 units left → 11 s
     assert clock.seconds_left() == pytest.approx(11.0)
     assert " · epoch 1/2 · " in lines[-1] and lines[-1].endswith("~10 s left")

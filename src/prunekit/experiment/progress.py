@@ -4,7 +4,7 @@ Every stage's cost is estimated up front in *work units*: one unit is one traini
 backward pass; evaluating an image counts :data:`EVAL_COST` (a forward pass only). The seconds per unit are
 measured on the training epochs run so far (their wall time includes evaluation and checkpoint writing),
 so the time left is ``remaining units × measured seconds per unit``: an estimate from measured speed,
-known after the first epoch. Elapsed times count from the process's start (interpreter and imports too).
+known after the first epoch (until then: "time left not measured yet"). Elapsed times count from the process's start (interpreter and imports too).
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class StageClock:
         left = self.seconds_left()
         return " · ".join(filter(None, [f"stage {self.current + 1}/{len(self.stages)}", stage.label, detail,
                                         f"{duration(process_seconds())} elapsed",
-                                        time_left(left) if left is not None else "time left known after one epoch"]))
+                                        time_left(left) if left is not None else "time left not measured yet"]))
 
     def begin(self, index: int) -> None:
         self.current = index
