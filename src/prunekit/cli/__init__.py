@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             args.exit_stack = stack
             if args.command in COMPUTE_COMMANDS:
-                fit_threads_to_machine(args.command)
+                fit_threads_to_machine(args)
             return args.func(args) or 0
     except KeyboardInterrupt:
         if debug:
@@ -85,14 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def fit_threads_to_machine(command: str) -> None:
+def fit_threads_to_machine(args: argparse.Namespace) -> None:
     """Use only the CPUs other work leaves free (:func:`prunekit.measure.threads.fit_threads`), saying so in
-    one line on stderr (stdout stays the command's own output, e.g. ``--json``)."""
+    one line: on stdout with the command's other lines (stderr keeps errors to one line), on stderr when
+    stdout is ``--json``."""
     from prunekit.measure.threads import fit_threads
 
     note = fit_threads()
     if note:
-        print(f"prunekit {command}: {note}", file=sys.stderr, flush=True)
+        print(f"prunekit {args.command}: {note}", file=sys.stderr if getattr(args, "json", False) else sys.stdout,
+              flush=True)
 
 
 def user_message(exc: BaseException, flags: dict) -> str | None:
