@@ -15,9 +15,7 @@ from dataclasses import dataclass
 
 from prunekit.experiment.config import Experiment, VariantSpec
 from prunekit.train.callbacks import Callback
-
-#: Work units of evaluating one image (forward only) against training on it (forward + backward + step).
-EVAL_COST = 1 / 3
+from prunekit.train.estimate import EVAL_COST  # evaluating an image costs a third of training on it
 #: Untimed + timed inference runs per model in the comparison (warm-up of prunekit.measure.timing).
 TIMING_WARMUP = 10
 
