@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
