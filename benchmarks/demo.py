@@ -32,11 +32,13 @@ SMOKE_SETS = ["data.limit_train=128", "data.limit_test=128", "baseline.train.epo
               "compare.timing=false"]
 
 
-def run_demo(data: str, out: Path, extra: list[str] = ()) -> tuple[float, int | None, str]:
-    """Wall seconds, peak resident KiB (None without GNU time) and the demo's printed output."""
+def run_demo(data: str, out: Path, extra: list[str] = (), env: dict | None = None) -> tuple[float, int | None, str]:
+    """Wall seconds, peak resident KiB (None without GNU time) and the demo's printed output (``env``: the
+    process's environment, default ours)."""
     command = [sys.executable, "-m", "prunekit", "demo", "--data", data, "--out", str(out), "--no-progress", *extra]
     start = time.perf_counter()
-    done = subprocess.run(([TIME, "-v"] if TIME else []) + command, capture_output=True, text=True, check=True)
+    done = subprocess.run(([TIME, "-v"] if TIME else []) + command, capture_output=True, text=True, check=True,
+                          env=env)
     seconds = time.perf_counter() - start
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     return seconds, int(peak.group(1)) if peak else None, done.stdout
