@@ -63,7 +63,6 @@ class Run:
 
     def epoch_callbacks(self) -> list:
         """Per training epoch: its metrics line (marked SYNTHETIC when it is), then the stage clock's line."""
-    
         return [PrintEpoch(synthetic_note(self))] + ([self.clock.epoch_callback()] if self.clock else [])
 
 
