@@ -28,13 +28,13 @@ import prunekit.paths as names
 from prunekit.checkpoint import (Checkpoint, check_classes, derived_meta, load_checkpoint, resume_point,
                                  save_checkpoint)
 from prunekit.config import FINETUNE_LR, TrainConfig
+from prunekit.experiment.progress import Sizes, StageClock, plan_stages
+from prunekit.train.callbacks import PrintEpoch
 from prunekit.data import DataBundle, get_data
 from prunekit.data.normalisation import input_normalisation
 from prunekit.foreign import load_weights
 from prunekit.experiment.config import Experiment, SweepSpec, VariantSpec
-from prunekit.experiment.progress import Sizes, StageClock, plan_stages
 from prunekit.models import arch_label
-from prunekit.train.callbacks import PrintEpoch
 from prunekit.atomic import atomic_write_text
 
 BASELINE = names.BASELINE
