@@ -34,7 +34,8 @@ def load_note(load: MachineLoad) -> str:
     if not demo_busy(load):
         return f"machine quiet: {load.describe()}"
     return (f"machine busy: {load.describe()}; other work is running, so this demo takes longer and its times "
-            "are noisier (accuracies are unaffected); for trustworthy speed numbers rerun on a quiet machine")
+            "are noisier (accuracies only move when it uses fewer threads: sums in another order shift the last "
+            "digits); for trustworthy speed numbers rerun on a quiet machine")
 
 
 def demo_experiment(assignments: list[str], synthetic: bool = False, quick: bool = False):
