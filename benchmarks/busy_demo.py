@@ -63,11 +63,17 @@ def main() -> None:
     extra = ["--quick"] + ([f"--set={s}" for s in SMOKE_SETS] if args.smoke else [])
     pairs = 1 if args.smoke else args.pairs
     runs = []
+    folder = results_folder(args.smoke)
     for index in range(pairs):
         order = list(MODES) if index % 2 == 0 else list(MODES)[::-1]  # alternate who goes first
         pair = {mode: timed_run(mode, args.data, extra, args.burners) for mode in order}
         runs += [pair[mode] | {"pair": index + 1} for mode in order]
-        print(runs[-2], runs[-1], flush=True)
+        write(runs, args, extra, folder)  # after every pair: a long run interrupted keeps its finished pairs
+
+
+def write(runs: list[dict], args, extra: list[str], folder: Path) -> None:
+    """``busy_demo_<burners>.{json,md}``: every run, the median time per mode, the median per-pair ratio."""
+    pairs = len(runs) // 2
     forced, fitted = ([r["wall_seconds"] for r in runs if r["mode"] == mode] for mode in MODES)
     ratios = [a / b for a, b in zip(forced, fitted)]
     summary = {"forced_median_s": statistics.median(forced), "fitted_median_s": statistics.median(fitted),
@@ -77,7 +83,7 @@ def main() -> None:
                f"process(es); wall time includes start-up. Median forced / fitted over {pairs} interleaved "
                f"pair(s): {summary['ratio_median']:.2f}× (pairs: {', '.join(f'{r:.2f}' for r in ratios)}).")
     write_results(f"busy_demo_{args.burners}", {"burners": args.burners, "pairs": pairs, "command": extra,
-                                                "runs": runs, "summary": summary}, table, results_folder(args.smoke))
+                                                "runs": runs, "summary": summary}, table, folder)
 
 
 if __name__ == "__main__":
