@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from common import SHARED, write_results
+from common import RESULTS, SHARED, add_smoke_flag, results_folder, write_results
 from prunekit.checkpoint import load_checkpoint, read_checkpoint_file
 from prunekit.cli import main
 from prunekit.data import get_data
@@ -120,7 +120,11 @@ def main_benchmark() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("/tmp/prunekit-bench-binarize"))
     parser.add_argument("--skip-compare", action="store_true")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:  # the VGG-11 row only: 1 epoch on 256 images, binarized without fine-tuning
+        args.vgg_epochs, args.vgg_finetune_epochs, args.skip_compare = 1, 0, True
+        args.work = results_folder(True) / "work"
     torch.set_num_threads(args.threads)
     if not (DATA / "cifar-10-batches-py").is_dir() or not RESNET20.is_file():
         raise SystemExit(f"needs the real subset at {DATA} and {RESNET20}")
@@ -130,14 +134,16 @@ def main_benchmark() -> None:
     started = time.perf_counter()
 
     resnet = work / "resnet20.pt"
-    if not resnet.exists():
+    if not resnet.exists() and not args.smoke:
         cli("convert", "--model", "resnet20", "--weights", RESNET20, "--normalize", "imagenet", "--out", resnet,
             "--evaluate", "--data", DATA)
     vgg = work / "vgg" / "last.pt"
     if not vgg.exists():
         cli("train", "--model", "vgg11", "--model-cfg", VGG_CFG, "--epochs", args.vgg_epochs, "--data", DATA,
-            "--save", work / "vgg", "--device", "cpu", "--no-progress", "--seed", "0")
-    rows = [
+            "--save", work / "vgg", "--device", "cpu", "--no-progress", "--seed", "0",
+            *(["--limit-train", 256] if args.smoke else []))
+    rows = [binarize_row(f"VGG-11 ¼ width ({args.vgg_epochs} epoch), BWN", vgg, work / "vgg_bwn", 0, data)] \
+        if args.smoke else [
         binarize_row("ResNet-20 (pretrained), BWN", resnet, work / "r20_bwn", args.resnet_epochs, data),
         binarize_row(f"VGG-11 ¼ width ({args.vgg_epochs} epochs), BWN", vgg, work / "vgg_bwn",
                      args.vgg_finetune_epochs, data),
@@ -153,7 +159,7 @@ def main_benchmark() -> None:
     text = table(rows)
     if compare:
         text += "\n\n`prunekit compare` (ResNet-20 family):\n\n" + compare
-    write_results("binarize", payload, text)
+    write_results("binarize", payload, text, args.work.parent if args.smoke else RESULTS)
 
 
 def compare_section(work: Path, resnet: Path, epochs: int) -> str:

@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,17 +44,32 @@ def spread(samples: list[float]) -> dict:
     return {"median": median, "q1": q1, "q3": q3, "n": len(samples)}
 
 
-def write_results(name: str, payload: dict, table: str) -> Path:
-    """Write ``results/NAME.json`` (payload + hardware) and ``results/NAME.md`` (the table); print the table."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+SMOKE_HELP = ("smoke run: one tiny row in seconds, written to a temporary folder (benchmarks/results/ is left "
+              "alone); CI runs every benchmark this way so none can rot")
+
+
+def add_smoke_flag(parser) -> None:
+    """``--smoke``: every benchmark script takes it (CI runs ``for f in benchmarks/*.py; do python "$f" --smoke``)."""
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+
+
+def results_folder(smoke: bool) -> Path:
+    """Where results go: ``benchmarks/results/``, or a new temporary folder for a smoke run."""
+    return Path(tempfile.mkdtemp(prefix="prunekit-bench-smoke-")) if smoke else RESULTS
+
+
+def write_results(name: str, payload: dict, table: str, folder: Path = RESULTS) -> Path:
+    """Write ``FOLDER/NAME.json`` (payload + hardware) and ``FOLDER/NAME.md`` (the table), by default into
+    ``benchmarks/results/``; print the table."""
+    folder.mkdir(parents=True, exist_ok=True)
     payload = {"hardware": hardware(), **payload}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
     hw = payload["hardware"]
     header = f"Hardware: {hw['cpu']} ({hw['cpu_count']} CPUs, {hw['torch_threads']} torch threads), " \
              f"torch {hw['torch']}" + (f", GPU {hw['gpu']}" if hw["gpu"] else "") + f"; {hw['date']}\n\n"
-    (RESULTS / f"{name}.md").write_text(header + table + "\n")
+    (folder / f"{name}.md").write_text(header + table + "\n")
     print(header + table)
-    return RESULTS / f"{name}.json"
+    return folder / f"{name}.json"
 
 
 def bare_steps(model, optimizer, batches, device) -> float:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from common import SHARED, spread, write_results
+from common import SHARED, add_smoke_flag, results_folder, spread, write_results
 from prunekit.checkpoint import checkpoint_dict, save_checkpoint
 from prunekit.foreign import load_weights
 from prunekit.report.tables import markdown_table
@@ -194,9 +194,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer timing runs and calibration batches, no ONNX")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calib-batches", type=int, default=None, help="batches of 64 images (default 8, quick 2)")
+    add_smoke_flag(parser)
     args = parser.parse_args()
     args.calib_batches = args.calib_batches or (2 if args.quick else 8)
     torch.set_num_threads(args.threads)
+    if args.smoke:  # the compact-size rows only: no data, no timing
+        size_rows, size_info = size_section()
+        write_results("compression", {"size": {"rows": size_rows, **size_info}},
+                      markdown_table(size_rows, ["model", "bytes", "of_dense", "target", "met"]), results_folder(True))
+        return
     if not (DATA / "cifar-10-batches-py").is_dir() or not RESNET56.is_file():
         sys.exit(f"needs the shared data and pretrained ResNet-56 under {SHARED}")
     size_rows, size_info = size_section()

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import write_results
+from common import SHARED, add_smoke_flag, results_folder, write_results
 from prunekit.report.tables import markdown_table
 from prunekit.experiment import load_experiment, run_folder
 from prunekit.paths import variant_of
@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 EXTRA = {"googlenet_cifar100": ["--set", "data.dataset=cifar10"]}
 if (ROOT / "runs" / "vgg11-real" / "last.pt").exists():
     EXTRA["vgg11_l1_cfg"] = ["--set", "baseline.checkpoint=runs/vgg11-real/last.pt"]
+
+
+#: ``--smoke``: the pretrained ResNet-56 recipe on 64 images, pruned without fine-tuning, no timing
+SMOKE_RECIPE = "resnet56_pretrained_l1"
+SMOKE_SETS = ["--set", "data.limit_train=64", "--set", "data.limit_test=64",
+              "--set", "variants.pruned-B.prune.finetune_epochs=0", "--set", "compare.timing=false"]
 
 
 def run(recipe: Path, data: str, out: Path) -> float:
@@ -52,11 +58,19 @@ def key_rows(recipe: Path, folder: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="CIFAR-10 folder (e.g. ../shared/data/cifar10-subset)")
+    parser.add_argument("--data", default=None, help="CIFAR-10 folder (e.g. ../shared/data/cifar10-subset; "
+                                                     "required unless --smoke, which defaults to it)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "quick"))
     parser.add_argument("--only", default=None, help="one recipe stem")
     parser.add_argument("--summarise", action="store_true", help="only read the finished run folders")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    args.data = args.data or (str(SHARED / "data" / "cifar10-subset") if args.smoke else None)
+    if args.data is None:
+        parser.error("--data DIR is required (e.g. ../shared/data/cifar10-subset)")
+    if args.smoke:
+        args.only, args.out = SMOKE_RECIPE, str(results_folder(True) / "runs")
+        EXTRA[SMOKE_RECIPE] = SMOKE_SETS
     out = Path(args.out)
     recipes = sorted((ROOT / "experiments").glob("*.yaml"))
     if args.only:
@@ -70,7 +84,8 @@ def main() -> None:
             rows += key_rows(recipe, folder)
     table = markdown_table(rows) + "\n\nAll `--quick` budgets on the real CIFAR-10 subset (509 test images); " \
                                    "latency at batch 1 from each run's compare table."
-    write_results("experiments_quick", {"rows": rows, "seconds": seconds}, table)
+    write_results("experiments_quick", {"rows": rows, "seconds": seconds}, table,
+                  Path(args.out).parent if args.smoke else results_folder(False))
 
 
 if __name__ == "__main__":

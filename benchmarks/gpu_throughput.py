@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from common import bare_steps, pipeline_steps, premade_batches, write_results
+from common import add_smoke_flag, bare_steps, pipeline_steps, premade_batches, results_folder, write_results
 from prunekit.report.tables import markdown_table
 from prunekit.config import TrainConfig
 from prunekit.data import DeviceLoader, make_synthetic
@@ -60,11 +60,11 @@ def spec_name(spec: dict) -> str:
     return next(k for k, v in MODELS.items() if v == spec)
 
 
-def measure_latency(device, quick: bool) -> list[dict]:
+def measure_latency(device, quick: bool, batches: tuple[int, ...] = (1, 256)) -> list[dict]:
     rows = []
     dense, pruned = build(MODELS["vgg11"], device), build(MODELS["vgg11-pruned"], device)
     reduction = count_macs(dense) / count_macs(pruned)
-    for batch in (1, 256):
+    for batch in batches:
         repeats = 10 if quick else 100
         t_dense = time_inference(dense, batch, device, repeats=repeats)
         t_pruned = time_inference(pruned, batch, device, repeats=repeats)
@@ -79,20 +79,24 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--quick", action="store_true", help="1,024 images, no compile: a smoke run")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:  # --quick on 64 images
+        args.quick, args.images = True, 64
     device = torch.device(args.device)
-    n = 1024 if args.quick else args.images
+    n = (args.images if args.smoke else 1024) if args.quick else args.images
     batch = min(args.batch_size, n // 4)
     images, labels = make_synthetic(n, seed=0)
+    specs = [MODELS["vgg11-pruned"]] if args.smoke else MODELS.values()
     training = [measure_training(spec, images, labels, device, batch, compiled)
-                for spec in MODELS.values() for compiled in ((False,) if args.quick else (False, True))]
-    latency = measure_latency(device, args.quick)
+                for spec in specs for compiled in ((False,) if args.quick else (False, True))]
+    latency = measure_latency(device, args.quick, (1,) if args.smoke else (1, 256))
     table = (markdown_table(training) + f"\n\n{n:,} synthetic images, batch {batch}, {device}"
              + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
              + ".\n\nInference latency, channel-pruned VGG-11 against dense:\n\n" + markdown_table(latency))
     write_results("gpu_throughput" + ("_quick" if args.quick else ""),
                   {"images": n, "batch_size": batch, "device": str(device), "training": training,
-                   "latency": latency}, table)
+                   "latency": latency}, table, results_folder(args.smoke))
 
 
 if __name__ == "__main__":

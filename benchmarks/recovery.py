@@ -36,14 +36,14 @@ from pathlib import Path
 
 import torch
 
-from common import SHARED, hardware
+from common import SHARED, add_smoke_flag, hardware, results_folder
 from prunekit.analysis.points import Evaluator
 from prunekit.analysis.sensitivity import allocation_candidates, choose_allocation, run_sensitivity
 from prunekit.atomic import atomic_write_text
-from prunekit.checkpoint import load_weights
 from prunekit.config import FINETUNE_LR, PruneConfig, TrainConfig
 from prunekit.data import get_data
 from prunekit.data.normalisation import NORMALISATIONS
+from prunekit.foreign import load_weights
 from prunekit.measure import count_macs
 from prunekit.models import create_model
 from prunekit.pipeline import run_pruning, with_normalisation
@@ -170,7 +170,11 @@ def main() -> None:
     parser.add_argument("--rows", default=None, help="comma-separated row ids (default: all), e.g. "
                                                      + row_id(ROWS[0]))
     parser.add_argument("--json", default=str(RESULTS / "recovery.json"))
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:  # the first row, no retraining, on 64 images
+        args.epochs, args.train_images, args.held_out, args.rows = 0, 64, 64, row_id(ROWS[0])
+        args.json = str(results_folder(True) / "recovery.json")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if not RESNET56.is_file():

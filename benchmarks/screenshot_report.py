@@ -1,6 +1,7 @@
 """Screenshot a prunekit HTML report in headless Chromium at 1280 px and check what shows without scrolling.
 
     python benchmarks/screenshot_report.py RUN/report.html docs/img/report_1280.png [--width 1280 --height 900]
+    python benchmarks/screenshot_report.py --smoke     # a one-table page into a temporary folder
 
 Writes the PNG (the first screen, no scrolling) and prints, measured in the browser: the page's width
 (``document.documentElement.scrollWidth``: > the window means a horizontal scrollbar), the right edge of
@@ -19,6 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import add_smoke_flag, results_folder
+
+#: ``--smoke``: the smallest page with every element the checks look for
+SMOKE_PAGE = """<!doctype html><html><body><div class="summary">smoke</div>
+<table class="compare"><tr><th>model</th><th>speed-up</th></tr><tr><td>a</td><td>1.00×</td></tr></table></body></html>"""
+
 PROBE = """<script>window.addEventListener('load', () => {
   const box = el => el ? el.getBoundingClientRect() : null;
   const table = document.querySelector('table.compare');
@@ -33,11 +40,14 @@ PROBE = """<script>window.addEventListener('load', () => {
 });</script></body>"""
 
 
-def chromium() -> str:
+def chromium(required: bool = True) -> str | None:
+    """The headless browser's path; exits when there is none (returns None instead when not ``required``)."""
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
             return shutil.which(name)
-    sys.exit("no chromium binary (apt-get install chromium)")
+    if required:
+        sys.exit("no chromium binary (apt-get install chromium)")
+    return None
 
 
 def measure(browser: str, html: Path, width: int, height: int) -> dict:
@@ -72,12 +82,22 @@ def checks(m: dict) -> dict[str, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("html", type=Path)
-    parser.add_argument("out", type=Path)
+    parser.add_argument("html", type=Path, nargs="?")
+    parser.add_argument("out", type=Path, nargs="?")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=900)
+    add_smoke_flag(parser)
     args = parser.parse_args(argv)
-    browser = chromium()
+    if args.smoke:
+        folder = results_folder(True)
+        args.html, args.out = folder / "smoke.html", folder / "smoke.png"
+        args.html.write_text(SMOKE_PAGE)
+    elif args.html is None or args.out is None:
+        parser.error("give the report's HTML file and the PNG to write (or --smoke)")
+    browser = chromium(required=not args.smoke)
+    if browser is None:
+        print("smoke: no chromium binary here, nothing to screenshot (apt-get install chromium to check the page)")
+        return 0
     m = measure(browser, args.html, args.width, args.height)
     screenshot(browser, args.html, args.out, args.width, args.height)
     results = checks(m)

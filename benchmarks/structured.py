@@ -40,7 +40,7 @@ import traceback
 import torch
 from torch import nn
 
-from common import RESULTS, write_results
+from common import RESULTS, add_smoke_flag, results_folder, write_results
 from prunekit.report.tables import markdown_table
 from prunekit.config import PruneConfig
 from prunekit.measure import count_macs, count_parameters, time_inference
@@ -369,24 +369,24 @@ def main() -> None:
                         help="torch threads for latency (default: 1: stable on shared cores, where one preempted "
                              "OpenMP thread stalls every op of a multi-threaded run; use 2+ on an idle machine)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (default: 5)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="one model, one style case, one library model, no latency; writes structured_smoke.*")
     parser.add_argument("--part", choices=["all", "pruning", "styles", "libraries", "latency"], default="all",
                         help="re-run one part, keeping the other from the last results (e.g. time again "
                              "when the machine is quiet)")
+    add_smoke_flag(parser)
     args = parser.parse_args()
-    tp = torch_pruning()
+    if args.smoke:  # one model, no user-style zoo, no library models, no Torch-Pruning, one timing round
+        args.quick, args.part = True, "all"
+    tp = None if args.smoke else torch_pruning()
     names = ["resnet20"] if args.smoke else ["vgg11", "resnet20", "mobilenetv2"] if args.quick else list_models()
-    ratios = (0.5,) if args.quick or args.smoke else RATIOS
-    tp = None if args.smoke else tp
-    rounds = 2 if args.quick else args.rounds
+    ratios = (0.5,) if args.quick else RATIOS
+    rounds = 1 if args.smoke else 2 if args.quick else args.rounds
     previous = previous_results() if args.part != "all" else {}
     start = time.perf_counter()
     torch.set_num_threads(1)  # pruning and equivalence: one thread is fastest on shared cores
     pruning = previous.get("pruning", []) if args.part in ("latency", "styles", "libraries") else pruning_rows(
         names, ratios, tp)
-    styles = previous.get("styles", []) if args.part in ("latency", "pruning", "libraries") else style_rows(
-        ratios, 1 if args.smoke else None)
+    skip_styles = args.smoke or args.part in ("latency", "pruning", "libraries")
+    styles = previous.get("styles", []) if skip_styles else style_rows(ratios)
     libraries = previous.get("libraries", []) if args.part in ("latency", "pruning", "styles") else library_rows(
         smoke=args.smoke)
     print("user-style zoo:", style_counts(styles), "| shipped zoo:",
@@ -414,7 +414,7 @@ def main() -> None:
         + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "\n\n" + style_table(styles) \
         + "\n\n## Library models (ratio 0.5, L1, 64x64 input, random weights)\n\n" + library_table(libraries) \
         + "\n\n## CPU latency\n\n" + latency_table(latency) + "\n\n" + notes
-    write_results("structured_smoke" if args.smoke else "structured", payload, table)
+    write_results("structured", payload, table, results_folder(args.smoke))
 
 
 if __name__ == "__main__":

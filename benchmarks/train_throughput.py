@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import torch
 
-from common import bare_steps, pipeline_steps, premade_batches, spread, write_results
+from common import add_smoke_flag, bare_steps, pipeline_steps, premade_batches, results_folder, spread, write_results
 from prunekit.report.tables import markdown_table
 from prunekit.config import TrainConfig
 from prunekit.data import DeviceLoader, make_synthetic
@@ -31,7 +31,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None, help="steps per block (default 8, quick 2)")
     parser.add_argument("--blocks", type=int, default=None, help="alternating blocks per side (default 7, quick 2)")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:  # one block of one step at batch 8
+        args.quick, args.steps, args.blocks, args.batch_size = True, 1, 1, 8
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     steps = args.steps or (2 if args.quick else 8)
@@ -66,7 +69,8 @@ def main() -> None:
                                    f"steps per side. Pipeline overhead: {100 * overhead:.2f}% (target ≤ 5%)."
     write_results("train_throughput" + ("_quick" if args.quick else ""),
                   {"model": "vgg11", "batch_size": batch, "device": str(device), "steps_per_block": steps,
-                   "blocks": blocks, "pipeline_ips": pipe, "bare_ips": bare, "overhead": overhead}, table)
+                   "blocks": blocks, "pipeline_ips": pipe, "bare_ips": bare, "overhead": overhead}, table,
+                  results_folder(args.smoke))
 
 
 if __name__ == "__main__":

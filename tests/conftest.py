@@ -20,7 +20,11 @@ needs_shared = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
-def _fixed_threads():
+def _fixed_threads(monkeypatch):
+    """Two torch threads in every test, also in commands run through ``main``: OMP_NUM_THREADS is the user's
+    explicit count, which :func:`prunekit.measure.threads.fit_threads` never lowers (a test beside another
+    xdist worker would otherwise run with one thread, and repeat-exactly tests compare runs)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     torch.set_num_threads(2)
     yield
 

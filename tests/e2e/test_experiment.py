@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,7 +84,8 @@ def test_run_writes_every_stage_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "baseline: done" in out and "variant filter: done" in out and "epoch" not in out
+    assert "baseline: done" in out and "variant filter: done" in out
+    assert not re.search(r"^epoch +\d+:", out, re.M)  # no epoch trained (stage labels may say "1 epoch")
     table = [line for line in out.splitlines() if line.startswith("|")]
     assert table and max(len(line) for line in table) <= 100  # the terminal table fits; compare.md has it all
     full_header = (run / "compare.md").read_text().splitlines()[0]

@@ -133,6 +133,7 @@ def ternary_values_ok(model, masks) -> None:
         assert torch.equal(magnitude[kept], per_channel.expand_as(magnitude)[kept]), name
 
 
+@pytest.mark.long
 def test_binarized_masked_model_stays_ternary_through_training_and_save_load(tmp_path, tiny_vgg, tiny_data):
     torch.manual_seed(1)
     masks = {name: torch.rand(m.weight.shape) > 0.5 for name, m in

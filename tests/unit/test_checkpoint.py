@@ -92,6 +92,7 @@ def test_a_registered_format_is_read_by_load_checkpoint(tmp_path, tiny_vgg):
         checkpoint.READERS.pop("test-wrapped")
 
 
+@pytest.mark.long
 def test_a_compact_file_loads_in_a_process_that_never_imported_export(tmp_path, tiny_vgg):
     import subprocess
     import sys

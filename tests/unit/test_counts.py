@@ -42,6 +42,7 @@ def test_vgg11_write_up_numbers():
     assert count_ops(dense, "torchprofile") == 152_769_536 + bn_elements + 512  # + the 512 pooled outputs
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", ["vgg11", "resnet20", "densenet40", "mobilenetv2", "googlenet_cifar100"])
 def test_thop_and_torchprofile_conventions_equal_the_real_packages(name):
     thop = pytest.importorskip("thop", reason="thop not installed (pip install thop --no-deps)")

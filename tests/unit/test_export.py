@@ -234,6 +234,7 @@ def test_quantize_cli_writes_a_file_evaluate_reads(tmp_path, capsys, synthetic_r
     assert "calibration" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.long
 @needs_shared
 def test_int8_pretrained_resnet20_agrees_on_real_test_images():
     from prunekit.foreign import load_weights
@@ -271,6 +272,7 @@ def test_quantize_errors_are_clear():
 # --- ONNX ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.long
 @needs_onnxruntime
 @pytest.mark.parametrize("kind", ["dense", "pruned"])
 def test_onnx_matches_pytorch(tmp_path, kind):

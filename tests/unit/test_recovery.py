@@ -87,6 +87,7 @@ def distill_rank(rank: int, world_size: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.long
 def test_distillation_under_two_gloo_ranks_matches_one_process(tmp_path):
     from prunekit.data import get_data
     from prunekit.train import fit

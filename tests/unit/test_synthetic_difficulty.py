@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from prunekit.config import TrainConfig
@@ -11,6 +12,7 @@ from prunekit.prune.channels import prune_channels
 from prunekit.train import evaluate_split, fit
 
 
+@pytest.mark.long
 def test_filter_pruned_tiny_vgg_stays_below_its_dense_parent_after_fine_tuning(tiny_vgg, tiny_data):
     """Halving every layer's filters and fine-tuning one epoch does not win back what the dense model knew.
 

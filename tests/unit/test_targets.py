@@ -133,6 +133,7 @@ def test_next_l2_keeps_the_channels_the_next_layer_reads_most():
     assert "features.4.weight" not in masks  # excluded: the last conv keeps every filter
 
 
+@pytest.mark.long
 def test_exclude_keeps_the_last_conv_whole_in_unstructured_and_filter_pruning():
     from prunekit.prune.unstructured import unstructured_masks
 

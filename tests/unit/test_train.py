@@ -17,6 +17,7 @@ from prunekit.train.optim import lr_factor
 FAST = dict(batch_size=32, lr=0.05, device="cpu", seed=3)
 
 
+@pytest.mark.long
 def test_training_learns_synthetic_data(tiny_vgg, tiny_data):
     before = evaluate_split(tiny_vgg, tiny_data).top1
     fit(tiny_vgg, tiny_data, TrainConfig(epochs=5, **FAST), progress=False)
@@ -35,6 +36,7 @@ class StopAfterFirstEpoch(Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.long
 def test_resume_equals_uninterrupted(tmp_path, tiny_data):
     config = TrainConfig(epochs=2, **FAST)
     straight = _fresh()
@@ -52,6 +54,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_data):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.long
 def test_run_folder_files(tmp_path, tiny_vgg, tiny_data):
     from prunekit.data import get_data
 
@@ -67,6 +70,7 @@ def test_run_folder_files(tmp_path, tiny_vgg, tiny_data):
     assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.long
 def test_no_best_checkpoint_without_validation_split(tmp_path, tiny_vgg, tiny_data):
     fit(tiny_vgg, tiny_data, TrainConfig(epochs=1, **FAST), run_dir=tmp_path, progress=False)
     assert (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()
@@ -81,6 +85,7 @@ def test_lr_schedules():
     assert lr_factor(0, 100, 10, cosine) == 0.1 and lr_factor(9, 100, 10, cosine) == 1.0
 
 
+@pytest.mark.long
 def test_slimming_regulariser_shrinks_bn_scales(tiny_data):
     def scale_sum(strength):
         model = _fresh()

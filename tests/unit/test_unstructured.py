@@ -234,6 +234,7 @@ class StopAfterFirstEpoch:
         raise KeyboardInterrupt
 
 
+@pytest.mark.long
 def test_pipeline_resumes_an_interrupted_round_exactly(tmp_path, small_data, monkeypatch):
     """IMP with retraining, interrupted inside round 2 and run again, ends where an uninterrupted run does."""
     import prunekit.pipeline as pipeline

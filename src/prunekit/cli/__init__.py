@@ -28,6 +28,10 @@ COMMAND_MODULES = [
 
 DEBUG_ENV = "PRUNEKIT_DEBUG"  # =1: show tracebacks instead of one-line errors (like --debug)
 
+#: Subcommands that train or evaluate: they first fit torch's threads to the CPUs other work leaves free
+COMPUTE_COMMANDS = {"train", "finetune", "evaluate", "convert", "prune", "prune-channels", "binarize", "quantize",
+                    "compare", "sweep", "sensitivity", "run", "demo"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     from prunekit import __version__
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         refuse_empty_values(args)
         with contextlib.ExitStack() as stack:
             args.exit_stack = stack
+            if args.command in COMPUTE_COMMANDS:
+                fit_threads_to_machine(args)
             return args.func(args) or 0
     except KeyboardInterrupt:
         if debug:
@@ -95,6 +101,18 @@ def refuse_empty_values(args: argparse.Namespace) -> None:
             flag = POSITIONAL_NAMES.get(dest, f"--{dest.replace('_', '-')}")
             what = "name a file or folder" if dest in PATH_DESTS else "give it a value"
             raise PrunekitError(f"{flag} is empty (''); {what}, or leave the option out where it has a default")
+
+
+def fit_threads_to_machine(args: argparse.Namespace) -> None:
+    """Use only the CPUs other work leaves free (:func:`prunekit.measure.threads.fit_threads`), saying so in
+    one line: on stdout with the command's other lines (stderr keeps errors to one line), on stderr when
+    stdout is ``--json``."""
+    from prunekit.measure.threads import fit_threads
+
+    note = fit_threads()
+    if note:
+        print(f"prunekit {args.command}: {note}", file=sys.stderr if getattr(args, "json", False) else sys.stdout,
+              flush=True)
 
 
 def user_message(exc: BaseException, flags: dict) -> str | None:

@@ -323,6 +323,19 @@ def last_train_top1(history: list[dict]) -> tuple[str, float] | None:
     return ("training top-1", history[-1]["train_top1"]) if history else None
 
 
+def print_time_estimate(model, data, config, start_epoch: int = 0) -> None:
+    """On a CPU, print how long training ``model`` with ``config`` will take (measured on two steps) before it
+    starts, so a many-hour run is never started silently; on a GPU print nothing (no probe)."""
+    from prunekit.train.estimate import describe_estimate, estimate_fit_seconds
+    from prunekit.train.loop import resolve_device
+
+    device = resolve_device(config.device)
+    epochs = config.epochs - start_epoch
+    if device.type == "cpu" and epochs > 0:
+        seconds = estimate_fit_seconds(model, data, config, device, start_epoch)
+        print(describe_estimate(seconds, epochs, device), flush=True)
+
+
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 from prunekit.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, add_model_args,
                                  add_model_relocation_arg, add_rename_arg, add_train_args, data_for, data_source,
                                  last_train_top1, lock_run_folder, markdown_table, model_from_args, parse_cfg,
-                                 print_json, train_config_from, warn_if_collapsed)
+                                 print_json, print_time_estimate, train_config_from, warn_if_collapsed)
 
 
 SYNTHETIC_NOTE = " (SYNTHETIC data)"  # ends every epoch line of a run on synthetic data
@@ -197,6 +197,7 @@ def cmd_train(args) -> int:
               f"{', SYNTHETIC' if data.synthetic else ''}) for {config.epochs} epochs on "
               f"{resolve_device(config.device)} × {world_size} process(es): effective batch {config.batch_size} "
               f"({config.batch_size // world_size} per process), peak lr {config.lr} → {save}")
+        print_time_estimate(model, data, config, resume_state["epoch"] if resume_state else 0)
     result = fit(model, data, config, run_dir=save, resume=resume_state, meta=meta,
                  callbacks=callbacks, progress=not args.no_progress)
     if not is_main_process():

@@ -8,7 +8,7 @@ from pathlib import Path
 from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_criterion_arg, add_data_args,
                                  add_deprecated_alias, add_model_relocation_arg, add_scope_arg, add_train_args, data_for,
                                  data_source, last_train_top1, lock_run_folder, markdown_table, print_json,
-                                 train_config_from, warn_if_collapsed)
+                                 print_time_estimate, train_config_from, warn_if_collapsed)
 from prunekit.cli.core import add_model_source_args, epoch_printer, load_model_source
 from prunekit.config import FINETUNE_LR
 
@@ -296,6 +296,7 @@ def cmd_finetune(args) -> int:
     print(f"fine-tuning {source} (weight sparsity {before:.4f}) on {data.info.name}"
           f"{' (SYNTHETIC)' if data.synthetic else ''} for {config.epochs} epochs → {save}",
           flush=True)
+    print_time_estimate(loaded.model, data, config, loaded.train_state["epoch"] if args.resume else 0)
     teacher = None
     if config.distill:
         teacher_path = getattr(args, "teacher", None) or loaded.meta.get("source")

@@ -8,13 +8,13 @@ which the README quotes and a slow test pins, so the README states what the demo
 from __future__ import annotations
 
 import json
-import time
 from importlib.resources import files
 from pathlib import Path
 
 from prunekit.atomic import atomic_write_text
 from prunekit.errors import PrunekitError
 from prunekit.experiment.config import load_experiment
+from prunekit.experiment.progress import process_seconds
 from prunekit.experiment.runner import Run, load_run_data, run_experiment, run_folder
 from prunekit.measure.timing import MachineLoad, machine_load
 
@@ -34,25 +34,28 @@ def load_note(load: MachineLoad) -> str:
     if not demo_busy(load):
         return f"machine quiet: {load.describe()}"
     return (f"machine busy: {load.describe()}; other work is running, so this demo takes longer and its times "
-            "are noisier (accuracies are unaffected); for trustworthy speed numbers rerun on a quiet machine")
+            "are noisier (accuracies only move when it uses fewer threads: sums in another order shift the last "
+            "digits); for trustworthy speed numbers rerun on a quiet machine")
 
 
-def demo_experiment(assignments: list[str], synthetic: bool = False):
-    """The embedded demo recipe with the SYNTHETIC data overrides (when asked), then the ``--set`` ones."""
+def demo_experiment(assignments: list[str], synthetic: bool = False, quick: bool = False):
+    """The embedded demo recipe (with its ``quick:`` budget when asked), the SYNTHETIC data overrides (when
+    asked), then the ``--set`` ones."""
     recipe = files("prunekit") / "recipes" / "demo.yaml"
-    return load_experiment(str(recipe), assignments=[*(SYNTHETIC_OVERRIDES if synthetic else []), *assignments])
+    return load_experiment(str(recipe), quick=quick,
+                           assignments=[*(SYNTHETIC_OVERRIDES if synthetic else []), *assignments])
 
 
-def run_demo(data_root: str | None, out: str | Path, assignments: list[str], progress: bool = True) -> Path:
+def run_demo(data_root: str | None, out: str | Path, assignments: list[str], progress: bool = True,
+             quick: bool = False) -> Path:
     """Run the demo; falls back to SYNTHETIC data when CIFAR-10 is not reachable. Prints what it does.
 
     Side effects: writes the run folder under ``out`` (models, plots, report, ``demo.json``). Returns the
     path of ``demo.json``.
     """
     before = machine_load()  # before the demo starts: its own work is not "other work"
-    started = time.perf_counter()
     print(load_note(before), flush=True)
-    experiment = demo_experiment(assignments)
+    experiment = demo_experiment(assignments, quick=quick)
     try:
         data = load_run_data(experiment, data_root)
     except PrunekitError as exc:
@@ -61,11 +64,11 @@ def run_demo(data_root: str | None, out: str | Path, assignments: list[str], pro
               "  To use real data: download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, put it "
               "(or the extracted cifar-10-batches-py/) in a folder and pass --data FOLDER or set PRUNEKIT_DATA.",
               flush=True)
-        experiment = demo_experiment(assignments, synthetic=True)
+        experiment = demo_experiment(assignments, synthetic=True, quick=quick)
         data = load_run_data(experiment, data_root)
     folder = run_folder(experiment, out)
     report = run_experiment(Run(experiment, folder, data, progress=progress))
-    seconds = time.perf_counter() - started
+    seconds = process_seconds()  # start-up (interpreter, imports) included: what the user waited
     results = demo_results(folder, seconds, before)
     path = atomic_write_text(folder / "demo.json", json.dumps(results, indent=2) + "\n")
     print_summary(results, report, path)

@@ -28,6 +28,8 @@ import prunekit.paths as names
 from prunekit.checkpoint import (Checkpoint, check_classes, derived_meta, load_checkpoint, resume_point,
                                  save_checkpoint)
 from prunekit.config import FINETUNE_LR, TrainConfig
+from prunekit.experiment.progress import Sizes, StageClock, plan_stages
+from prunekit.train.callbacks import PrintEpoch
 from prunekit.data import DataBundle, get_data
 from prunekit.data.normalisation import input_normalisation
 from prunekit.foreign import load_weights
@@ -47,6 +49,7 @@ class Run:
     folder: Path
     data: DataBundle
     progress: bool = True
+    clock: StageClock | None = None  # stage numbers and time left (set by run_stages)
 
     @property
     def models(self) -> Path:
@@ -58,6 +61,10 @@ class Run:
 
     def say(self, text: str) -> None:
         print(f"[{self.experiment.name}] {text}", flush=True)
+
+    def epoch_callbacks(self) -> list:
+        """Per training epoch: its metrics line (marked SYNTHETIC when it is), then the stage clock's line."""
+        return [PrintEpoch(synthetic_note(self))] + ([self.clock.epoch_callback()] if self.clock else [])
 
 
 def run_folder(experiment: Experiment, root: str | Path = "runs") -> Path:
@@ -82,21 +89,35 @@ def run_experiment(run: Run) -> Path:
 
 
 def run_stages(run: Run) -> Path:
+    """Every stage in order, each announced with its number and the time left (:class:`StageClock`)."""
     run.folder.mkdir(parents=True, exist_ok=True)
     write_config(run)
+    sizes = data_sizes(run.data)
+    run.clock = clock = StageClock(plan_stages(run.experiment, sizes), sizes, run.say)
+    clock.begin(0)
     baseline = ensure_baseline(run)
     paths = [baseline]
     for variant in run.experiment.variants:
+        clock.begin(clock.current + 1)
         paths += ensure_variant(run, variant)
     for sweep in run.experiment.sweeps:
+        clock.begin(clock.current + 1)
         ensure_sweep(run, sweep)
+    clock.begin(clock.current + 1)
     write_plots(run, paths)
     ensure_comparison(run, paths)
     from prunekit.report.html import write_report
 
+    clock.begin(clock.current + 1)
     html, _ = write_report(run.folder)
     run.say(f"report: {html}")
     return html
+
+
+def data_sizes(data: DataBundle) -> Sizes:
+    """Images trained on and evaluated per epoch (the validation split when there is one), and test images."""
+    test = len(data.test[1])
+    return Sizes(len(data.train[1]), len(data.val[1]) if data.val is not None else test, test)
 
 
 def write_config(run: Run) -> None:
@@ -140,7 +161,6 @@ def ensure_baseline(run: Run) -> Path:
 
 def train_baseline(run: Run, model, config: TrainConfig, meta: dict):
     from prunekit.train import fit
-    from prunekit.train.callbacks import PrintEpoch
 
     folder = run.work / "baseline"
     resume = resume_point(folder)
@@ -149,7 +169,7 @@ def train_baseline(run: Run, model, config: TrainConfig, meta: dict):
     run.say(f"baseline: training {run.experiment.baseline.model} for {config.epochs} epochs"
             + (f" (resuming after epoch {resume.train_state['epoch']})" if resume else ""))
     fit(model, run.data, config, run_dir=folder, resume=resume.train_state if resume else None, meta=meta,
-        callbacks=[PrintEpoch(synthetic_note(run))], progress=run.progress)
+        callbacks=run.epoch_callbacks(), progress=run.progress)
     return model
 
 
@@ -182,7 +202,6 @@ def ensure_variant(run: Run, variant: VariantSpec) -> list[Path]:
 def prune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     from prunekit.pipeline import run_pruning
     from prunekit.prune.allocate import load_ratio_file
-    from prunekit.train.callbacks import PrintEpoch
 
     config = variant.prune
     if variant.ratios_file:
@@ -191,7 +210,7 @@ def prune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     train = retrain_config(run, variant.retrain)
     run.say(f"variant {variant.name}: {config.schedule} {config.granularity} pruning from {variant.source}")
     result = run_pruning(model, run.data, config, train, run.work / variant.name, meta=meta,
-                         progress=run.progress, callbacks=[PrintEpoch(synthetic_note(run))])
+                         progress=run.progress, callbacks=run.epoch_callbacks())
     return result.model, result.meta, into_variant_folder(run, variant, result.path)
 
 
@@ -205,19 +224,17 @@ def into_variant_folder(run: Run, variant: VariantSpec, path: Path) -> Path:
 
 def binarize_variant(run: Run, variant: VariantSpec, model, meta: dict):
     from prunekit.binarize_pipeline import run_binarization
-    from prunekit.train.callbacks import PrintEpoch
 
     config = variant.binarize
     run.say(f"variant {variant.name}: {config.method} binarization, {config.finetune_epochs} STE epoch(s)")
     result = run_binarization(model, run.data, config, retrain_config(run, variant.retrain),
                               run.work / f"{variant.name}_binarize", meta=meta, progress=run.progress,
-                              callbacks=[PrintEpoch(synthetic_note(run))])
+                              callbacks=run.epoch_callbacks())
     return result.model, result.meta, into_variant_folder(run, variant, result.path)
 
 
 def finetune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     from prunekit.pipeline import finetune
-    from prunekit.train.callbacks import PrintEpoch
 
     folder = run.work / f"{variant.name}_finetune"
     resume = resume_point(folder)
@@ -228,7 +245,7 @@ def finetune_variant(run: Run, variant: VariantSpec, model, meta: dict):
             + (f" (resuming after epoch {resume.train_state['epoch']})" if resume else ""))
     teacher = load_checkpoint(source_path(run, variant.source)).model if config.distill else None  # dense source
     outcome = finetune(model, run.data, config, folder, resume=resume.train_state if resume else None,
-                       meta=meta, progress=run.progress, callbacks=[PrintEpoch(synthetic_note(run))], teacher=teacher)
+                       meta=meta, progress=run.progress, callbacks=run.epoch_callbacks(), teacher=teacher)
     test = outcome["test"]
     meta = {**meta, "test_top1": test.top1, "test_top5": test.top5, "test_images": test.images,
             "finetune_epochs": config.epochs, "sparsity": outcome["sparsity"]["overall"]}

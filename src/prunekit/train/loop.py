@@ -28,6 +28,9 @@ from prunekit.train.optim import make_optimizer, make_scheduler
 from prunekit.train.state import TrainState
 from prunekit.train.writers import CheckpointWriter, MetricsWriter
 
+#: The training progress bar moves every batch and shows loss/accuracy at least this often (seconds).
+PROGRESS_SECONDS = 2.0
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU raises a clear error."""
@@ -281,18 +284,21 @@ def train_epoch(model, loader, optimizer, scheduler, loss_fn, device, callbacks,
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
-    started = time.perf_counter()
+    started = last_shown = time.perf_counter()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-               leave=False, dynamic_ncols=True)
+               leave=False, dynamic_ncols=True, mininterval=PROGRESS_SECONDS / 2)
     for step, (x, y) in enumerate(loader):
         batch_loss, batch_correct = train_step(model, x, y, optimizer, loss_fn, device, callbacks)
         scheduler.step()
         loss_sum += batch_loss
         correct += batch_correct
         seen += y.numel()
-        if progress and ((step + 1) % config.log_every == 0 or step + 1 == len(loader)):
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%")
-            bar.update(step + 1 - bar.n)
+        if progress:
+            bar.update(1)  # every batch; tqdm redraws at most every mininterval
+            now = time.perf_counter()
+            if (step + 1) % config.log_every == 0 or now - last_shown >= PROGRESS_SECONDS or step + 1 == len(loader):
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%")
+                last_shown = now
     bar.close()
     seconds = time.perf_counter() - started
     return {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(seen, 1),
