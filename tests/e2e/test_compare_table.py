@@ -60,3 +60,10 @@ def test_device_list_is_checked(tmp_path, tiny_vgg, capsys):
     path = save_checkpoint(tiny_vgg, tmp_path / "m.pt", {"dataset": "synthetic", "num_classes": 10})
     assert main(["compare", str(path), "--device", "cpu,tpu", *DATA]) != 0
     assert "--device cpu,tpu: give cpu, cuda or cpu,cuda" in capsys.readouterr().err
+
+
+def test_runtime_list_is_checked(tmp_path, tiny_vgg, capsys):
+    path = save_checkpoint(tiny_vgg, tmp_path / "m.pt", {"dataset": "synthetic", "num_classes": 10})
+    assert main(["compare", str(path), "--runtime", "eager,tensorrtx", *DATA]) != 0
+    err = capsys.readouterr().err
+    assert "unknown runtime 'tensorrtx'; choose one of: eager, onnxruntime" in err and "Traceback" not in err
