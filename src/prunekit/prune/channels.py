@@ -70,12 +70,13 @@ class ChannelPlan:
 
 def channel_target(ratio: float | None = None, ratios: dict | None = None, cfg: list | None = None,
                    macs_target: float | None = None, criterion: str = "l1", scope: str | None = None,
-                   seed: int = 0, exclude: list[str] = ()) -> PruneConfig:
+                   seed: int = 0, exclude: list[str] = (), latency_target: float | None = None,
+                   round_to: int | None = None) -> PruneConfig:
     """The :class:`PruneConfig` (granularity ``filter``) that :func:`prune_channels`'s keywords describe; its
     defaults (e.g. ``scope``) are the config's, shared with ``prunekit prune``."""
     config = make_prune_config(granularity="filter", sparsity=ratio, ratios=ratios, cfg=cfg,
                                macs_target=macs_target, criterion=criterion, scope=scope, seed=seed,
-                               exclude=list(exclude))
+                               exclude=list(exclude), latency_target=latency_target, round_to=round_to)
     config.check_target()
     get_criterion(config.criterion)
     return config
@@ -99,13 +100,17 @@ def plan_channels(model: nn.Module, example_inputs: Any = None, ratio: float | N
 def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
                    ratios: dict | None = None, criterion: str = "l1", scope: str | None = None,
                    cfg: list | None = None, macs_target: float | None = None, seed: int = 0,
-                   plan: ChannelPlan | None = None, exclude: list[str] = ()) -> nn.Module:
+                   plan: ChannelPlan | None = None, exclude: list[str] = (), latency_target: float | None = None,
+                   round_to: int | None = None, latency=None) -> nn.Module:
     """Remove whole conv filters (and everything coupled to them) from ``model``, in place; return it.
 
     Works on any model whose forward runs on ``example_inputs`` (a tensor or tuple; default one CIFAR
     image). Give exactly one of ``ratio``, ``ratios`` (per-conv fractions, e.g. from a YAML file;
     ``default`` allowed; a group uses the ratio of its first named producing conv), ``cfg`` (VGG widths)
-    or ``macs_target`` (fraction of MACs to keep); or a ``plan`` from :func:`plan_channels`.
+    or ``macs_target`` (fraction of MACs to keep) or ``latency_target`` (fraction of the dense latency that
+    ``latency``, a :class:`prunekit.measure.latency.LatencyTable` of ``model``, predicts; ``round_to`` N
+    makes every width a multiple of N; :func:`prunekit.prune.latency.prune_to_latency` also measures and
+    corrects); or a ``plan`` from :func:`plan_channels`.
     ``criterion``: a registered channel criterion (l1 | l2 | bn_scale | random, seeded by ``seed``);
     ``scope``: ``layer`` (same fraction per group; the default for filters, see
     :class:`prunekit.config.PruneConfig`) or ``global`` (one normalised ranking). ``exclude``: conv names or
@@ -117,9 +122,10 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
     (masks made permanent, affected layers get new, smaller parameters: rebuild any optimizer).
     """
     if plan is None:
-        target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude)
+        target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude, latency_target,
+                                round_to)
         plan, pruned = _plan(model, as_inputs(model, example_inputs),
-                             lambda graph: select_channels(model, graph, target))
+                             lambda graph: select_channels(model, graph, target, latency=latency))
     else:
         pruned = _cut_and_check(model, plan.graph, set(plan.channel_ids), plan.inputs)
     return _swap_in(model, pruned)
