@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunekit.cli.common import ANY_INT, FRACTION, number  # numeric flags checked where parsed
+from prunekit.cli.common import ANY_INT, FRACTION, POSITIVE_INT, number  # numeric flags checked where parsed
 from prunekit.cli.common import add_model_relocation_arg, markdown_table, print_json
 
 INPUT_SIZE = (3, 32, 32)  # CIFAR images
@@ -36,6 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "stream) uses the ratio of its first named conv")
     target.add_argument("--cfg", metavar="64,M,128,...", help="VGG widths per conv (M = max pool)")
     target.add_argument("--macs-target", type=number(float, 0, 1, low_open=True), metavar="F", help="keep at most this fraction of the MACs")
+    target.add_argument("--latency-target", type=number(float, 0, 1, low_open=True), metavar="F",
+                        help="run in this fraction of the dense model's measured latency: widths chosen on a "
+                             "latency table (`prunekit latency`), then measured and corrected until within 5%%")
+    p.add_argument("--round-to", type=POSITIVE_INT, default=None, metavar="N",
+                   help="with --latency-target: every width a multiple of N (default: the table's measured widths)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=1,
+                   help="with --latency-target: the batch whose latency is targeted (default: %(default)s)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=1,
+                   help="with --latency-target: CPU threads while timing (default: %(default)s)")
     p.add_argument("--criterion", default="l1", metavar="NAME",
                    help="any registered criterion (built in: l1 | l2 | bn_scale | random; default: %(default)s)")
     p.add_argument("--scope", choices=["layer", "global"], default=None,
@@ -93,6 +102,8 @@ def cmd_shrink(args) -> int:
         print_json(result)
         return 0
     print(markdown_table(cost_rows(before, after)))
+    if latency:
+        print(f"\n{latency_line(latency)}")
     print(f"\nfilter sparsity {sparsity:.4f} (fraction of conv output channels removed, over all prunable conv "
           f"layers); output unchanged on {CHECK_BATCH} random images (max |Δ| = {difference:.2e}); saved {args.out}")
     return 0
@@ -123,6 +134,8 @@ def target_kwargs(args) -> dict:
         return {"cfg": parse_cfg(args.cfg)}
     if args.macs_target is not None:
         return {"macs_target": args.macs_target}
+    if args.latency_target is not None:
+        return {"latency_target": args.latency_target, "round_to": args.round_to}
     return {"ratio": args.ratio, **({"exclude": args.exclude} if args.exclude else {})}
 
 
@@ -143,12 +156,17 @@ def cmd_prune_channels(args) -> int:
     target = target_kwargs(args)
     start = time.perf_counter()
     config = channel_target(criterion=args.criterion, scope=args.scope, seed=args.seed, **target)  # defaults resolved
-    prune_channels(model, torch.zeros(1, *INPUT_SIZE), criterion=args.criterion, scope=config.scope,
-                   seed=args.seed, **target)
+    latency = None
+    if config.latency_target is not None:
+        model, latency = prune_latency(model, config, args)
+    else:
+        prune_channels(model, torch.zeros(1, *INPUT_SIZE), criterion=args.criterion, scope=config.scope,
+                       seed=args.seed, **target)
     seconds = time.perf_counter() - start
     after, sparsity = costs(model), filter_sparsity(original, model)
     record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed, "source": str(args.checkpoint),
-              **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds}
+              **{k: v for k, v in target.items()}, "filter_sparsity": sparsity, "seconds": seconds,
+              **({"latency": latency.as_dict()} if latency else {})}
     meta = derived_meta(loaded.meta)
     save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity})
     shortfall = filter_target_shortfall(target.get("ratio"), sparsity)
@@ -159,6 +177,27 @@ def cmd_prune_channels(args) -> int:
     if shortfall:
         print(shortfall)
     print(markdown_table(cost_rows(before, after)))
+    if latency:
+        print(f"\n{latency_line(latency)}")
     print(f"\nfilter sparsity {sparsity:.4f} (fraction of conv output channels removed); pruned in {seconds:.2f} s, "
           f"not retrained (accuracy will drop until you fine-tune: `prunekit finetune`); saved {args.out}")
     return 0
+
+
+def prune_latency(model, config, args):
+    """(pruned model, LatencyResult) for ``--latency-target``: the table built (or read from the cache) for
+    ``--batch-size`` and ``--threads`` on the CPU, then :func:`prunekit.prune.latency.prune_to_latency`."""
+    from prunekit.measure.latency import build_latency_table
+    from prunekit.prune.latency import prune_to_latency
+
+    table = build_latency_table(model, threads=args.threads, batch_size=args.batch_size)
+    return prune_to_latency(model, config.latency_target, table, criterion=config.criterion,
+                            round_to=config.round_to, seed=config.seed)
+
+
+def latency_line(result) -> str:
+    """``latency: asked 0.50, predicted 0.49, measured 0.51 of the dense model (1.96× faster; ...)``."""
+    c = result.context
+    return (f"latency (batch {c['batch_size']}, {c['threads']} thread(s), {c['device']}): asked {result.asked:.2f}, "
+            f"predicted {result.predicted:.3f}, measured {result.measured:.3f} of the dense model "
+            f"({1 / result.measured:.2f}× faster, {len(result.attempts)} attempt(s)); {result.reason}")

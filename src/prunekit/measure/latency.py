@@ -40,6 +40,9 @@ from prunekit.measure.timing import DEFAULT_TIMING_THREADS, time_inference
 
 #: Grid points per axis above which the width step grows (a 64-channel layer is measured at every 2nd width).
 GRID_POINTS = 32
+#: Timed runs per width pair of a layer (median kept), after LAYER_WARMUP untimed ones.
+LAYER_REPEATS = 15
+LAYER_WARMUP = 3
 #: A width counts as a "step" when it runs at least this much faster than the grid width just below it.
 STEP_GAIN = 0.03
 
@@ -248,7 +251,7 @@ def measuring_context(device: str, threads: int | None, batch_size: int) -> dict
     """What a cached entry is valid for: device, hardware, torch version, threads and batch size."""
     from prunekit.measure.profile import hardware_name
 
-    return {"device": device, "hardware": hardware_name(torch.device(device)), "torch": torch.__version__,
+    return {"device": device, "hardware": hardware_name(torch.device(device)), "torch": str(torch.__version__),
             "threads": threads or torch.get_num_threads(), "batch_size": batch_size}
 
 
@@ -258,7 +261,8 @@ def entry_key(context: dict, shape: LayerShape) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def measure_curve(shape: LayerShape, context: dict, repeats: int = 15, warmup: int = 3) -> LayerCurve:
+def measure_curve(shape: LayerShape, context: dict, repeats: int = LAYER_REPEATS, warmup: int = LAYER_WARMUP
+                  ) -> LayerCurve:
     """Time ``shape`` at every width pair of its grid (median of ``repeats`` runs each, see the module doc)."""
     inputs, outputs = shape.grid()
     device, threads, batch = context["device"], context["threads"], context["batch_size"]

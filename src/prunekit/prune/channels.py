@@ -20,6 +20,9 @@ Allocation rules
 * ``cfg`` (VGG style ``[64, 'M', 128, ...]``): new width of every producing conv in call order; the
   top-k filters by the criterion are kept (classic vggprune transplant). Needs uncoupled convs.
 * ``macs_target`` t: the smallest uniform ratio (bisection) whose estimated MACs ≤ t × current MACs.
+* ``latency_target`` t: widths chosen on a measured latency table so the predicted latency is ≤ t × the
+  dense one (see :func:`prunekit.prune.allocate.select_for_latency`; :mod:`prunekit.prune.latency` also
+  measures the result and corrects).
 
 Always: a group keeps ≥ 1 channel and no module loses every channel; a channel that copies a live
 channel through a ZeroPadShortcut is only removed together with (or after) its source; channels that are
@@ -181,7 +184,7 @@ def _reuse_script_blocks(model: nn.Module, pruned: nn.Module) -> None:
 
 
 def filter_masks(model: nn.Module, example_inputs: Any, config: PruneConfig, progress: float = 1.0,
-                 batches=None) -> Masks:
+                 batches=None, latency=None) -> Masks:
     """Masks for filter pruning: the shapes stay, the removed channels become exactly zero everywhere.
 
     For every removed channel the masks zero the producing conv weight rows (and biases), depthwise rows
@@ -192,7 +195,9 @@ def filter_masks(model: nn.Module, example_inputs: Any, config: PruneConfig, pro
     ``config``: granularity ``filter`` with exactly one of ``sparsity`` (fraction of conv filters; scope
     layer or global), ``ratios``, ``cfg`` or ``macs_target``; ``criterion`` and ``seed``. ``progress`` ∈ (0, 1]
     is the fraction of an iterative schedule done: the removed fraction is ``round_fraction(target,
-    progress)`` for sparsity/ratios, a linear interpolation of channel counts for cfg/macs_target.
+    progress)`` for sparsity/ratios, a linear interpolation of channel counts for cfg/macs_target/latency_target.
+    A ``latency_target`` uses ``latency`` (a latency table of ``model``), else builds one of the model as
+    deployed (CPU, 1 thread, batch 1; from the cache when there; see :mod:`prunekit.measure.latency`).
     An already masked model is fine: zeroed channels score 0 and stay removed, so masks only shrink.
     Does not modify ``model``.
     """
@@ -203,7 +208,11 @@ def filter_masks(model: nn.Module, example_inputs: Any, config: PruneConfig, pro
     config.check_target()
     get_criterion(config.criterion)
     graph = trace_channels(model, example_inputs)
-    removed = select_channels(model, graph, config, progress, batches)
+    if config.latency_target is not None and latency is None:
+        from prunekit.measure.latency import build_latency_table
+
+        latency = build_latency_table(permanent_copy(model))
+    removed = select_channels(model, graph, config, progress, batches, latency)
     return channel_masks(model, graph, removed)
 
 
