@@ -185,21 +185,17 @@ def estimate_macs(graph: ChannelGraph, model: nn.Module, removed: set[int] = fro
     """MACs per image of every Conv and Linear call after removing ``removed`` (the convention of
     :func:`prunekit.measure.count_macs`: conv and linear only), from the traced output sizes."""
     modules = dict(model.named_modules())
-    lost = {key: sum(1 for cid in port.values() if cid in removed) for key, port in graph.ports.items()}
+    widths = layer_widths(graph, model, lost_channels(graph, removed))
     total = 0
     for call in graph.calls:
         module = modules[call.module]
+        cin, cout = widths[call.module]
         if call.kind == "linear":
-            features = module.in_features - lost.get((call.module, "linear_in"), 0)
-            total += call.positions * features * (module.out_features - lost.get((call.module, "linear_out"), 0))
-            continue
-        kernel = math.prod(module.kernel_size)
-        if (call.module, "depthwise") in graph.ports:
-            total += call.positions * kernel * (module.out_channels - lost.get((call.module, "depthwise"), 0))
-            continue
-        cin = module.in_channels - lost.get((call.module, "conv_in"), 0)
-        cout = module.out_channels - lost.get((call.module, "conv_out"), 0)
-        total += call.positions * kernel * cin // module.groups * cout
+            total += call.positions * cin * cout
+        elif (call.module, "depthwise") in graph.ports:
+            total += call.positions * math.prod(module.kernel_size) * cout
+        else:
+            total += call.positions * math.prod(module.kernel_size) * cin // module.groups * cout
     return total
 
 
