@@ -76,6 +76,10 @@ def test_every_runtime_gets_its_columns_and_a_slower_model_is_flagged(dense_and_
     assert SLOWER_MARK in table["speed-up penalty"] and "efficiency eager" in table
     assert any("pruned.pt (penalty, cpu): SLOWER" in line for line in comparison.warnings())
     assert "penalty = test runtime" in comparison.method
+    from prunekit.report.html import summary_html
+
+    assert "pruned.pt (penalty, cpu): SLOWER than dense.pt" in summary_html(comparison)  # the report says it too
+    assert comparison.flagged() == [line for line in comparison.warnings() if "SLOWER" in line]
 
 
 def test_a_model_the_runtime_cannot_run_is_marked_not_hidden(dense_and_pruned, small_data, monkeypatch, tiny_vgg):

@@ -135,12 +135,17 @@ class Comparison:
         if self.busy:
             lines.append(f"machine busy while timing ({MachineLoad(**self.machine).describe()}): latencies are "
                          "longer and noisier than on a quiet machine; rows marked noisy cannot be trusted.")
+        return lines + self.flagged(("slower", "untimed", "noise"))
+
+    def flagged(self, keys: Sequence[str] = ("slower",)) -> list[str]:
+        """``model (runtime, device): note`` for every row flag of ``keys`` (e.g. "slower": models measured
+        slower than the first one), per timed runtime and device."""
+        lines = []
         for row in self.rows:
             for target in self.settings.targets:
-                where = f"{target.runtime}, {target.device}"
-                for key in ("slower", "untimed", "noise"):
+                for key in keys:
                     if row.get(key + target.suffix):
-                        lines.append(f"{row['model']} ({where}): {row[key + target.suffix]}")
+                        lines.append(f"{row['model']} ({target.runtime}, {target.device}): {row[key + target.suffix]}")
         return lines
 
 
