@@ -88,7 +88,8 @@ def channel_target(ratio: float | None = None, ratios: dict | None = None, cfg: 
 def plan_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
                   ratios: dict | None = None, cfg: list | None = None, macs_target: float | None = None,
                   criterion: str = "l1", scope: str | None = None, seed: int = 0,
-                  exclude: list[str] = ()) -> ChannelPlan:
+                  exclude: list[str] = (), latency_target: float | None = None, round_to: int | None = None,
+                  latency=None) -> ChannelPlan:
     """Choose the channels to remove and prove the choice on a copy; ``model`` is not modified.
 
     Allocation arguments as :func:`prune_channels`. The plan is checked by cutting a copy and comparing it
@@ -96,8 +97,10 @@ def plan_channels(model: nn.Module, example_inputs: Any = None, ratio: float | N
     computes turns out to be a literal (a channel shuffle or split written with fixed sizes), the model is
     traced again with those channels kept. Raises PrunekitError when no exact plan exists.
     """
-    target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude)
-    return _plan(model, as_inputs(model, example_inputs), lambda graph: select_channels(model, graph, target))[0]
+    target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude, latency_target,
+                            round_to)
+    return _plan(model, as_inputs(model, example_inputs),
+                 lambda graph: select_channels(model, graph, target, latency=latency))[0]
 
 
 def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
