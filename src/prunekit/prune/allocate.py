@@ -501,13 +501,16 @@ def group_choices(graph: ChannelGraph, scores: dict[int, float], dead: set[int],
                   grid: Callable[[int], list[int]]) -> list[GroupChoices]:
     """Every group's candidate widths: ``grid(full width)`` (the latency table's measured widths), or the
     multiples of ``round_to`` (plus the full width) when given; at least one channel stays. Importance is
-    LAMP-normalised per group (:func:`lamp_normalised`), so groups compare on one scale; dead channels go first."""
+    LAMP-normalised per group (:func:`lamp_normalised`), so groups compare on one scale, and counted once per
+    conv filter the channel removes (a residual stream's channel is the output of every conv adding into it,
+    so cutting it costs each of them); dead channels go first."""
     choices = []
     for group in graph.groups:
         prunable = graph.prunable(group)
         if not prunable:
             continue
-        normalised = lamp_normalised({c: scores[c] for c in prunable})
+        lamp = lamp_normalised({c: scores[c] for c in prunable})
+        normalised = {c: lamp[c] * max(1, graph.channels[c].filters) for c in prunable}
         order = sorted(prunable, key=lambda c: (c not in dead, normalised[c], c))
         full = len(group.channels)
         widths = range(round_to, full + 1, round_to) if round_to else grid(full)

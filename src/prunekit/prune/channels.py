@@ -107,7 +107,7 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
                    ratios: dict | None = None, criterion: str = "l1", scope: str | None = None,
                    cfg: list | None = None, macs_target: float | None = None, seed: int = 0,
                    plan: ChannelPlan | None = None, exclude: list[str] = (), latency_target: float | None = None,
-                   round_to: int | None = None, latency=None) -> nn.Module:
+                   round_to: int | None = None, latency=None, batches=None) -> nn.Module:
     """Remove whole conv filters (and everything coupled to them) from ``model``, in place; return it.
 
     Works on any model whose forward runs on ``example_inputs`` (a tensor or tuple; default one CIFAR
@@ -120,7 +120,8 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
     ``criterion``: a registered channel criterion (l1 | l2 | bn_scale | random, seeded by ``seed``);
     ``scope``: ``layer`` (same fraction per group; the default for filters, see
     :class:`prunekit.config.PruneConfig`) or ``global`` (one normalised ranking). ``exclude``: conv names or
-    glob patterns whose groups ``ratio`` leaves whole (e.g. the last conv).
+    glob patterns whose groups ``ratio`` leaves whole (e.g. the last conv). ``batches``: labelled batches for a
+    data-driven criterion (``taylor``).
 
     Never returns a silently different model: a pruned copy is checked against the masked twin and only
     then swapped into ``model``; on any mismatch a PrunekitError names the first diverging layer and
@@ -131,7 +132,7 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
         target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude, latency_target,
                                 round_to)
         plan, pruned = _plan(model, as_inputs(model, example_inputs),
-                             lambda graph: select_channels(model, graph, target, latency=latency))
+                             lambda graph: select_channels(model, graph, target, batches=batches, latency=latency))
     else:
         pruned = _cut_and_check(model, plan.graph, set(plan.channel_ids), plan.inputs)
     return _swap_in(model, pruned)

@@ -80,12 +80,13 @@ def measure_ratio(dense: nn.Module, pruned: nn.Module, context: dict, repeats: i
 def prune_to_latency(model: nn.Module, latency_target: float, table=None, example_inputs: Any = None,
                      criterion: str = "l1", round_to: int | None = None, seed: int = 0,
                      tolerance: float = TOLERANCE, attempts: int = ATTEMPTS, repeats: int = 40,
-                     ) -> tuple[nn.Module, LatencyResult]:
+                     batches=None) -> tuple[nn.Module, LatencyResult]:
     """A physically pruned copy of ``model`` whose measured latency is ``latency_target`` × the dense one
     (within ``tolerance`` when reachable), and the :class:`LatencyResult`. ``table``: a
     :class:`prunekit.measure.latency.LatencyTable` of ``model`` (default: built now on the CPU, 1 thread,
     batch 1, from the cache when there). ``model`` is not changed; the table's ``fixed_ms`` is refitted.
-    Raises PrunekitError (asked vs reachable) when the table predicts the target cannot be reached."""
+    ``batches``: labelled batches for a data-driven ``criterion`` (``taylor``). Raises PrunekitError (asked vs
+    reachable) when the table predicts the target cannot be reached."""
     from prunekit.measure.latency import build_latency_table
     from prunekit.prune.channels import prune_channels
 
@@ -97,7 +98,7 @@ def prune_to_latency(model: nn.Module, latency_target: float, table=None, exampl
         pruned = copy.deepcopy(dense)
         try:
             prune_channels(pruned, example_inputs, criterion=criterion, seed=seed, latency_target=latency_target,
-                           round_to=round_to, latency=table)
+                           round_to=round_to, latency=table, batches=batches)
         except PrunekitError as exc:
             if not result.attempts:
                 raise
