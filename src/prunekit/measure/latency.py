@@ -12,7 +12,8 @@ allocation in
 What is measured, for every distinct layer shape (in/out channels, kernel, stride, padding, groups, input
 height and width; layers of one shape share an entry): the layer alone, in eval mode under
 ``torch.inference_mode`` on a random input of ``batch_size`` images, at every width pair of a grid
-(:func:`width_grid`: every width up to 32 channels, then a step that keeps 32 points per axis), the median
+(:func:`width_grid`: every output width up to 32 channels, then a step that keeps 32 points; 16 points on
+the input axis), the median
 of ``repeats`` timed runs after warm-up, on ``threads`` CPU threads. A width between grid points is looked
 up at the next grid width above it (conservative, and it keeps the steps). A depthwise conv is measured on
 its diagonal (in = out = groups).
@@ -38,8 +39,10 @@ from torch import nn
 
 from prunekit.measure.timing import DEFAULT_TIMING_THREADS, time_inference
 
-#: Grid points per axis above which the width step grows (a 64-channel layer is measured at every 2nd width).
+#: Output widths measured per layer at most: above 32 channels the step grows (64 channels: every 2nd width).
 GRID_POINTS = 32
+#: Input widths measured per layer at most (the steps are read along the output axis, so this one is coarser).
+INPUT_GRID_POINTS = 16
 #: Timed runs per width pair of a layer (median kept), after LAYER_WARMUP untimed ones.
 LAYER_REPEATS = 15
 LAYER_WARMUP = 3
@@ -95,7 +98,7 @@ class LayerShape:
         if self.kind == "conv" and self.groups > 1 and not self.depthwise:
             return [self.in_channels], [self.out_channels]
         outs = width_grid(self.out_channels)
-        return ([self.in_channels] if self.depthwise else width_grid(self.in_channels)), outs
+        return ([self.in_channels] if self.depthwise else width_grid(self.in_channels, INPUT_GRID_POINTS)), outs
 
 
 def layer_shapes(model: nn.Module, input_size=(3, 32, 32)) -> dict[str, LayerShape]:
@@ -257,7 +260,7 @@ def measuring_context(device: str, threads: int | None, batch_size: int) -> dict
 
 def entry_key(context: dict, shape: LayerShape) -> str:
     """The cache key of one layer shape measured in ``context``."""
-    text = json.dumps({"context": context, "shape": asdict(shape), "grid": GRID_POINTS}, sort_keys=True)
+    text = json.dumps({"context": context, "shape": asdict(shape), "grid": shape.grid()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
