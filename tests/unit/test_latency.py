@@ -147,3 +147,41 @@ def test_the_attempt_kept_is_the_closest_within_tolerance_else_the_closest_faste
     assert best_attempt(attempts, 0.5, 0.05) == 2
     assert best_attempt([Attempt(0.5, 0.7, 1, 1), Attempt(0.5, 0.4, 1, 1)], 0.5, 0.05) == 1
     assert best_attempt([Attempt(0.5, 0.7, 1, 1), Attempt(0.5, 0.6, 1, 1)], 0.5, 0.05) == 1
+
+
+class Chain(nn.Module):
+    """conv a → conv b → pool → fc: conv b's time depends on both pruned widths."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.b(self.a(x)), 1), 1))
+
+
+class ProductTable:
+    """1 ms + 0.1 ms per channel of a + 0.02 ms per (a channel × b channel) pair: not separable."""
+
+    full = {"a": (3, 8), "b": (8, 8), "fc": (8, 10)}
+    dense_ms = 1.0 + 0.8 + 0.02 * 64
+
+    def predict(self, widths=None):
+        widths = widths or {}
+        wa, wb = widths.get("a", (3, 8))[1], widths.get("b", (8, 8))[1]
+        return 1.0 + 0.1 * wa + 0.02 * wa * wb
+
+    def grid_for(self, full):
+        return list(range(1, full + 1))
+
+
+@pytest.mark.parametrize("target", [0.8, 0.6, 0.5])
+def test_a_layer_between_two_pruned_groups_still_gets_a_feasible_allocation(target):
+    torch.manual_seed(0)
+    model = Chain()
+    prune_channels(model, latency_target=target, latency=ProductTable())
+    wa, wb = model.a.out_channels, model.b.out_channels
+    predicted = ProductTable().predict({"a": (3, wa), "b": (wa, wb)})
+    assert predicted <= target * ProductTable.dense_ms
+    assert wa * wb > 1 and predicted > 0.8 * target * ProductTable.dense_ms  # not the narrowest: near the budget

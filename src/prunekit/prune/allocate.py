@@ -588,7 +588,7 @@ def allocate_latency(graph: ChannelGraph, model: nn.Module, latency: LatencyMode
     kept: a multiple-choice knapsack (:func:`knapsack`) over every group's candidate widths, each option
     costed by the table with the other groups at their current widths; repeated from the new widths (the
     cost of a layer between two pruned groups depends on both) until the choice settles, aiming lower by the
-    overshoot whenever the full prediction exceeds the budget. Exact when no layer sits between two pruned
+    overshoot whenever the full prediction exceeds the budget (and easing back once it fits). Exact when no layer sits between two pruned
     groups. Returns the best choice whose full prediction fits; raises PrunekitError
     (asked vs reachable) when even the smallest widths do not fit."""
     smallest = {c.gid: c.counts[-1] for c in choices}
@@ -612,10 +612,12 @@ def allocate_latency(graph: ChannelGraph, model: nn.Module, latency: LatencyMode
         predicted = latency.predict(layer_widths(graph, model, _lost_for(choices, new)))
         if predicted > budget_ms:  # the separate costs missed how two pruned neighbours share a layer: aim lower
             effective -= predicted - budget_ms
-        elif value > best_value:
-            best, best_value = new, value
-        elif new == counts:
-            break
+        else:
+            if value > best_value:
+                best, best_value = new, value
+            if new == counts:
+                break
+            effective = (effective + budget_ms) / 2  # fits: give back half of any earlier tightening
         counts = new
     return best
 
