@@ -12,7 +12,7 @@ Every number comes from the library's own calls, so a row equals what ``prunekit
   for a binarized checkpoint, else ``fp32``.
 
 Timing (see :mod:`prunekit.measure.timing`): all models of one table are held in memory and timed
-INTERLEAVED (one run of each per round, A B C / C B A …), per device; a speed-up is the median of the
+INTERLEAVED (one run of each per round, A B C / C B A …), per runtime (:mod:`prunekit.runtime`) and device; a speed-up is the median of the
 per-round ratios against the first model, so drift of a busy machine cancels. Single-threaded by default.
 A latency or speed-up whose IQR exceeds 20% of its median is flagged noisy in the row (``noise_<device>``),
 and the machine's load just before timing is recorded (``Comparison.machine``). Ratios compare each model
@@ -53,7 +53,8 @@ RATIOS = {
     "memory_reduction": ("peak_memory_bytes", "first/this"),
 }
 TIMED_RATIOS = ("speedup", "throughput_ratio")
-#: Per-device timing columns: ``<key>_<device>`` in every row; the first device's also without suffix.
+#: Timing columns per runtime and device: ``<key><suffix>`` in every row (see :class:`TimingTarget`); the first
+#: target's also without suffix.
 TIMING_KEYS = ("latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_spread", "throughput_ips", "speedup",
                "speedup_q1", "speedup_q3", "throughput_ratio", "efficiency", "slower", "untimed", "noise")
 NO_GPU = "no GPU"
