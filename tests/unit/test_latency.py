@@ -185,3 +185,11 @@ def test_a_layer_between_two_pruned_groups_still_gets_a_feasible_allocation(targ
     predicted = ProductTable().predict({"a": (3, wa), "b": (wa, wb)})
     assert predicted <= target * ProductTable.dense_ms
     assert wa * wb > 1 and predicted > 0.8 * target * ProductTable.dense_ms  # not the narrowest: near the budget
+
+
+def test_the_next_attempt_aims_by_what_the_table_still_gets_wrong():
+    from prunekit.prune.latency import corrected_aim
+
+    assert corrected_aim(0.5, 0.51, 0.50) == 0.5  # the recalibrated table now explains the measurement
+    assert corrected_aim(0.5, 0.4, 0.8) == pytest.approx(0.25)  # the table was optimistic: aim lower
+    assert corrected_aim(0.5, 0.6, 0.3) == pytest.approx(1.0)  # pessimistic: aim higher, never above 1

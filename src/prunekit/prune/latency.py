@@ -4,8 +4,9 @@ one, correct the table, and repeat until the measured ratio is within tolerance 
 The allocation is :func:`prunekit.prune.allocate.select_for_latency` (a knapsack over the table of
 :mod:`prunekit.measure.latency`). The table's prediction is a model: after each pruned candidate is timed
 interleaved with the dense model (:func:`prunekit.measure.time_interleaved`, paired per-round ratios), the
-table's constant overhead is fitted to that measurement (:meth:`LatencyTable.calibrate`) and the allocation
-runs again from the dense model. :class:`LatencyResult` records what was asked, predicted and measured at
+table's constant overhead is fitted to that measurement (:meth:`LatencyTable.calibrate`); where that cannot
+explain the measurement (a layer time the table has wrong), the next allocation aims lower or higher by the
+remaining error (:func:`corrected_aim`). The allocation then runs again from the dense model. :class:`LatencyResult` records what was asked, predicted and measured at
 every attempt, and why it stopped.
 """
 
@@ -93,11 +94,11 @@ def prune_to_latency(model: nn.Module, latency_target: float, table=None, exampl
     table = table or build_latency_table(model)
     dense = copy.deepcopy(model).eval()
     result = LatencyResult(latency_target, context=dict(table.context))
-    candidates = []
+    candidates, aim = [], latency_target
     for _ in range(attempts):
         pruned = copy.deepcopy(dense)
         try:
-            prune_channels(pruned, example_inputs, criterion=criterion, seed=seed, latency_target=latency_target,
+            prune_channels(pruned, example_inputs, criterion=criterion, seed=seed, latency_target=aim,
                            round_to=round_to, latency=table, batches=batches)
         except PrunekitError as exc:
             if not result.attempts:
@@ -113,11 +114,21 @@ def prune_to_latency(model: nn.Module, latency_target: float, table=None, exampl
             result.reason = f"measured {measured:.3f} is within {100 * tolerance:.0f}% of the target"
             break
         table.calibrate(widths, measured)
+        aim = corrected_aim(latency_target, table.predict(widths) / table.dense_ms, measured)
     else:
         result.reason = (f"not within {100 * tolerance:.0f}% of the target after {attempts} attempts "
                          "(machine noise or a latency the table cannot model)")
     result.chosen = best_attempt(result.attempts, latency_target, tolerance)
     return candidates[result.chosen], result
+
+
+def corrected_aim(asked: float, predicted: float, measured: float) -> float:
+    """The target the next allocation aims at: ``asked`` when the recalibrated table now predicts the measured
+    ratio (within the tolerance), else ``asked`` scaled by what the table still gets wrong (``predicted /
+    measured``), so the next model lands nearer ``asked``; kept in (0, 1]."""
+    if within(predicted, measured):
+        return asked
+    return min(1.0, max(1e-3, asked * predicted / measured))
 
 
 def pruned_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
