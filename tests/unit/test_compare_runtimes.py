@@ -55,8 +55,8 @@ def params(model) -> int:
 
 
 def penalising(dense_params: int):
-    """A test runtime's prepare: a model smaller than the dense one sleeps 5 ms per call, the dense one not."""
-    return lambda model, example, device, threads: SlowedDown(model.eval(), 0.005 * (params(model) < dense_params))
+    """A test runtime's prepare: a model smaller than the dense one sleeps 20 ms per call, the dense one not."""
+    return lambda model, example, device, threads: SlowedDown(model.eval(), 0.02 * (params(model) < dense_params))
 
 
 def test_every_runtime_gets_its_columns_and_a_slower_model_is_flagged(dense_and_pruned, small_data, monkeypatch,
