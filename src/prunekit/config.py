@@ -111,7 +111,8 @@ SCOPES = {"unstructured": ("global", "layer", "lamp"), "filter": ("layer", "glob
 DEFAULT_SCOPE = {granularity: scopes[0] for granularity, scopes in SCOPES.items()}
 ALL_SCOPES = tuple(dict.fromkeys(scope for scopes in SCOPES.values() for scope in scopes))
 #: The targets each granularity understands (exactly one per prune).
-TARGETS = {"unstructured": ("sparsity", "ratios"), "filter": ("sparsity", "ratios", "cfg", "macs_target")}
+TARGETS = {"unstructured": ("sparsity", "ratios"), "filter": ("sparsity", "ratios", "cfg", "macs_target",
+                                                                 "latency_target")}
 
 
 class PruneConfig(StrictModel):
@@ -119,7 +120,8 @@ class PruneConfig(StrictModel):
 
     ``sparsity`` is the target fraction of weights (unstructured) or of conv filters (filter); ``ratios``
     maps layer names to per-layer fractions (``default`` applies to unnamed layers); ``cfg`` (VGG) and
-    ``macs_target`` (fraction of the original MACs to keep at most) are filter-only allocations.
+    ``macs_target`` (fraction of the original MACs to keep at most) and ``latency_target`` (fraction of the
+    dense model's measured latency) are filter-only allocations.
     """
 
     granularity: Literal["unstructured", "filter"] = "unstructured"
@@ -131,6 +133,10 @@ class PruneConfig(StrictModel):
     criterion: str = Field("l1", description="filter score: a name in prunekit.prune.importance.CRITERIA")
     cfg: list[int | str] | None = None
     macs_target: float | None = Field(None, gt=0, le=1)
+    latency_target: float | None = Field(None, gt=0, le=1, description="fraction of the dense model's measured "
+                                         "latency to reach (filter; needs a latency table, see measure.latency)")
+    round_to: int | None = Field(None, ge=1, description="latency target: candidate widths are multiples of this "
+                                                         "(default: the latency table's measured widths)")
     include_classifier: bool = Field(False, description="prune the classifier with a global/uniform target")
     exclude: list[str] = Field(default_factory=list, description="layer names or glob patterns a sparsity target "
                                                                  "leaves unpruned, e.g. the last conv")
@@ -157,7 +163,8 @@ class PruneConfig(StrictModel):
         from prunekit.errors import PrunekitError
 
         allowed = TARGETS[self.granularity]
-        given = [k for k in ("sparsity", "ratios", "cfg", "macs_target") if getattr(self, k) is not None]
+        given = [k for k in ("sparsity", "ratios", "cfg", "macs_target", "latency_target")
+                 if getattr(self, k) is not None]
         if len(given) != 1 or given[0] not in allowed:
             raise PrunekitError(f"{self.granularity} pruning needs exactly one of {', '.join(allowed)}; "
                                 f"got {', '.join(given) or 'none'}")

@@ -83,3 +83,10 @@ def test_compare_table_fits_100_columns_unless_wide(tmp_path, tiny_vgg, capsys):
     assert main([*argv, "--wide"]) == 0
     wide = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert wide[0].count("|") > header.count("|") and "peak mem" in wide[0]
+
+
+def test_runtime_list_is_checked(tmp_path, tiny_vgg, capsys):
+    path = save_checkpoint(tiny_vgg, tmp_path / "m.pt", {"dataset": "synthetic", "num_classes": 10})
+    assert main(["compare", str(path), "--runtime", "eager,tensorrtx", *DATA]) != 0
+    err = capsys.readouterr().err
+    assert "unknown runtime 'tensorrtx'; choose one of: eager, onnxruntime, sparse" in err and "Traceback" not in err

@@ -22,3 +22,19 @@ def test_unknown_runtime_lists_the_valid_ones():
     with pytest.raises(PrunekitError, match="unknown runtime"):
         parse_runtimes("eager,nope")
     assert parse_runtimes(" eager ,") == ["eager"]
+
+
+def test_onnxruntime_runtime_computes_the_same_function(tiny_vgg):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    runtime = get_runtime("onnxruntime")
+    assert runtime.missing() is None and runtime.devices == ("cpu",)
+    x = torch.randn(3, 3, 32, 32)
+    runnable = runtime.prepare(tiny_vgg, x[:1], "cpu", 1)
+    torch.testing.assert_close(runnable(x), tiny_vgg.eval()(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(PrunekitError, match="CPU only"):
+        runtime.prepare(tiny_vgg, x[:1], "cuda", 1)
+
+
+def test_parse_runtimes_keeps_the_order_given():
+    assert parse_runtimes("onnxruntime,eager") == ["onnxruntime", "eager"]

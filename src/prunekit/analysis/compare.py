@@ -12,7 +12,7 @@ Every number comes from the library's own calls, so a row equals what ``prunekit
   for a binarized checkpoint, else ``fp32``.
 
 Timing (see :mod:`prunekit.measure.timing`): all models of one table are held in memory and timed
-INTERLEAVED (one run of each per round, A B C / C B A …), per device; a speed-up is the median of the
+INTERLEAVED (one run of each per round, A B C / C B A …), per runtime (:mod:`prunekit.runtime`) and device; a speed-up is the median of the
 per-round ratios against the first model, so drift of a busy machine cancels. Single-threaded by default.
 A latency or speed-up whose IQR exceeds 20% of its median is flagged noisy in the row (``noise_<device>``),
 and the machine's load just before timing is recorded (``Comparison.machine``). Ratios compare each model
@@ -53,10 +53,23 @@ RATIOS = {
     "memory_reduction": ("peak_memory_bytes", "first/this"),
 }
 TIMED_RATIOS = ("speedup", "throughput_ratio")
-#: Per-device timing columns: ``<key>_<device>`` in every row; the first device's also without suffix.
+#: Timing columns per runtime and device: ``<key><suffix>`` in every row (see :class:`TimingTarget`); the first
+#: target's also without suffix.
 TIMING_KEYS = ("latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_spread", "throughput_ips", "speedup",
-               "speedup_q1", "speedup_q3", "throughput_ratio", "noise")
+               "speedup_q1", "speedup_q3", "throughput_ratio", "efficiency", "slower", "untimed", "noise")
 NO_GPU = "no GPU"
+
+
+@dataclass(frozen=True)
+class TimingTarget:
+    """One runtime on one device. ``suffix`` ends the row keys of its timing columns (``latency_ms<suffix>``):
+    ``_<device>`` when the table times one runtime, ``_<runtime>_<device>`` when it times several;
+    ``tag`` is what the table headings add."""
+
+    runtime: str
+    device: str
+    suffix: str
+    tag: str
 
 
 @dataclass(frozen=True)
@@ -71,10 +84,24 @@ class CompareSettings:
     timing: bool = True
     split: str = "test"
     count: str = "macs"  # convention of the "ops" column (prunekit.measure.counts.CONVENTIONS)
+    runtime: str = "eager"  # one registered runtime or a comma list (prunekit.runtime), each timed per device
 
     @property
     def devices(self) -> list[str]:
         return [d.strip() for d in self.device.split(",") if d.strip()] or ["cpu"]
+
+    @property
+    def runtimes(self) -> list[str]:
+        return [r.strip() for r in self.runtime.split(",") if r.strip()] or ["eager"]
+
+    @property
+    def targets(self) -> list[TimingTarget]:
+        """Every (runtime, device) pair timed, runtime-major; the first one's columns are also the plain keys."""
+        several_runtimes, several_devices = len(self.runtimes) > 1, len(self.devices) > 1
+        return [TimingTarget(runtime, device,
+                             f"_{runtime}_{device}" if several_runtimes else f"_{device}",
+                             " ".join([runtime] * several_runtimes + [device] * several_devices))
+                for runtime in self.runtimes for device in self.devices]
 
 
 @dataclass
@@ -87,7 +114,7 @@ class Comparison:
     threads: int = 0
     method: str = field(default="")
     machine: dict | None = None  # measure.timing.MachineLoad.as_dict() just before timing
-    unavailable: dict = field(default_factory=dict)  # device -> why it has no timing ("no GPU")
+    unavailable: dict = field(default_factory=dict)  # target suffix (see TimingTarget) -> why it has no timing
 
     def as_dict(self) -> dict:
         return {"rows": self.rows, "settings": asdict(self.settings), "hardware": self.hardware,
@@ -109,10 +136,17 @@ class Comparison:
         if self.busy:
             lines.append(f"machine busy while timing ({MachineLoad(**self.machine).describe()}): latencies are "
                          "longer and noisier than on a quiet machine; rows marked noisy cannot be trusted.")
+        return lines + self.flagged(("slower", "untimed", "noise"))
+
+    def flagged(self, keys: Sequence[str] = ("slower",)) -> list[str]:
+        """``model (runtime, device): note`` for every row flag of ``keys`` (e.g. "slower": models measured
+        slower than the first one), per timed runtime and device."""
+        lines = []
         for row in self.rows:
-            for device in self.settings.devices:
-                if row.get(f"noise_{device}"):
-                    lines.append(f"{row['model']} ({device}): {row[f'noise_{device}']}")
+            for target in self.settings.targets:
+                for key in keys:
+                    if row.get(key + target.suffix):
+                        lines.append(f"{row['model']} ({target.runtime}, {target.device}): {row[key + target.suffix]}")
         return lines
 
 
@@ -254,24 +288,62 @@ def runs_on(model: nn.Module, device: torch.device, input_size=(3, 32, 32)) -> b
         return False
 
 
-def time_rows(rows: list[dict], models: list[nn.Module], device: str, settings: CompareSettings) -> None:
-    """Time all ``models`` interleaved on ``device`` and fill each row's ``<key>_<device>`` timing columns:
-    latency per image at batch 1 (median, quartiles, spread), throughput at ``settings.batch_size``, and the
-    speed-up / throughput ratio against ``models[0]`` as medians of paired per-round ratios. A row whose
-    latency, throughput or either ratio has an IQR over 20% of its median gets ``noise_<device>``. Side effect:
-    moves the models to ``device`` (and back to the CPU afterwards)."""
-    target = torch.device(device)
+def prepare_models(models: list[nn.Module], target: TimingTarget, threads: int | None
+                   ) -> tuple[list[object | None], list[str | None]]:
+    """Every model prepared for ``target.runtime`` on ``target.device`` (see :mod:`prunekit.runtime`), or None
+    with the one-line reason where it cannot run there (an int8 model on CUDA or in ONNX Runtime). Side
+    effect: the eager runtime moves the models to the device."""
+    from prunekit.errors import PrunekitError
+    from prunekit.runtime import get_runtime
+
+    runtime, device = get_runtime(target.runtime), torch.device(target.device)
+    example = torch.zeros(1, 3, 32, 32)
+    prepared, reasons = [], []
+    for model in models:
+        try:
+            runnable = runtime.prepare(model, example, target.device, threads)
+            reason = None if runs_on(runnable, device) else f"does not run on {target.device}"
+        except (PrunekitError, RuntimeError, NotImplementedError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        prepared.append(None if reason else runnable)
+        reasons.append(reason)
+    return prepared, reasons
+
+
+def slower_note(speedup: float, reference: str) -> str:
+    """The flag a model measured slower than the reference carries in the table, the report and the warnings."""
+    return f"SLOWER than {reference}: {speedup:.2f}× its speed in this runtime"
+
+
+def time_rows(rows: list[dict], models: list[nn.Module], target: TimingTarget, settings: CompareSettings) -> None:
+    """Time all ``models`` interleaved in ``target``'s runtime and device and fill each row's
+    ``<key><target.suffix>`` timing columns: latency per image at batch 1 (median, quartiles, spread),
+    throughput at ``settings.batch_size``, the speed-up / throughput ratio against ``models[0]`` as medians of
+    paired per-round ratios, the efficiency (speed-up ÷ MACs reduction: 1 means the speed-up equals the MACs
+    saved) and ``slower`` (:func:`slower_note`) when the speed-up is below 1. A model the runtime cannot run
+    gets ``untimed`` (why). A row whose latency, throughput or either ratio has an IQR over 20% of its median
+    gets ``noise``. Side effect: the eager runtime moves the models to the device (back to the CPU afterwards)."""
     threads = settings.threads
-    placed = [model.to(target) for model in models]
-    usable = [i for i, model in enumerate(placed) if runs_on(model, target)]
-    if not usable:
-        return
-    single = dict(zip(usable, time_interleaved([placed[i] for i in usable], 1, target, repeats=settings.repeats,
-                                               threads=threads)))
-    batched = dict(zip(usable, time_interleaved([placed[i] for i in usable], settings.batch_size, target,
-                                                repeats=max(5, settings.repeats // 5), threads=threads)))
-    reference = usable[0] if usable[0] == 0 else None
-    for i in usable:
+    prepared, reasons = prepare_models(models, target, threads)
+    for row, reason in zip(rows, reasons):
+        row["untimed" + target.suffix] = reason
+    usable = [i for i, runnable in enumerate(prepared) if runnable is not None]
+    if usable:
+        fill_timings(rows, [prepared[i] for i in usable], usable, target, settings)
+    for model in models:
+        model.to("cpu")
+
+
+def fill_timings(rows: list[dict], runnables: list, indices: list[int], target: TimingTarget,
+                 settings: CompareSettings) -> None:
+    """The timing columns of ``rows[i]`` for ``i`` in ``indices`` (``runnables`` in the same order); ratios
+    only when the first row is among them."""
+    threads, device = settings.threads, torch.device(target.device)
+    single = dict(zip(indices, time_interleaved(runnables, 1, device, repeats=settings.repeats, threads=threads)))
+    batched = dict(zip(indices, time_interleaved(runnables, settings.batch_size, device,
+                                                 repeats=max(5, settings.repeats // 5), threads=threads)))
+    reference = indices[0] if indices[0] == 0 else None
+    for i in indices:
         row, t = rows[i], single[i]
         values = {"latency_ms": t.per_image_ms, "latency_q1_ms": t.q1_ms, "latency_q3_ms": t.q3_ms,
                   "latency_spread": t.spread, "throughput_ips": batched[i].images_per_second}
@@ -281,26 +353,36 @@ def time_rows(rows: list[dict], models: list[nn.Module], device: str, settings: 
         if reference is not None:
             speedup = paired_ratio(single[reference], t)
             throughput = paired_ratio(batched[reference], b)
+            macs = row.get("macs_reduction")
             values.update(speedup=speedup.median, speedup_q1=speedup.q1, speedup_q3=speedup.q3,
-                          throughput_ratio=throughput.median)
+                          throughput_ratio=throughput.median,
+                          efficiency=speedup.median / macs if macs else None,
+                          slower=slower_note(speedup.median, rows[0]["model"])
+                          if i != reference and speedup.median < 1 else None)
             spreads.update({"speed-up": (speedup.spread, (speedup.q1, speedup.median, speedup.q3)),
                             "throughput ratio": (throughput.spread, (throughput.q1, throughput.median, throughput.q3))})
         what, (worst, quartiles) = max(spreads.items(), key=lambda item: item[1][0])
         values["noise"] = noise_note(worst, threads, what, quartiles) if worst > NOISY_IQR else None
-        row.update({f"{k}_{device}": v for k, v in values.items()})
-    for model in placed:
-        model.to("cpu")
+        row.update({f"{k}{target.suffix}": v for k, v in values.items()})
 
 
-def mirror_first_device(rows: list[dict], device: str) -> None:
-    """Copy the first device's ``<key>_<device>`` timing columns to the plain keys (``latency_ms`` …)."""
+def mirror_first_target(rows: list[dict], target: TimingTarget) -> None:
+    """Copy the first target's ``<key><suffix>`` timing columns to the plain keys (``latency_ms`` …)."""
     for row in rows:
         for key in TIMING_KEYS:
-            row[key] = row.get(f"{key}_{device}")
+            row[key] = row.get(key + target.suffix)
 
 
-def device_available(device: str) -> bool:
-    return device != "cuda" or torch.cuda.is_available()
+def target_unavailable(target: TimingTarget) -> str | None:
+    """Why ``target`` cannot be timed here (no GPU, runtime not installed or not for this device), else None."""
+    from prunekit.runtime import get_runtime
+
+    runtime = get_runtime(target.runtime)
+    if target.device not in runtime.devices:
+        return f"{target.runtime} runs on {', '.join(runtime.devices)} only"
+    if target.device == "cuda" and not torch.cuda.is_available():
+        return NO_GPU
+    return runtime.missing()
 
 
 def compare_checkpoints(paths: Sequence[str | Path], data_for: Callable[[dict], DataBundle],
@@ -310,7 +392,9 @@ def compare_checkpoints(paths: Sequence[str | Path], data_for: Callable[[dict], 
     ``data_for(meta)`` returns the :class:`DataBundle` to evaluate a checkpoint with that ``meta`` on
     (typically its own dataset). Every model (as deployed: masks made permanent) stays in memory until all
     are timed together, interleaved, on each device of ``settings.devices``; a device that is not there
-    (CUDA without a GPU) is recorded in ``Comparison.unavailable`` and its columns stay empty.
+    (CUDA without a GPU) is recorded in ``Comparison.unavailable`` and its columns stay empty. With several
+    ``settings.runtimes`` every model is timed in each runtime (per device), always against the first model
+    in the same runtime, so each speed-up measures the pruning and not the runtime.
     """
     from tqdm.auto import tqdm
 
@@ -326,12 +410,13 @@ def compare_checkpoints(paths: Sequence[str | Path], data_for: Callable[[dict], 
                             settings.threads or torch.get_num_threads())
     if settings.timing and rows:
         comparison.machine = machine_load().as_dict()
-        for device in settings.devices:
-            if device_available(device):
-                time_rows(rows, deployed, device, settings)
+        for target in settings.targets:
+            why = target_unavailable(target)
+            if why:
+                comparison.unavailable[target.suffix[1:]] = why
             else:
-                comparison.unavailable[device] = NO_GPU
-        mirror_first_device(rows, settings.devices[0])
+                time_rows(rows, deployed, target, settings)
+        mirror_first_target(rows, settings.targets[0])
     comparison.method = method_text(comparison)
     return comparison
 
@@ -355,6 +440,7 @@ def method_text(comparison: Comparison) -> str:
                      "throughput), all models interleaved round by round; speed-up = median of the per-round "
                      "ratios to the first model, so machine drift cancels; noisy = IQR over "
                      f"{100 * NOISY_IQR:.0f}% of the median; CUDA is synchronised around every run.")
+        parts.append(runtime_text(s.runtimes))
         if comparison.machine:
             from prunekit.measure.timing import MachineLoad
 
@@ -363,6 +449,16 @@ def method_text(comparison: Comparison) -> str:
         parts.append("Timing skipped (--no-timing).")
     parts.append("Ratios: against the first model; > 1 means better (faster, smaller, fewer).")
     return " ".join(parts)
+
+
+def runtime_text(names: list[str]) -> str:
+    """What the footer says about the runtimes: each one's description, and how speed-ups pair within one."""
+    from prunekit.runtime import get_runtime
+
+    described = "; ".join(f"{name} = {get_runtime(name).description}" for name in names)
+    return (f"Runtime(s): {described}. Every model is timed in each runtime and compared with the first model "
+            "in the same runtime (same inference optimisations for both). Efficiency = speed-up ÷ MACs reduction "
+            "(1 = the speed-up equals the MACs saved). SLOWER marks a model measured slower than the first one.")
 
 
 def comparison_from_dict(data: dict | list) -> Comparison:
@@ -388,13 +484,14 @@ COMPARE_CSV_COLUMNS = ["model", "path", "arch", "dataset", "synthetic", "split",
                        "top1_error", "top5_error", "loss", "params", "nonzero_params", "macs", "file_bytes",
                        "weights_bytes", "compact_bytes", "peak_memory_bytes", "latency_ms", "latency_q1_ms",
                        "latency_q3_ms", "latency_spread", "throughput_batch", "throughput_ips", *RATIOS,
-                       "speedup_q1", "speedup_q3", "noise", "device", "threads", "hardware"]
+                       "speedup_q1", "speedup_q3", "efficiency", "slower", "untimed", "noise", "device", "threads",
+                       "hardware"]
 
 
 def save_comparison_csv(comparison: Comparison, path: str | Path) -> Path:
     """Write the raw (unformatted) rows as CSV, atomically; empty cells for missing values. With several
-    devices, each one's timing columns follow as ``<key>_<device>``."""
+    devices or runtimes, each further one's timing columns follow as ``<key><suffix>`` (see :class:`TimingTarget`)."""
     from prunekit.atomic import atomic_write_csv
 
-    extra = [f"{k}_{d}" for d in comparison.settings.devices[1:] for k in TIMING_KEYS]
+    extra = [k + t.suffix for t in comparison.settings.targets[1:] for k in TIMING_KEYS]
     return atomic_write_csv(path, comparison.rows, COMPARE_CSV_COLUMNS + extra)

@@ -92,6 +92,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_profile)
 
+    p = sub.add_parser("latency", help="per-layer latency table at a grid of widths (cached), with its steps",
+                       description="Measure how long every Conv2d/Linear of the model takes at a grid of widths on "
+                                   "this device (what --latency-target prunes with). Cached per layer shape under "
+                                   "$PRUNEKIT_CACHE/latency (default ~/.cache/prunekit/latency), so a second run "
+                                   "only re-times the whole model.")
+    add_model_source_args(p)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure (default: %(default)s)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=1, help="CPU threads while timing (default: %(default)s)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="images per timed batch (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the whole table as JSON instead")
+    p.set_defaults(func=cmd_latency)
+
 
 def add_model_source_args(parser: argparse.ArgumentParser) -> None:
     """A prunekit checkpoint (positional) or ``--model NAME|REF [--model-kwargs JSON] [--weights FILE]``."""
@@ -356,4 +368,29 @@ def cmd_profile(args) -> int:
               "longer and noisier than on a quiet machine")
     if result.noise:
         print(f"WARNING latency {result.noise}")
+    return 0
+
+
+def cmd_latency(args) -> int:
+    from prunekit.measure.latency import LAYER_REPEATS, STEP_GAIN, build_latency_table, cache_folder
+    from prunekit.train.loop import resolve_device
+
+    loaded = load_model_source(args)
+    device = str(resolve_device(args.device))
+    table = build_latency_table(loaded.model, device, args.threads, args.batch_size)
+    if args.json:
+        print_json(table.as_dict())
+        return 0
+    rows = [{"layers": r["layers"], "count": r["count"], "shape": r["shape"], "ms full": f"{r['full_ms']:.4f}",
+             "ms half width": f"{r['half_ms']:.4f}", "faster than the width below": r["steps"]} for r in table.rows()]
+    print(markdown_table(rows))
+    layers = table.dense_ms - table.overhead_ms
+    c = table.context
+    print(f"\nwhole model {table.dense_ms:.3f} ms per batch of {c['batch_size']} on {c['hardware']} ({c['device']}, "
+          f"{c['threads']} thread(s), torch {c['torch']}): tabled layers {layers:.3f} ms, everything else "
+          f"{table.overhead_ms:.3f} ms. Layer times: median of {LAYER_REPEATS} runs of the layer alone at each "
+          f"width; 'faster than the width below': output widths (full input) at least {100 * STEP_GAIN:.0f}% "
+          f"faster than the next "
+          f"narrower measured width. {len(table.curves)} layer shapes, {table.cached} from the cache "
+          f"({cache_folder()}); built in {table.build_s:.1f} s.")
     return 0

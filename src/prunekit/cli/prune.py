@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_criterion_arg, add_data_args,
                                  add_deprecated_alias, add_model_relocation_arg, add_scope_arg, add_train_args, data_for,
-                                 data_source, last_train_top1, lock_run_folder, markdown_table, print_json,
+                                 data_source, last_train_top1, lock_run_folder, markdown_table, number, print_json,
                                  print_time_estimate, train_config_from, warn_if_collapsed)
 from prunekit.cli.core import add_model_source_args, epoch_printer, load_model_source
 from prunekit.config import FINETUNE_LR
@@ -53,6 +53,11 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                         help="target fraction in [0, 1) of weights (unstructured) or filters (filter)")
     target.add_argument("--ratios", metavar="FILE",
                         help="YAML of `layer: ratio` (+ optional `default: r`); `prunekit layers CKPT` lists names")
+    target.add_argument("--latency-target", type=number(float, 0, 1, low_open=True), metavar="F",
+                        help="filter: reach this fraction of the dense model's latency predicted by a measured "
+                             "latency table (CPU, 1 thread, batch 1; `prunekit latency` shows it)")
+    p.add_argument("--round-to", type=POSITIVE_INT, default=None, metavar="N",
+                   help="with --latency-target: every width a multiple of N (default: the table's measured widths)")
     add_scope_arg(p, help="with --sparsity: one ranking over all layers (global), the same ratio per layer, or one "
                         "ranking of LAMP scores (lamp, unstructured); default: "
                         + ", ".join(f"{s} for {g}" for g, s in DEFAULT_SCOPE.items()))
@@ -197,6 +202,7 @@ def prune_config_from(args, model):
     config = make_prune_config(
         granularity=args.granularity, sparsity=args.sparsity, ratios=ratios, scope=args.scope,
         criterion=args.criterion or "l1", include_classifier=args.include_classifier, exclude=args.exclude or [],
+        latency_target=args.latency_target, round_to=args.round_to,
         schedule=args.prune_schedule, iterations=args.iterations, finetune_epochs=args.epochs,
         rewind_to=args.rewind_to, seed=args.seed, recalibrate_bn=args.recalibrate_bn)
     if ratios is not None and args.granularity == "unstructured":

@@ -94,6 +94,9 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", metavar="DEV[,DEV]",
                    help="cpu, cuda, or cpu,cuda for both latency columns in one table (accuracy and memory on "
                         "the first; CUDA columns say 'no GPU' when there is none; default: %(default)s)")
+    p.add_argument("--runtime", default="eager", metavar="NAME[,NAME]",
+                   help="runtime(s) to time every model in, e.g. eager,onnxruntime: one set of timing columns per "
+                        "runtime, each model against the first in the same runtime ({runtimes}; default: %(default)s)")
     p.add_argument("--threads", type=NON_NEGATIVE_INT, default=1,
                    help="CPU threads while timing (default: %(default)s: batch-1 latency single-threaded, which "
                         "stays steady on a busy machine; 0: torch's default)")
@@ -143,7 +146,20 @@ def compare_settings(args: argparse.Namespace):
         raise PrunekitError("--batch-size and --repeats must be at least 1, --threads at least 0")
     return CompareSettings(device=",".join(devices), threads=args.threads or None, batch_size=args.batch_size,
                            repeats=args.repeats, timing=not args.no_timing, split=args.split,
-                           count=args.count)
+                           count=args.count, runtime=",".join(usable_runtimes(args.runtime)))
+
+
+def usable_runtimes(text: str) -> list[str]:
+    """The runtimes of ``--runtime``, each registered and installed (else a one-line error with the fix)."""
+    from prunekit.errors import PrunekitError
+    from prunekit.runtime import get_runtime, parse_runtimes
+
+    names = parse_runtimes(text)
+    for name in names:
+        why = get_runtime(name).missing()
+        if why:
+            raise PrunekitError(f"--runtime {name}: {why}")
+    return names
 
 
 def analysis_setup(args: argparse.Namespace):

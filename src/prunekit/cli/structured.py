@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunekit.cli.common import ANY_INT, FRACTION, NON_NEGATIVE_INT, number  # numeric flags checked where parsed
+from prunekit.cli.common import ANY_INT, FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, number  # checked where parsed
 from prunekit.cli.common import (add_criterion_arg, add_data_args, add_scope_arg, data_for, markdown_table, print_json,
                                  warn_if_collapsed)
 from prunekit.cli.core import add_model_source_args, load_model_source
@@ -39,6 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "stream) uses the ratio of its first named conv")
     target.add_argument("--cfg", metavar="64,M,128,...", help="VGG widths per conv (M = max pool)")
     target.add_argument("--macs-target", type=number(float, 0, 1, low_open=True), metavar="F", help="keep at most this fraction of the MACs")
+    target.add_argument("--latency-target", type=number(float, 0, 1, low_open=True), metavar="F",
+                        help="run in this fraction of the dense model's measured latency: widths chosen on a "
+                             "latency table (`prunekit latency`), then measured and corrected until within 5%%")
+    p.add_argument("--round-to", type=POSITIVE_INT, default=None, metavar="N",
+                   help="with --latency-target: every width a multiple of N (default: the table's measured widths)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=1,
+                   help="with --latency-target: the batch whose latency is targeted (default: %(default)s)")
+    p.add_argument("--threads", type=POSITIVE_INT, default=1,
+                   help="with --latency-target: CPU threads while timing (default: %(default)s)")
     add_criterion_arg(p)
     add_scope_arg(p, "filter", help="layer: same fraction per group; global: one ranking normalised per group "
                         f"(default: {DEFAULT_SCOPE['filter']}, as `prune --granularity filter`)")
@@ -107,6 +116,8 @@ def cmd_shrink(args) -> int:
         print_json(result)
         return 0
     print(markdown_table(cost_rows(before, after)))
+    if latency:
+        print(f"\n{latency_line(latency)}")
     print(f"\nfilter sparsity {sparsity:.4f} (fraction of conv output channels removed, over all prunable conv "
           f"layers); output unchanged on {CHECK_BATCH} random images (max |Δ| = {difference:.2e}); saved {args.out}")
     return 0
@@ -139,6 +150,8 @@ def target_kwargs(args) -> dict:
         return {"cfg": parse_cfg(args.cfg)}
     if args.macs_target is not None:
         return {"macs_target": args.macs_target}
+    if args.latency_target is not None:
+        return {"latency_target": args.latency_target, "round_to": args.round_to}
     return {"ratio": args.ratio, **({"exclude": args.exclude} if args.exclude else {})}
 
 
@@ -162,12 +175,16 @@ def cmd_prune_channels(args) -> int:
     top1_before = test_metrics(model, data) if data is not None else None
     start = time.perf_counter()
     config = channel_target(criterion=args.criterion, scope=args.scope, seed=args.seed, **target)  # defaults resolved
-    example = torch.zeros(1, *INPUT_SIZE)
-    plan = plan_channels(model, example, criterion=args.criterion, scope=config.scope, seed=args.seed, **target)
-    outcome = plan.outcome
-    if args.strict and outcome.shortfall():
-        raise PrunekitError(f"{outcome.shortfall()} (--strict: nothing written)")
-    prune_channels(model, example, plan=plan)
+    latency, outcome = None, None
+    if config.latency_target is not None:
+        model, latency = prune_latency(model, config, args)
+    else:
+        example = torch.zeros(1, *INPUT_SIZE)
+        plan = plan_channels(model, example, criterion=args.criterion, scope=config.scope, seed=args.seed, **target)
+        outcome = plan.outcome
+        if args.strict and outcome.shortfall():
+            raise PrunekitError(f"{outcome.shortfall()} (--strict: nothing written)")
+        prune_channels(model, example, plan=plan)
     seconds = time.perf_counter() - start
     after, sparsity = costs(model), filter_sparsity(original, model)
     recalibrated = recalibrate(model, data, args)
@@ -175,7 +192,7 @@ def cmd_prune_channels(args) -> int:
     record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed,
               "source": str(args.checkpoint or args.model), **{k: v for k, v in target.items()},
               "filter_sparsity": sparsity, "seconds": seconds, "bn_recalibration_batches": recalibrated,
-              **outcome_record(outcome)}
+              **(outcome_record(outcome) if outcome else {}), **({"latency": latency.as_dict()} if latency else {})}
     measured = {} if top1_after is None else {"test_top1": top1_after.top1, "test_top5": top1_after.top5,
                                               "test_loss": top1_after.loss, "test_images": top1_after.images}
     meta = derived_meta(loaded.meta)
@@ -187,8 +204,8 @@ def cmd_prune_channels(args) -> int:
         print_json({"out": args.out, **record, "before": before, "after": after, **accuracy,
                     **({"warning": shortfall} if shortfall else {})})
     else:
-        print_prune_channels_summary(args, before, after, sparsity, seconds, (shortfall, outcome), recalibrated,
-                                     (top1_before, top1_after) if data is not None else None, data)
+        print_prune_channels_summary(args, before, after, sparsity, seconds, (shortfall, outcome, latency),
+                                     recalibrated, (top1_before, top1_after) if data is not None else None, data)
     if top1_after is not None:
         warn_if_collapsed(top1_after, ("top-1 before pruning", top1_before.top1), "the pruned model")
     return 0
@@ -196,13 +213,17 @@ def cmd_prune_channels(args) -> int:
 
 def print_prune_channels_summary(args, before: dict, after: dict, sparsity: float, seconds: float,
                                  shortfall: tuple, recalibrated: int, accuracy, data) -> None:
-    """``shortfall``: (the filter-target shortfall line or None, the plan's :class:`PlanOutcome`)."""
-    line, outcome = shortfall
-    for text in (line, outcome.shortfall()):
+    """``shortfall``: (the filter-target shortfall line or None, the plan's :class:`PlanOutcome` or None, the
+    :class:`prunekit.prune.latency.LatencyResult` of a latency target or None)."""
+    line, outcome, latency = shortfall
+    for text in (line, outcome.shortfall() if outcome else None):
         if text:
             print(text)
     print(markdown_table(cost_rows(before, after)))
-    print(f"\n{outcome.summary()}")
+    if outcome:
+        print(f"\n{outcome.summary()}")
+    if latency:
+        print(f"\n{latency_line(latency)}")
     bn = f"BN statistics re-estimated on {recalibrated} training batch(es), " if recalibrated else ""
     print(f"\nfilter sparsity {sparsity:.4f} (fraction of conv output channels removed); pruned in {seconds:.2f} s, "
           f"{bn}not retrained (accuracy will drop until you fine-tune: `prunekit finetune`); saved {args.out}")
@@ -257,3 +278,22 @@ def outcome_record(outcome) -> dict:
     return {"asked_filters": outcome.asked_filters, "achieved_filters": outcome.achieved_filters,
             "asked_macs": outcome.asked_macs, "achieved_macs": outcome.achieved_macs, "coverage": outcome.coverage,
             "shortfall": outcome.shortfall()}
+
+
+def prune_latency(model, config, args):
+    """(pruned model, LatencyResult) for ``--latency-target``: the table built (or read from the cache) for
+    ``--batch-size`` and ``--threads`` on the CPU, then :func:`prunekit.prune.latency.prune_to_latency`."""
+    from prunekit.measure.latency import build_latency_table
+    from prunekit.prune.latency import prune_to_latency
+
+    table = build_latency_table(model, threads=args.threads, batch_size=args.batch_size)
+    return prune_to_latency(model, config.latency_target, table, criterion=config.criterion,
+                            round_to=config.round_to, seed=config.seed)
+
+
+def latency_line(result) -> str:
+    """``latency: asked 0.50, predicted 0.49, measured 0.51 of the dense model (1.96× faster; ...)``."""
+    c = result.context
+    return (f"latency (batch {c['batch_size']}, {c['threads']} thread(s), {c['device']}): asked {result.asked:.2f}, "
+            f"predicted {result.predicted:.3f}, measured {result.measured:.3f} of the dense model "
+            f"({1 / result.measured:.2f}× faster, {len(result.attempts)} attempt(s)); {result.reason}")

@@ -15,6 +15,9 @@
   - ``cfg`` (VGG style ``[64, 'M', 128, ...]``): new width of every producing conv in call order; the top-k
     filters by the criterion are kept (classic vggprune transplant). Needs uncoupled convs.
   - ``macs_target`` t: the smallest uniform ratio (bisection) whose estimated MACs ≤ t × current MACs.
+  - ``latency_target`` t: every group's width chosen by a knapsack over a measured latency table so the
+    predicted latency is ≤ t × the dense latency with the most (LAMP-normalised) importance kept
+    (:func:`select_for_latency`, as HALP / NetAdapt).
 
   Always: a group keeps ≥ 1 channel and no module loses every channel; a channel that copies a live channel
   through a ZeroPadShortcut is only removed together with (or after) its source; channels that are already
@@ -27,7 +30,8 @@ import difflib
 import fnmatch
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 from torch import nn
 
@@ -181,33 +185,30 @@ def estimate_macs(graph: ChannelGraph, model: nn.Module, removed: set[int] = fro
     """MACs per image of every Conv and Linear call after removing ``removed`` (the convention of
     :func:`prunekit.measure.count_macs`: conv and linear only), from the traced output sizes."""
     modules = dict(model.named_modules())
-    lost = {key: sum(1 for cid in port.values() if cid in removed) for key, port in graph.ports.items()}
+    widths = layer_widths(graph, model, lost_channels(graph, removed))
     total = 0
     for call in graph.calls:
         module = modules[call.module]
+        cin, cout = widths[call.module]
         if call.kind == "linear":
-            gone_in = lost.get((call.module, "linear_in"), 0) + lost.get((call.module, "conv_in"), 0)
-            gone_out = lost.get((call.module, "linear_out"), 0) + lost.get((call.module, "conv_out"), 0)
-            total += call.positions * (module.in_features - gone_in) * (module.out_features - gone_out)
-            continue
-        kernel = math.prod(module.kernel_size)
-        if (call.module, "depthwise") in graph.ports:
-            total += call.positions * kernel * (module.out_channels - lost.get((call.module, "depthwise"), 0))
-            continue
-        cin = module.in_channels - lost.get((call.module, "conv_in"), 0)
-        cout = module.out_channels - lost.get((call.module, "conv_out"), 0)
-        total += call.positions * kernel * cin // module.groups * cout
+            total += call.positions * cin * cout
+        elif (call.module, "depthwise") in graph.ports:
+            total += call.positions * math.prod(module.kernel_size) * cout
+        else:
+            total += call.positions * math.prod(module.kernel_size) * cin // module.groups * cout
     return total
 
 
 def select_channels(model: nn.Module, graph: ChannelGraph, config: PruneConfig,
-                    progress: float = 1.0, batches=None) -> set[int]:
+                    progress: float = 1.0, batches=None, latency: LatencyModel | None = None) -> set[int]:
     """The ids of the channels to remove for ``config``'s target at ``progress`` of a schedule (see module doc);
-    ``batches`` feed a data-driven criterion (see :func:`prunekit.prune.importance.channel_scores`)."""
+    ``batches`` feed a data-driven criterion (see :func:`prunekit.prune.importance.channel_scores`);
+    ``latency`` (a latency table of ``model``) is needed by a latency target."""
     scores = channel_scores(model, graph, config.criterion, config.seed, batches)
     dead = zeroed_channels(model, graph)
-    if config.macs_target is not None:
-        final = _select_for_macs(model, graph, scores, dead, config)
+    if config.macs_target is not None or config.latency_target is not None:
+        final = (_select_for_macs(model, graph, scores, dead, config) if config.macs_target is not None
+                 else select_for_latency(model, graph, scores, dead, config, latency))
         counts = {g: _round(progress * n) for g, n in _group_counts(graph, final).items()}
         removed = _select_counts(graph, scores, counts, dead)
     elif config.cfg is not None:
@@ -440,4 +441,203 @@ def repair(graph: ChannelGraph, removed: set[int], scores: dict[int, float], dea
         if broken:
             removed -= broken
             changed = True
+    return removed
+
+
+# --- filters: to a latency target ---------------------------------------------------------------------------
+
+
+class LatencyModel(Protocol):
+    """What the latency allocation needs of a latency table (:class:`prunekit.measure.latency.LatencyTable`):
+    ``predict({layer: (in, out)})`` in ms, the layers' full widths, and the dense model's latency."""
+
+    full: dict[str, tuple[int, int]]
+    dense_ms: float
+
+    def predict(self, widths: dict[str, tuple[int, int]] | None = None) -> float: ...
+
+
+def layer_widths(graph: ChannelGraph, model: nn.Module, lost: dict[tuple[str, str], int]) -> dict[str, tuple[int, int]]:
+    """{Conv/Linear call: (input width, output width)} when ``lost[(module, role)]`` channels leave each port."""
+    modules = dict(model.named_modules())
+    widths = {}
+    for call in graph.calls:
+        module = modules[call.module]
+        if call.kind == "linear":  # a Linear on a channels-last tensor registers conv roles (a 1x1 conv)
+            gone_in = lost.get((call.module, "linear_in"), 0) + lost.get((call.module, "conv_in"), 0)
+            gone_out = lost.get((call.module, "linear_out"), 0) + lost.get((call.module, "conv_out"), 0)
+            widths[call.module] = (module.in_features - gone_in, module.out_features - gone_out)
+        elif (call.module, "depthwise") in graph.ports:
+            width = module.out_channels - lost.get((call.module, "depthwise"), 0)
+            widths[call.module] = (width, width)
+        else:
+            widths[call.module] = (module.in_channels - lost.get((call.module, "conv_in"), 0),
+                                   module.out_channels - lost.get((call.module, "conv_out"), 0))
+    return widths
+
+
+def lost_channels(graph: ChannelGraph, removed: set[int]) -> dict[tuple[str, str], int]:
+    """{(module, role): how many of ``removed`` occupy that port}."""
+    return {key: sum(1 for cid in port.values() if cid in removed) for key, port in graph.ports.items()}
+
+
+def predict_latency(graph: ChannelGraph, model: nn.Module, latency: LatencyModel, removed: set[int] = frozenset()) -> float:
+    """The latency (ms) ``latency`` predicts once ``removed`` is gone."""
+    return latency.predict(layer_widths(graph, model, lost_channels(graph, removed)))
+
+
+@dataclass
+class GroupChoices:
+    """One group's options for the latency knapsack: remove ``counts[i]`` channels (its lowest-scoring ones,
+    ``order``), keeping ``values[i]`` of its importance; ``ports``: {port: cumulative channels lost per count}."""
+
+    gid: int
+    order: list[int]
+    counts: list[int]
+    values: list[float]
+    ports: dict[tuple[str, str], list[int]]
+
+
+def group_choices(graph: ChannelGraph, scores: dict[int, float], dead: set[int], round_to: int | None,
+                  grid: Callable[[int], list[int]]) -> list[GroupChoices]:
+    """Every group's candidate widths: ``grid(full width)`` (the latency table's measured widths), or the
+    multiples of ``round_to`` (plus the full width) when given; at least one channel stays. Importance is
+    LAMP-normalised per group (:func:`lamp_normalised`), so groups compare on one scale, and counted once per
+    conv filter the channel removes (a residual stream's channel is the output of every conv adding into it,
+    so cutting it costs each of them); dead channels go first."""
+    choices = []
+    for group in graph.groups:
+        prunable = graph.prunable(group)
+        if not prunable:
+            continue
+        lamp = lamp_normalised({c: scores[c] for c in prunable})
+        normalised = {c: lamp[c] * max(1, graph.channels[c].filters) for c in prunable}
+        order = sorted(prunable, key=lambda c: (c not in dead, normalised[c], c))
+        full = len(group.channels)
+        widths = range(round_to, full + 1, round_to) if round_to else grid(full)
+        keep_min = full - len(prunable)
+        counts = sorted({full - w for w in [*widths, full] if max(1, keep_min) <= w <= full})
+        total = sum(normalised.values())
+        lost = [0.0]
+        for cid in order:
+            lost.append(lost[-1] + normalised[cid])
+        values = [total - lost[k] for k in counts]
+        ports = {}
+        for key, port in graph.ports.items():
+            member = {cid for cid in port.values() if graph.channels[cid].group == group.id}
+            if member:
+                running = [0]
+                for cid in order:
+                    running.append(running[-1] + (cid in member))
+                ports[key] = running
+        choices.append(GroupChoices(group.id, order, counts, values, ports))
+    return choices
+
+
+def _lost_for(choices: list[GroupChoices], counts: dict[int, int]) -> dict[tuple[str, str], int]:
+    lost: dict[tuple[str, str], int] = {}
+    for choice in choices:
+        k = counts.get(choice.gid, 0)
+        for key, running in choice.ports.items():
+            lost[key] = lost.get(key, 0) + running[k]
+    return lost
+
+
+#: Cost resolution of the latency knapsack: the budget is split into this many units.
+KNAPSACK_UNITS = 2000
+
+
+def knapsack(values: list[list[float]], costs: list[list[float]], capacity: float) -> list[int] | None:
+    """Multiple-choice knapsack: one option per group, maximising the summed value with summed cost ≤
+    ``capacity``. Returns the chosen option index per group, or None when nothing fits. Costs are rounded
+    UP to ``capacity / KNAPSACK_UNITS`` units, so the choice truly fits; negative costs are allowed."""
+    import numpy as np
+
+    shifts = [min(c) for c in costs]
+    room = capacity - sum(shifts)
+    if room < -1e-12:
+        return None
+    unit = max(room, 1e-12) / KNAPSACK_UNITS
+    best = np.zeros(KNAPSACK_UNITS + 1)
+    picks = []
+    for value, cost in zip(values, costs):
+        new = np.full(KNAPSACK_UNITS + 1, -np.inf)
+        pick = np.zeros(KNAPSACK_UNITS + 1, dtype=np.int64)
+        for i, (v, c) in enumerate(zip(value, cost)):
+            units = math.ceil((c - min(cost)) / unit - 1e-9)
+            if units > KNAPSACK_UNITS:
+                continue
+            candidate = np.full(KNAPSACK_UNITS + 1, -np.inf)
+            candidate[units:] = best[:KNAPSACK_UNITS + 1 - units] + v
+            better = candidate > new
+            new[better], pick[better] = candidate[better], i
+        best = new
+        picks.append(pick)
+    if not np.isfinite(best[-1]):
+        return None
+    chosen, slot = [], KNAPSACK_UNITS
+    for cost, pick in zip(reversed(costs), reversed(picks)):
+        i = int(pick[slot])
+        chosen.append(i)
+        slot -= math.ceil((cost[i] - min(cost)) / unit - 1e-9)
+    return chosen[::-1]
+
+
+def allocate_latency(graph: ChannelGraph, model: nn.Module, latency: LatencyModel, choices: list[GroupChoices],
+                     budget_ms: float, rounds: int = 10) -> dict[int, int]:
+    """Channels to remove per group so the predicted latency is ≤ ``budget_ms`` with the most importance
+    kept: a multiple-choice knapsack (:func:`knapsack`) over every group's candidate widths, each option
+    costed by the table with the other groups at their current widths; repeated from the new widths (the
+    cost of a layer between two pruned groups depends on both) until the choice settles, aiming lower by the
+    overshoot whenever the full prediction exceeds the budget (and easing back once it fits). Exact when no layer sits between two pruned
+    groups. Returns the best choice whose full prediction fits; raises PrunekitError
+    (asked vs reachable) when even the smallest widths do not fit."""
+    smallest = {c.gid: c.counts[-1] for c in choices}
+    reachable = latency.predict(layer_widths(graph, model, _lost_for(choices, smallest)))
+    if reachable > budget_ms:
+        raise PrunekitError(f"latency target {budget_ms / latency.dense_ms:.3f} cannot be reached by widths: the "
+                            f"narrowest allowed widths are predicted at {reachable / latency.dense_ms:.3f} of the "
+                            f"dense latency ({reachable:.3f} of {latency.dense_ms:.3f} ms); ask for at least "
+                            f"{math.ceil(100 * reachable / latency.dense_ms) / 100:.2f}")
+    counts = {c.gid: 0 for c in choices}
+    best, best_value, effective = smallest, -math.inf, budget_ms
+    for _ in range(rounds):
+        now = latency.predict(layer_widths(graph, model, _lost_for(choices, counts)))
+        costs = [[latency.predict(layer_widths(graph, model, _lost_for(choices, {**counts, c.gid: k}))) - now
+                  for k in c.counts] for c in choices]
+        picked = knapsack([c.values for c in choices], costs, effective - now)
+        if picked is None:
+            break
+        new = {c.gid: c.counts[i] for c, i in zip(choices, picked)}
+        value = sum(c.values[i] for c, i in zip(choices, picked))
+        predicted = latency.predict(layer_widths(graph, model, _lost_for(choices, new)))
+        if predicted > budget_ms:  # the separate costs missed how two pruned neighbours share a layer: aim lower
+            effective -= predicted - budget_ms
+        else:
+            if value > best_value:
+                best, best_value = new, value
+            if new == counts:
+                break
+            effective = (effective + budget_ms) / 2  # fits: give back half of any earlier tightening
+        counts = new
+    return best
+
+
+def select_for_latency(model: nn.Module, graph: ChannelGraph, scores: dict[int, float], dead: set[int],
+                       config: PruneConfig, latency: LatencyModel) -> set[int]:
+    """The channels to remove so ``latency`` predicts ≤ ``config.latency_target`` × the dense latency
+    (:func:`allocate_latency`), the lowest-scoring of each group, then :func:`repair`ed; if the repaired set
+    is predicted over budget (a copy rule kept channels), the budget tightens and the allocation reruns."""
+    if latency is None:
+        raise PrunekitError("a latency target needs a latency table (prunekit.measure.latency.build_latency_table)")
+    grid = getattr(latency, "grid_for", None) or (lambda full: list(range(1, full + 1)))
+    choices = group_choices(graph, scores, dead, config.round_to, grid)
+    budget = config.latency_target * latency.dense_ms
+    for _ in range(4):
+        counts = allocate_latency(graph, model, latency, choices, budget)
+        removed = repair(graph, _select_counts(graph, scores, counts, dead), scores, dead)
+        predicted = predict_latency(graph, model, latency, removed)
+        if predicted <= config.latency_target * latency.dense_ms:
+            return removed
+        budget -= predicted - config.latency_target * latency.dense_ms
     return removed

@@ -20,6 +20,9 @@ Allocation rules
 * ``cfg`` (VGG style ``[64, 'M', 128, ...]``): new width of every producing conv in call order; the
   top-k filters by the criterion are kept (classic vggprune transplant). Needs uncoupled convs.
 * ``macs_target`` t: the smallest uniform ratio (bisection) whose estimated MACs ≤ t × current MACs.
+* ``latency_target`` t: widths chosen on a measured latency table so the predicted latency is ≤ t × the
+  dense one (see :func:`prunekit.prune.allocate.select_for_latency`; :mod:`prunekit.prune.latency` also
+  measures the result and corrects).
 
 Always: a group keeps ≥ 1 channel and no module loses every channel; a channel that copies a live
 channel through a ZeroPadShortcut is only removed together with (or after) its source; channels that are
@@ -160,12 +163,13 @@ def blockers_of(blocked: dict[str, str]) -> tuple[tuple[int, str, str], ...]:
 
 def channel_target(ratio: float | None = None, ratios: dict | None = None, cfg: list | None = None,
                    macs_target: float | None = None, criterion: str = "l1", scope: str | None = None,
-                   seed: int = 0, exclude: list[str] = ()) -> PruneConfig:
+                   seed: int = 0, exclude: list[str] = (), latency_target: float | None = None,
+                   round_to: int | None = None) -> PruneConfig:
     """The :class:`PruneConfig` (granularity ``filter``) that :func:`prune_channels`'s keywords describe; its
     defaults (e.g. ``scope``) are the config's, shared with ``prunekit prune``."""
     config = make_prune_config(granularity="filter", sparsity=ratio, ratios=ratios, cfg=cfg,
                                macs_target=macs_target, criterion=criterion, scope=scope, seed=seed,
-                               exclude=list(exclude))
+                               exclude=list(exclude), latency_target=latency_target, round_to=round_to)
     config.check_target()
     get_criterion(config.criterion)
     return config
@@ -174,7 +178,8 @@ def channel_target(ratio: float | None = None, ratios: dict | None = None, cfg: 
 def plan_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
                   ratios: dict | None = None, cfg: list | None = None, macs_target: float | None = None,
                   criterion: str = "l1", scope: str | None = None, seed: int = 0,
-                  exclude: list[str] = ()) -> ChannelPlan:
+                  exclude: list[str] = (), latency_target: float | None = None, round_to: int | None = None,
+                  latency=None) -> ChannelPlan:
     """Choose the channels to remove and prove the choice on a copy; ``model`` is not modified.
 
     Allocation arguments as :func:`prune_channels`. The plan is checked by cutting a copy and comparing it
@@ -182,25 +187,31 @@ def plan_channels(model: nn.Module, example_inputs: Any = None, ratio: float | N
     computes turns out to be a literal (a channel shuffle or split written with fixed sizes), the model is
     traced again with those channels kept. Raises PrunekitError when no exact plan exists.
     """
-    target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude)
-    return _plan(model, as_inputs(model, example_inputs), lambda graph: select_channels(model, graph, target),
-                 target)[0]
+    target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude, latency_target,
+                            round_to)
+    return _plan(model, as_inputs(model, example_inputs),
+                 lambda graph: select_channels(model, graph, target, latency=latency), target)[0]
 
 
 def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | None = None,
                    ratios: dict | None = None, criterion: str = "l1", scope: str | None = None,
                    cfg: list | None = None, macs_target: float | None = None, seed: int = 0,
-                   plan: ChannelPlan | None = None, exclude: list[str] = ()) -> nn.Module:
+                   plan: ChannelPlan | None = None, exclude: list[str] = (), latency_target: float | None = None,
+                   round_to: int | None = None, latency=None, batches=None) -> nn.Module:
     """Remove whole conv filters (and everything coupled to them) from ``model``, in place; return it.
 
     Works on any model whose forward runs on ``example_inputs`` (a tensor or tuple; default one CIFAR
     image). Give exactly one of ``ratio``, ``ratios`` (per-conv fractions, e.g. from a YAML file;
     ``default`` allowed; a group uses the ratio of its first named producing conv), ``cfg`` (VGG widths)
-    or ``macs_target`` (fraction of MACs to keep); or a ``plan`` from :func:`plan_channels`.
+    or ``macs_target`` (fraction of MACs to keep) or ``latency_target`` (fraction of the dense latency that
+    ``latency``, a :class:`prunekit.measure.latency.LatencyTable` of ``model``, predicts; ``round_to`` N
+    makes every width a multiple of N; :func:`prunekit.prune.latency.prune_to_latency` also measures and
+    corrects); or a ``plan`` from :func:`plan_channels`.
     ``criterion``: a name in :data:`prunekit.prune.importance.CRITERIA` (``random`` is seeded by ``seed``);
     ``scope``: ``layer`` (same fraction per group; the default for filters, see
     :class:`prunekit.config.PruneConfig`) or ``global`` (one normalised ranking). ``exclude``: conv names or
-    glob patterns whose groups ``ratio`` leaves whole (e.g. the last conv).
+    glob patterns whose groups ``ratio`` leaves whole (e.g. the last conv). ``batches``: labelled batches for a
+    data-driven criterion (``taylor``).
 
     Never returns a silently different model: a pruned copy is checked against the masked twin and only
     then swapped into ``model``; on any mismatch a PrunekitError names the first diverging layer and
@@ -208,14 +219,17 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
     (masks made permanent, affected layers get new, smaller parameters: rebuild any optimizer).
     """
     if plan is None:
-        target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude)
+        target = channel_target(ratio, ratios, cfg, macs_target, criterion, scope, seed, exclude, latency_target,
+                                round_to)
         plan, pruned = _plan(model, as_inputs(model, example_inputs),
-                             lambda graph: select_channels(model, graph, target), target)
-        if not plan.removed and _asks_for_removal(ratio, ratios, cfg, macs_target):
+                             lambda graph: select_channels(model, graph, target, batches=batches, latency=latency),
+                             target)
+        if not plan.removed and _asks_for_removal(ratio, ratios, cfg, macs_target, latency_target):
             warnings.warn(_nothing_removed(plan), stacklevel=2)
     else:
-        if any(t is not None for t in (ratio, ratios, cfg, macs_target)):
-            raise PrunekitError("prune_channels: give a plan or a target (ratio, ratios, cfg, macs_target), not "
+        if any(t is not None for t in (ratio, ratios, cfg, macs_target, latency_target)):
+            raise PrunekitError("prune_channels: give a plan or a target (ratio, ratios, cfg, macs_target, "
+                                "latency_target), not "
                                 "both: the plan fixed its channels when plan_channels made it")
         pruned = _apply_plan(model, plan)
     return _swap_in(model, pruned)
@@ -247,13 +261,13 @@ def _shape_text(shape: tuple[int, ...] | None) -> str:
     return "absent" if shape is None else "×".join(map(str, shape)) or "scalar"
 
 
-def _asks_for_removal(ratio, ratios, cfg, macs_target) -> bool:
+def _asks_for_removal(ratio, ratios, cfg, macs_target, latency_target=None) -> bool:
     """True unless the target removes nothing by definition (ratio 0, a ratio file of zeros)."""
     if ratio is not None:
         return ratio > 0
     if ratios is not None:
         return any(r > 0 for r in ratios.values())
-    return cfg is not None or macs_target is not None
+    return cfg is not None or macs_target is not None or (latency_target is not None and latency_target < 1)
 
 
 def _nothing_removed(plan: ChannelPlan) -> str:
@@ -327,7 +341,7 @@ def _reuse_script_blocks(model: nn.Module, pruned: nn.Module) -> None:
 
 
 def filter_masks(model: nn.Module, example_inputs: Any, config: PruneConfig, progress: float = 1.0,
-                 batches=None) -> Masks:
+                 batches=None, latency=None) -> Masks:
     """Masks for filter pruning: the shapes stay, the removed channels become exactly zero everywhere.
 
     For every removed channel the masks zero the producing conv weight rows (and biases), depthwise rows
@@ -338,7 +352,9 @@ def filter_masks(model: nn.Module, example_inputs: Any, config: PruneConfig, pro
     ``config``: granularity ``filter`` with exactly one of ``sparsity`` (fraction of conv filters; scope
     layer or global), ``ratios``, ``cfg`` or ``macs_target``; ``criterion`` and ``seed``. ``progress`` ∈ (0, 1]
     is the fraction of an iterative schedule done: the removed fraction is ``round_fraction(target,
-    progress)`` for sparsity/ratios, a linear interpolation of channel counts for cfg/macs_target.
+    progress)`` for sparsity/ratios, a linear interpolation of channel counts for cfg/macs_target/latency_target.
+    A ``latency_target`` uses ``latency`` (a latency table of ``model``), else builds one of the model as
+    deployed (CPU, 1 thread, batch 1; from the cache when there; see :mod:`prunekit.measure.latency`).
     An already masked model is fine: zeroed channels score 0 and stay removed, so masks only shrink.
     Does not modify ``model``.
     """
@@ -349,7 +365,11 @@ def filter_masks(model: nn.Module, example_inputs: Any, config: PruneConfig, pro
     config.check_target()
     get_criterion(config.criterion)
     graph = trace_channels(model, example_inputs)
-    removed = select_channels(model, graph, config, progress, batches)
+    if config.latency_target is not None and latency is None:
+        from prunekit.measure.latency import build_latency_table
+
+        latency = build_latency_table(permanent_copy(model))
+    removed = select_channels(model, graph, config, progress, batches, latency)
     return channel_masks(model, graph, removed)
 
 

@@ -275,7 +275,8 @@ def hardware_line(comparison: Comparison) -> str:
     s = comparison.settings
     if not s.timing:
         return f"{comparison.hardware or s.device} (timing skipped)"
-    text = f"{comparison.hardware or s.device}, timed on {', '.join(s.devices)} with {comparison.threads} thread(s)"
+    text = (f"{comparison.hardware or s.device}, timed on {', '.join(s.devices)} in {', '.join(s.runtimes)} with "
+            f"{comparison.threads} thread(s)")
     missing = [f"{d}: {why}" for d, why in (comparison.unavailable or {}).items()]
     return text + (f" ({'; '.join(missing)})" if missing else "")
 
@@ -286,7 +287,7 @@ def summary_html(comparison: Comparison) -> str:
     items = [f"<li><b>{html.escape(str(r['model']))}</b>: {html.escape(model_sentence(r, rows[0]))}</li>"
              for r in rows]
     busy = comparison.warnings()[:1] if comparison.busy else []  # per-row noise is in the sentences
-    warnings = "".join(f'<p class="noisy">{html.escape(line)}</p>' for line in busy)
+    warnings = "".join(f'<p class="noisy">{html.escape(line)}</p>' for line in busy + comparison.flagged())
     return (f'<div class="summary"><p><b>Data:</b> {html.escape(data_line(comparison))} · '
             f"<b>Hardware:</b> {html.escape(hardware_line(comparison))}</p><ul>{''.join(items)}</ul>"
             f"{warnings}</div>")

@@ -39,12 +39,16 @@ DISPLAY_COLUMNS = [
     ("compact ÷", "compact_reduction", "ratio"), ("mem ÷", "memory_reduction", "ratio"),
 ]
 TIMING_COLUMNS = [("latency ms [IQR]", "latency_ms", "latency"), ("img/s", "throughput_ips", "rate"),
-                  ("speed-up", "speedup", "speedup")]
+                  ("speed-up", "speedup", "speedup"), ("efficiency", "efficiency", "ratio")]
 #: The narrow table that fits a 1280 px page (the report's first table; the full one follows).
 SUMMARY_COLUMNS = [("model", "model", "text"), ("top-1 %", "top1", "pct"), ("Δ top-1", "top1_delta", "points"),
                    ("MACs", "macs", "count"), ("MACs ÷", "macs_reduction", "ratio"), ("weights", "weights_bytes", "bytes"),
                    ("weights ÷", "weights_reduction", "ratio"), ("compact ÷", "compact_reduction", "ratio")]
 NOISY_MARK = "noisy"
+#: Beside the speed-up of a model measured slower than the first one (never hidden).
+SLOWER_MARK = "SLOWER"
+#: In the timing cells of a model the runtime could not run (the reason is in the warnings under the table).
+UNTIMED_MARK = "not run"
 
 
 def format_bytes(n: int | None) -> str:
@@ -89,7 +93,8 @@ def format_cell(row: dict, key: str, kind: str, unavailable: str | None = None) 
         suffix = key.removeprefix("speedup")
         q1, q3 = row.get(f"speedup_q1{suffix}"), row.get(f"speedup_q3{suffix}")
         text = f"{value:.2f}× [{q1:.2f}–{q3:.2f}]" if q1 is not None and q3 is not None else f"{value:.2f}×"
-        return text + (f" {NOISY_MARK}" if row.get(f"noise{suffix}") else "")
+        marks = [mark for mark, flag in ((SLOWER_MARK, "slower"), (NOISY_MARK, "noise")) if row.get(flag + suffix)]
+        return " ".join([text, *marks])
     if kind == "rate":
         return f"{value:,.0f}"
     if kind == "ratio":
@@ -98,14 +103,14 @@ def format_cell(row: dict, key: str, kind: str, unavailable: str | None = None) 
 
 
 def table_columns(comparison: Comparison, base=DISPLAY_COLUMNS) -> list[tuple[str, str, str]]:
-    """``base`` with the timing columns of every timed device inserted after ``peak mem`` (summary: after
-    ``MACs ÷``); headings carry the device when there are several."""
+    """``base`` with the timing columns of every timed runtime × device (``settings.targets``) inserted after
+    ``peak mem`` (summary: after ``MACs ÷``); headings carry the runtime / device when there are several."""
     s = comparison.settings
-    devices = s.devices if s.timing else []
+    targets = s.targets if s.timing else []
     timing = []
-    for device in devices:
-        tag = f" {device}" if len(devices) > 1 else ""
-        suffix = f"_{device}" if len(devices) > 1 else ""
+    for target in targets:
+        tag = f" {target.tag}" if target.tag else ""
+        suffix = target.suffix if len(targets) > 1 else ""
         timing += [(h.replace("img/s", f"img/s @{s.batch_size}") + tag, k + suffix, kind)
                    for h, k, kind in TIMING_COLUMNS]
     anchor = next(i for i, c in enumerate(base) if c[0] in ("peak mem", "MACs ÷")) + 1
@@ -123,15 +128,22 @@ def display_rows(comparison: Comparison, base=DISPLAY_COLUMNS) -> list[dict]:
     unavailable = comparison.unavailable or {}
     first_top1 = comparison.rows[0].get("top1") if comparison.rows else None
 
+    timed_keys = {k for _, k, _ in TIMING_COLUMNS}
+    first = comparison.settings.targets[0].suffix[1:]
+
     def missing(key: str) -> str | None:
-        return next((why for device, why in unavailable.items() if key.endswith(f"_{device}")
-                     or (key in ("latency_ms", "throughput_ips", "speedup")
-                         and device == comparison.settings.devices[0])), None)
+        return next((why for where, why in unavailable.items() if key.endswith(f"_{where}")
+                     or (key in timed_keys and where == first)), None)
+
+    def untimed(row: dict, key: str) -> str | None:
+        base = next((k for k in timed_keys if key.startswith(k)), None)
+        return UNTIMED_MARK if base and row.get("untimed" + key.removeprefix(base)) else None
 
     rows = [{**row, "top1_delta": row["top1"] - first_top1 if None not in (row.get("top1"), first_top1) else None}
             for row in comparison.rows]
     columns = [c for c in columns if any(row.get(c[1]) is not None for row in rows) or missing(c[1])]
-    return [{heading: format_cell(row, key, kind, missing(key)) for heading, key, kind in columns} for row in rows]
+    return [{heading: format_cell(row, key, kind, missing(key) or untimed(row, key)) for heading, key, kind in columns}
+            for row in rows]
 
 
 def summary_rows(comparison: Comparison) -> list[dict]:

@@ -41,7 +41,7 @@ class Runtime:
 
 RUNTIMES: dict[str, Runtime] = {}
 #: Modules that register the built-in runtimes when imported (see :func:`get_runtime`).
-_BUILTIN = ("prunekit.runtime.eager", "prunekit.runtime.sparse")
+_BUILTIN = ("prunekit.runtime.eager", "prunekit.runtime.onnxruntime", "prunekit.runtime.sparse")
 
 
 def register_runtime(runtime: Runtime) -> Runtime:
