@@ -1,4 +1,5 @@
-"""The package's layering, read from the source: imports between subpackages point one way."""
+"""The package's layering, read from the source: imports between subpackages point one way, and no two
+modules import each other, directly or around a longer cycle."""
 
 from __future__ import annotations
 
