@@ -1,4 +1,5 @@
-"""The package's layering, read from the source: imports between subpackages point one way."""
+"""The package's layering, read from the source: imports between subpackages point one way, and no two
+modules import each other, directly or around a longer cycle."""
 
 from __future__ import annotations
 
@@ -64,3 +65,97 @@ def test_layers_point_one_way():
     assert not graph["checkpoint"] & {"prune", "export", "train", "measure", "analysis", "report", "cli"}
     assert not graph["analysis"] & {"report", "cli", "experiment"}
     assert graph["report"] <= {"analysis", "atomic", "errors"}, "report only renders"
+
+
+def module_name(path: Path) -> str:
+    """``.../prunekit/prune/graph.py`` -> ``prunekit.prune.graph``; a package's ``__init__.py`` -> the package."""
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(node: ast.AST, package: str, modules: set[str]) -> list[str]:
+    """The package modules one import statement loads: ``import a.b`` -> ``a.b``; ``from a import b`` ->
+    ``a.b`` when that is a module, else ``a``; relative imports resolved against ``package``."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = node.module or ""
+    if node.level:
+        parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join(parts + ([node.module] if node.module else []))
+    return [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+
+
+def module_graph() -> dict[str, dict[str, int]]:
+    """{module: {package module it imports: line of the first such import}}, from every import statement
+    anywhere in its file (lazy ones and ``TYPE_CHECKING`` ones too)."""
+    paths = {module_name(path): path for path in ROOT.rglob("*.py")}
+    graph: dict[str, dict[str, int]] = {}
+    for module, path in paths.items():
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        edges = graph.setdefault(module, {})
+        for node in ast.walk(ast.parse(path.read_text())):
+            for target in imported_modules(node, package, set(paths)):
+                if target in paths and target != module:
+                    edges[target] = min(edges.get(target, node.lineno), node.lineno)
+    return graph
+
+
+def strongly_connected(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """Tarjan's strongly connected components of ``graph`` that hold more than one module, each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, {}):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_strongly_connected_finds_exactly_the_cycles():
+    graph = {"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1, "d": 1}, "d": {"e": 1}, "e": {"d": 1}, "f": {"a": 1}}
+    assert sorted(strongly_connected(graph)) == [["a", "b", "c"], ["d", "e"]]
+    assert strongly_connected({"a": {"b": 1}, "b": {}, "c": {"a": 1, "b": 1}}) == []
+
+
+def test_import_edges_resolve_modules_and_packages():
+    modules = {"prunekit", "prunekit.train", "prunekit.train.loop", "prunekit.train.distributed"}
+    edges = [imported_modules(ast.parse(source).body[0], "prunekit.train", modules) for source in (
+        "from prunekit.train import distributed, fit", "from . import distributed",
+        "import prunekit.train.distributed as d", "from .loop import fit")]
+    assert edges == [["prunekit.train.distributed", "prunekit.train"], ["prunekit.train.distributed"],
+                     ["prunekit.train.distributed"], ["prunekit.train.loop"]]
+
+
+def test_no_import_cycle_between_modules():
+    graph = module_graph()
+    cycles = strongly_connected(graph)
+    described = ["; ".join(f"{a} -> {b} (line {line})" for a in cycle for b, line in sorted(graph[a].items())
+                           if b in cycle) for cycle in cycles]
+    assert not cycles, "modules on an import cycle: " + " | ".join(
+        f"{cycle}: {edges}" for cycle, edges in zip(cycles, described))

@@ -13,7 +13,7 @@ from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.errors import PrunekitError
 from prunekit.models.shapes import channel_config, has_shape_record
 from prunekit.prune.channels import prune_channels
-from prunekit.prune.handlers import LAYERS, LayerHandler, register_layer
+from prunekit.prune.layer_handlers import LAYERS, LayerHandler, register_layer
 
 BN1D_NET = textwrap.dedent('''
     import torch

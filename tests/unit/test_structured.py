@@ -523,16 +523,16 @@ def test_cli_prune_channels_then_shrink_masked_checkpoint(tiny_vgg, tmp_path, ca
 
 
 def test_self_check_catches_a_corrupted_surgery_and_leaves_the_model_alone(monkeypatch):
-    from prunekit.prune import handlers
+    from prunekit.prune import layer_handlers
 
     model = randomise_bn(ConvBnConv())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    original = handlers._BatchNorm.shrink
+    original = layer_handlers._BatchNorm.shrink
 
     def corrupted(self, bn, keep):  # keeps the right count of channels, but the wrong ones
         return original(self, bn, {"bn": sorted((i + 1) % bn.num_features for i in keep["bn"])})
 
-    monkeypatch.setattr(handlers._BatchNorm, "shrink", corrupted)
+    monkeypatch.setattr(layer_handlers._BatchNorm, "shrink", corrupted)
     with pytest.raises(PrunekitError, match="first at layer 'bn1'"):
         prune_channels(model, X[:1, :2], ratio=0.34)
     assert model.conv1.out_channels == 3 and model.bn1.num_features == 3

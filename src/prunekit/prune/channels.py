@@ -42,8 +42,9 @@ from torch import nn
 from prunekit.config import PruneConfig, make_prune_config
 from prunekit.errors import PrunekitError
 from prunekit.prune.allocate import estimate_macs, repair, select_channels
-from prunekit.prune.graph import ChannelGraph, as_inputs, parse_param_role, trace_channels
-from prunekit.prune.handlers import handler_for, param_zero_entries
+from prunekit.prune.graph import ChannelGraph, as_inputs, trace_channels
+from prunekit.prune.layer_handlers import handler_for, param_zero_entries
+from prunekit.prune.trace_state import parse_param_role
 from prunekit.prune.importance import effective_tensor, get_criterion, zeroed_channels
 from prunekit.masking import Masks, apply_masks, make_permanent, permanent_copy
 from prunekit.prune.surgery import remove_channels

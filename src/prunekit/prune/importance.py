@@ -40,8 +40,9 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.masking import effective_tensor as forward_tensor
-from prunekit.prune.graph import ChannelGraph, parse_param_role
-from prunekit.prune.handlers import handler_for
+from prunekit.prune.graph import ChannelGraph
+from prunekit.prune.layer_handlers import handler_for
+from prunekit.prune.trace_state import parse_param_role
 
 Criterion = Callable[[nn.Module, ChannelGraph, int], dict[int, float]]
 CRITERIA: dict[str, Criterion] = {}

@@ -1,9 +1,9 @@
 """Physical channel removal: shrink modules in place so removed channels no longer exist.
 
-Each module is cut by its handler in :mod:`prunekit.prune.handlers` (Conv2d rows/columns/groups,
+Each module is cut by its handler in :mod:`prunekit.prune.layer_handlers` (Conv2d rows/columns/groups,
 ConvTranspose2d, BatchNorm, Linear rows/columns, ZeroPadShortcut ``source_index``); per-channel parameters
 a forward uses directly (a functional norm's γ, β and statistics, a layer scale) are cut by
-:func:`prunekit.prune.handlers.shrink_parameters`. No module type is
+:func:`prunekit.prune.layer_handlers.shrink_parameters`. No module type is
 added, so :func:`prunekit.models.channel_config` still describes the model.
 """
 
@@ -14,8 +14,9 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.masking import masked_names
 from prunekit.models.shapes import set_split_sizes
-from prunekit.prune.graph import ChannelGraph, parse_param_role
-from prunekit.prune.handlers import handler_for, shrink_parameters
+from prunekit.prune.graph import ChannelGraph
+from prunekit.prune.layer_handlers import handler_for, shrink_parameters
+from prunekit.prune.trace_state import parse_param_role
 
 
 def kept_indices(graph: ChannelGraph, removed: set[int]) -> dict[tuple[str, str], list[int]]:

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.prune.graph import ChannelGraph, tensors_in
+from prunekit.prune.graph import ChannelGraph
+from prunekit.prune.trace_state import tensors_in
 
 RELATIVE_TOLERANCE = 1e-6  # in float64; a real surgery error is many orders of magnitude larger
 

@@ -20,9 +20,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import prunekit.paths as paths
+import prunekit.train.distributed as distributed
 from prunekit.config import TrainConfig
 from prunekit.data import DataBundle, DeviceLoader
-from prunekit.train import distributed
 from prunekit.train.callbacks import Callback, SlimmingRegularizer
 from prunekit.train.optim import make_optimizer, make_scheduler
 from prunekit.train.state import TrainState

@@ -1,14 +1,11 @@
-"""The one registry of what each layer and op does to channels: tracing, masking and surgery read it.
+"""The registry of torch ops: what each op a forward pass runs does to channels when traced.
 
-Layers (``LAYERS``, by module type; :func:`register_layer` adds one) are the modules prunekit resizes:
-each :class:`LayerHandler` says how a call maps channels (``trace``), which parameter entries carry an
-output channel (``zero_entries``, the masked twin and the zero test) and how to cut the module
-(``shrink``). Ops (``OPS``, by plain torch function name; :func:`register_op` adds one) are everything
-else a forward pass runs; a layer subclass with its own forward is traced op by op (its functional
-``batch_norm``, ``group_norm``, ``linear``, ``conv2d`` on its own parameters) but resized like its base
-(:func:`handler_for`), and per-channel parameters a forward uses directly are cut by
-:func:`shrink_parameters`. An op or layer with no entry pins the channels it touches (they are kept),
-with its name and layer in the reason, so an unknown op never yields a wrong model.
+Ops (``OPS``, by plain torch function name, e.g. ``add``, ``view``, ``getitem``; :func:`register_op` adds
+one) are everything a forward pass runs outside the layers of :mod:`prunekit.prune.layer_handlers`. Each
+handler ``fn(walker, name, args, kwargs, result)`` gives the op's outputs their channel layout and couples,
+reads or pins channels through the :class:`~prunekit.prune.trace_state.Walker`. An op with no entry pins the
+channels it touches (they are kept), with its name and layer in the reason (:func:`unknown`), so an unknown
+op never yields a wrong model. ``METADATA`` ops (``size``, ``shape``, ...) only read metadata.
 """
 
 from __future__ import annotations
@@ -20,342 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunekit.errors import PrunekitError
-from prunekit.models import ZeroPadShortcut
-from prunekit.models.shapes import has_shape_record
-from prunekit.prune.graph import Layout, ModuleCall, Walker, parse_param_role, tensors_in
-
-# --------------------------------------------------------------------------- layers
-
-
-class LayerHandler:
-    """How one module type carries channels. Subclasses set ``types`` and override what applies."""
-
-    types: tuple[type, ...] = ()
-
-    def accepts(self, module: nn.Module) -> bool:
-        """Only the stock forward: a subclass with its own forward is traced op by op instead."""
-        return any(type(module).forward is t.forward for t in self.types)
-
-    def resizes(self, module: nn.Module) -> bool:
-        """Any instance, own forward or not: a subclass keeps the parameters (and shapes) of its base."""
-        return isinstance(module, self.types)
-
-    def trace(self, w: Walker, name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
-        raise NotImplementedError
-
-    def zero_entries(self, module: nn.Module, role: str, index: int) -> list[tuple[str, tuple]]:
-        """``[(parameter name, index into it)]`` holding output channel ``index`` of ``role``."""
-        return []
-
-    def shrink(self, module: nn.Module, keep: dict[str, list[int]]) -> nn.Module | None:
-        """Cut ``module`` to the indices ``keep[role]``, in place; or return a replacement module."""
-        raise PrunekitError(f"{type(module).__name__} cannot be resized")
-
-    def rows(self, weight: torch.Tensor) -> torch.Tensor:
-        """``weight`` as one row per output channel (filter norms, zero tests)."""
-        return weight.reshape(weight.shape[0], -1)
-
-
-LAYERS: list[LayerHandler] = []
-
-
-def register_layer(handler: LayerHandler) -> LayerHandler:
-    """Add ``handler`` to the layer registry (later registrations win); returns it. A handler of a type that
-    :mod:`prunekit.models.shapes` does not record is refused: its pruned widths would not survive save/load."""
-    unrecorded = [t.__name__ for t in handler.types if not has_shape_record(t)]
-    if unrecorded:
-        raise PrunekitError(f"{type(handler).__name__} resizes {', '.join(unrecorded)}, which "
-                            "prunekit.models.shapes does not record; add a shape record (_KINDS and a builder) "
-                            "so a pruned model rebuilds from its checkpoint")
-    LAYERS.insert(0, handler)
-    return handler
-
-
-def layer_handler(module: nn.Module) -> LayerHandler | None:
-    """The handler of ``module``'s type, or None (its ops are traced one by one)."""
-    if isinstance(module, torch.jit.ScriptModule):
-        return OPAQUE
-    return next((h for h in LAYERS if h.accepts(module)), None)
-
-
-def _keep(module: nn.Module, name: str, dim: int, indices: list[int]) -> None:
-    """Replace parameter or buffer ``name`` of ``module`` (if set) by its entries ``indices`` along ``dim``.
-
-    A parameter becomes a new ``nn.Parameter`` (same ``requires_grad``), a buffer a new tensor."""
-    value = getattr(module, name, None)
-    if value is None:
-        return
-    kept = value.detach().index_select(dim, torch.tensor(indices, dtype=torch.long, device=value.device)).clone()
-    if isinstance(value, nn.Parameter):
-        kept = nn.Parameter(kept, requires_grad=value.requires_grad)
-    setattr(module, name, kept)
-
-
-def _input(w: Walker, name: str, x: Any) -> Layout | None:
-    layout = w.known(x)
-    if layout is not None and layout.dims != (1,):
-        w.pin(layout, name, "its input's channel axis is split (a view) where it is read")
-        return None
-    return layout
-
-
-class _Conv(LayerHandler):
-    """Conv2d. groups = 1: filters are new channels. One input per group (depthwise, channel multiplier):
-    whole groups go, so output channels join their input channel. Other groups: every group keeps the
-    same width, so position p of every group is one channel (inputs and outputs alike)."""
-
-    types = (nn.Conv2d,)
-
-    def trace(self, w, name, conv, inputs, output):
-        x = _input(w, name, inputs[0])
-        w.calls.append(ModuleCall(name, "conv", output.shape[-1] * output.shape[-2]))
-        per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
-        if conv.groups > 1 and per_in == 1:
-            x = x if x is not None else w.fresh(inputs[0], "fixed")
-            out = []
-            for k in range(conv.out_channels):
-                atom = w.atoms.new("producer")
-                w.atoms.union(atom, x.flat[k // per_out])
-                w.register(name, "depthwise", k, atom)
-                out.append(atom)
-        else:
-            for i, atom in enumerate(x.flat if x is not None else ()):
-                w.register(name, "conv_in", i, atom)
-                if i >= per_in:
-                    w.atoms.union(atom, x.flat[i % per_in])
-            w.read(x)
-            out = w.conv_outputs(name, conv.out_channels)
-            for k in range(per_out, conv.out_channels):
-                w.atoms.union(out[k], out[k % per_out])
-        w.producer_of[id(output)] = name
-        w.outputs[name] = list(out)
-        w.set(output, Layout((1,), np.array(out, dtype=np.int64)))
-
-    def zero_entries(self, conv, role, index):
-        return [("weight", (index,)), ("bias", (index,))]
-
-    def shrink(self, conv, keep):
-        per_in, multiplier = conv.in_channels // conv.groups, conv.out_channels // conv.groups
-        rows = keep.get("depthwise", keep.get("conv_out"))
-        if rows is not None:
-            _keep(conv, "weight", 0, rows)
-            _keep(conv, "bias", 0, rows)
-            conv.out_channels = len(rows)
-            if "depthwise" in keep:  # whole groups went: one input channel per group
-                conv.in_channels = conv.groups = len(rows) // multiplier
-        if "conv_in" in keep:  # every group keeps the same positions
-            _keep(conv, "weight", 1, [i for i in keep["conv_in"] if i < per_in])
-            conv.in_channels = len(keep["conv_in"])
-        return None
-
-
-class _ConvTranspose(LayerHandler):
-    """ConvTranspose2d with groups = 1: weight is (in, out, kH, kW), so filters are its columns."""
-
-    types = (nn.ConvTranspose2d,)
-
-    def trace(self, w, name, conv, inputs, output):
-        if conv.groups != 1:
-            return OPAQUE.trace(w, name, conv, inputs, output, why="a grouped ConvTranspose2d is not resized")
-        x = _input(w, name, inputs[0])
-        w.calls.append(ModuleCall(name, "conv", inputs[0].shape[-1] * inputs[0].shape[-2]))
-        for i, atom in enumerate(x.flat if x is not None else ()):
-            w.register(name, "conv_in", i, atom)
-        w.read(x)
-        out = w.conv_outputs(name, conv.out_channels)
-        w.outputs[name] = list(out)
-        w.set(output, Layout((1,), np.array(out, dtype=np.int64)))
-
-    def zero_entries(self, conv, role, index):
-        return [("weight", (slice(None), index)), ("bias", (index,))]
-
-    def rows(self, weight):
-        return weight.transpose(0, 1).flatten(1)
-
-    def shrink(self, conv, keep):
-        if "conv_out" in keep:
-            _keep(conv, "weight", 1, keep["conv_out"])
-            _keep(conv, "bias", 0, keep["conv_out"])
-            conv.out_channels = len(keep["conv_out"])
-        if "conv_in" in keep:
-            _keep(conv, "weight", 0, keep["conv_in"])
-            conv.in_channels = len(keep["conv_in"])
-        return None
-
-
-class _BatchNorm(LayerHandler):
-    """BatchNorm1d/2d: per-channel; with γ and β zeroed the output is exactly zero."""
-
-    types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
-
-    def trace(self, w, name, bn, inputs, output):
-        x = _input(w, name, inputs[0])
-        if x is None:
-            return
-        for index, atom in enumerate(x.flat):
-            w.register(name, "bn", index, atom)
-        producer = w.producer_of.get(id(inputs[0]))
-        if producer is not None:
-            w.bn_after.setdefault(producer, name)
-        out = w.new_op("producer" if bn.affine else "never", [x])
-        w.outputs[name] = out.flat
-        w.set(output, out)
-
-    def zero_entries(self, bn, role, index):
-        return [("weight", (index,)), ("bias", (index,))]
-
-    def shrink(self, bn, keep):
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            _keep(bn, name, 0, keep["bn"])
-        bn.num_features = len(keep["bn"])
-        return None
-
-
-class _Linear(LayerHandler):
-    """Linear on (N, F): input features are channels (after a flatten, H*W per channel); its outputs are
-    channels too (an SE gate's expanding layer); they are never filters. Linear on the channel axis of a
-    channels-last tensor ((N, H, W, C), (N, L, C)) is a 1x1 convolution: its outputs are filters."""
-
-    types = (nn.Linear,)
-
-    def trace(self, w, name, linear, inputs, output):
-        x = w.known(inputs[0])
-        ndim = inputs[0].dim()
-        if ndim > 2 and x.dims == (ndim - 1,):
-            return self._trace_per_position(w, name, linear, inputs[0], output, x)
-        if ndim != 2:
-            w.pin(x, name, f"Linear on a {ndim}-d tensor acts on its last axis, not on channels")
-            w.calls.append(ModuleCall(name, "linear", math.prod(inputs[0].shape[1:-1])))
-            w.set(output, w.fresh(output, "fixed"))
-            return
-        w.calls.append(ModuleCall(name, "linear", 1))
-        for index, atom in enumerate(x.flat):
-            w.register(name, "linear_in", index, atom)
-        w.read(x)
-        out = [w.atoms.new("producer") for _ in range(linear.out_features)]
-        for index, atom in enumerate(out):
-            w.register(name, "linear_out", index, atom)
-        w.set(output, Layout((1,), np.array(out, dtype=np.int64)))
-
-    @staticmethod
-    def _trace_per_position(w, name, linear, x_tensor, output, x):
-        w.calls.append(ModuleCall(name, "linear", math.prod(x_tensor.shape[1:-1])))
-        for index, atom in enumerate(x.flat):
-            w.register(name, "conv_in", index, atom)
-        w.read(x)
-        out = w.conv_outputs(name, linear.out_features)
-        w.producer_of[id(output)] = name  # no w.outputs: the self-check compares layer outputs on axis 1
-        w.set(output, Layout((output.dim() - 1,), np.array(out, dtype=np.int64)))
-
-    def zero_entries(self, linear, role, index):
-        return [("weight", (index,)), ("bias", (index,))]
-
-    def shrink(self, linear, keep):
-        rows, columns = keep.get("linear_out", keep.get("conv_out")), keep.get("linear_in", keep.get("conv_in"))
-        if rows is not None:
-            _keep(linear, "weight", 0, rows)
-            _keep(linear, "bias", 0, rows)
-            linear.out_features = len(rows)
-        if columns is not None:
-            _keep(linear, "weight", 1, columns)
-            linear.in_features = len(columns)
-        return None
-
-
-class _Shortcut(LayerHandler):
-    """ZeroPadShortcut: output j copies input ``source_index[j]`` (a dependency) or is zero."""
-
-    types = (ZeroPadShortcut,)
-
-    def trace(self, w, name, shortcut, inputs, output):
-        x = _input(w, name, inputs[0]) or w.fresh(inputs[0], "fixed")
-        for index, atom in enumerate(x.flat):
-            w.register(name, "shortcut_in", index, atom)
-        out = []
-        for j, source in enumerate(shortcut.source_index):
-            atom = w.atoms.new("zero") if source < 0 else w.atoms.new("copy", (x.flat[source],))
-            w.register(name, "shortcut_out", j, atom)
-            out.append(atom)
-        w.outputs[name] = list(out)
-        w.set(output, Layout((1,), np.array(out, dtype=np.int64)))
-
-    def shrink(self, shortcut, keep):
-        kept_inputs = keep.get("shortcut_in", list(range(shortcut.in_channels)))
-        kept_outputs = keep.get("shortcut_out", list(range(shortcut.out_channels)))
-        new_position = {old: new for new, old in enumerate(kept_inputs)}
-        source_index = [new_position.get(shortcut.source_index[j], -1) for j in kept_outputs]
-        new = ZeroPadShortcut(len(kept_inputs), len(source_index), shortcut.stride, source_index)
-        return new.to(shortcut.gather_index.device).train(shortcut.training)
-
-
-class _Opaque(LayerHandler):
-    """A TorchScript block (its ops are compiled, so no recorder sees them): channels in and out are kept."""
-
-    def accepts(self, module):
-        return isinstance(module, torch.jit.ScriptModule)
-
-    def trace(self, w, name, module, inputs, output, why=None):
-        why = why or (f"TorchScript block ({getattr(module, 'original_name', type(module).__name__)}): its ops "
-                      "cannot be traced, so channels into and out of it are kept; script the model after pruning")
-        w.pin_inputs(inputs, name, why)
-        _fresh_outputs(w, tensors_in(output))
-
-
-OPAQUE = _Opaque()
-for _handler in (_Shortcut(), _BatchNorm(), _Linear(), _ConvTranspose(), _Conv()):
-    register_layer(_handler)
-
-
-def handler_for(module: nn.Module) -> LayerHandler:
-    """The handler that resizes ``module`` (by type, so a subclass with its own forward is resized like its
-    base); raises PrunekitError when there is none."""
-    handler = next((h for h in LAYERS if h.resizes(module)), None)
-    if handler is None:
-        raise PrunekitError(f"{type(module).__name__} has no channel handler")
-    return handler
-
-
-# --------------------------------------------------------------------------- per-channel parameters
-
-
-def param_zero_entries(role: str, index: int) -> list[tuple[str, tuple]]:
-    """``[(parameter, index)]`` the masked twin zeroes for entry ``index`` of a parameter role (none for a
-    cut-only role such as running statistics)."""
-    attr, dim, zeroed = parse_param_role(role)
-    return [(attr, (slice(None),) * dim + (index,))] if zeroed else []
-
-
-def shrink_parameters(module: nn.Module, keep: dict[str, list[int]]) -> None:
-    """Cut the per-channel parameters and buffers named by the parameter roles in ``keep`` (see
-    :func:`prunekit.prune.graph.param_role`) to the kept entries, in place, then update the size
-    attributes of a norm layer (``num_features``, ``num_channels`` and ``num_groups``, ``normalized_shape``)."""
-    before = _norm_sizes(module)
-    for role, indices in keep.items():
-        attr, dim, _ = parse_param_role(role)
-        _keep(module, attr, dim, indices)
-    _set_norm_sizes(module, before)
-
-
-def _norm_sizes(module: nn.Module) -> dict[str, Any]:
-    if isinstance(module, nn.GroupNorm):
-        return {"group_width": module.num_channels // module.num_groups}
-    return {}
-
-
-def _set_norm_sizes(module: nn.Module, before: dict[str, Any]) -> None:
-    tensor = next((getattr(module, a) for a in ("weight", "running_mean") if getattr(module, a, None) is not None),
-                  None)
-    if tensor is None:
-        return
-    if isinstance(module, nn.modules.batchnorm._NormBase):  # BatchNorm and InstanceNorm, subclasses included
-        module.num_features = tensor.shape[0]
-    elif isinstance(module, nn.GroupNorm):
-        module.num_channels = tensor.shape[0]
-        module.num_groups = tensor.shape[0] // before["group_width"]
-    elif isinstance(module, nn.LayerNorm):
-        module.normalized_shape = tuple(tensor.shape)
-
+from prunekit.prune.layer_handlers import CONV, LINEAR
+from prunekit.prune.trace_state import Layout, Walker, tensors_in
 
 # --------------------------------------------------------------------------- ops
 
@@ -383,20 +46,13 @@ def trace_op(w: Walker, name: str, args: tuple, kwargs: dict, result: Any) -> No
         unknown(w, name, args, kwargs, result, f"prunekit does not know how '{name}' uses channels")
 
 
-
-def _fresh_outputs(w: Walker, outputs: list[torch.Tensor]) -> None:
-    """Give ``outputs`` new, fixed channels (what an op makes from inputs prunekit does not follow)."""
-    for tensor in outputs:
-        w.set(tensor, w.fresh(tensor, "fixed"))
-
-
 def unknown(w: Walker, name: str, args: tuple, kwargs: dict, result: Any, why: str) -> None:
     """Pin every channel tensor the op reads; its outputs get new fixed channels."""
     for value in tensors_in(list(args) + list(kwargs.values())):
         layout = w.layout(value)
         if layout is not None and not set(layout.flat) <= w.pinned:
             w.pin(layout, f"'{name}' in layer '{w.where}'", why)
-    _fresh_outputs(w, tensors_in(result))
+    w.fresh_outputs(tensors_in(result))
 
 
 def _arg(args: tuple, kwargs: dict, position: int, key: str, default: Any = None) -> Any:
@@ -417,7 +73,7 @@ def _pass(w: Walker, name: str, args: tuple, kwargs: dict, result: Any, kind: st
     layout = w.layout(x)
     outputs = tensors_in(result)
     if layout is None:
-        return _fresh_outputs(w, outputs)
+        return w.fresh_outputs(outputs)
     if not outputs or not all(_same_channels(x, out, layout) for out in outputs):
         return unknown(w, name, args, kwargs, result, "it changes the channel axis")
     out_layout = layout if kind == "same" else w.new_op(kind, [layout])
@@ -631,7 +287,7 @@ def _split(w, name, args, kwargs, result):
     x, pieces = args[0], tensors_in(result)
     layout = w.layout(x)
     if layout is None:
-        return _fresh_outputs(w, pieces)
+        return w.fresh_outputs(pieces)
     dim = _dim(_arg(args, kwargs, 2, "dim", 0), x.dim())
     if layout.dims != (1,) or (dim == 1 and name == "tensor_split"):
         return unknown(w, name, args, kwargs, result, "it splits the channel axis at fixed indices")
@@ -810,7 +466,7 @@ def _reduce(w, name, args, kwargs, result):
     layout = w.layout(x)
     outputs = tensors_in(result)
     if layout is None or not isinstance(x, torch.Tensor):
-        return _fresh_outputs(w, outputs)
+        return w.fresh_outputs(outputs)
     if name in ("max", "min") and len(args) > 1 and isinstance(args[1], torch.Tensor):
         return _binary(w, name, args, kwargs, result, "never")  # elementwise max(x, y)
     dims = _reduce_dims(args, kwargs, x.dim()) if name != "norm" else _reduce_dims(args[1:], kwargs, x.dim())
@@ -824,7 +480,7 @@ def _reduce(w, name, args, kwargs, result):
         return None
     if name == "sum" and layout.dims == (1,):  # a sum over channels ignores zero channels exactly
         w.read(layout)
-        return _fresh_outputs(w, outputs)
+        return w.fresh_outputs(outputs)
     unknown(w, name, args, kwargs, result, f"'{name}' over the channel axis depends on how many channels there are")
 
 
@@ -856,7 +512,7 @@ def _linear(w, name, args, kwargs, result):
     layer = _own_layer(w, _arg(args, kwargs, 1, "weight"), nn.Linear)
     if layer is None or args[0].shape[-1] != layer[1].in_features:
         return unknown(w, name, args, kwargs, result, "prunekit does not know how 'linear' uses channels")
-    _Linear().trace(w, layer[0], layer[1], (args[0],), result)
+    LINEAR.trace(w, layer[0], layer[1], (args[0],), result)
 
 
 @register_op("conv2d")
@@ -870,7 +526,7 @@ def _conv2d(w, name, args, kwargs, result):
                                                       "standardisation, whose statistics span every input channel)")
     if layer is None or groups != layer[1].groups:
         return unknown(w, name, args, kwargs, result, "prunekit does not know how 'conv2d' uses channels")
-    _Conv().trace(w, layer[0], layer[1], (args[0],), result)
+    CONV.trace(w, layer[0], layer[1], (args[0],), result)
 
 
 @register_op("conv1d")
