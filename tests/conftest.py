@@ -29,6 +29,12 @@ def _fixed_threads(monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch, tmp_path_factory):
+    """Every test caches latency tables and sparse-kernel decisions in a fresh folder, never in ~/.cache."""
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def tiny_vgg():
     """A 4-conv VGG that trains in a second on CPU."""

@@ -20,7 +20,7 @@ def entry_point(script: Path) -> str | None:
     for node in ast.parse(script.read_text()).body:
         if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
             calls = [c.func.id for c in ast.walk(node) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)]
-            return next(name for name in calls if name not in {"exit", "print"})
+            return next(name for name in calls if name not in {"exit", "print", "SystemExit"})
     return None
 
 

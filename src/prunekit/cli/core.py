@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "single-threaded, steady on a busy machine; 0: torch's default)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
     p.add_argument("--runtime", default="eager", help="measure memory and time of the model as this runtime runs "
-                   "it, e.g. sparse (sparse kernels where faster, per layer) (default: %(default)s)")
+                   "it: {runtimes} (sparse: sparse kernels where they measure faster, per layer; default: %(default)s)")
     add_count_arg(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_profile)

@@ -9,7 +9,6 @@ the median of the timed ones) and scales them to the run's epochs, counting each
 
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 import time
@@ -19,6 +18,7 @@ from torch import nn
 
 from prunekit.config import TrainConfig
 from prunekit.data import DataBundle
+from prunekit.masking import permanent_copy
 
 #: Cost of evaluating an image relative to one training step on it (forward only, no backward).
 EVAL_COST = 1 / 3
@@ -27,8 +27,9 @@ EVAL_COST = 1 / 3
 def seconds_per_step(model: nn.Module, config: TrainConfig, device: torch.device, steps: int = 2,
                      image_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10) -> float:
     """Median wall seconds of one SGD step (forward, backward, update) at ``config.batch_size`` on a copy of
-    ``model``, after one untimed warm-up step. The model itself is left untouched."""
-    probe = copy.deepcopy(model).to(device).train()
+    ``model`` (masks made permanent: a masked model cannot be deep-copied), after one untimed warm-up step.
+    The model itself is left untouched."""
+    probe = permanent_copy(model).to(device).train()
     optimizer = torch.optim.SGD(probe.parameters(), lr=0.0)
     x = torch.randn(config.batch_size, *image_shape, device=device)
     y = torch.randint(0, num_classes, (config.batch_size,), device=device)
