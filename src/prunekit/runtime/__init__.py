@@ -56,9 +56,11 @@ def _load_builtin() -> None:
 
 
 def runtime_names() -> list[str]:
-    """Names of every registered runtime, built-in ones included, in registration order."""
+    """Names of every registered runtime: the built-in ones in :data:`_BUILTIN` order (whatever imported them
+    first), then the others in registration order."""
     _load_builtin()
-    return list(RUNTIMES)
+    builtin = [module.rsplit(".", 1)[1] for module in _BUILTIN]
+    return sorted(RUNTIMES, key=lambda name: builtin.index(name) if name in builtin else len(builtin))
 
 
 def get_runtime(name: str) -> Runtime:
@@ -67,7 +69,7 @@ def get_runtime(name: str) -> Runtime:
     try:
         return RUNTIMES[name]
     except KeyError:
-        raise PrunekitError(f"unknown runtime {name!r}; choose one of: {', '.join(RUNTIMES)}") from None
+        raise PrunekitError(f"unknown runtime {name!r}; choose one of: {', '.join(runtime_names())}") from None
 
 
 def parse_runtimes(text: str) -> list[str]:
