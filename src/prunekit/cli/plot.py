@@ -86,7 +86,7 @@ def cmd_plot_accuracy_sparsity(args) -> int:
 
 def cmd_plot_mask(args) -> int:
     from prunekit.checkpoint import load_checkpoint
-    from prunekit.prune.report import layer_mask_matrix
+    from prunekit.prune.sparsity import layer_mask_matrix
     from prunekit.report.plots import plot_mask
 
     kept = layer_mask_matrix(load_checkpoint(args.checkpoint).model, args.layer)

@@ -214,7 +214,7 @@ def print_prune_summary(result) -> None:
         print(f"params {percent_change(meta['dense_params'], meta['params'])}; "
               f"MACs {percent_change(meta['dense_macs'], meta['macs'])}")
         print(f"weight sparsity {result.sparsity:.4f} before the filters were removed ({WEIGHT_SPARSITY_MEANING})")
-        from prunekit.prune.report import filter_target_shortfall
+        from prunekit.prune.sparsity import filter_target_shortfall
 
         shortfall = filter_target_shortfall(result.target, result.filter_sparsity)
         if shortfall:
@@ -233,14 +233,13 @@ def print_prune_summary(result) -> None:
 
 def print_blocking_ops(result) -> None:
     """Below half of the asked filter sparsity: one line naming the ops that kept the channels."""
+    from prunekit.images import example_input
     from prunekit.prune.channels import SHORTFALL_FRACTION, blocking_ops
 
     if result.target and result.filter_sparsity < SHORTFALL_FRACTION * result.target:
-        import torch
-
         device = next(result.model.parameters()).device
         print(f"shortfall: asked {result.target:.1%} of filters, achieved {result.filter_sparsity:.1%}. Channels "
-              f"kept by: {blocking_ops(result.model, torch.zeros(1, 3, 32, 32, device=device))}")
+              f"kept by: {blocking_ops(result.model, example_input(device=device))}")
 
 
 def cmd_finetune(args) -> int:
