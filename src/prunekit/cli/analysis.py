@@ -7,9 +7,9 @@ import argparse
 from pathlib import Path
 
 from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg, add_count_arg,
-                                 add_criterion_arg, add_data_args, add_json_arg, add_model_source_args,
-                                 add_no_progress_arg, add_out_arg, add_scope_arg, data_for, data_loader,
-                                 load_model_source, lock_run_folder, markdown_table, print_json)
+                                 add_criterion_arg, add_data_args, add_device_arg, add_granularity_arg, add_json_arg,
+                                 add_no_progress_arg, add_out_arg, add_scope_arg, add_split_arg, data_for, data_loader,
+                                 lock_run_folder, markdown_table, print_json)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_measure_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", choices=["test", "val", "train"], default="test", help="default: %(default)s")
+    add_split_arg(p)
     p.add_argument("--device", default="cpu", metavar="DEV[,DEV]",
                    help="cpu, cuda, or cpu,cuda for both latency columns in one table (accuracy and memory on "
                         "the first; CUDA columns say 'no GPU' when there is none; default: %(default)s)")
@@ -93,18 +93,15 @@ def add_reference_arg(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def add_granularity_args(p: argparse.ArgumentParser) -> None:
-    from prunekit.config import TARGETS
-
-    p.add_argument("--granularity", choices=list(TARGETS), default="unstructured",
-                   help="single weights (fraction of weights) or whole conv filters (fraction of filters)")
+    add_granularity_arg(p, help="single weights (fraction of weights) or whole conv filters (fraction of filters)")
     add_criterion_arg(p, note="; filter granularity (unstructured ranks by |w|)")
     p.add_argument("--include-classifier", action="store_true", help="also prune the classifier")
 
 
 def add_analysis_args(p: argparse.ArgumentParser) -> None:
     add_out_arg(p, metavar="DIR", help="folder for the CSV/PNG (default: CKPT's folder/plots)")
-    p.add_argument("--split", choices=["test", "val", "train"], default="test", help="default: %(default)s")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
+    add_split_arg(p)
+    add_device_arg(p, help="default: %(default)s")
     add_no_progress_arg(p)
     add_data_args(p)
 

@@ -100,6 +100,27 @@ def add_checkpoint_arg(parser: argparse.ArgumentParser, help: str = "a prunekit 
     parser.add_argument("checkpoint", metavar="CKPT", nargs=nargs, help=help)
 
 
+def add_granularity_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--granularity``: a pruning granularity of :data:`prunekit.config.TARGETS` (default: unstructured)."""
+    from prunekit.config import TARGETS
+
+    parser.add_argument("--granularity", choices=list(TARGETS), default="unstructured", help=help)
+
+
+SPLITS = ["test", "val", "train"]  # what --split names; val is the --val-split hold-out
+
+
+def add_split_arg(parser: argparse.ArgumentParser, help: str = "default: %(default)s") -> None:
+    """``--split``: the data split a command measures on (default: test)."""
+    parser.add_argument("--split", choices=SPLITS, default="test", help=help)
+
+
+def add_device_arg(parser, help: str, choices: tuple[str, ...] = ("auto", "cpu", "cuda"),
+                   default: str = "auto") -> None:
+    """``--device``: where the command runs; ``auto`` = CUDA when present. ``parser`` may be a group."""
+    parser.add_argument("--device", choices=list(choices), default=default, help=help)
+
+
 MODEL_HELP = ("a registered model name (`prunekit models`) or your own model: path/to/file.py:ClassName or "
               "package.module:factory (see README, 'Your own model')")
 
@@ -370,8 +391,7 @@ def add_train_args(parser: argparse.ArgumentParser, epochs: int | None = None,
                        help="default: %(default)s")
     group.add_argument("--cutout", type=NON_NEGATIVE_INT, default=defaults.cutout, help="cutout side in pixels (default: off)")
     group.add_argument("--seed", type=ANY_INT, default=defaults.seed, help="default: %(default)s")
-    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device,
-                       help="default: %(default)s (CUDA when present)")
+    add_device_arg(group, default=defaults.device, help="default: %(default)s (CUDA when present)")
     group.add_argument("--compile", action="store_true", help="torch.compile the model")
     group.add_argument("--sync-bn", action="store_true",
                        help="SyncBatchNorm across processes under torchrun (CUDA only)")

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 from prunekit.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg, add_count_arg, add_data_args,
-                                 add_json_arg, add_model_args, add_model_relocation_arg, add_model_source_args,
-                                 add_no_progress_arg, add_out_arg, add_rename_arg, add_train_args, data_for,
-                                 data_source, epoch_printer, foreign_from_args, last_train_top1, load_model_source,
-                                 lock_run_folder, markdown_table, model_from_args, print_json, print_time_estimate,
-                                 train_config_from, warn_if_collapsed)
+                                 add_device_arg, add_json_arg, add_model_args, add_model_relocation_arg,
+                                 add_model_source_args, add_no_progress_arg, add_out_arg, add_rename_arg, add_split_arg,
+                                 add_train_args, data_for, data_source, epoch_printer, foreign_from_args,
+                                 last_train_top1, load_model_source, lock_run_folder, markdown_table, model_from_args,
+                                 print_json, print_time_estimate, train_config_from, warn_if_collapsed)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,14 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy and loss of a checkpoint or foreign weights")
     add_model_source_args(p)
     add_data_args(p)
-    p.add_argument("--split", choices=["test", "val", "train"], default="test",
-                   help="split to measure; val = the --val-split hold-out (default: %(default)s)")
+    add_split_arg(p, help="split to measure; val = the --val-split hold-out (default: %(default)s)")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation: dataset (default for foreign weights), cifar10, cifar10-common, "
                         "cifar100, imagenet, or six numbers "
                         "'m1,m2,m3,s1,s2,s3'; a prunekit checkpoint uses its own")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="default: %(default)s (CUDA when present)")
+    add_device_arg(p, help="default: %(default)s (CUDA when present)")
     add_json_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -72,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("profile", help="params, non-zero params, MACs, size, memory, latency")
     add_model_source_args(p)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure (default: %(default)s)")
+    add_device_arg(p, choices=("cpu", "cuda"), default="cpu", help="where to measure (default: %(default)s)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="batch for the throughput figure")
     p.add_argument("--repeats", type=POSITIVE_INT, default=50, help="timed runs at batch 1 (median reported)")
     p.add_argument("--threads", type=NON_NEGATIVE_INT, default=1, help="CPU threads while timing (default: %(default)s: "
@@ -90,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "$PRUNEKIT_CACHE/latency (default ~/.cache/prunekit/latency), so a second run "
                                    "only re-times the whole model.")
     add_model_source_args(p)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure (default: %(default)s)")
+    add_device_arg(p, choices=("cpu", "cuda"), default="cpu", help="where to measure (default: %(default)s)")
     p.add_argument("--threads", type=POSITIVE_INT, default=1, help="CPU threads while timing (default: %(default)s)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="images per timed batch (default: %(default)s)")
     add_json_arg(p, help="print the whole table as JSON instead")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg,
-                                 add_criterion_arg, add_data_args, add_deprecated_alias, add_json_arg,
+from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg, add_criterion_arg,
+                                 add_data_args, add_deprecated_alias, add_granularity_arg, add_json_arg,
                                  add_model_relocation_arg, add_model_source_args, add_no_progress_arg, add_out_arg,
                                  add_scope_arg, add_train_args, data_for, data_source, epoch_printer, last_train_top1,
                                  load_model_source, lock_run_folder, markdown_table, number, print_json,
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def register_prune(sub: argparse._SubParsersAction) -> None:
-    from prunekit.config import DEFAULT_SCOPE, TARGETS, PruneConfig
+    from prunekit.config import DEFAULT_SCOPE, PruneConfig
 
     p = sub.add_parser("prune",
                        help="prune a checkpoint (unstructured or filters; one-shot or iterative) and retrain",
@@ -46,8 +46,7 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                                    "OUT/Omp_unstructured_<sparsity>_acc_<top-1>.pt (name from the achieved "
                                    "sparsity and test top-1) unless --name is given.")
     add_checkpoint_arg(p, help="a prunekit checkpoint (e.g. a run's last.pt)")
-    p.add_argument("--granularity", choices=list(TARGETS), default="unstructured",
-                   help="single weights, or whole conv filters removed physically (default: %(default)s)")
+    add_granularity_arg(p, help="single weights, or whole conv filters removed physically (default: %(default)s)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--sparsity", type=FRACTION, metavar="S",
                         help="target fraction in [0, 1) of weights (unstructured) or filters (filter)")
