@@ -45,11 +45,11 @@ def test_number_names_the_value_and_the_allowed_range():
         weight("2")
     with pytest.raises(argparse.ArgumentTypeError, match=r"^'x' is not a weight in \[0, 1\]$"):
         weight("x")
-    with pytest.raises(argparse.ArgumentTypeError, match=r"^'inf' is not a finite number > 0$"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^must be a finite number > 0, got 'inf'$"):
         POSITIVE_FLOAT("inf")
-    with pytest.raises(argparse.ArgumentTypeError, match=r"^'0' is not a finite number > 0$"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^must be a finite number > 0, got '0'$"):
         POSITIVE_FLOAT("0")
-    with pytest.raises(argparse.ArgumentTypeError, match=r"^'1.5' is not an integer >= 1$"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^must be an integer >= 1, got '1.5'$"):
         number(int, 1)("1.5")
 
 

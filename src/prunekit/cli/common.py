@@ -128,8 +128,8 @@ MODEL_HELP = ("a registered model name (`prunekit models`) or your own model: pa
 def number(kind: type = float, low: float | None = None, high: float | None = None, low_open: bool = False,
            high_open: bool = False, meaning: str | None = None) -> Callable[[str], float | int]:
     """An argparse ``type=`` that accepts a finite ``kind`` (int or float) in the given range, so a bad value
-    fails where it is parsed: ``argument --lr: 'inf' is not a finite number > 0``. ``meaning`` names what the
-    value is in that message (``'2' is not a weight in [0, 1]``; default: a finite number / an integer)."""
+    fails where it is parsed: ``argument --lr: must be a finite number > 0, got 'inf'``. With ``meaning`` (what
+    the value is) the message names it instead: ``argument --distill-alpha: '2' is not a weight in [0, 1]``."""
     if low is not None and high is not None:
         bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     elif low is not None:
@@ -140,15 +140,18 @@ def number(kind: type = float, low: float | None = None, high: float | None = No
         bounds = ""
     wanted = f"{meaning or ('an integer' if kind is int else 'a finite number')}{bounds}"
 
+    def message(text: str) -> str:
+        return f"{text!r} is not {wanted}" if meaning else f"must be {wanted}, got {text!r}"
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
+            raise argparse.ArgumentTypeError(message(text)) from None
         below = low is not None and (value <= low if low_open else value < low)
         above = high is not None and (value >= high if high_open else value > high)
         if not math.isfinite(value) or below or above:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+            raise argparse.ArgumentTypeError(message(text))
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
