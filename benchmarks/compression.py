@@ -40,6 +40,7 @@ from prunekit.report.tables import markdown_table
 from prunekit.data.normalisation import NORMALISATIONS
 from prunekit.data import DeviceLoader, get_data
 from prunekit.export import decode, encode, encoded_size, quantize_model, save_quantized
+from prunekit.images import IMAGE_SHAPE
 from prunekit.measure import count_nonzero_parameters, count_parameters, time_inference
 from prunekit.models import create_model
 from prunekit.prune import prune_channels, prune_unstructured
@@ -85,7 +86,7 @@ def int8_section(args, tmp: Path) -> tuple[list[dict], dict]:
     data = get_data("cifar10", root=DATA)
     mean, std = NORMALISATIONS["imagenet"]
     dense = load_weights(create_model("resnet56"), RESNET56).eval()
-    pruned = prune_channels(load_weights(create_model("resnet56"), RESNET56).eval(), torch.randn(1, 3, 32, 32),
+    pruned = prune_channels(load_weights(create_model("resnet56"), RESNET56).eval(), torch.randn(1, *IMAGE_SHAPE),
                             ratio=0.3).eval()
     calibration = DeviceLoader(*data.train, 64, mean=mean, std=std, train=False)
     reestimate_batchnorm(pruned, calibration, args.calib_batches)

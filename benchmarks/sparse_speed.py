@@ -31,6 +31,7 @@ import torch
 from common import write_results
 from prunekit import accelerate, create_model, prune_unstructured
 from prunekit.atomic import atomic_write_text
+from prunekit.images import IMAGE_SHAPE
 from prunekit.masking import permanent_copy
 from prunekit.measure.timing import machine_load, paired_ratio, peak_inference_memory, time_interleaved
 from prunekit.report.tables import markdown_table
@@ -64,7 +65,7 @@ def measure_row(name: str, sparsity: float, batch: int, repeats: dict) -> dict:
     (warmup, rounds), (layer_warmup, layer_rounds) = repeats[batch]
     pruned = pruned_model(name, sparsity)
     dense = permanent_copy(pruned).eval()
-    x = torch.randn(batch, 3, 32, 32)
+    x = torch.randn(batch, *IMAGE_SHAPE)
     load = machine_load()
     start = time.perf_counter()
     timer = functools.partial(measure_pair, warmup=layer_warmup, repeats=layer_rounds)

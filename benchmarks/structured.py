@@ -43,6 +43,7 @@ from torch import nn
 from common import RESULTS, add_smoke_flag, results_folder, write_results
 from prunekit.report.tables import markdown_table
 from prunekit.config import PruneConfig
+from prunekit.images import IMAGE_SHAPE, example_input
 from prunekit.measure import count_macs, count_parameters, time_inference
 from prunekit.models import create_model, list_models
 from prunekit.prune.channels import filter_masks, filter_sparsity, plan_channels, prune_channels, shrink
@@ -74,14 +75,14 @@ def calibrated(name: str, seed: int = 0) -> nn.Module:
         bn.momentum = None
     model.train()
     with torch.no_grad():
-        model(torch.randn(8, 3, 32, 32, generator=g))
+        model(torch.randn(8, *IMAGE_SHAPE, generator=g))
     for bn in bns:
         bn.momentum = 0.1
     return model.eval()
 
 
 def images(n: int = EQUIVALENCE_IMAGES) -> torch.Tensor:
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return torch.randn(n, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(1))
 
 
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -91,7 +92,7 @@ def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 def prunekit_row(name: str, ratio: float) -> dict:
     """prune_channels time and costs, and masked-vs-physical equivalence, for one model and ratio."""
     model = calibrated(name)
-    x, example = images(), torch.zeros(1, 3, 32, 32)
+    x, example = images(), example_input()
     row = {"params_before": count_parameters(model), "macs_before": count_macs(model)}
     start = time.perf_counter()
     pruned = prune_channels(copy.deepcopy(model), example, ratio=ratio, criterion="l1", scope="layer")
@@ -110,7 +111,7 @@ def prunekit_row(name: str, ratio: float) -> dict:
 def tp_row(tp, name: str, ratio: float) -> dict:
     """Torch-Pruning at the same ratio: status, time, costs and its own masked-vs-physical equivalence."""
     model = calibrated(name)
-    x, example = images(), torch.zeros(1, 3, 32, 32)
+    x, example = images(), example_input()
     reference_model = copy.deepcopy(model)
     names = {id(m): n for n, m in model.named_modules()}
     try:
@@ -311,7 +312,7 @@ def latency_rows(names: tuple[str, ...], ratios: tuple[float, ...], batches: tup
     for name in names:
         models = {0.0: calibrated(name)}
         for ratio in ratios:
-            models[ratio] = prune_channels(copy.deepcopy(models[0.0]), torch.zeros(1, 3, 32, 32), ratio=ratio)
+            models[ratio] = prune_channels(copy.deepcopy(models[0.0]), example_input(), ratio=ratio)
         macs = {r: count_macs(m) for r, m in models.items()}
         for batch in batches:
             medians = alternating_medians(models, batch, threads, rounds)

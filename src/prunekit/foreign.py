@@ -25,13 +25,14 @@ from torch import nn
 
 from prunekit.checkpoint import FORMAT, load_state, read_checkpoint_file
 from prunekit.errors import PrunekitError
+from prunekit.images import example_input
 from prunekit.models import apply_channel_config, channel_config, resolve_model
 
 STATE_DICT_KEYS = ("state_dict", "model", "net")
 
 
 @dataclass(frozen=True)
-class Layout:
+class KeyLayout:
     """A foreign key layout: prefix renames that map its keys onto a prunekit model's, and suffixes of
     entries that carry no weights (dropped when they hold only ones, i.e. select every channel)."""
 
@@ -41,24 +42,24 @@ class Layout:
     identity_keys: tuple[str, ...] = ()
 
 
-LAYOUTS: dict[str, Layout] = {}
+LAYOUTS: dict[str, KeyLayout] = {}
 
 
-def register_layout(layout: Layout) -> Layout:
+def register_layout(layout: KeyLayout) -> KeyLayout:
     """Make :func:`adapt_keys` try ``layout`` when a foreign state dict does not fit as is."""
     LAYOUTS[layout.name] = layout
     return layout
 
 
 # Eric-mingjie/rethinking-network-pruning (Liu et al. 2019), cifar/{network-slimming,l1-norm-pruning}/models
-register_layout(Layout("rethinking-vgg", (("feature.", "features."),),
-                       "VGG: `feature.N` Conv-BN-ReLU/M stack (same indices as prunekit's `features.N`), "
-                       "`classifier` Linear"))
-register_layout(Layout("rethinking-resnet", (("fc.", "linear."),),
-                       "l1-norm-pruning CIFAR ResNet-56/110: conv1/bn1/layerN.M.{conv,bn}{1,2}, classifier `fc`"))
-register_layout(Layout("rethinking-densenet", (), "network-slimming DenseNet-40: prunekit's names plus "
-                       "channel-selection `select.indexes` (all ones unless channel-pruned)",
-                       identity_keys=(".indexes",)))
+register_layout(KeyLayout("rethinking-vgg", (("feature.", "features."),),
+                          "VGG: `feature.N` Conv-BN-ReLU/M stack (same indices as prunekit's `features.N`), "
+                          "`classifier` Linear"))
+register_layout(KeyLayout("rethinking-resnet", (("fc.", "linear."),),
+                          "l1-norm-pruning CIFAR ResNet-56/110: conv1/bn1/layerN.M.{conv,bn}{1,2}, classifier `fc`"))
+register_layout(KeyLayout("rethinking-densenet", (), "network-slimming DenseNet-40: prunekit's names plus "
+                          "channel-selection `select.indexes` (all ones unless channel-pruned)",
+                          identity_keys=(".indexes",)))
 
 
 @dataclass
@@ -130,7 +131,7 @@ def adapt_keys(state: dict, model: nn.Module, renames=()) -> tuple[dict, str | N
     return state, None
 
 
-def _drop_identity(state: dict, layout: Layout) -> dict | None:
+def _drop_identity(state: dict, layout: KeyLayout) -> dict | None:
     out = {}
     for key, value in state.items():
         if any(key.endswith(suffix) for suffix in layout.identity_keys):
@@ -211,7 +212,7 @@ def _check_forward(model: nn.Module, path) -> None:
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, 32, 32))
+            model.eval()(example_input())
     except RuntimeError as exc:
         raise PrunekitError(f"{path}: its layer widths do not form a working model of this architecture "
                             f"({str(exc).splitlines()[0]}); pass the file's channel config with --model-cfg") from None
@@ -219,7 +220,7 @@ def _check_forward(model: nn.Module, path) -> None:
         model.train(was_training)
 
 
-__all__ = ["LAYOUTS", "ForeignFile", "Layout", "LoadedForeign", "adapt_keys", "load_foreign",
+__all__ = ["LAYOUTS", "ForeignFile", "KeyLayout", "LoadedForeign", "adapt_keys", "load_foreign",
            "parse_renames", "read_foreign", "register_layout", "renamed", "stored_widths"]
 
 

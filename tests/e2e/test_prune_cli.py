@@ -13,7 +13,7 @@ from conftest import SYNTHETIC_CLI
 from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.cli import main
 from prunekit.prune.allocate import target_count
-from prunekit.prune.report import effective_weight, sparsity_report
+from prunekit.prune.sparsity import effective_weight, sparsity_report
 
 DATA = SYNTHETIC_CLI
 CONV_WEIGHTS = 3 * 8 * 9 + 8 * 16 * 9 + 2 * 16 * 16 * 9  # tiny VGG, classifier excluded

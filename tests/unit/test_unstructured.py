@@ -17,7 +17,7 @@ from prunekit.prune import (apply_masks, compute_masks, extract_masks, make_perm
                             sparsity_of, sparsity_report, unstructured_masks)
 from prunekit.prune.allocate import round_fraction, target_count
 from prunekit.prune.mask import effective_state_dict
-from prunekit.prune.report import effective_weight
+from prunekit.prune.sparsity import effective_weight
 from prunekit.config import make_prune_config
 
 

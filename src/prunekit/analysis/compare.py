@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from prunekit.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_file
+from prunekit.images import IMAGE_SHAPE, example_input
 from prunekit.models import arch_label
 from prunekit.data import DataBundle
 from prunekit.data.normalisation import input_normalisation
@@ -278,7 +279,7 @@ def add_ratios(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def runs_on(model: nn.Module, device: torch.device, input_size=(3, 32, 32)) -> bool:
+def runs_on(model: nn.Module, device: torch.device, input_size=IMAGE_SHAPE) -> bool:
     """True when ``model`` runs a batch on ``device`` (an int8 model runs on the CPU only)."""
     try:
         with torch.inference_mode():
@@ -297,7 +298,7 @@ def prepare_models(models: list[nn.Module], target: TimingTarget, threads: int |
     from prunekit.runtime import get_runtime
 
     runtime, device = get_runtime(target.runtime), torch.device(target.device)
-    example = torch.zeros(1, 3, 32, 32)
+    example = example_input()
     prepared, reasons = [], []
     for model in models:
         try:

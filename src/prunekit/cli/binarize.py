@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from prunekit.cli.common import (add_data_args, add_model_relocation_arg, add_train_args, data_for, data_source,
-                                 lock_run_folder, train_config_from)
+from prunekit.cli.common import (add_checkpoint_arg, add_data_args, add_model_relocation_arg, add_no_progress_arg,
+                                 add_out_arg, add_train_args, data_for, data_source, epoch_printer, lock_run_folder,
+                                 train_config_from)
 from prunekit.config import FINETUNE_LR
 
 
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "BinaryConnect: ±1), fine-tune with latent fp32 weights and the straight-through "
                                    "estimator, save OUT/Bin_<method>_acc_<top-1>.pt. A pruned (masked) model stays "
                                    "masked: pruned weights stay 0, the rest ±α. BN and biases stay fp32.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint (dense or pruned)")
+    add_checkpoint_arg(p, help="a prunekit checkpoint (dense or pruned)")
     p.add_argument("--method", choices=["bwn", "binaryconnect"], default="bwn",
                    help="bwn: ±α per output channel (α = mean |W| of the filter); binaryconnect: ±1 "
                         "(default: %(default)s)")
@@ -29,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sign: binarize the inputs of binarized layers too (XNOR-style, the harder setting; "
                         "much larger accuracy loss) (default: %(default)s)")
     p.add_argument("--name", default=None, help="file name of the result (default: from method and accuracy)")
-    p.add_argument("--out", metavar="DIR", required=True, help="folder for the result and the fine-tuning run")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
+    add_out_arg(p, metavar="DIR", required=True, help="folder for the result and the fine-tuning run")
+    add_no_progress_arg(p)
     add_model_relocation_arg(p)
     add_data_args(p)
     add_train_args(p, epochs=0, epochs_flags=("--finetune-epochs", "--epochs"),
@@ -43,7 +44,6 @@ def cmd_binarize(args) -> int:
     from prunekit.binarize import BinarizeConfig, binarized_layers
     from prunekit.binarize_pipeline import run_binarization
     from prunekit.checkpoint import load_checkpoint
-    from prunekit.cli.core import epoch_printer
     from prunekit.errors import PrunekitError
 
     if args.epochs < 0:

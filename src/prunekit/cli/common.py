@@ -1,4 +1,6 @@
-"""Arguments and helpers shared by several subcommands (the same data options everywhere)."""
+"""Arguments and helpers shared by several subcommands: one builder per flag that several commands take
+(``--out``, ``--json``, ``--no-progress``, ``CKPT``, the model, data and training options), the model source
+(a checkpoint or ``--model``) and the per-epoch printer."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from prunekit.report.tables import markdown_table  # noqa: F401  (re-exported for the commands)
@@ -71,14 +74,62 @@ def add_scope_arg(parser: argparse.ArgumentParser, granularity: str | None = Non
                         default=default, help=help)
 
 
+JSON_HELP = "print the result as JSON instead of a table"
+
+
+def add_json_arg(parser, help: str = JSON_HELP) -> None:
+    """``--json``: print the command's result as JSON on stdout (``args.json``). ``parser`` may be a group."""
+    parser.add_argument("--json", action="store_true", help=help)
+
+
+def add_no_progress_arg(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: no progress bars (``args.no_progress``)."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
+
+
+def add_out_arg(parser: argparse.ArgumentParser, metavar: str, help: str, required: bool = False,
+                default: str | None = None) -> None:
+    """``--out METAVAR``: where the command writes (``args.out``); what it names (file, folder, figure) is the
+    command's, said by ``metavar`` and ``help``."""
+    parser.add_argument("--out", metavar=metavar, required=required, default=default, help=help)
+
+
+def add_checkpoint_arg(parser: argparse.ArgumentParser, help: str = "a prunekit checkpoint",
+                       nargs: str | None = None) -> None:
+    """The positional ``CKPT`` (``args.checkpoint``); ``nargs="?"`` where another option may replace it."""
+    parser.add_argument("checkpoint", metavar="CKPT", nargs=nargs, help=help)
+
+
+def add_granularity_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--granularity``: a pruning granularity of :data:`prunekit.config.TARGETS` (default: unstructured)."""
+    from prunekit.config import TARGETS
+
+    parser.add_argument("--granularity", choices=list(TARGETS), default="unstructured", help=help)
+
+
+SPLITS = ["test", "val", "train"]  # what --split names; val is the --val-split hold-out
+
+
+def add_split_arg(parser: argparse.ArgumentParser, help: str = "default: %(default)s") -> None:
+    """``--split``: the data split a command measures on (default: test)."""
+    parser.add_argument("--split", choices=SPLITS, default="test", help=help)
+
+
+def add_device_arg(parser, help: str, choices: tuple[str, ...] = ("auto", "cpu", "cuda"),
+                   default: str = "auto") -> None:
+    """``--device``: where the command runs; ``auto`` = CUDA when present. ``parser`` may be a group."""
+    parser.add_argument("--device", choices=list(choices), default=default, help=help)
+
+
 MODEL_HELP = ("a registered model name (`prunekit models`) or your own model: path/to/file.py:ClassName or "
               "package.module:factory (see README, 'Your own model')")
 
 
 def number(kind: type = float, low: float | None = None, high: float | None = None, low_open: bool = False,
-           high_open: bool = False) -> Callable[[str], float | int]:
+           high_open: bool = False, meaning: str | None = None) -> Callable[[str], float | int]:
     """An argparse ``type=`` that accepts a finite ``kind`` (int or float) in the given range, so a bad value
-    fails where it is parsed: ``argument --lr: must be a finite number > 0, got 'inf'``."""
+    fails where it is parsed: ``argument --lr: must be a finite number > 0, got 'inf'``. With ``meaning`` (what
+    the value is) the message names it instead: ``argument --distill-alpha: '2' is not a weight in [0, 1]``."""
     if low is not None and high is not None:
         bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     elif low is not None:
@@ -87,17 +138,20 @@ def number(kind: type = float, low: float | None = None, high: float | None = No
         bounds = f" {'<' if high_open else '<='} {high:g}"
     else:
         bounds = ""
-    wanted = f"{'an integer' if kind is int else 'a finite number'}{bounds}"
+    wanted = f"{meaning or ('an integer' if kind is int else 'a finite number')}{bounds}"
+
+    def message(text: str) -> str:
+        return f"{text!r} is not {wanted}" if meaning else f"must be {wanted}, got {text!r}"
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(message(text)) from None
         below = low is not None and (value <= low if low_open else value < low)
         above = high is not None and (value >= high if high_open else value > high)
         if not math.isfinite(value) or below or above:
-            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+            raise argparse.ArgumentTypeError(message(text))
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
@@ -172,6 +226,55 @@ def model_kwargs_from(args: argparse.Namespace, extra_kwargs: dict | None = None
     cfg = parse_cfg(getattr(args, "model_cfg", None))
     return {**parse_model_kwargs(getattr(args, "model_kwargs", None)), **({"cfg": cfg} if cfg else {}),
             **(extra_kwargs or {})}
+
+
+def add_model_source_args(parser: argparse.ArgumentParser) -> None:
+    """A prunekit checkpoint (positional) or ``--model NAME|REF [--model-kwargs JSON] [--weights FILE]``."""
+    add_checkpoint_arg(parser, nargs="?")
+    add_model_args(parser, help="instead of CKPT: a registered model name, or path/to/file.py:ClassName or "
+                                "package.module:factory; with CKPT of your own model: where its code is now")
+    parser.add_argument("--weights", metavar="FILE", default=None,
+                        help="with --model: a state dict file (a {'state_dict': …} wrapper and 'module.' "
+                             "prefixes are handled)")
+    parser.add_argument("--num-classes", type=POSITIVE_INT, default=None, help="with --model (default: the dataset's)")
+    add_rename_arg(parser)
+
+
+def load_model_source(args: argparse.Namespace, num_classes: int | None = None):
+    """The :class:`prunekit.checkpoint.Checkpoint` that ``CKPT`` or ``--model/--weights`` names."""
+    from prunekit.checkpoint import Checkpoint, load_checkpoint
+    from prunekit.errors import PrunekitError
+
+    if args.checkpoint:
+        if args.model_kwargs or args.weights or args.model_cfg or args.rename:
+            raise PrunekitError("--model-kwargs, --model-cfg, --rename and --weights go with --model NAME|REF instead of CKPT; a "
+                                "checkpoint holds its own")
+        return load_checkpoint(args.checkpoint, model_ref=args.model)
+    if not args.model:
+        raise PrunekitError("name a checkpoint (CKPT) or a model (--model NAME|REF [--weights FILE])")
+    if not args.weights:
+        return Checkpoint(model=model_from_args(args, args.num_classes or num_classes or 10), arch=None, masks={},
+                          meta={})
+    loaded = foreign_from_args(args, args.num_classes or num_classes or 10)
+    return Checkpoint(model=loaded.model, arch=None, masks={}, meta={}, path=Path(args.weights))
+
+
+def foreign_from_args(args: argparse.Namespace, num_classes: int):
+    """:func:`prunekit.foreign.load_foreign` of ``--weights`` into ``--model`` (``--model-kwargs``,
+    ``--model-cfg``, ``--rename``); prints which layout or file cfg was applied."""
+    from prunekit.foreign import load_foreign, parse_renames
+    from prunekit.models import parse_model_kwargs
+
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    loaded = load_foreign(args.model, args.weights, num_classes, kwargs, parse_renames(args.rename),
+                          parse_cfg(args.model_cfg))
+    notes = [f"layout {loaded.layout}"] if loaded.layout else []
+    cfg_given = args.model_cfg or "cfg" in kwargs  # only a cfg read from the file is news to the user
+    notes += [f"cfg {','.join(map(str, loaded.cfg))} (from the file)"] if loaded.cfg and not cfg_given else []
+    notes += ["layer widths from the file"] if loaded.resized else []
+    if notes:
+        print(f"{args.weights}: {'; '.join(notes)}", file=sys.stderr)
+    return loaded
 
 
 def add_count_arg(parser: argparse.ArgumentParser) -> None:
@@ -291,8 +394,7 @@ def add_train_args(parser: argparse.ArgumentParser, epochs: int | None = None,
                        help="default: %(default)s")
     group.add_argument("--cutout", type=NON_NEGATIVE_INT, default=defaults.cutout, help="cutout side in pixels (default: off)")
     group.add_argument("--seed", type=ANY_INT, default=defaults.seed, help="default: %(default)s")
-    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device,
-                       help="default: %(default)s (CUDA when present)")
+    add_device_arg(group, default=defaults.device, help="default: %(default)s (CUDA when present)")
     group.add_argument("--compile", action="store_true", help="torch.compile the model")
     group.add_argument("--sync-bn", action="store_true",
                        help="SyncBatchNorm across processes under torchrun (CUDA only)")
@@ -351,3 +453,13 @@ def lock_run_folder(args: argparse.Namespace, folder) -> None:
     if not hasattr(args, "exit_stack"):  # called outside main(): held until the process ends
         args.exit_stack = contextlib.ExitStack()
     args.exit_stack.enter_context(run_lock(folder, f"prunekit {getattr(args, 'command', '')}".strip()))
+
+
+SYNTHETIC_NOTE = " (SYNTHETIC data)"  # ends every epoch line of a run on synthetic data
+
+
+def epoch_printer(data):
+    """The per-epoch line printer; on synthetic data every line says so."""
+    from prunekit.train.callbacks import PrintEpoch
+
+    return PrintEpoch(SYNTHETIC_NOTE if data.synthetic else "")

@@ -1,4 +1,4 @@
-"""Foundation subcommands: models, train, evaluate, info, profile."""
+"""Model subcommands: models, train, evaluate, convert, info, profile, latency."""
 
 from __future__ import annotations
 
@@ -6,27 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from prunekit.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, add_model_args,
-                                 add_model_relocation_arg, add_rename_arg, add_train_args, data_for, data_source,
-                                 last_train_top1, lock_run_folder, markdown_table, model_from_args, parse_cfg,
+from prunekit.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg, add_count_arg, add_data_args,
+                                 add_device_arg, add_json_arg, add_model_args, add_model_relocation_arg,
+                                 add_model_source_args, add_no_progress_arg, add_out_arg, add_rename_arg, add_split_arg,
+                                 add_train_args, data_for, data_source, epoch_printer, foreign_from_args,
+                                 last_train_top1, load_model_source, lock_run_folder, markdown_table, model_from_args,
                                  print_json, print_time_estimate, train_config_from, warn_if_collapsed)
-
-
-SYNTHETIC_NOTE = " (SYNTHETIC data)"  # ends every epoch line of a run on synthetic data
-
-
-def epoch_printer(data):
-    """The per-epoch line printer; on synthetic data every line says so."""
-    from prunekit.train.callbacks import PrintEpoch
-
-    return PrintEpoch(SYNTHETIC_NOTE if data.synthetic else "")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("--num-classes", type=POSITIVE_INT, default=10,
                    help="classes the parameter counts assume (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    add_json_arg(p)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("train", help="train a model from scratch (or --resume a run)")
@@ -36,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="CKPT", default=None, help="continue the run saved in CKPT (last.pt)")
     p.add_argument("--save-every-epoch", action="store_true",
                    help="also keep epoch_N.pt (e.g. for lottery-ticket rewinding)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
+    add_no_progress_arg(p)
     add_data_args(p)
     add_train_args(p)
     p.set_defaults(func=cmd_train)
@@ -44,15 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy and loss of a checkpoint or foreign weights")
     add_model_source_args(p)
     add_data_args(p)
-    p.add_argument("--split", choices=["test", "val", "train"], default="test",
-                   help="split to measure; val = the --val-split hold-out (default: %(default)s)")
+    add_split_arg(p, help="split to measure; val = the --val-split hold-out (default: %(default)s)")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation: dataset (default for foreign weights), cifar10, cifar10-common, "
                         "cifar100, imagenet, or six numbers "
                         "'m1,m2,m3,s1,s2,s3'; a prunekit checkpoint uses its own")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="default: %(default)s (CUDA when present)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    add_device_arg(p, help="default: %(default)s (CUDA when present)")
+    add_json_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("convert", help="make a prunekit checkpoint from foreign weights (e.g. public pretrained)")
@@ -65,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation the weights expect: dataset (default), cifar10, cifar10-common (std "
                         "0.2023,0.1994,0.2010), cifar100, imagenet, or six numbers m1,m2,m3,s1,s2,s3")
-    p.add_argument("--out", metavar="CKPT", required=True, help="where to write the prunekit checkpoint")
+    add_out_arg(p, metavar="CKPT", required=True, help="where to write the prunekit checkpoint")
     p.add_argument("--evaluate", action="store_true",
                    help="also measure the test accuracy (data from --data) and record it in the checkpoint")
     p.add_argument("--data", metavar="DIR", default=None,
@@ -73,14 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="what a checkpoint holds: architecture, masks, metadata")
-    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
+    add_checkpoint_arg(p)
     add_model_relocation_arg(p)
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    add_json_arg(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("profile", help="params, non-zero params, MACs, size, memory, latency")
     add_model_source_args(p)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure (default: %(default)s)")
+    add_device_arg(p, choices=("cpu", "cuda"), default="cpu", help="where to measure (default: %(default)s)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="batch for the throughput figure")
     p.add_argument("--repeats", type=POSITIVE_INT, default=50, help="timed runs at batch 1 (median reported)")
     p.add_argument("--threads", type=NON_NEGATIVE_INT, default=1, help="CPU threads while timing (default: %(default)s: "
@@ -89,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", default="eager", help="measure memory and time of the model as this runtime runs "
                    "it: {runtimes} (sparse: sparse kernels where they measure faster, per layer; default: %(default)s)")
     add_count_arg(p)
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    add_json_arg(p)
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("latency", help="per-layer latency table at a grid of widths (cached), with its steps",
@@ -98,60 +88,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "$PRUNEKIT_CACHE/latency (default ~/.cache/prunekit/latency), so a second run "
                                    "only re-times the whole model.")
     add_model_source_args(p)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure (default: %(default)s)")
+    add_device_arg(p, choices=("cpu", "cuda"), default="cpu", help="where to measure (default: %(default)s)")
     p.add_argument("--threads", type=POSITIVE_INT, default=1, help="CPU threads while timing (default: %(default)s)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1, help="images per timed batch (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the whole table as JSON instead")
+    add_json_arg(p, help="print the whole table as JSON instead")
     p.set_defaults(func=cmd_latency)
-
-
-def add_model_source_args(parser: argparse.ArgumentParser) -> None:
-    """A prunekit checkpoint (positional) or ``--model NAME|REF [--model-kwargs JSON] [--weights FILE]``."""
-    parser.add_argument("checkpoint", metavar="CKPT", nargs="?", help="a prunekit checkpoint")
-    add_model_args(parser, help="instead of CKPT: a registered model name, or path/to/file.py:ClassName or "
-                                "package.module:factory; with CKPT of your own model: where its code is now")
-    parser.add_argument("--weights", metavar="FILE", default=None,
-                        help="with --model: a state dict file (a {'state_dict': …} wrapper and 'module.' "
-                             "prefixes are handled)")
-    parser.add_argument("--num-classes", type=POSITIVE_INT, default=None, help="with --model (default: the dataset's)")
-    add_rename_arg(parser)
-
-
-def load_model_source(args: argparse.Namespace, num_classes: int | None = None):
-    """The :class:`prunekit.checkpoint.Checkpoint` that ``CKPT`` or ``--model/--weights`` names."""
-    from prunekit.checkpoint import Checkpoint, load_checkpoint
-    from prunekit.errors import PrunekitError
-
-    if args.checkpoint:
-        if args.model_kwargs or args.weights or args.model_cfg or args.rename:
-            raise PrunekitError("--model-kwargs, --model-cfg, --rename and --weights go with --model NAME|REF instead of CKPT; a "
-                                "checkpoint holds its own")
-        return load_checkpoint(args.checkpoint, model_ref=args.model)
-    if not args.model:
-        raise PrunekitError("name a checkpoint (CKPT) or a model (--model NAME|REF [--weights FILE])")
-    if not args.weights:
-        return Checkpoint(model=model_from_args(args, args.num_classes or num_classes or 10), arch=None, masks={},
-                          meta={})
-    loaded = foreign_from_args(args, args.num_classes or num_classes or 10)
-    return Checkpoint(model=loaded.model, arch=None, masks={}, meta={}, path=Path(args.weights))
-
-
-def foreign_from_args(args: argparse.Namespace, num_classes: int):
-    """:func:`prunekit.foreign.load_foreign` of ``--weights`` into ``--model`` (``--model-kwargs``,
-    ``--model-cfg``, ``--rename``); prints which layout or file cfg was applied."""
-    from prunekit.foreign import load_foreign, parse_renames
-    from prunekit.models import parse_model_kwargs
-
-    kwargs = parse_model_kwargs(args.model_kwargs)
-    loaded = load_foreign(args.model, args.weights, num_classes, kwargs, parse_renames(args.rename),
-                          parse_cfg(args.model_cfg))
-    notes = [f"layout {loaded.layout}"] if loaded.layout else []
-    cfg_given = args.model_cfg or "cfg" in kwargs  # only a cfg read from the file is news to the user
-    notes += [f"cfg {','.join(map(str, loaded.cfg))} (from the file)"] if loaded.cfg and not cfg_given else []
-    notes += ["layer widths from the file"] if loaded.resized else []
-    if notes:
-        print(f"{args.weights}: {'; '.join(notes)}", file=sys.stderr)
-    return loaded
 
 
 def cmd_models(args) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from prunekit.cli.common import add_no_progress_arg, add_out_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run an experiment YAML: baseline → prune → fine-tune → compare → report")
@@ -15,19 +17,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run one replicate per seed and summarise mean ± std")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="dataset folder when the file gives none (default: $PRUNEKIT_DATA, cache)")
-    p.add_argument("--out", metavar="DIR", default="runs", help="parent of the run folders (default: runs)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
+    add_out_arg(p, metavar="DIR", default="runs", help="parent of the run folders (default: runs)")
+    add_no_progress_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="a complete small experiment in minutes, ending in an HTML report")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="CIFAR-10 folder (default: $PRUNEKIT_DATA, ~/.cache/prunekit, else download)")
-    p.add_argument("--out", metavar="DIR", default="runs", help="parent of the run folder (default: runs)")
+    add_out_arg(p, metavar="DIR", default="runs", help="parent of the run folder (default: runs)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the demo recipe, e.g. --set baseline.train.epochs=2")
     p.add_argument("--quick", action="store_true",
                    help="a fifth of the work (1,000 images, 5 epochs): about a minute on a quiet 2-core CPU")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
+    add_no_progress_arg(p)
     p.set_defaults(func=cmd_demo)
 
 

@@ -1,15 +1,16 @@
-"""Pruning subcommands: layers, prune, finetune, sparsity, plot."""
+"""Pruning subcommands: layers, prune, finetune, sparsity."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_criterion_arg, add_data_args,
-                                 add_deprecated_alias, add_model_relocation_arg, add_scope_arg, add_train_args, data_for,
-                                 data_source, last_train_top1, lock_run_folder, markdown_table, number, print_json,
+from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg, add_criterion_arg,
+                                 add_data_args, add_deprecated_alias, add_granularity_arg, add_json_arg,
+                                 add_model_relocation_arg, add_model_source_args, add_no_progress_arg, add_out_arg,
+                                 add_scope_arg, add_train_args, data_for, data_source, epoch_printer, last_train_top1,
+                                 load_model_source, lock_run_folder, markdown_table, number, print_json,
                                  print_time_estimate, train_config_from, warn_if_collapsed)
-from prunekit.cli.core import add_model_source_args, epoch_printer, load_model_source
 from prunekit.config import FINETUNE_LR
 
 FINETUNE_EPOCHS = 40  # `prunekit finetune` default (common fine-tuning budget on CIFAR)
@@ -23,31 +24,29 @@ FILTER_SPARSITY_MEANING = ("filter sparsity = fraction of all conv filters (outp
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("layers", help="prunable layers: the names ratio files use, shapes, sizes, sparsity")
     add_model_source_args(p)
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    add_json_arg(p)
     p.set_defaults(func=cmd_layers)
 
     register_prune(sub)
     register_finetune(sub)
 
     p = sub.add_parser("sparsity", help="per-layer and overall weight sparsity (zero weights) of a checkpoint")
-    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    add_checkpoint_arg(p)
+    add_json_arg(p)
     p.set_defaults(func=cmd_sparsity)
 
-    register_plot(sub)
 
 
 def register_prune(sub: argparse._SubParsersAction) -> None:
-    from prunekit.config import DEFAULT_SCOPE, TARGETS, PruneConfig
+    from prunekit.config import DEFAULT_SCOPE, PruneConfig
 
     p = sub.add_parser("prune",
                        help="prune a checkpoint (unstructured or filters; one-shot or iterative) and retrain",
                        description="Prune CKPT to a target, retrain with the mask after every round, save "
                                    "OUT/Omp_unstructured_<sparsity>_acc_<top-1>.pt (name from the achieved "
                                    "sparsity and test top-1) unless --name is given.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint (e.g. a run's last.pt)")
-    p.add_argument("--granularity", choices=list(TARGETS), default="unstructured",
-                   help="single weights, or whole conv filters removed physically (default: %(default)s)")
+    add_checkpoint_arg(p, help="a prunekit checkpoint (e.g. a run's last.pt)")
+    add_granularity_arg(p, help="single weights, or whole conv filters removed physically (default: %(default)s)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--sparsity", type=FRACTION, metavar="S",
                         help="target fraction in [0, 1) of weights (unstructured) or filters (filter)")
@@ -75,8 +74,8 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                    help="reset surviving weights to this checkpoint's after each pruning step (lottery ticket)")
     p.add_argument("--name", default=None, help="file name of the result (default: from method and results)")
     add_model_relocation_arg(p)
-    p.add_argument("--out", metavar="DIR", required=True, help="folder for the result and the round folders")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
+    add_out_arg(p, metavar="DIR", required=True, help="folder for the result and the round folders")
+    add_no_progress_arg(p)
     add_data_args(p)
     add_train_args(p, epochs=0, epochs_flags=("--finetune-epochs", "--epochs"), schedule_alias=False,
                    epochs_help="masked retraining epochs after each round (default: 0)")
@@ -90,11 +89,11 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
 
 def register_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="masked retraining of a pruned checkpoint; pruned weights stay zero")
-    p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="the pruned checkpoint (not needed with --resume)")
+    add_checkpoint_arg(p, nargs="?", help="the pruned checkpoint (not needed with --resume)")
     p.add_argument("--save", metavar="DIR", default=None,
                    help="run folder for last.pt/best.pt/metrics (default: runs/finetune-<CKPT name>)")
     p.add_argument("--resume", metavar="CKPT", default=None, help="continue the run saved in CKPT (last.pt)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
+    add_no_progress_arg(p)
     add_model_relocation_arg(p)
     add_data_args(p)
     add_train_args(p, epochs=FINETUNE_EPOCHS)
@@ -117,42 +116,12 @@ def add_distill_args(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("recovery")
     group.add_argument("--distill", action="store_true",
                        help="knowledge distillation from the dense starting model while retraining")
-    group.add_argument("--distill-alpha", type=bounded(0.0, 1.0, "a weight in [0, 1]"), default=defaults.distill_alpha, metavar="A",
+    group.add_argument("--distill-alpha", type=number(float, 0, 1, meaning="a weight"), default=defaults.distill_alpha,
+                       metavar="A",
                        help="weight of the distillation term, 1 − A on the labels (default: %(default)s)")
-    group.add_argument("--distill-temperature", type=bounded(1e-6, float("inf"), "a temperature > 0"), default=defaults.distill_temperature, metavar="T",
+    group.add_argument("--distill-temperature", type=number(float, 0, low_open=True, meaning="a temperature"),
+                       default=defaults.distill_temperature, metavar="T",
                        help="softmax temperature of the distillation term (default: %(default)s)")
-
-
-def bounded(low: float, high: float, meaning: str):
-    """An argparse ``type``: a float in [low, high], else a one-line usage error naming ``meaning``."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {meaning}")
-        return value
-
-    return parse
-
-
-def register_plot(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plot", help="figures as PNG, with the plotted numbers as CSV beside them")
-    kinds = p.add_subparsers(dest="plot_kind", metavar="KIND", required=True)
-    q = kinds.add_parser("accuracy-sparsity", help="test top-1 vs weight sparsity (1 − non-zero conv + linear weights "
-                                                                 "/ the dense model's), labelled by method")
-    q.add_argument("checkpoints", metavar="CKPT", nargs="+", help="checkpoints that record a test accuracy")
-    q.add_argument("--out", metavar="FILE.png", required=True, help="the figure; its numbers go to FILE.csv")
-    q.set_defaults(func=cmd_plot_accuracy_sparsity)
-    q = kinds.add_parser("mask", help="kept/pruned pattern of one layer: one row per filter, in×kh×kw columns")
-    q.add_argument("checkpoint", metavar="CKPT", help="a masked prunekit checkpoint")
-    q.add_argument("--layer", required=True, help="prunable layer name (`prunekit layers CKPT`)")
-    q.add_argument("--out", metavar="FILE.png", required=True, help="the figure; its numbers go to FILE.csv")
-    q.set_defaults(func=cmd_plot_mask)
-    from prunekit.cli.report import register_plot_commands  # hist, layers, sweep, sensitivity
-    register_plot_commands(kinds)
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -244,7 +213,7 @@ def print_prune_summary(result) -> None:
         print(f"params {percent_change(meta['dense_params'], meta['params'])}; "
               f"MACs {percent_change(meta['dense_macs'], meta['macs'])}")
         print(f"weight sparsity {result.sparsity:.4f} before the filters were removed ({WEIGHT_SPARSITY_MEANING})")
-        from prunekit.prune.report import filter_target_shortfall
+        from prunekit.prune.sparsity import filter_target_shortfall
 
         shortfall = filter_target_shortfall(result.target, result.filter_sparsity)
         if shortfall:
@@ -263,14 +232,13 @@ def print_prune_summary(result) -> None:
 
 def print_blocking_ops(result) -> None:
     """Below half of the asked filter sparsity: one line naming the ops that kept the channels."""
+    from prunekit.images import example_input
     from prunekit.prune.channels import SHORTFALL_FRACTION, blocking_ops
 
     if result.target and result.filter_sparsity < SHORTFALL_FRACTION * result.target:
-        import torch
-
         device = next(result.model.parameters()).device
         print(f"shortfall: asked {result.target:.1%} of filters, achieved {result.filter_sparsity:.1%}. Channels "
-              f"kept by: {blocking_ops(result.model, torch.zeros(1, 3, 32, 32, device=device))}")
+              f"kept by: {blocking_ops(result.model, example_input(device=device))}")
 
 
 def cmd_finetune(args) -> int:
@@ -332,46 +300,4 @@ def cmd_sparsity(args) -> int:
                           for row, layer in zip(layer_rows(report), report["layers"])]))
     print(f"\nweight sparsity {report['overall']:.4f}: {report['zeros']:,} of {report['params']:,} conv + linear "
           f"weights are zero ({report['overall_without_classifier']:.4f} without the classifier)")
-    return 0
-
-
-def point_of(path: str) -> dict:
-    """One accuracy-sparsity point from a checkpoint: its meta's test accuracy and method, and its weight
-    sparsity (:func:`prunekit.analysis.points.accuracy_point`, the same quantity `prunekit run` plots)."""
-    from prunekit.analysis.points import accuracy_point, dense_weights
-    from prunekit.checkpoint import load_checkpoint
-    from prunekit.errors import PrunekitError
-
-    loaded = load_checkpoint(path)
-    meta = loaded.meta
-    if meta.get("test_top1") is None:
-        raise PrunekitError(f"{path} records no test accuracy; plot checkpoints written by `prunekit train`, "
-                            "`prune` or `finetune`")
-    return accuracy_point(method_of(meta), loaded.model, meta, dense_weights(loaded.model, meta), str(path))
-
-
-def method_of(meta: dict) -> str:
-    """``IMP unstructured``, ``OMP filter + rewind``, … from a checkpoint's meta; ``dense`` when unpruned."""
-    if not meta.get("method"):
-        return "dense"
-    rewind = " + rewind" if (meta.get("prune_config") or {}).get("rewind_to") else ""
-    return f"{meta['method']} {meta.get('granularity', '')}".strip() + rewind
-
-
-def cmd_plot_accuracy_sparsity(args) -> int:
-    from prunekit.report.plots import plot_accuracy_sparsity
-
-    png, csv_path = plot_accuracy_sparsity([point_of(path) for path in args.checkpoints], args.out)
-    print(f"wrote {png} and {csv_path}")
-    return 0
-
-
-def cmd_plot_mask(args) -> int:
-    from prunekit.checkpoint import load_checkpoint
-    from prunekit.prune.report import layer_mask_matrix
-    from prunekit.report.plots import plot_mask
-
-    kept = layer_mask_matrix(load_checkpoint(args.checkpoint).model, args.layer)
-    png, csv_path = plot_mask(kept.numpy(), args.out, title=f"{args.layer} in {Path(args.checkpoint).name}")
-    print(f"wrote {png} and {csv_path} ({kept.shape[0]} filters × {kept.shape[1]} weights, 1 = kept)")
     return 0

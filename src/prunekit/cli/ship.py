@@ -5,23 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (POSITIVE_INT, add_data_args, add_model_relocation_arg, data_for, print_json,
-                                 warn_if_collapsed)
-from prunekit.cli.core import add_model_source_args, load_model_source
+from prunekit.cli.common import (POSITIVE_INT, add_checkpoint_arg, add_data_args, add_json_arg,
+                                 add_model_relocation_arg, add_model_source_args, add_out_arg, data_for,
+                                 load_model_source, print_json, warn_if_collapsed)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a compact sparse checkpoint or an ONNX file")
-    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint (compact files are accepted too)")
+    add_checkpoint_arg(p, help="a prunekit checkpoint (compact files are accepted too)")
     p.add_argument("--format", choices=["compact", "onnx"], required=True,
                    help="compact: sparse prunekit file; onnx: ONNX graph")
-    p.add_argument("--out", metavar="FILE", required=True, help="where to write the file")
+    add_out_arg(p, metavar="FILE", required=True, help="where to write the file")
     p.add_argument("--values", choices=["fp32", "fp16", "int8", "binary"], default="fp32",
                    help="compact: how kept weights are stored; fp32 is lossless; binary (a `prunekit binarize` "
                         "checkpoint): 1 sign bit per weight + one fp32 scale per channel (default: %(default)s)")
     p.add_argument("--no-check", action="store_true", help="onnx: skip the ONNX Runtime vs PyTorch check")
     add_model_relocation_arg(p)
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    add_json_arg(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quantize", help="int8 post-training static quantization for CPU inference")
@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="images per calibration batch (default: %(default)s)")
     p.add_argument("--normalize", default=None, metavar="NAME|MEAN,STD",
                    help="input normalisation as for `evaluate` (a prunekit checkpoint uses its own)")
-    p.add_argument("--out", metavar="FILE", required=True, help="where to write the file")
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    add_out_arg(p, metavar="FILE", required=True, help="where to write the file")
+    add_json_arg(p)
     p.set_defaults(func=cmd_quantize)
 
 

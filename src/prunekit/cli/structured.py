@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from prunekit.cli.common import ANY_INT, FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, number  # checked where parsed
-from prunekit.cli.common import (add_criterion_arg, add_data_args, add_scope_arg, data_for, markdown_table, print_json,
-                                 warn_if_collapsed)
-from prunekit.cli.core import add_model_source_args, load_model_source
+from prunekit.cli.common import (ANY_INT, FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg,
+                                 add_criterion_arg, add_data_args, add_json_arg, add_model_source_args, add_out_arg,
+                                 add_scope_arg, data_for, load_model_source, markdown_table, number, parse_cfg,
+                                 print_json, warn_if_collapsed)
+from prunekit.images import IMAGE_SHAPE, example_input
 
-INPUT_SIZE = (3, 32, 32)  # CIFAR images
 RECALIBRATION_BATCHES = 8  # prune-channels' default when the data is known: 30% of a ResNet-32 gets 14% → 73%
 CHECK_BATCH = 8  # random images compared before/after shrinking
 TOLERANCE = 1e-4  # max |Δ output| allowed by shrink, relative to max(1, max |output|)
@@ -21,11 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "file of `prune --granularity filter` (OUT/<run>/round_K/round.pt) or masks you "
                                    "applied with prunekit's API. The final file of `prune --granularity filter` and "
                                    "of `prune-channels` is already physically small: nothing to shrink there.")
-    p.add_argument("checkpoint", metavar="CKPT",
-                   help="a masked filter-pruned checkpoint, e.g. OUT/<run>/round_1/round.pt of `prune --granularity "
+    add_checkpoint_arg(p, help="a masked filter-pruned checkpoint, e.g. OUT/<run>/round_1/round.pt of `prune --granularity "
                         "filter`")
-    p.add_argument("--out", required=True, metavar="FILE", help="where to write the smaller checkpoint")
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    add_out_arg(p, required=True, metavar="FILE", help="where to write the smaller checkpoint")
+    add_json_arg(p)
     p.set_defaults(func=cmd_shrink)
 
     from prunekit.config import DEFAULT_SCOPE
@@ -61,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 2, nothing written) when the cut achieved is below half of the one asked "
                         "(--ratio: filters; --macs-target: MACs), naming the ops that kept the channels")
-    p.add_argument("--out", required=True, metavar="FILE", help="where to write the pruned checkpoint")
-    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    add_out_arg(p, required=True, metavar="FILE", help="where to write the pruned checkpoint")
+    add_json_arg(p)
     add_data_args(p)
     p.set_defaults(func=cmd_prune_channels)
 
@@ -71,7 +70,7 @@ def costs(model) -> dict:
     """Parameters and MACs per image of ``model``."""
     from prunekit.measure import count_macs, count_parameters
 
-    return {"params": count_parameters(model), "macs": count_macs(model, (1, *INPUT_SIZE))}
+    return {"params": count_parameters(model), "macs": count_macs(model)}
 
 
 def cost_rows(before: dict, after: dict) -> list[dict]:
@@ -85,7 +84,7 @@ def cmd_shrink(args) -> int:
     from prunekit.checkpoint import derived_meta, load_checkpoint, save_checkpoint
     from prunekit.errors import PrunekitError
     from prunekit.prune.channels import filter_sparsity, shrink
-    from prunekit.prune.report import sparsity_report
+    from prunekit.prune.sparsity import sparsity_report
 
     loaded = load_checkpoint(args.checkpoint)
     model = loaded.model.eval()
@@ -96,7 +95,7 @@ def cmd_shrink(args) -> int:
         return 0
     before = costs(model)
     dense_count = sparsity_report(model)["params"]  # masked, not yet removed: the dense model's weight count
-    batch = torch.randn(CHECK_BATCH, *INPUT_SIZE, generator=torch.Generator().manual_seed(0))
+    batch = torch.randn(CHECK_BATCH, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = model(batch)
         shrink(model, batch[:1])
@@ -137,7 +136,6 @@ def nothing_to_shrink(path, meta: dict) -> str:
 
 def target_kwargs(args) -> dict:
     """The keyword arguments of ``prune_channels`` that ``--ratio/--ratios/--cfg/--macs-target`` give."""
-    from prunekit.cli.core import parse_cfg
     from prunekit.prune.allocate import load_ratio_file
 
     if args.exclude and args.ratio is None:
@@ -165,7 +163,7 @@ def cmd_prune_channels(args) -> int:
     from prunekit.masking import make_permanent
     from prunekit.errors import PrunekitError
     from prunekit.prune.channels import channel_target, filter_sparsity, plan_channels, prune_channels
-    from prunekit.prune.report import filter_target_shortfall, sparsity_report
+    from prunekit.prune.sparsity import filter_target_shortfall, sparsity_report
 
     loaded = load_model_source(args)
     model = make_permanent(loaded.model.eval())  # masked modules cannot be deep-copied
@@ -179,7 +177,7 @@ def cmd_prune_channels(args) -> int:
     if config.latency_target is not None:
         model, latency = prune_latency(model, config, args)
     else:
-        example = torch.zeros(1, *INPUT_SIZE)
+        example = example_input()
         plan = plan_channels(model, example, criterion=args.criterion, scope=config.scope, seed=args.seed, **target)
         outcome = plan.outcome
         if args.strict and outcome.shortfall():

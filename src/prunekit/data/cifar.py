@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 from prunekit.errors import PrunekitError
+from prunekit.images import IMAGE_SHAPE
 
 DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation (connect / each read), not for the whole file
 _CHUNK_BYTES = 1 << 20
-_IMAGE_SHAPE = (3, 32, 32)
 _ROW_LENGTH = 3 * 32 * 32  # one image row in the pickle: R(1024) G(1024) B(1024), row-major
 
 
@@ -464,7 +464,7 @@ def _read_batch(info: DatasetInfo, path: Path) -> tuple[np.ndarray, np.ndarray]:
     if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
         detail = f"labels outside 0..{info.num_classes - 1}"
         raise PrunekitError(_corrupt_message(info, path, detail))
-    return data.reshape(-1, *_IMAGE_SHAPE), labels.astype(np.int64)
+    return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
 
 
 def _read_class_names(info: DatasetInfo, path: Path) -> list[str]:

@@ -27,9 +27,9 @@ from torch import nn
 from prunekit.atomic import atomic_path
 from prunekit.errors import PrunekitError
 from prunekit.export.common import inference_copy, is_quantized
+from prunekit.images import EXAMPLE_INPUT_SIZE
 
 TOLERANCE = 1e-4  # max abs difference between ONNX Runtime and PyTorch logits
-INPUT_SIZE = (1, 3, 32, 32)
 CHECK_BATCH = 4  # images in the export check (≠ the export's example batch, so the dynamic axis is exercised)
 INSTALL_HINT = 'pip install "prunekit[onnx]"'
 
@@ -51,7 +51,7 @@ def has_onnxruntime() -> bool:
     return True
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_size=INPUT_SIZE, check: bool = True,
+def export_onnx(model: nn.Module, path: str | Path, input_size=EXAMPLE_INPUT_SIZE, check: bool = True,
                 opset: int | None = None) -> float | None:
     """Write ``model`` as ONNX to ``path`` (atomically). Returns the max abs difference to PyTorch, or None
     when the check was skipped (``check=False`` or onnxruntime missing).
@@ -74,7 +74,8 @@ def export_onnx(model: nn.Module, path: str | Path, input_size=INPUT_SIZE, check
     return diff
 
 
-def max_difference(model: nn.Module, path: str | Path, input_size=INPUT_SIZE, batch: int = CHECK_BATCH) -> float:
+def max_difference(model: nn.Module, path: str | Path, input_size=EXAMPLE_INPUT_SIZE,
+                   batch: int = CHECK_BATCH) -> float:
     """Max abs difference of ONNX Runtime's and PyTorch's outputs on a seeded random batch of ``batch``."""
     x = torch.randn((batch, *input_size[1:]), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

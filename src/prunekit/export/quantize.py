@@ -52,16 +52,16 @@ from torch import nn
 from prunekit.checkpoint import Checkpoint, atomic_save, register_format
 from prunekit.errors import PrunekitError
 from prunekit.export.common import inference_copy, is_quantized
+from prunekit.images import EXAMPLE_INPUT_SIZE
 
 FORMAT = "prunekit-int8"
 VERSION = 1
 BACKEND = "x86"
-INPUT_SHAPE = (1, 3, 32, 32)
 INFO_ATTRIBUTE = "prunekit_int8"  # on the quantized GraphModule: {"arch", "qconfig"}; see common.is_quantized
 
 
 def quantize_model(model: nn.Module, calibration: Iterable, max_batches: int | None = None,
-                   backend: str = BACKEND, input_shape: tuple[int, ...] = INPUT_SHAPE) -> torch.fx.GraphModule:
+                   backend: str = BACKEND, input_shape: tuple[int, ...] = EXAMPLE_INPUT_SIZE) -> torch.fx.GraphModule:
     """The int8 GraphModule of ``model``, calibrated on ``calibration``.
 
     ``calibration`` yields input batches (normalised float tensors) or ``(inputs, labels)`` pairs; the first
@@ -86,7 +86,7 @@ def quantize_model(model: nn.Module, calibration: Iterable, max_batches: int | N
     return quantized
 
 
-def prepare(model: nn.Module, backend: str = BACKEND, input_shape=INPUT_SHAPE) -> torch.fx.GraphModule:
+def prepare(model: nn.Module, backend: str = BACKEND, input_shape=EXAMPLE_INPUT_SIZE) -> torch.fx.GraphModule:
     """``prepare_fx`` with the default qconfig mapping of ``backend``; an untraceable model raises clearly."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_fx
@@ -123,7 +123,7 @@ def convert(prepared: nn.Module) -> torch.fx.GraphModule:
     return convert_fx(prepared)
 
 
-def qconfig_record(backend: str = BACKEND, input_shape=INPUT_SHAPE) -> dict:
+def qconfig_record(backend: str = BACKEND, input_shape=EXAMPLE_INPUT_SIZE) -> dict:
     """What rebuilds the same quantized structure: backend, mapping, example input shape."""
     return {"backend": backend, "mapping": "default", "input_shape": list(input_shape)}
 

@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunekit.errors import PrunekitError
+from prunekit.images import EXAMPLE_INPUT_SIZE
 from prunekit.masking import effective_state_dict, latent_keys, masked_keys
 
 
@@ -58,7 +59,7 @@ def count_nonzero_parameters(model: nn.Module) -> int:
     return sum(int(torch.count_nonzero(p)) for p in effective_parameters(model).values())
 
 
-def count_macs(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
+def count_macs(model: nn.Module, input_size=EXAMPLE_INPUT_SIZE) -> int:
     """Multiply-accumulates of one forward pass per image, counted by ``torch.utils.flop_counter``.
 
     Convention of the pruning papers: convolutions and linear layers (matrix products) only; BN, ReLU,
@@ -114,7 +115,7 @@ def register_count(name: str, description: str):
     return wrap
 
 
-def count_ops(model: nn.Module, convention: str = "macs", input_size=(1, 3, 32, 32)) -> int:
+def count_ops(model: nn.Module, convention: str = "macs", input_size=EXAMPLE_INPUT_SIZE) -> int:
     """Operations of one forward pass per image under ``convention`` (a name in :data:`CONVENTIONS`)."""
     if convention not in CONVENTIONS:
         raise PrunekitError(f"unknown count convention {convention!r}; use one of {', '.join(CONVENTIONS)}")
@@ -125,7 +126,7 @@ register_count("macs", "multiply-accumulates of conv and linear layers only (the
 
 
 @register_count("flops", "2 × macs: a multiply and an add per multiply-accumulate")
-def count_flops(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
+def count_flops(model: nn.Module, input_size=EXAMPLE_INPUT_SIZE) -> int:
     return 2 * count_macs(model, input_size)
 
 
@@ -173,7 +174,7 @@ THOP_RULES: dict[type, Callable] = {
 
 
 @register_count("thop", "thop.profile: conv + linear MACs, plus 4 per BatchNorm element and pooling averages")
-def count_thop(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
+def count_thop(model: nn.Module, input_size=EXAMPLE_INPUT_SIZE) -> int:
     """What ``thop.profile(model, (x,))`` reports, per image (rules in :data:`THOP_RULES`)."""
     total = [0.0]
 
@@ -255,7 +256,7 @@ class _TorchprofileCounter(TorchDispatchMode):
 
 @register_count("torchprofile", "torchprofile.profile_macs: conv + linear MACs, plus 1 per affine-norm element, "
                                 "per average-pool output and per elementwise mul")
-def count_torchprofile(model: nn.Module, input_size=(1, 3, 32, 32)) -> int:
+def count_torchprofile(model: nn.Module, input_size=EXAMPLE_INPUT_SIZE) -> int:
     """What ``torchprofile.profile_macs(model, x)`` reports, per image (rules in :data:`TORCHPROFILE_RULES`)."""
     with _countable(model, input_size) as (countable, x):
         counter = _TorchprofileCounter()

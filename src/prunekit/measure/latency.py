@@ -37,6 +37,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from prunekit.images import IMAGE_SHAPE
 from prunekit.measure.timing import DEFAULT_TIMING_THREADS, time_inference
 
 #: Output widths measured per layer at most: above 32 channels the step grows (64 channels: every 2nd width).
@@ -101,7 +102,7 @@ class LayerShape:
         return ([self.in_channels] if self.depthwise else width_grid(self.in_channels, INPUT_GRID_POINTS)), outs
 
 
-def layer_shapes(model: nn.Module, input_size=(3, 32, 32)) -> dict[str, LayerShape]:
+def layer_shapes(model: nn.Module, input_size=IMAGE_SHAPE) -> dict[str, LayerShape]:
     """{module name: its :class:`LayerShape`} for every Conv2d and Linear ``model`` calls on one image."""
     shapes: dict[str, LayerShape] = {}
     hooks = []
@@ -308,7 +309,7 @@ def dense_latency(model: nn.Module, context: dict, repeats: int = 30) -> float:
 
 
 def build_latency_table(model: nn.Module, device: str = "cpu", threads: int | None = DEFAULT_TIMING_THREADS,
-                        batch_size: int = 1, input_size=(3, 32, 32), folder: Path | None = None,
+                        batch_size: int = 1, input_size=IMAGE_SHAPE, folder: Path | None = None,
                         measure: Callable[[LayerShape, dict], LayerCurve] = measure_curve) -> LatencyTable:
     """The :class:`LatencyTable` of ``model`` (see the module doc): layer curves from the cache where they
     are, else measured and cached; the dense latency measured now. Side effects: puts ``model`` in eval mode

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.images import EXAMPLE_INPUT_SIZE
 from prunekit.masking import has_masks, has_transforms, permanent_copy
 from prunekit.measure.counts import (count_macs, count_nonzero_parameters, count_ops, count_parameters,
                                      serialized_size)
@@ -72,7 +73,7 @@ def prepared(runtime, model: nn.Module, batch_size: int, input_size, device: tor
     return runnable
 
 
-def profile(model: nn.Module, input_size=(1, 3, 32, 32), device: str | torch.device = "cpu",
+def profile(model: nn.Module, input_size=EXAMPLE_INPUT_SIZE, device: str | torch.device = "cpu",
             checkpoint_path: str | Path | None = None, timing: bool = True, batch_size: int = 64,
             repeats: int = 50, threads: int | None = DEFAULT_TIMING_THREADS, count: str = "macs",
             runtime=None) -> Profile:

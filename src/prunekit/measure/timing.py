@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from prunekit.images import IMAGE_SHAPE
+
 #: A timing whose interquartile range exceeds this fraction of its median is flagged as noisy.
 NOISY_IQR = 0.20
 #: CPU threads while timing, unless the caller says otherwise.
@@ -134,7 +136,7 @@ def _timed_run(model: nn.Module, x: torch.Tensor, device: torch.device) -> float
 
 def time_interleaved(models: Sequence[nn.Module], batch_size: int, device: torch.device | str = "cpu",
                      warmup: int = 10, repeats: int = 50, threads: int | None = DEFAULT_TIMING_THREADS,
-                     input_size=(3, 32, 32)) -> list[Timing]:
+                     input_size=IMAGE_SHAPE) -> list[Timing]:
     """Time every model on the same random batch, interleaved: ``repeats`` rounds, each running every model
     once (forward order on even rounds, reverse on odd ones, so no model always runs first). Returns one
     :class:`Timing` per model whose ``samples`` are aligned by round (see :func:`paired_ratio`).
@@ -165,7 +167,7 @@ def time_interleaved(models: Sequence[nn.Module], batch_size: int, device: torch
 
 
 def time_inference(model: nn.Module, batch_size: int, device: torch.device | str = "cpu", warmup: int = 10,
-                   repeats: int = 50, threads: int | None = DEFAULT_TIMING_THREADS, input_size=(3, 32, 32)) -> Timing:
+                   repeats: int = 50, threads: int | None = DEFAULT_TIMING_THREADS, input_size=IMAGE_SHAPE) -> Timing:
     """Median wall time of ``model(x)`` for a random batch of ``batch_size`` images on ``device`` (one model
     of :func:`time_interleaved`; same side effects)."""
     return time_interleaved([model], batch_size, device, warmup, repeats, threads, input_size)[0]
@@ -283,7 +285,7 @@ def static_bytes(model: nn.Module) -> int:
 
 
 def peak_inference_memory(model: nn.Module, batch_size: int = 1, device: torch.device | str = "cpu",
-                          input_size=(3, 32, 32)) -> int:
+                          input_size=IMAGE_SHAPE) -> int:
     """Peak bytes held during one inference: parameters and buffers plus the largest set of live tensors.
 
     CUDA: from the caching allocator's peak statistics. CPU: every tensor the forward creates is tracked

@@ -13,7 +13,7 @@ import importlib
 from torch import nn
 
 from prunekit.prune.mask import Masks, apply_masks, extract_masks, make_permanent, sparsity_of
-from prunekit.prune.report import sparsity_report
+from prunekit.prune.sparsity import sparsity_report
 from prunekit.prune.unstructured import prune_unstructured, unstructured_masks
 
 _CHANNEL_EXPORTS = ("plan_channels", "prune_channels", "filter_masks", "filter_sparsity", "shrink")

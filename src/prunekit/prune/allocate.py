@@ -38,7 +38,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.models.layers import prunable_layers
 from prunekit.prune.importance import channel_scores, zeroed_channels
-from prunekit.prune.report import find_classifier
+from prunekit.prune.sparsity import find_classifier
 
 if TYPE_CHECKING:
     from prunekit.config import PruneConfig

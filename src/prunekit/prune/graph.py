@@ -60,6 +60,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.overrides import TorchFunctionMode
 
 from prunekit.errors import PrunekitError
+from prunekit.images import example_input
 from prunekit.prune.layer_handlers import layer_handler
 from prunekit.prune.op_handlers import METADATA, trace_op
 from prunekit.prune.trace_state import ModuleCall, Walker, tensors_in
@@ -182,7 +183,7 @@ def as_inputs(model: nn.Module, example_inputs: Any) -> tuple:
     if example_inputs is None:
         tensor = next(iter(model.parameters()), None)
         device = tensor.device if tensor is not None else "cpu"
-        return (torch.zeros(1, 3, 32, 32, device=device),)
+        return (example_input(device=device),)
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
 

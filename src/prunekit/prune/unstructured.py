@@ -29,7 +29,7 @@ from prunekit.errors import PrunekitError
 from prunekit.models.layers import prunable_layers
 from prunekit.prune.allocate import load_ratio_file, resolve_ratios, round_fraction, scoped_layers, target_count
 from prunekit.prune.mask import Masks, apply_masks, is_masked
-from prunekit.prune.report import effective_weight
+from prunekit.prune.sparsity import effective_weight
 
 
 def magnitude_scores(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:

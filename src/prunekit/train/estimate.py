@@ -18,6 +18,7 @@ from torch import nn
 
 from prunekit.config import TrainConfig
 from prunekit.data import DataBundle
+from prunekit.images import IMAGE_SHAPE
 from prunekit.masking import permanent_copy
 
 #: Cost of evaluating an image relative to one training step on it (forward only, no backward).
@@ -25,7 +26,7 @@ EVAL_COST = 1 / 3
 
 
 def seconds_per_step(model: nn.Module, config: TrainConfig, device: torch.device, steps: int = 2,
-                     image_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10) -> float:
+                     image_shape: tuple[int, ...] = IMAGE_SHAPE, num_classes: int = 10) -> float:
     """Median wall seconds of one SGD step (forward, backward, update) at ``config.batch_size`` on a copy of
     ``model`` (masks made permanent: a masked model cannot be deep-copied), after one untimed warm-up step.
     The model itself is left untouched."""

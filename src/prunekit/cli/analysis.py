@@ -1,15 +1,15 @@
-"""Measure-and-report subcommands: compare, sweep, sensitivity, report, and the plot kinds hist, layers,
-sweep and sensitivity (hooked into the ``plot`` parser by :func:`register_plot_commands`)."""
+"""Measure-and-report subcommands: compare, sweep, sensitivity, report (``prunekit plot sweep|sensitivity``
+re-plots what sweep and sensitivity saved, with the titles built here)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_criterion_arg,
-                                 add_data_args, add_scope_arg, data_for,
-                                 data_loader, lock_run_folder, markdown_table, print_json)
-from prunekit.cli.core import add_model_source_args, load_model_source
+from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg, add_count_arg,
+                                 add_criterion_arg, add_data_args, add_device_arg, add_granularity_arg, add_json_arg,
+                                 add_no_progress_arg, add_out_arg, add_scope_arg, add_split_arg, data_for, data_loader,
+                                 lock_run_folder, markdown_table, print_json)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_measure_args(p)
     add_reference_arg(p, "default: the first CKPT")
     output = p.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print the rows and the method as JSON (compare.json)")
+    add_json_arg(output, help="print the rows and the method as JSON (compare.json)")
     output.add_argument("--csv", metavar="FILE", default=None, help="also write the raw rows to FILE as CSV")
     p.add_argument("--wide", action="store_true",
                    help="print every column (default: the most important ones that fit 100 characters)")
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="accuracy vs pruning rate, no retraining (CSV + PNG, resumable)",
                        description="Prune a fresh copy of CKPT to each rate and evaluate it. Points already in the "
                                    "CSV are skipped, so an interrupted sweep continues where it stopped.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
+    add_checkpoint_arg(p)
     add_granularity_args(p)
     add_scope_arg(p, default="global", help="one threshold over all layers, or the same rate in each (default: %(default)s)")
     p.add_argument("--from", dest="start", type=FRACTION, default=0.0, help="first rate (default: %(default)s)")
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sensitivity", help="each layer pruned alone at each sparsity (CSV + PNG grid, resumable)",
                        description="Per-layer accuracy curves with no retraining; --suggest S turns them into a "
                                    "ratio file for `prunekit prune --ratios` reaching overall sparsity S.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a prunekit checkpoint")
+    add_checkpoint_arg(p)
     add_granularity_args(p)
     p.add_argument("--sparsities", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                    help="comma-separated sparsities per layer (default: %(default)s)")
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Table (compare.json, or computed from the folder's checkpoints and saved), every "
                                    "PNG with its CSV, and the configuration files. See docs/measure.md for the layout.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `prunekit run`, or a folder of checkpoints")
-    p.add_argument("--out", metavar="FILE", default=None, help="HTML file (default: RUN_DIR/report.html); the "
+    add_out_arg(p, metavar="FILE", help="HTML file (default: RUN_DIR/report.html); the "
                                                                  "Markdown twin goes beside it")
     add_data_args(p)
     add_measure_args(p)
@@ -65,32 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_report)
 
 
-def register_plot_commands(kinds: argparse._SubParsersAction) -> None:
-    """Add ``hist``, ``layers``, ``sweep`` and ``sensitivity`` to the subparsers of ``prunekit plot``."""
-    q = kinds.add_parser("hist", help="histogram of the non-zero weights of every prunable layer")
-    add_model_source_args(q)
-    q.add_argument("--out", metavar="FILE.png", required=True, help="the figure; its numbers go to FILE.csv")
-    q.add_argument("--bins", type=POSITIVE_INT, default=60, help="bins per layer (default: %(default)s)")
-    q.set_defaults(func=cmd_plot_hist)
-    q = kinds.add_parser("layers", help="weights (non-zero / zero) and sparsity of every prunable layer")
-    add_model_source_args(q)
-    q.add_argument("--out", metavar="FILE.png", required=True, help="the figure; its numbers go to FILE.csv")
-    q.set_defaults(func=cmd_plot_layers)
-    q = kinds.add_parser("sweep", help="re-plot a saved sweep CSV")
-    q.add_argument("csv", metavar="FILE.csv", help="the CSV a sweep or sensitivity run wrote")
-    q.add_argument("--out", metavar="FILE.png", default=None, help="default: FILE.png beside the CSV")
-    q.set_defaults(func=cmd_plot_sweep)
-    q = kinds.add_parser("sensitivity", help="re-plot a saved sensitivity CSV")
-    q.add_argument("csv", metavar="FILE.csv", help="the CSV a sweep or sensitivity run wrote")
-    q.add_argument("--out", metavar="FILE.png", default=None, help="default: FILE.png beside the CSV")
-    q.set_defaults(func=cmd_plot_sensitivity)
-
-
 # --- shared arguments ----------------------------------------------------------------------------------
 
 
 def add_measure_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", choices=["test", "val", "train"], default="test", help="default: %(default)s")
+    add_split_arg(p)
     p.add_argument("--device", default="cpu", metavar="DEV[,DEV]",
                    help="cpu, cuda, or cpu,cuda for both latency columns in one table (accuracy and memory on "
                         "the first; CUDA columns say 'no GPU' when there is none; default: %(default)s)")
@@ -104,7 +83,7 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=POSITIVE_INT, default=50,
                    help="timed runs at batch 1; the throughput batch gets max(5, N/5) (default: %(default)s)")
     p.add_argument("--no-timing", action="store_true", help="skip latency and throughput")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
+    add_no_progress_arg(p)
     add_count_arg(p)
 
 
@@ -114,19 +93,16 @@ def add_reference_arg(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def add_granularity_args(p: argparse.ArgumentParser) -> None:
-    from prunekit.config import TARGETS
-
-    p.add_argument("--granularity", choices=list(TARGETS), default="unstructured",
-                   help="single weights (fraction of weights) or whole conv filters (fraction of filters)")
+    add_granularity_arg(p, help="single weights (fraction of weights) or whole conv filters (fraction of filters)")
     add_criterion_arg(p, note="; filter granularity (unstructured ranks by |w|)")
     p.add_argument("--include-classifier", action="store_true", help="also prune the classifier")
 
 
 def add_analysis_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", metavar="DIR", default=None, help="folder for the CSV/PNG (default: CKPT's folder/plots)")
-    p.add_argument("--split", choices=["test", "val", "train"], default="test", help="default: %(default)s")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: %(default)s")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
+    add_out_arg(p, metavar="DIR", help="folder for the CSV/PNG (default: CKPT's folder/plots)")
+    add_split_arg(p)
+    add_device_arg(p, help="default: %(default)s")
+    add_no_progress_arg(p)
     add_data_args(p)
 
 
@@ -338,69 +314,3 @@ def cmd_report(args) -> int:
     html_path, md_path = write_report(run_dir, args.out, comparison)
     print(f"wrote {html_path} and {md_path}")
     return 0
-
-
-def cmd_plot_hist(args) -> int:
-    from prunekit.models.layers import prunable_layers
-    from prunekit.masking import effective_weight
-    from prunekit.report.plots import plot_weight_histograms
-
-    loaded = load_model_source(args)
-    weights = {name: effective_weight(m).detach().cpu().numpy().ravel()
-               for name, m in prunable_layers(loaded.model).items()}
-    source = Path(args.checkpoint).name if args.checkpoint else args.model
-    png, csv_path = plot_weight_histograms(weights, args.out, bins=args.bins,
-                                           title=f"Weight distribution per layer: {source}")
-    print(f"wrote {png} and {csv_path}")
-    return 0
-
-
-def cmd_plot_layers(args) -> int:
-    from prunekit.prune import sparsity_report
-    from prunekit.report.plots import plot_layer_sparsity
-
-    loaded = load_model_source(args)
-    report = sparsity_report(loaded.model)
-    source = Path(args.checkpoint).name if args.checkpoint else args.model
-    png, csv_path = plot_layer_sparsity(report["layers"], args.out, title=f"Parameters and sparsity per layer: "
-                                        f"{source} (overall {100 * report['overall']:.1f}% zero)")
-    print(f"wrote {png} and {csv_path}")
-    return 0
-
-
-def cmd_plot_sweep(args) -> int:
-    from prunekit.analysis.results import read_csv_rows
-    from prunekit.report.plots import plot_sweep
-
-    rows = read_csv_rows(args.csv)
-    require_columns(args.csv, rows, ("rate", "top1", "top5", "nonzero_bytes"))
-    info = saved_settings(args.csv)
-    png, _ = plot_sweep(rows, args.out or Path(args.csv).with_suffix(".png"),
-                        title=sweep_title(info) if info else f"{Path(args.csv).stem} (no retraining)",
-                        xlabel=sweep_xlabel(info["granularity"], info["include_classifier"]) if info
-                        else "pruning rate (%)", write_data=args.out is not None)
-    print(f"wrote {png}")
-    return 0
-
-
-def cmd_plot_sensitivity(args) -> int:
-    from prunekit.analysis.results import read_csv_rows
-    from prunekit.report.plots import plot_sensitivity
-
-    rows = read_csv_rows(args.csv)
-    require_columns(args.csv, rows, ("layer", "layer_params", "sparsity", "top1"))
-    info = saved_settings(args.csv)
-    png, _ = plot_sensitivity(rows, args.out or Path(args.csv).with_suffix(".png"),
-                              title=sensitivity_title(info) if info else f"{Path(args.csv).stem} (no retraining)",
-                              write_data=args.out is not None)
-    print(f"wrote {png}")
-    return 0
-
-
-def require_columns(path: str, rows: list[dict], columns: tuple[str, ...]) -> None:
-    from prunekit.errors import PrunekitError
-
-    missing = [c for c in columns if not rows or c not in rows[0]]
-    if missing:
-        raise PrunekitError(f"{path} lacks the columns {', '.join(missing)} (or has no rows); give a CSV written "
-                            "by `prunekit sweep` / `prunekit sensitivity`")
