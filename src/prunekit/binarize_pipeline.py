@@ -21,7 +21,8 @@ from prunekit.config import TrainConfig
 from prunekit.data import DataBundle
 from prunekit.measure import count_nonzero_parameters
 from prunekit.pipeline import finetune, inherited_meta, with_normalisation
-from prunekit.train import Callback, evaluate_split, resolve_device
+from prunekit.evaluation import evaluate_split
+from prunekit.train import Callback, resolve_device
 
 METHOD_LABELS = {"bwn": "BWN", "binaryconnect": "BinaryConnect"}
 

@@ -43,7 +43,8 @@ from prunekit.measure import count_macs, count_nonzero_parameters, count_paramet
 from prunekit.prune import apply_masks, compute_masks, extract_masks, make_permanent, sparsity_of, sparsity_report
 from prunekit.prune.allocate import round_fraction
 from prunekit.prune.granularity import get_granularity
-from prunekit.train import Callback, Metrics, evaluate_split, fit, resolve_device
+from prunekit.evaluation import Metrics, evaluate_split
+from prunekit.train import Callback, fit, resolve_device
 from prunekit.train.bn import recalibrate_bn
 from prunekit.train.distill import KnowledgeDistillation
 from prunekit.train.loop import sample_batches
@@ -328,7 +329,6 @@ def finetune(model: nn.Module, data: DataBundle, train_config: TrainConfig, run_
     report = sparsity_report(model)
     last = paths.last(run_dir)
     if last.exists():
-        update_meta(last, test_top1=test.top1, test_top5=test.top5, test_loss=test.loss, test_images=test.images,
-                    sparsity=report["overall"], nonzero_params=count_nonzero_parameters(model),
-                    train_seconds=result.seconds)
+        update_meta(last, **test.as_test_meta(), sparsity=report["overall"],
+                    nonzero_params=count_nonzero_parameters(model), train_seconds=result.seconds)
     return {"fit": result, "test": test, "sparsity": report}

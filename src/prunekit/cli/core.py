@@ -227,7 +227,7 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from prunekit.data.normalisation import input_normalisation
-    from prunekit.train import evaluate_split
+    from prunekit.evaluation import evaluate_split
     from prunekit.train.loop import resolve_device
 
     loaded = load_model_source(args)
@@ -266,11 +266,11 @@ def cmd_convert(args) -> int:
     if args.evaluate or args.data:
         meta.update(data_source(args).meta())  # later commands evaluate on the same data
     if args.evaluate:
-        from prunekit.train import evaluate_split
+        from prunekit.evaluation import evaluate_split
 
         data = data_for(args, meta)
         test = evaluate_split(model, data, "test", mean, std)
-        meta.update(test_top1=test.top1, test_top5=test.top5, test_loss=test.loss, test_images=test.images)
+        meta.update(test.as_test_meta())
         print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}% on {test.images} images")
         warn_if_other_normalisation_scores_higher(model, data, mean, std, test.top1)
     path = save_checkpoint(model, args.out, meta)
@@ -282,7 +282,7 @@ def warn_if_other_normalisation_scores_higher(model, data, mean, std, top1: floa
     """Evaluate ``model`` under every named normalisation and warn on stderr when one scores clearly (more than 2
     points top-1) higher than the chosen ``(mean, std)``: the weights were probably trained with it."""
     from prunekit.data.normalisation import NORMALISATIONS, better_normalisation, normalisation_name
-    from prunekit.train import evaluate_split
+    from prunekit.evaluation import evaluate_split
 
     chosen = normalisation_name(mean, std) or "the chosen normalisation"
     scores = {chosen: top1}

@@ -268,7 +268,7 @@ def recalibrate(model, data, args) -> int:
 
 
 def test_metrics(model, data):
-    from prunekit.train import evaluate_split
+    from prunekit.evaluation import evaluate_split
 
     return evaluate_split(model, data, "test")
 

@@ -376,11 +376,10 @@ def foreign_normalisation(name: str | None, data: DataBundle) -> dict:
 
 
 def evaluate(run: Run, model, meta: dict) -> dict:
-    from prunekit.train import evaluate_split
+    from prunekit.evaluation import evaluate_split
 
     metrics = evaluate_split(model, run.data, "test", *input_normalisation(meta, run.data.info))
-    return {"test_top1": metrics.top1, "test_top5": metrics.top5, "test_loss": metrics.loss,
-            "test_images": metrics.images}
+    return metrics.as_test_meta()
 
 
 def point_label(path: Path, meta: dict) -> str:
