@@ -1,7 +1,8 @@
 """Binarize a checkpoint's model and fine-tune it with the straight-through estimator: where
-:mod:`prunekit.binarize` meets the training loop (the way :mod:`prunekit.pipeline` joins pruning and training).
+:mod:`prunekit.binarize` meets the training loop (the way :mod:`prunekit.pipeline.pruning` joins pruning and
+training).
 
-There is no second loop: the binarized model trains in :func:`prunekit.pipeline.finetune` (``fit``), whose
+There is no second loop: the binarized model trains in :func:`prunekit.pipeline.finetuning.finetune` (``fit``), whose
 optimizer holds the latent fp32 weights while every forward pass uses the binarized ones. A masked model
 stays masked, so the result of ``prune`` then ``binarize`` is ternary (0 or ±α).
 """
@@ -20,8 +21,9 @@ from prunekit.checkpoint import resume_point, save_checkpoint
 from prunekit.config import TrainConfig
 from prunekit.data import DataBundle
 from prunekit.measure import count_nonzero_parameters
-from prunekit.pipeline import finetune, inherited_meta, with_normalisation
 from prunekit.evaluation import evaluate_split
+from prunekit.pipeline.finetuning import finetune
+from prunekit.pipeline.inputs import inherited_meta, with_normalisation
 from prunekit.train import Callback, resolve_device
 
 METHOD_LABELS = {"bwn": "BWN", "binaryconnect": "BinaryConnect"}
