@@ -15,6 +15,9 @@ from torch import nn
 
 from prunekit.data import DataBundle, DeviceLoader
 
+#: The checkpoint meta keys of a test-split evaluation (the one place these names are spelled out).
+TEST_META_KEYS = ("test_top1", "test_top5", "test_loss", "test_images")
+
 
 def autocast_for(device: torch.device):
     """bf16 autocast on CUDA, nothing elsewhere."""
@@ -36,9 +39,8 @@ class Metrics:
         return {f"{prefix}{k}": v for k, v in asdict(self).items() if k != "predicted"}
 
     def as_test_meta(self) -> dict:
-        """The checkpoint meta keys of a test-split evaluation: ``test_top1``, ``test_top5``, ``test_loss``,
-        ``test_images`` (the one place these names are spelled out)."""
-        return self.as_dict("test_")
+        """This test-split evaluation as checkpoint meta: ``{key: value}`` for the :data:`TEST_META_KEYS`."""
+        return dict(zip(TEST_META_KEYS, (self.top1, self.top5, self.loss, self.images)))
 
 
 @torch.inference_mode()

@@ -81,8 +81,8 @@ def run_binarization(model: nn.Module, data: DataBundle, config: BinarizeConfig,
         **meta, "method": f"{meta['method']} + {label}" if meta.get("method") else label,
         "binarize_config": config.model_dump(mode="json"), "binarized_layers": layers,
         "train_config": train_config.model_dump(mode="json") if config.finetune_epochs else None,
-        "fp32_top1": fp32.top1, "binarized_top1": before.top1, "test_top1": after.top1, "test_top5": after.top5,
-        "test_loss": after.loss, "test_images": after.images, "nonzero_params": count_nonzero_parameters(model),
+        "fp32_top1": fp32.top1, "binarized_top1": before.top1, **after.as_test_meta(),
+        "nonzero_params": count_nonzero_parameters(model),
     }
     stem = paths.checked_name(name) if name else result_stem(config, after.top1)
     path = save_checkpoint(model, Path(out_dir) / f"{stem}.pt", result_meta)
