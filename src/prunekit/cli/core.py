@@ -6,12 +6,19 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prunekit.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, add_count_arg, add_data_args, add_model_args,
                                  add_model_relocation_arg, add_rename_arg, add_train_args, data_for, data_source,
                                  last_train_top1, lock_run_folder, markdown_table, model_from_args, parse_cfg,
                                  print_json, print_time_estimate, train_config_from, warn_if_collapsed)
 
+if TYPE_CHECKING:  # heavy imports stay inside the commands, so --help is instant
+    from torch import nn
+
+    from prunekit.config import TrainConfig
+    from prunekit.data import DataBundle
+    from prunekit.train import Callback
 
 SYNTHETIC_NOTE = " (SYNTHETIC data)"  # ends every epoch line of a run on synthetic data
 
@@ -194,14 +201,14 @@ class TrainSetup:
     """What ``prunekit train``'s options resolve to: the model (fresh or resumed), its data and config, the
     run folder, the resumed train state (or None), the run's meta and the epoch callbacks."""
 
-    model: object
-    data: object
-    config: object
+    model: nn.Module
+    data: DataBundle
+    config: TrainConfig
     save: Path
     resume_state: dict | None
     meta: dict
-    callbacks: list
-    dataset: str
+    callbacks: list[Callback]
+    dataset: str  # the dataset's name as the user gave it
 
 
 def train_setup(args) -> TrainSetup:
