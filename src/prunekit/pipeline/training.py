@@ -10,11 +10,12 @@ from typing import Sequence
 from torch import nn
 
 import prunekit.paths as paths
+import prunekit.train as training_loop
 from prunekit.checkpoint import Checkpoint, update_meta
 from prunekit.config import TrainConfig
 from prunekit.data import DataBundle
 from prunekit.evaluation import Metrics, evaluate_split
-from prunekit.train import Callback, FitResult, fit
+from prunekit.train import Callback, FitResult
 from prunekit.train.distributed import is_main_process
 
 
@@ -48,8 +49,9 @@ def train_model(model: nn.Module, data: DataBundle, config: TrainConfig, run_dir
     """``fit`` ``model`` in ``run_dir`` (continuing the ``resume`` train state when given), then, in the main
     process, evaluate it on the test split and add the test metrics and the training seconds to
     ``run_dir/last.pt``'s meta. Side effects: ``model`` is trained in place; ``run_dir`` holds ``fit``'s files."""
-    result = fit(model, data, config, run_dir=run_dir, resume=resume, meta=meta, callbacks=list(callbacks),
-                 progress=progress)
+    # looked up at call time, so a replaced prunekit.train.fit (a test's interruption) is the one called
+    result = training_loop.fit(model, data, config, run_dir=run_dir, resume=resume, meta=meta,
+                               callbacks=list(callbacks), progress=progress)
     if not is_main_process():
         return TrainedModel(result, None)
     test = evaluate_split(model, data, "test", device=next(model.parameters()).device)
