@@ -42,7 +42,7 @@ from prunekit.data import get_data
 from prunekit.data.normalisation import input_normalisation
 from prunekit.export.compact import binary_payload
 from prunekit.report.tables import markdown_table
-from prunekit.train import evaluate_split
+from prunekit.evaluation import evaluate_split
 
 DATA = SHARED / "data" / "cifar10-subset"
 RESNET20 = SHARED / "pretrained" / "resnet20-12fca82f.th"

@@ -16,7 +16,8 @@ import time
 import torch
 from torch import nn
 
-from prunekit.train.loop import autocast_for, train_epoch
+from prunekit.evaluation import autocast_for
+from prunekit.train.loop import train_epoch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED = Path(os.environ.get("PRUNEKIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))

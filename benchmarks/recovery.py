@@ -48,7 +48,7 @@ from prunekit.measure import count_macs
 from prunekit.models import create_model
 from prunekit.pipeline import run_pruning, with_normalisation
 from prunekit.report.tables import markdown_table
-from prunekit.train import evaluate_split
+from prunekit.evaluation import evaluate_split
 
 RESNET56 = SHARED / "pretrained" / "resnet56-4bfd9763.th"
 DEFAULT_DATA = SHARED / "data" / "cifar10-subset"

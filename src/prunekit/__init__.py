@@ -4,7 +4,7 @@ The public API (imported lazily, so ``import prunekit`` and ``prunekit --help`` 
 
     create_model, list_models          the model zoo (models/)
     get_data                           CIFAR-10/100 and synthetic data (data/)
-    fit, evaluate_split                training and evaluation (train/)
+    fit, evaluate_split                training (train/) and evaluation (evaluation.py)
     profile                            params, MACs, size, memory, latency (measure/)
     save_checkpoint, load_checkpoint    checkpoints (checkpoint.py)
     load_weights                       state dicts of other code bases (foreign.py)
@@ -24,7 +24,7 @@ _EXPORTS = {
     "list_models": "prunekit.models",
     "get_data": "prunekit.data",
     "fit": "prunekit.train",
-    "evaluate_split": "prunekit.train",
+    "evaluate_split": "prunekit.evaluation",
     "profile": "prunekit.measure",
     "save_checkpoint": "prunekit.checkpoint",
     "load_checkpoint": "prunekit.checkpoint",

@@ -46,6 +46,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from prunekit.checkpoint import register_section
 from prunekit.config import StrictModel
 from prunekit.errors import PrunekitError
 from prunekit.masking import WeightTransform, add_transform, is_masked, latent_tensor, transforms_of
@@ -275,3 +276,18 @@ def restore_binarization(model: nn.Module, spec: dict | None, latent: dict[str, 
     if not isinstance(method, str):
         raise PrunekitError("this checkpoint mixes binarization methods; this prunekit stores one per model")
     return binarize_model(model, list(spec.get("layers") or []), method, spec.get("activations", "fp32"), latent)
+
+
+def binarization_entries(model: nn.Module) -> dict | None:
+    """The checkpoint section of a binarized ``model``: ``{"binarized": spec, "latent": latent weights}``;
+    None when it is not binarized."""
+    spec = binarization_spec(model)
+    return {"binarized": spec, "latent": latent_weights(model)} if spec else None
+
+
+def restore_binarization_entries(model: nn.Module, raw: dict) -> None:
+    """Re-apply a raw checkpoint's ``binarized``/``latent`` entries, if any, to ``model`` (loaded already)."""
+    restore_binarization(model, raw.get("binarized"), raw.get("latent"))
+
+
+register_section("binarized", binarization_entries, restore_binarization_entries)

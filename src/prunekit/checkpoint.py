@@ -10,8 +10,9 @@ A checkpoint is a plain dict saved with ``torch.save`` and loaded with ``weights
                 for import (load those with ``load_checkpoint(path, model=...)``)
 ``state_dict``  effective weights (masked entries exactly zero)
 ``masks``       ``{param_name: bool tensor}`` of the masked weights, empty if none
-``binarized``   only for a binarized model (:mod:`prunekit.binarize`): ``{"method", "activations", "layers"}``;
-                ``state_dict`` then holds the binarized weights and ``latent`` the fp32 latent ones
+``binarized``   only for a binarized model (:mod:`prunekit.binarize`, a section plugin, see below):
+                ``{"method", "activations", "layers"}``; ``state_dict`` then holds the binarized weights and
+                ``latent`` the fp32 latent ones
 ``meta``        dataset, normalisation, accuracy, history, prunekit version, …
 ``train_state`` optional, for ``--resume``: optimizer, scheduler, epoch, RNG and loader states
 ``tensor_sha256`` SHA-256 over every tensor in the file (see :func:`tensor_sha256`), checked on load; files
@@ -24,6 +25,11 @@ Other file formats (the compact and int8 files of :mod:`prunekit.export`) regist
 :func:`register_format`; :func:`load_checkpoint` dispatches on the file's ``format`` field, so this module
 imports nothing above it. A format no reader has registered yet makes it import the modules named in
 ``FORMAT_PLUGINS`` once (the way a plugin system loads entry points) before giving up.
+
+Extra entries of the format itself (a weight re-parametrisation such as binarization) come from sections
+registered with :func:`register_section`: each section writes its entries for a model that has it and
+re-applies them on load. The modules named in ``SECTION_PLUGINS`` are imported before the first save or load,
+so a section is never missed.
 """
 
 from __future__ import annotations
@@ -40,13 +46,14 @@ from torch import nn
 from prunekit.atomic import atomic_write
 import prunekit.paths as paths
 from prunekit.errors import PrunekitError, require_file
-from prunekit.binarize import binarization_spec, latent_weights, restore_binarization
+from prunekit.evaluation import TEST_META_KEYS
 from prunekit.masking import Masks, apply_masks, effective_state_dict, extract_masks
 from prunekit.models import build_model, is_reference, saved_arch
 
 FORMAT = "prunekit"
 VERSION = 1
 FORMAT_PLUGINS = ("prunekit.export",)  # modules whose import registers the formats prunekit ships
+SECTION_PLUGINS = ("prunekit.binarize",)  # modules whose import registers the sections prunekit ships
 
 
 @dataclass
@@ -83,6 +90,46 @@ def reader_for(name: Any) -> Reader | None:
         for module in FORMAT_PLUGINS:
             importlib.import_module(module)
     return READERS.get(name)
+
+
+@dataclass(frozen=True)
+class Section:
+    """Extra checkpoint entries for one weight re-parametrisation. ``save(model)`` gives the entries to write
+    (None when ``model`` does not have it); ``restore(model, raw)`` re-applies them from the raw checkpoint
+    dict to a model whose weights and masks are loaded (doing nothing when the file has none)."""
+
+    save: Callable[[nn.Module], "dict | None"]
+    restore: Callable[[nn.Module, dict], None]
+
+
+SECTIONS: dict[str, Section] = {}
+_section_plugins_loaded = False
+
+
+def register_section(name: str, save: Callable[[nn.Module], "dict | None"],
+                     restore: Callable[[nn.Module, dict], None]) -> Section:
+    """Make :func:`checkpoint_dict` write ``save(model)``'s entries and :func:`load_checkpoint` call
+    ``restore(model, raw)``; registering ``name`` again replaces it."""
+    SECTIONS[name] = Section(save, restore)
+    return SECTIONS[name]
+
+
+def sections() -> list[Section]:
+    """The registered sections, after importing ``SECTION_PLUGINS`` once."""
+    global _section_plugins_loaded
+    if not _section_plugins_loaded:
+        for module in SECTION_PLUGINS:
+            importlib.import_module(module)
+        _section_plugins_loaded = True
+    return list(SECTIONS.values())
+
+
+def section_entries(model: nn.Module) -> dict:
+    """Every section's entries for ``model`` (written first in the checkpoint dict)."""
+    entries: dict = {}
+    for section in sections():
+        entries.update(section.save(model) or {})
+    return entries
 
 
 CHECKSUM_KEY = "tensor_sha256"
@@ -143,9 +190,8 @@ def checkpoint_dict(model: nn.Module, meta: dict | None = None, train_state: dic
     from prunekit import __version__
 
     arch = saved_arch(model, arch_ref, kwargs)
-    binarized = binarization_spec(model)
     return {
-        **({"binarized": binarized, "latent": latent_weights(model)} if binarized else {}),
+        **section_entries(model),
         "format": FORMAT,
         "version": VERSION,
         "arch": arch,
@@ -212,7 +258,8 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, model_ref:
     masks = raw.get("masks") or {}
     if masks:
         apply_masks(model, masks)
-    restore_binarization(model, raw.get("binarized"), raw.get("latent"))
+    for section in sections():
+        section.restore(model, raw)
     return Checkpoint(model=model, arch=arch, masks=masks, meta=raw.get("meta") or {},
                       train_state=raw.get("train_state"), path=Path(path))
 
@@ -339,7 +386,7 @@ def rename_hint(missing: list[str], unexpected: list[str]) -> str:
 # entries about that one file or the run that wrote it, and results measured on the source's outputs.
 RUN_SPECIFIC_META = frozenset({"history", "epoch", "train_seconds", "prunekit_version", "round_record", "fingerprint",
                                "rounds", "finetuned_from", "stage"})
-MEASURED_META = frozenset({"test_top1", "test_top5", "test_loss", "test_images", "best_val_top1"})
+MEASURED_META = frozenset({*TEST_META_KEYS, "best_val_top1"})
 
 
 def derived_meta(meta: dict, keeps_outputs: bool = False) -> dict:

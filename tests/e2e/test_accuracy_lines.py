@@ -80,7 +80,7 @@ def test_prune_channels_without_known_data_measures_nothing(tiny_vgg, tmp_path, 
 
 def test_a_collapsed_pruned_model_gets_one_warning_line(base, tmp_path, capsys, monkeypatch):
     import prunekit.cli.structured
-    from prunekit.train.loop import Metrics
+    from prunekit.evaluation import Metrics
 
     collapsed = Metrics(10.0, 50.0, 2.3, 100, [100] + [0] * 9)
     monkeypatch.setattr(prunekit.cli.structured, "test_metrics", lambda model, data: collapsed)

@@ -9,7 +9,7 @@ from prunekit.foreign import load_weights
 from prunekit.data.normalisation import NORMALISATIONS
 from prunekit.data import get_data
 from prunekit.models import create_model
-from prunekit.train import evaluate_split
+from prunekit.evaluation import evaluate_split
 
 
 @needs_shared

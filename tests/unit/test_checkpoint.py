@@ -132,3 +132,22 @@ def test_atomic_writer_uses_unique_temporary_names_and_leaves_nothing_behind(tmp
     assert len(set(names)) == 2 and all(n.startswith(str(tmp_path / ".a.csv.")) for n in names)
     assert (tmp_path / "a.csv").read_text() == "y\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]
+
+
+def test_a_registered_section_is_written_first_and_restored_on_load(tmp_path, tiny_vgg, monkeypatch):
+    import prunekit.checkpoint as checkpoint
+
+    def save(model):
+        return {"tag": torch.tensor([7, 8])} if hasattr(model, "tag") else None
+
+    def restore(model, raw):
+        if "tag" in raw:
+            model.tag = raw["tag"]
+
+    monkeypatch.setitem(checkpoint.SECTIONS, "tag", checkpoint.Section(save, restore))
+    plain = checkpoint.read_checkpoint_file(save_checkpoint(tiny_vgg, tmp_path / "plain.pt"))
+    assert "tag" not in plain and "binarized" not in plain  # a model without the re-parametrisation: no entries
+    tiny_vgg.tag = torch.tensor([7, 8])
+    raw = checkpoint.read_checkpoint_file(save_checkpoint(tiny_vgg, tmp_path / "tagged.pt"))
+    assert next(iter(raw)) == "tag" and torch.equal(raw["tag"], torch.tensor([7, 8]))
+    assert torch.equal(load_checkpoint(tmp_path / "tagged.pt").model.tag, torch.tensor([7, 8]))

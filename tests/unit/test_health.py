@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from prunekit.train.health import collapse_warning, majority_limit
-from prunekit.train.loop import Metrics
+from prunekit.evaluation import Metrics
 
 
 def metrics(top1: float, predicted: list[int]) -> Metrics:
@@ -41,7 +41,7 @@ def test_two_classes_need_more_than_half():
 
 def test_evaluate_counts_predicted_classes():
     from prunekit.data import DeviceLoader
-    from prunekit.train import evaluate
+    from prunekit.evaluation import evaluate
 
     class AlwaysThree(nn.Module):
         def __init__(self):
@@ -56,3 +56,8 @@ def test_evaluate_counts_predicted_classes():
     result = evaluate(AlwaysThree(), DeviceLoader(images, labels, 3, mean=(0, 0, 0), std=(1, 1, 1), train=False))
     assert result.predicted == [0, 0, 0, 7, 0] and result.top1 == pytest.approx(300 / 7)
     assert "predicted" not in result.as_dict("test_")  # metrics rows keep their four columns
+
+
+def test_test_meta_names_the_four_numbers_of_a_test_evaluation():
+    assert metrics(40.0, [3, 1]).as_test_meta() == {"test_top1": 40.0, "test_top5": 40.0, "test_loss": 2.0,
+                                                   "test_images": 4}

@@ -62,8 +62,10 @@ def test_layers_point_one_way():
     graph = package_graph()
     assert not graph["train"] & {"prune", "pipeline", "analysis", "report", "cli", "experiment"}
     assert not graph["masking"] - {"errors"}
-    assert not graph["checkpoint"] & {"prune", "export", "train", "measure", "analysis", "report", "cli"}
-    assert not graph["analysis"] & {"report", "cli", "experiment"}
+    assert not graph["checkpoint"] & {"prune", "export", "train", "measure", "analysis", "report", "cli",
+                                      "binarize"}, "formats and sections register themselves"
+    assert not graph["analysis"] & {"report", "cli", "experiment", "train"}, "analysis evaluates, never trains"
+    assert "train" not in graph["report"]
     assert graph["report"] <= {"analysis", "atomic", "errors"}, "report only renders"
 
 

@@ -29,7 +29,7 @@ from prunekit.analysis.points import Evaluator
 from prunekit.analysis.sensitivity import (DENSE, MAX_SUGGESTED_RATIO, rescale, run_sensitivity, suggest_ratios,
                                          weighted_mean, write_ratio_file)
 from prunekit.analysis.sweep import run_sweep, sweep_rates
-from prunekit.train import evaluate_split
+from prunekit.evaluation import evaluate_split
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # differs from the data's: proves meta is used
 CONVS = ["features.0", "features.4", "features.8", "features.11"]  # the tiny VGG's convs; classifier excluded

@@ -9,7 +9,8 @@ import torch
 
 from prunekit.config import TrainConfig
 from prunekit.prune.channels import prune_channels
-from prunekit.train import evaluate_split, fit
+from prunekit.evaluation import evaluate_split
+from prunekit.train import fit
 
 
 @pytest.mark.long

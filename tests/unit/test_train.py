@@ -11,7 +11,8 @@ import torch
 from prunekit.checkpoint import load_checkpoint
 from prunekit.config import TrainConfig
 from prunekit.models import create_model
-from prunekit.train import Callback, evaluate_split, fit
+from prunekit.evaluation import evaluate_split
+from prunekit.train import Callback, fit
 from prunekit.train.optim import lr_factor
 
 FAST = dict(batch_size=32, lr=0.05, device="cpu", seed=3)

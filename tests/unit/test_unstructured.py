@@ -237,7 +237,7 @@ class StopAfterFirstEpoch:
 @pytest.mark.long
 def test_pipeline_resumes_an_interrupted_round_exactly(tmp_path, small_data, monkeypatch):
     """IMP with retraining, interrupted inside round 2 and run again, ends where an uninterrupted run does."""
-    import prunekit.pipeline as pipeline
+    import prunekit.pipeline.pruning as pipeline
 
     def tiny():
         torch.manual_seed(0)

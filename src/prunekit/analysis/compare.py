@@ -3,7 +3,7 @@
 Every number comes from the library's own calls, so a row equals what ``prunekit evaluate`` and
 ``prunekit profile`` report for the same file:
 
-* accuracy: :func:`prunekit.train.evaluate_split` on the chosen split, inputs normalised with the
+* accuracy: :func:`prunekit.evaluation.evaluate_split` on the chosen split, inputs normalised with the
   checkpoint's own ``meta`` mean/std (the dataset's when the checkpoint records none);
 * params, non-zero params (masks applied), MACs, file size, weights size, peak memory:
   :func:`prunekit.measure.profile` with the checkpoint path;
@@ -258,8 +258,8 @@ def measure_row(loaded: Checkpoint, data: DataBundle, settings: CompareSettings)
 
 
 def evaluate_model(model: nn.Module, data: DataBundle, split: str, mean, std, device: str):
-    """:func:`prunekit.train.evaluate_split`, imported here so the report stays cheap to import."""
-    from prunekit.train import evaluate_split
+    """:func:`prunekit.evaluation.evaluate_split`, imported here so the report stays cheap to import."""
+    from prunekit.evaluation import evaluate_split
 
     return evaluate_split(model, data, split, mean, std, device)
 

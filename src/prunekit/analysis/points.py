@@ -32,7 +32,7 @@ class Evaluator:
     split: str = "test"
 
     def __call__(self, model: nn.Module):
-        from prunekit.train import evaluate_split
+        from prunekit.evaluation import evaluate_split
 
         return evaluate_split(model, self.data, self.split, self.mean, self.std, self.device)
 

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_binarize(args) -> int:
     import prunekit.paths as paths
     from prunekit.binarize import BinarizeConfig, binarized_layers
-    from prunekit.binarize_pipeline import run_binarization
+    from prunekit.pipeline import run_binarization
     from prunekit.checkpoint import load_checkpoint
     from prunekit.errors import PrunekitError
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prunekit.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg, add_count_arg, add_data_args,
                                  add_device_arg, add_json_arg, add_model_args, add_model_relocation_arg,
@@ -13,6 +15,12 @@ from prunekit.cli.common import (NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_
                                  last_train_top1, load_model_source, lock_run_folder, markdown_table, model_from_args,
                                  print_json, print_time_estimate, train_config_from, warn_if_collapsed)
 
+if TYPE_CHECKING:  # heavy imports stay inside the commands, so --help is instant
+    from torch import nn
+
+    from prunekit.config import TrainConfig
+    from prunekit.data import DataBundle
+    from prunekit.train import Callback
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models")
@@ -111,64 +119,88 @@ def cmd_models(args) -> int:
 
 def cmd_train(args) -> int:
     import prunekit.paths as paths
-    from prunekit.checkpoint import resume_point, update_meta
-    from prunekit.config import TrainConfig
-    from prunekit.models import arch_label
-    from prunekit.train import evaluate_split, fit
-    from prunekit.train.callbacks import EpochSnapshots
-    from prunekit.train.distributed import is_main_process, requested_world_size
-    from prunekit.train.loop import resolve_device, seed_everything
+    from prunekit.pipeline import train_model
+    from prunekit.train.distributed import is_main_process
 
-    resume_state, remembered = None, None
+    setup = train_setup(args)
+    if is_main_process():
+        print_train_start(setup)
+    trained = train_model(setup.model, setup.data, setup.config, setup.save, resume=setup.resume_state,
+                          meta=setup.meta, callbacks=setup.callbacks, progress=not args.no_progress)
+    if trained.test is None:  # not the main process of a distributed run
+        return 0
+    test, data = trained.test, setup.data
+    print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}%  loss {test.loss:.4f} on {test.images} "
+          f"{'SYNTHETIC ' if data.synthetic else ''}images; "
+          f"{trained.fit.seconds:.0f} s; saved {paths.last(setup.save)}")
+    warn_if_collapsed(test, last_train_top1(trained.fit.history), "the trained model")
+    return 0
+
+
+@dataclass
+class TrainSetup:
+    """What ``prunekit train``'s options resolve to: the model (fresh or resumed), its data and config, the
+    run folder, the resumed train state (or None), the run's meta and the epoch callbacks."""
+
+    model: nn.Module
+    data: DataBundle
+    config: TrainConfig
+    save: Path
+    resume_state: dict | None
+    meta: dict
+    callbacks: list[Callback]
+    dataset: str  # the dataset's name as the user gave it
+
+
+def train_setup(args) -> TrainSetup:
+    """Resolve ``prunekit train``'s options: resume ``--resume`` or start a fresh run (seeded before the model
+    is built). Side effect: locks the run folder before the data loads."""
+    from prunekit.checkpoint import resume_point
+    from prunekit.pipeline import data_meta, resumed_config
+    from prunekit.train.callbacks import EpochSnapshots
+    from prunekit.train.loop import seed_everything
+
+    resume_state, remembered, model = None, None, None
     if args.resume:
         loaded = resume_point(args.resume, required=True)
         model, resume_state, remembered = loaded.model, loaded.train_state, loaded.meta
-        config = TrainConfig(**resume_state["config"])
-        if args.epochs is not None:  # extend (or shorten) the schedule of the resumed run
-            config = config.model_copy(update={"epochs": args.epochs})
+        config = resumed_config(loaded, args.epochs)
         save = Path(args.save or Path(args.resume).parent)
     else:
         config = train_config_from(args)
         label = args.model.rpartition(":")[2]  # a user model's class or factory name
         save = Path(args.save or f"runs/{label}-{args.dataset or 'cifar10'}-seed{config.seed}")
-        model = None
     seed = (remembered or {}).get("data_seed", config.seed)  # the split seed of the run (older runs: its seed)
     source = data_source(args, remembered, seed)
     lock_run_folder(args, save)  # before the data loads: a second writer of the folder fails at once
     data = data_for(args, remembered, seed)
-    dataset = source.dataset
     if model is None:
         seed_everything(config.seed)  # before the model exists: its initialisation is part of the run
         model = model_from_args(args, data.info.num_classes)
     # the data source (dataset, folder, split, split seed, limit) is what later commands redraw exactly
-    meta = {**source.meta(), "seed": config.seed, "synthetic": data.synthetic, "num_classes": data.info.num_classes,
-            "mean": list(data.info.mean), "std": list(data.info.std), "train_images": len(data.train[1])}
+    meta = {**source.meta(), "seed": config.seed, **data_meta(data)}
     callbacks = [epoch_printer(data)] + ([EpochSnapshots(model, save, meta)] if args.save_every_epoch else [])
+    return TrainSetup(model, data, config, save, resume_state, meta, callbacks, source.dataset)
+
+
+def print_train_start(setup: TrainSetup) -> None:
+    """The run's first lines: what trains on what, where, how; then the time estimate."""
+    from prunekit.models import arch_label
+    from prunekit.train.distributed import requested_world_size
+    from prunekit.train.loop import resolve_device
+
+    model, data, config = setup.model, setup.data, setup.config
     world_size = requested_world_size()
-    if is_main_process():
-        print(f"training {arch_label(model.arch)} on {dataset} ({len(data.train[1])} images"
-              f"{', SYNTHETIC' if data.synthetic else ''}) for {config.epochs} epochs on "
-              f"{resolve_device(config.device)} × {world_size} process(es): effective batch {config.batch_size} "
-              f"({config.batch_size // world_size} per process), peak lr {config.lr} → {save}")
-        print_time_estimate(model, data, config, resume_state["epoch"] if resume_state else 0)
-    result = fit(model, data, config, run_dir=save, resume=resume_state, meta=meta,
-                 callbacks=callbacks, progress=not args.no_progress)
-    if not is_main_process():
-        return 0
-    test = evaluate_split(model, data, "test", device=next(model.parameters()).device)
-    if paths.last(save).exists():
-        update_meta(paths.last(save), test_top1=test.top1, test_top5=test.top5, test_loss=test.loss,
-                    test_images=test.images, train_seconds=result.seconds)
-    print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}%  loss {test.loss:.4f} on {test.images} "
-          f"{'SYNTHETIC ' if data.synthetic else ''}images; "
-          f"{result.seconds:.0f} s; saved {paths.last(save)}")
-    warn_if_collapsed(test, last_train_top1(result.history), "the trained model")
-    return 0
+    print(f"training {arch_label(model.arch)} on {setup.dataset} ({len(data.train[1])} images"
+          f"{', SYNTHETIC' if data.synthetic else ''}) for {config.epochs} epochs on "
+          f"{resolve_device(config.device)} × {world_size} process(es): effective batch {config.batch_size} "
+          f"({config.batch_size // world_size} per process), peak lr {config.lr} → {setup.save}")
+    print_time_estimate(model, data, config, setup.resume_state["epoch"] if setup.resume_state else 0)
 
 
 def cmd_evaluate(args) -> int:
     from prunekit.data.normalisation import input_normalisation
-    from prunekit.train import evaluate_split
+    from prunekit.evaluation import evaluate_split
     from prunekit.train.loop import resolve_device
 
     loaded = load_model_source(args)
@@ -207,11 +239,11 @@ def cmd_convert(args) -> int:
     if args.evaluate or args.data:
         meta.update(data_source(args).meta())  # later commands evaluate on the same data
     if args.evaluate:
-        from prunekit.train import evaluate_split
+        from prunekit.evaluation import evaluate_split
 
         data = data_for(args, meta)
         test = evaluate_split(model, data, "test", mean, std)
-        meta.update(test_top1=test.top1, test_top5=test.top5, test_loss=test.loss, test_images=test.images)
+        meta.update(test.as_test_meta())
         print(f"test top-1 {test.top1:.2f}%  top-5 {test.top5:.2f}% on {test.images} images")
         warn_if_other_normalisation_scores_higher(model, data, mean, std, test.top1)
     path = save_checkpoint(model, args.out, meta)
@@ -223,7 +255,7 @@ def warn_if_other_normalisation_scores_higher(model, data, mean, std, top1: floa
     """Evaluate ``model`` under every named normalisation and warn on stderr when one scores clearly (more than 2
     points top-1) higher than the chosen ``(mean, std)``: the weights were probably trained with it."""
     from prunekit.data.normalisation import NORMALISATIONS, better_normalisation, normalisation_name
-    from prunekit.train import evaluate_split
+    from prunekit.evaluation import evaluate_split
 
     chosen = normalisation_name(mean, std) or "the chosen normalisation"
     scores = {chosen: top1}

@@ -244,9 +244,8 @@ def print_blocking_ops(result) -> None:
 def cmd_finetune(args) -> int:
     import prunekit.paths as paths
     from prunekit.checkpoint import load_checkpoint, resume_point
-    from prunekit.config import TrainConfig
     from prunekit.errors import PrunekitError
-    from prunekit.pipeline import finetune, inherited_meta
+    from prunekit.pipeline import finetune, inherited_meta, resumed_config
     from prunekit.prune import sparsity_report
 
     source = args.resume or args.checkpoint
@@ -254,9 +253,7 @@ def cmd_finetune(args) -> int:
         raise PrunekitError("name the pruned checkpoint to fine-tune (CKPT), or --resume a run's last.pt")
     loaded = resume_point(source, required=True) if args.resume else load_checkpoint(source, model_ref=args.model)
     if args.resume:
-        config = TrainConfig(**loaded.train_state["config"])
-        if args.epochs is not None:
-            config = config.model_copy(update={"epochs": args.epochs})
+        config = resumed_config(loaded, args.epochs)
         save = Path(args.save or Path(args.resume).parent)
     else:
         args.epochs = FINETUNE_EPOCHS if args.epochs is None else args.epochs

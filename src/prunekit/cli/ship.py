@@ -136,7 +136,7 @@ def accuracy_and_size(fp32_model, quantized, data, mean, std, path) -> dict:
     """Test top-1 of the fp32 model and its int8 version (same images, same normalisation), and the int8
     file's size over the fp32 weights' (``serialized_size``). ``int8_metrics``: the int8 evaluation."""
     from prunekit.measure import serialized_size
-    from prunekit.train import evaluate_split
+    from prunekit.evaluation import evaluate_split
 
     fp32 = evaluate_split(fp32_model, data, "test", mean, std)
     int8 = evaluate_split(quantized, data, "test", mean, std)

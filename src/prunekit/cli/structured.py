@@ -191,8 +191,7 @@ def cmd_prune_channels(args) -> int:
               "source": str(args.checkpoint or args.model), **{k: v for k, v in target.items()},
               "filter_sparsity": sparsity, "seconds": seconds, "bn_recalibration_batches": recalibrated,
               **(outcome_record(outcome) if outcome else {}), **({"latency": latency.as_dict()} if latency else {})}
-    measured = {} if top1_after is None else {"test_top1": top1_after.top1, "test_top5": top1_after.top5,
-                                              "test_loss": top1_after.loss, "test_images": top1_after.images}
+    measured = {} if top1_after is None else top1_after.as_test_meta()
     meta = derived_meta(loaded.meta)
     meta.setdefault("dense_weights", sparsity_report(original)["params"])  # the weight-sparsity denominator
     save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity, **measured})
@@ -266,7 +265,7 @@ def recalibrate(model, data, args) -> int:
 
 
 def test_metrics(model, data):
-    from prunekit.train import evaluate_split
+    from prunekit.evaluation import evaluate_split
 
     return evaluate_split(model, data, "test")
 

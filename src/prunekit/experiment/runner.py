@@ -223,7 +223,7 @@ def into_variant_folder(run: Run, variant: VariantSpec, path: Path) -> Path:
 
 
 def binarize_variant(run: Run, variant: VariantSpec, model, meta: dict):
-    from prunekit.binarize_pipeline import run_binarization
+    from prunekit.pipeline import run_binarization
 
     config = variant.binarize
     run.say(f"variant {variant.name}: {config.method} binarization, {config.finetune_epochs} STE epoch(s)")
@@ -364,8 +364,10 @@ def retrain_config(run: Run, overrides: dict) -> TrainConfig:
 
 
 def data_meta(data: DataBundle) -> dict:
-    return {"dataset": data.info.name, "synthetic": data.synthetic, "num_classes": data.info.num_classes,
-            "mean": list(data.info.mean), "std": list(data.info.std), "train_images": len(data.train[1])}
+    """The dataset's name and what :func:`prunekit.pipeline.data_meta` records about the data."""
+    from prunekit.pipeline import data_meta as trained_data_meta
+
+    return {"dataset": data.info.name, **trained_data_meta(data)}
 
 
 def foreign_normalisation(name: str | None, data: DataBundle) -> dict:
@@ -376,11 +378,10 @@ def foreign_normalisation(name: str | None, data: DataBundle) -> dict:
 
 
 def evaluate(run: Run, model, meta: dict) -> dict:
-    from prunekit.train import evaluate_split
+    from prunekit.evaluation import evaluate_split
 
     metrics = evaluate_split(model, run.data, "test", *input_normalisation(meta, run.data.info))
-    return {"test_top1": metrics.top1, "test_top5": metrics.top5, "test_loss": metrics.loss,
-            "test_images": metrics.images}
+    return metrics.as_test_meta()
 
 
 def point_label(path: Path, meta: dict) -> str:

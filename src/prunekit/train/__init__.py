@@ -1,10 +1,9 @@
-"""Training and evaluation (knows nothing about pruning)."""
+"""Training (knows nothing about pruning; evaluation lives in :mod:`prunekit.evaluation`)."""
 
 from prunekit.train.callbacks import Callback, SlimmingRegularizer
-from prunekit.train.loop import (FitResult, Metrics, evaluate, evaluate_split, fit,
-                                 resolve_device, train_step)
+from prunekit.train.loop import FitResult, fit, resolve_device, train_step
 from prunekit.train.state import TrainState
 from prunekit.train.writers import CheckpointWriter, MetricsWriter
 
-__all__ = ["Callback", "CheckpointWriter", "FitResult", "MetricsWriter", "TrainState", "Metrics", "SlimmingRegularizer", "evaluate", "evaluate_split", "fit",
+__all__ = ["Callback", "CheckpointWriter", "FitResult", "MetricsWriter", "TrainState", "SlimmingRegularizer", "fit",
            "resolve_device", "train_step"]

@@ -1,6 +1,6 @@
 """Signs that a trained, pruned or quantized model has collapsed, phrased as one warning line.
 
-Two signs, judged on an evaluation's :class:`prunekit.train.loop.Metrics`: one class predicted for most
+Two signs, judged on an evaluation's :class:`prunekit.evaluation.Metrics`: one class predicted for most
 images (:data:`MAJORITY_SHARE`; a class count of 2 needs more, see :func:`majority_limit`), or top-1 at
 chance (:data:`CHANCE_FACTOR` × 100/classes or less) while a reference accuracy (training top-1, the model
 before pruning, the fp32 model) is clearly above chance. Neither stops a command: the model is saved and

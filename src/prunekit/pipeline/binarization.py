@@ -1,7 +1,8 @@
 """Binarize a checkpoint's model and fine-tune it with the straight-through estimator: where
-:mod:`prunekit.binarize` meets the training loop (the way :mod:`prunekit.pipeline` joins pruning and training).
+:mod:`prunekit.binarize` meets the training loop (the way :mod:`prunekit.pipeline.pruning` joins pruning and
+training).
 
-There is no second loop: the binarized model trains in :func:`prunekit.pipeline.finetune` (``fit``), whose
+There is no second loop: the binarized model trains in :func:`prunekit.pipeline.finetuning.finetune` (``fit``), whose
 optimizer holds the latent fp32 weights while every forward pass uses the binarized ones. A masked model
 stays masked, so the result of ``prune`` then ``binarize`` is ternary (0 or ±α).
 """
@@ -20,8 +21,10 @@ from prunekit.checkpoint import resume_point, save_checkpoint
 from prunekit.config import TrainConfig
 from prunekit.data import DataBundle
 from prunekit.measure import count_nonzero_parameters
-from prunekit.pipeline import finetune, inherited_meta, with_normalisation
-from prunekit.train import Callback, evaluate_split, resolve_device
+from prunekit.evaluation import evaluate_split
+from prunekit.pipeline.finetuning import finetune
+from prunekit.pipeline.inputs import inherited_meta, with_normalisation
+from prunekit.train import Callback, resolve_device
 
 METHOD_LABELS = {"bwn": "BWN", "binaryconnect": "BinaryConnect"}
 
@@ -78,8 +81,8 @@ def run_binarization(model: nn.Module, data: DataBundle, config: BinarizeConfig,
         **meta, "method": f"{meta['method']} + {label}" if meta.get("method") else label,
         "binarize_config": config.model_dump(mode="json"), "binarized_layers": layers,
         "train_config": train_config.model_dump(mode="json") if config.finetune_epochs else None,
-        "fp32_top1": fp32.top1, "binarized_top1": before.top1, "test_top1": after.top1, "test_top5": after.top5,
-        "test_loss": after.loss, "test_images": after.images, "nonzero_params": count_nonzero_parameters(model),
+        "fp32_top1": fp32.top1, "binarized_top1": before.top1, **after.as_test_meta(),
+        "nonzero_params": count_nonzero_parameters(model),
     }
     stem = paths.checked_name(name) if name else result_stem(config, after.top1)
     path = save_checkpoint(model, Path(out_dir) / f"{stem}.pt", result_meta)

@@ -1,7 +1,7 @@
 """Pruning schedules with masked retraining: where pruning (``prune/``) meets training (``train/``).
 
-``prune/`` and ``train/`` never import each other; this module and the experiment runner built on it
-(``experiment/``) are the only places that use both.
+``prune/`` and ``train/`` never import each other; the :mod:`prunekit.pipeline` package and the experiment
+runner built on it (``experiment/``) are the only places that use both.
 
 Schedules (``PruneConfig.schedule``):
 
@@ -21,7 +21,6 @@ with other settings is refused.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,21 +30,21 @@ import torch
 from torch import nn
 
 import prunekit.paths as paths
-from prunekit.checkpoint import (Checkpoint, derived_meta, load_checkpoint, read_checkpoint_file, save_checkpoint,
-                                 update_meta)
+from prunekit.checkpoint import Checkpoint, load_checkpoint, read_checkpoint_file, save_checkpoint
 from prunekit.config import PruneConfig, TrainConfig
 from prunekit.data import DataBundle
-from prunekit.data.normalisation import input_normalisation
 from prunekit.errors import PrunekitError
+from prunekit.evaluation import Metrics, evaluate_split
 from prunekit.foreign import foreign_state_dict
-from prunekit.masking import effective_state_dict, masked_keys, permanent_copy
+from prunekit.masking import effective_state_dict, masked_keys
 from prunekit.measure import count_macs, count_nonzero_parameters, count_parameters
+from prunekit.pipeline.finetuning import distillation
+from prunekit.pipeline.inputs import inherited_meta, with_normalisation
 from prunekit.prune import apply_masks, compute_masks, extract_masks, make_permanent, sparsity_of, sparsity_report
 from prunekit.prune.allocate import round_fraction
 from prunekit.prune.granularity import get_granularity
-from prunekit.train import Callback, Metrics, evaluate_split, fit, resolve_device
+from prunekit.train import Callback, fit, resolve_device
 from prunekit.train.bn import recalibrate_bn
-from prunekit.train.distill import KnowledgeDistillation
 from prunekit.train.loop import sample_batches
 
 #: Labelled training batches (of SCORING_BATCH_SIZE images, seeded by the prune seed) a data-driven
@@ -76,14 +75,6 @@ def method_label(config: PruneConfig) -> str:
 
 def rounds_of(config: PruneConfig) -> int:
     return 1 if config.schedule == "oneshot" else config.iterations
-
-
-def with_normalisation(data: DataBundle, meta: dict | None) -> DataBundle:
-    """``data`` normalised as the checkpoint was trained (``meta`` mean/std), else unchanged."""
-    if not ((meta or {}).get("mean") and (meta or {}).get("std")):
-        return data
-    mean, std = input_normalisation(meta, data.info)
-    return dataclasses.replace(data, info=dataclasses.replace(data.info, mean=mean, std=std))
 
 
 def example_inputs(data: DataBundle, device: torch.device) -> torch.Tensor:
@@ -156,17 +147,6 @@ def scoring_batches(data: DataBundle, config: PruneConfig, device: torch.device)
     return sample_batches(data, SCORING_BATCHES, SCORING_BATCH_SIZE, seed=config.seed, device=device)
 
 
-def distillation(train_config: TrainConfig, teacher: nn.Module | None) -> list[Callback]:
-    """``[KnowledgeDistillation]`` from ``teacher`` (a mask-free copy is taken) when ``train_config.distill``,
-    else ``[]``; distilling without a teacher raises PrunekitError."""
-    if not train_config.distill:
-        return []
-    if teacher is None:
-        raise PrunekitError("--distill needs the dense model as teacher; give it with --teacher CKPT")
-    return [KnowledgeDistillation(permanent_copy(teacher), train_config.distill_alpha,
-                                  train_config.distill_temperature)]
-
-
 def run_round(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_config: TrainConfig,
               run_dir: Path, k: int, rewind: dict | None, fingerprint: dict, meta: dict, progress: bool,
               callbacks: Sequence[Callback] = ()) -> dict:
@@ -232,17 +212,6 @@ def work_name(config: PruneConfig, name: str | None) -> str:
     return f"{method_label(config)}_{config.granularity}_{target}"
 
 
-def inherited_meta(meta: dict, data: DataBundle) -> dict:
-    """The input checkpoint's meta as :func:`prunekit.checkpoint.derived_meta` keeps it; dataset and
-    normalisation filled in."""
-    kept = derived_meta(meta)
-    kept.setdefault("dataset", data.info.name)
-    kept.setdefault("num_classes", data.info.num_classes)
-    kept.setdefault("mean", list(data.info.mean))
-    kept.setdefault("std", list(data.info.std))
-    return kept
-
-
 def shrink_filters(model: nn.Module, data: DataBundle, device: torch.device) -> tuple[nn.Module, float]:
     """Filter granularity: measure the filter sparsity, then remove the masked filters physically."""
     from prunekit.prune import filter_sparsity, shrink
@@ -301,8 +270,7 @@ def finish(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_
         "granularity": prune_config.granularity, "schedule": prune_config.schedule,
         "target_sparsity": prune_config.sparsity, "sparsity": sparsity, "filter_sparsity": filters,
         "params": count_parameters(model), "nonzero_params": count_nonzero_parameters(model),
-        "macs": count_macs(model), **dense, "rounds": rounds, "test_top1": test.top1, "test_top5": test.top5,
-        "test_loss": test.loss, "test_images": test.images,
+        "macs": count_macs(model), **dense, "rounds": rounds, **test.as_test_meta(),
         "prune_config": prune_config.model_dump(mode="json"), "train_config": train_config.model_dump(mode="json"),
     }
     stem = paths.checked_name(name) if name else result_name(prune_config, achieved, test.top1)
@@ -310,25 +278,3 @@ def finish(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_
     return PruneResult(model=model, path=path, rounds=rounds, target=prune_config.sparsity, sparsity=sparsity,
                        filter_sparsity=filters, test_top1=test.top1, test_top5=test.top5, meta=result_meta,
                        test=test)
-
-
-def finetune(model: nn.Module, data: DataBundle, train_config: TrainConfig, run_dir: str | Path,
-             resume: dict | None = None, meta: dict | None = None, progress: bool = True,
-             callbacks: Sequence[Callback] = (), teacher: nn.Module | None = None) -> dict:
-    """Masked retraining of a (pruned) model: ``fit`` in ``run_dir``, then test metrics and sparsity are
-    added to ``run_dir/last.pt``'s meta. Masks stay in the model, so pruned weights stay exactly zero
-    (also across ``resume``). With ``train_config.distill`` the (dense) ``teacher`` is distilled from.
-    Returns ``{"fit": FitResult, "test": Metrics, "sparsity": report}``."""
-    meta = dict(meta or {})
-    callbacks = [*callbacks, *distillation(train_config, teacher)]
-    data = with_normalisation(data, meta)
-    result = fit(model, data, train_config, run_dir=run_dir, resume=resume, meta=meta, callbacks=callbacks,
-                 progress=progress)
-    test = evaluate_split(model, data, "test", device=resolve_device(train_config.device))
-    report = sparsity_report(model)
-    last = paths.last(run_dir)
-    if last.exists():
-        update_meta(last, test_top1=test.top1, test_top5=test.top5, test_loss=test.loss, test_images=test.images,
-                    sparsity=report["overall"], nonzero_params=count_nonzero_parameters(model),
-                    train_seconds=result.seconds)
-    return {"fit": result, "test": test, "sparsity": report}
