@@ -13,8 +13,8 @@ from prunekit.cli.common import (POSITIVE_INT, add_checkpoint_arg, add_data_args
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a compact sparse checkpoint or an ONNX file")
     add_checkpoint_arg(p, help="a prunekit checkpoint (compact files are accepted too)")
-    p.add_argument("--format", choices=["compact", "onnx"], required=True,
-                   help="compact: sparse prunekit file; onnx: ONNX graph")
+    p.add_argument("--format", choices=list(EXPORT_FORMATS), required=True,
+                   help="; ".join(f"{name}: {what}" for name, (_, what) in EXPORT_FORMATS.items()))
     add_out_arg(p, metavar="FILE", required=True, help="where to write the file")
     p.add_argument("--values", choices=["fp32", "fp16", "int8", "binary"], default="fp32",
                    help="compact: how kept weights are stored; fp32 is lossless; binary (a `prunekit binarize` "
@@ -41,7 +41,8 @@ def cmd_export(args) -> int:
     from prunekit.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(args.checkpoint, model_ref=args.model)
-    result = export_compact(loaded, args) if args.format == "compact" else export_onnx_file(loaded, args)
+    write, _ = EXPORT_FORMATS[args.format]
+    result = write(loaded, args)
     if args.json:
         print_json(result)
     return 0
@@ -158,3 +159,8 @@ def source_and_data(args):
         loaded = load_model_source(args, num_classes=data.info.num_classes)
         check_classes(loaded, data, args.model)  # --num-classes may disagree with the dataset
     return loaded, data.info.name, data
+
+
+#: ``export --format NAME`` -> (writer(loaded checkpoint, args) -> result dict, what it writes): the one list of
+#: export formats; a new format is a writer here (its file reader registers with prunekit.checkpoint).
+EXPORT_FORMATS = {"compact": (export_compact, "sparse prunekit file"), "onnx": (export_onnx_file, "ONNX graph")}
