@@ -80,6 +80,10 @@ def test_every_runtime_gets_its_columns_and_a_slower_model_is_flagged(dense_and_
 
     assert "pruned.pt (penalty, cpu): SLOWER than dense.pt" in summary_html(comparison)  # the report says it too
     assert comparison.flagged() == [line for line in comparison.warnings() if "SLOWER" in line]
+    from prunekit.report.tables import terminal_rows
+
+    narrow, _ = terminal_rows(comparison)  # the 100-column table keeps every runtime's speed-up
+    assert {"speed-up eager", "speed-up penalty"} <= set(narrow[0])
 
 
 def test_a_model_the_runtime_cannot_run_is_marked_not_hidden(dense_and_pruned, small_data, monkeypatch, tiny_vgg):
@@ -110,3 +114,38 @@ def test_onnxruntime_and_eager_in_one_table(dense_and_pruned, small_data):
     dense, pruned = comparison.rows
     assert dense["speedup_onnxruntime_cpu"] == 1.0 and pruned["latency_ms_onnxruntime_cpu"] > 0
     assert (pruned["slower_onnxruntime_cpu"] is not None) == (pruned["speedup_onnxruntime_cpu"] < 1)
+
+
+def test_a_per_batch_size_runtime_is_prepared_and_timed_per_batch_size(dense_and_pruned, small_data, monkeypatch):
+    """A runtime whose preparation depends on the example's batch (the sparse autotune) is prepared once for
+    batch 1 (latency) and once for the throughput batch, and each is timed at its own batch size."""
+    prepared, timed = [], []
+
+    class Recorder:
+        def __init__(self, model, batch):
+            self.model, self.batch = model, batch
+
+        def __call__(self, x):
+            timed.append((self.batch, x.shape[0]))
+            return self.model(x)
+
+        def eval(self):
+            return self
+
+        def to(self, device):
+            return self
+
+    def prepare(model, example, device, threads):
+        prepared.append(example.shape[0])
+        return Recorder(model.eval(), example.shape[0])
+
+    monkeypatch.setitem(RUNTIMES, "batchy", Runtime("batchy", "test runtime", prepare, per_batch_size=True))
+    compare_checkpoints(dense_and_pruned, lambda meta: small_data,
+                        CompareSettings(runtime="batchy", repeats=3, batch_size=4))
+    assert sorted(prepared) == [1, 1, 4, 4]
+    assert timed and all(prepared_for == size for prepared_for, size in timed)
+    monkeypatch.setitem(RUNTIMES, "batchy", Runtime("batchy", "test runtime", prepare))  # batch-independent
+    prepared.clear()
+    compare_checkpoints(dense_and_pruned, lambda meta: small_data,
+                        CompareSettings(runtime="batchy", repeats=3, batch_size=4))
+    assert prepared == [1, 1]

@@ -279,31 +279,31 @@ def add_ratios(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def runs_on(model: nn.Module, device: torch.device, input_size=IMAGE_SHAPE) -> bool:
-    """True when ``model`` runs a batch on ``device`` (an int8 model runs on the CPU only)."""
+def runs_on(model: nn.Module, device: torch.device, input_size=IMAGE_SHAPE, batch_size: int = 1) -> bool:
+    """True when ``model`` runs a batch of ``batch_size`` on ``device`` (an int8 model runs on the CPU only)."""
     try:
         with torch.inference_mode():
-            model.eval()(torch.zeros(1, *input_size, device=device))
+            model.eval()(torch.zeros(batch_size, *input_size, device=device))
         return True
     except (RuntimeError, NotImplementedError):
         return False
 
 
-def prepare_models(models: list[nn.Module], target: TimingTarget, threads: int | None
+def prepare_models(models: list[nn.Module], target: TimingTarget, threads: int | None, batch_size: int = 1
                    ) -> tuple[list[object | None], list[str | None]]:
-    """Every model prepared for ``target.runtime`` on ``target.device`` (see :mod:`prunekit.runtime`), or None
-    with the one-line reason where it cannot run there (an int8 model on CUDA or in ONNX Runtime). Side
-    effect: the eager runtime moves the models to the device."""
+    """Every model prepared for ``target.runtime`` on ``target.device`` (see :mod:`prunekit.runtime`) from an
+    example batch of ``batch_size`` images, or None with the one-line reason where it cannot run there (an int8
+    model on CUDA or in ONNX Runtime). Side effect: the eager runtime moves the models to the device."""
     from prunekit.errors import PrunekitError
     from prunekit.runtime import get_runtime
 
     runtime, device = get_runtime(target.runtime), torch.device(target.device)
-    example = example_input()
+    example = example_input(batch_size)
     prepared, reasons = [], []
     for model in models:
         try:
             runnable = runtime.prepare(model, example, target.device, threads)
-            reason = None if runs_on(runnable, device) else f"does not run on {target.device}"
+            reason = None if runs_on(runnable, device, batch_size=batch_size) else f"does not run on {target.device}"
         except (PrunekitError, RuntimeError, NotImplementedError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         prepared.append(None if reason else runnable)
@@ -324,24 +324,32 @@ def time_rows(rows: list[dict], models: list[nn.Module], target: TimingTarget, s
     saved) and ``slower`` (:func:`slower_note`) when the speed-up is below 1. A model the runtime cannot run
     gets ``untimed`` (why). A row whose latency, throughput or either ratio has an IQR over 20% of its median
     gets ``noise``. Side effect: the eager runtime moves the models to the device (back to the CPU afterwards)."""
+    from prunekit.runtime import get_runtime
+
     threads = settings.threads
     prepared, reasons = prepare_models(models, target, threads)
+    batch_prepared = prepared
+    if get_runtime(target.runtime).per_batch_size and settings.batch_size != 1:  # its choices depend on the batch
+        batch_prepared, batch_reasons = prepare_models(models, target, threads, settings.batch_size)
+        reasons = [a or b for a, b in zip(reasons, batch_reasons)]
     for row, reason in zip(rows, reasons):
         row["untimed" + target.suffix] = reason
-    usable = [i for i, runnable in enumerate(prepared) if runnable is not None]
+    usable = [i for i, reason in enumerate(reasons) if reason is None]
     if usable:
-        fill_timings(rows, [prepared[i] for i in usable], usable, target, settings)
+        fill_timings(rows, [prepared[i] for i in usable], [batch_prepared[i] for i in usable], usable, target,
+                     settings)
     for model in models:
         model.to("cpu")
 
 
-def fill_timings(rows: list[dict], runnables: list, indices: list[int], target: TimingTarget,
-                 settings: CompareSettings) -> None:
-    """The timing columns of ``rows[i]`` for ``i`` in ``indices`` (``runnables`` in the same order); ratios
-    only when the first row is among them."""
+def fill_timings(rows: list[dict], runnables: list, batch_runnables: list, indices: list[int],
+                 target: TimingTarget, settings: CompareSettings) -> None:
+    """The timing columns of ``rows[i]`` for ``i`` in ``indices`` (``runnables`` prepared for batch 1 and
+    ``batch_runnables`` for ``settings.batch_size``, in the same order); ratios only when the first row is among
+    them."""
     threads, device = settings.threads, torch.device(target.device)
     single = dict(zip(indices, time_interleaved(runnables, 1, device, repeats=settings.repeats, threads=threads)))
-    batched = dict(zip(indices, time_interleaved(runnables, settings.batch_size, device,
+    batched = dict(zip(indices, time_interleaved(batch_runnables, settings.batch_size, device,
                                                  repeats=max(5, settings.repeats // 5), threads=threads)))
     reference = indices[0] if indices[0] == 0 else None
     for i in indices:

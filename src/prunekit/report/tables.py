@@ -153,7 +153,7 @@ def summary_rows(comparison: Comparison) -> list[dict]:
 
 TERMINAL_WIDTH = 100  # characters a terminal `compare` table may take by default (`--wide`: every column)
 #: Row keys (device suffix removed) by importance: the terminal table keeps the first ones that fit.
-TERMINAL_PRIORITY = ["model", "top1", "latency_ms", "speedup", "macs_reduction", "weights_bytes", "compact_bytes",
+TERMINAL_PRIORITY = ["model", "top1", "speedup", "latency_ms", "macs_reduction", "weights_bytes", "compact_bytes",
                      "nonzero_params", "macs", "weights_reduction", "compact_reduction", "params", "throughput_ips",
                      "top1_error", "top5_error", "file_bytes", "nonzero_reduction", "file_reduction",
                      "peak_memory_bytes", "memory_reduction"]
@@ -174,13 +174,15 @@ def terminal_rows(comparison: Comparison, width: int = TERMINAL_WIDTH) -> tuple[
     if not rows:
         return rows, []
     keys = {heading: key for heading, key, _ in table_columns(comparison)}
-    devices = comparison.settings.devices if comparison.settings.timing else []
+    suffixes = [target.suffix for target in comparison.settings.targets] if comparison.settings.timing else []
 
-    def rank(heading: str) -> int:
+    def rank(heading: str) -> tuple[int, int]:
+        """Priority of the column's key without its timing suffix, then its runtime/device (first ones first)."""
         key = keys.get(heading, heading)
-        for device in devices:
-            key = key.removesuffix(f"_{device}")
-        return TERMINAL_PRIORITY.index(key) if key in TERMINAL_PRIORITY else len(TERMINAL_PRIORITY)
+        target = next((i for i, suffix in enumerate(suffixes) if key.endswith(suffix)), 0)
+        for suffix in suffixes:
+            key = key.removesuffix(suffix)
+        return TERMINAL_PRIORITY.index(key) if key in TERMINAL_PRIORITY else len(TERMINAL_PRIORITY), target
 
     headings = list(rows[0])
     chosen: list[str] = []

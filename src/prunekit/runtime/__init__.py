@@ -30,13 +30,16 @@ Prepare = Callable[[nn.Module, torch.Tensor, str, "int | None"], object]
 @dataclass(frozen=True)
 class Runtime:
     """One way to run a model. ``missing()`` returns ``None`` when the runtime can run here, else the
-    one-line reason and fix (e.g. a package to install); ``devices`` lists the device types it runs on."""
+    one-line reason and fix (e.g. a package to install); ``devices`` lists the device types it runs on.
+    ``per_batch_size``: what ``prepare`` builds depends on the example's batch size (e.g. kernels chosen by
+    timing that batch), so a caller timing several batch sizes prepares once per size."""
 
     name: str
     description: str
     prepare: Prepare
     missing: Callable[[], "str | None"] = lambda: None
     devices: tuple[str, ...] = ("cpu", "cuda")
+    per_batch_size: bool = False
 
 
 RUNTIMES: dict[str, Runtime] = {}

@@ -96,4 +96,4 @@ def prepare_sparse(model: nn.Module, example_input: torch.Tensor, device: str = 
 
 SPARSE = register_runtime(Runtime(
     "sparse", "PyTorch eager with CSR sparse kernels (torch.sparse) where they measured faster, per layer",
-    prepare_sparse, devices=("cpu",)))
+    prepare_sparse, devices=("cpu",), per_batch_size=True))
