@@ -46,7 +46,6 @@ from torch import nn
 from prunekit.atomic import atomic_write
 import prunekit.paths as paths
 from prunekit.errors import PrunekitError, require_file
-from prunekit.evaluation import TEST_META_KEYS
 from prunekit.masking import Masks, apply_masks, effective_state_dict, extract_masks
 from prunekit.models import build_model, is_reference, saved_arch
 
@@ -386,6 +385,8 @@ def rename_hint(missing: list[str], unexpected: list[str]) -> str:
 # entries about that one file or the run that wrote it, and results measured on the source's outputs.
 RUN_SPECIFIC_META = frozenset({"history", "epoch", "train_seconds", "prunekit_version", "round_record", "fingerprint",
                                "rounds", "finetuned_from", "stage"})
+#: The meta keys of a test-split evaluation (:meth:`prunekit.evaluation.Metrics.as_test_meta` writes them).
+TEST_META_KEYS = ("test_top1", "test_top5", "test_loss", "test_images")
 MEASURED_META = frozenset({*TEST_META_KEYS, "best_val_top1"})
 
 

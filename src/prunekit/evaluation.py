@@ -13,10 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.checkpoint import TEST_META_KEYS
 from prunekit.data import DataBundle, DeviceLoader
-
-#: The checkpoint meta keys of a test-split evaluation (the one place these names are spelled out).
-TEST_META_KEYS = ("test_top1", "test_top5", "test_loss", "test_images")
 
 
 def autocast_for(device: torch.device):

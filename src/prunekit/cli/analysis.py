@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "CSV are skipped, so an interrupted sweep continues where it stopped.")
     add_checkpoint_arg(p)
     add_granularity_args(p)
-    add_scope_arg(p, default="global", help="one threshold over all layers, or the same rate in each (default: %(default)s)")
+    add_scope_arg(p, default="global", help="global: one threshold over all layers; layer: the same rate in each; "
+                                          "lamp: one ranking of LAMP scores (unstructured) (default: %(default)s)")
     p.add_argument("--from", dest="start", type=FRACTION, default=0.0, help="first rate (default: %(default)s)")
     p.add_argument("--to", dest="stop", type=FRACTION, default=0.95, help="last rate (default: %(default)s)")
     p.add_argument("--steps", type=POSITIVE_INT, default=20, help="number of rates, evenly spaced (default: %(default)s)")

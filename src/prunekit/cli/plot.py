@@ -122,30 +122,37 @@ def cmd_plot_layers(args) -> int:
 
 
 def cmd_plot_sweep(args) -> int:
-    from prunekit.analysis.results import read_csv_rows
     from prunekit.report.plots import plot_sweep
 
-    rows = read_csv_rows(args.csv)
-    require_columns(args.csv, rows, ("rate", "top1", "top5", "nonzero_bytes"))
-    info = saved_settings(args.csv)
-    png, _ = plot_sweep(rows, args.out or Path(args.csv).with_suffix(".png"),
-                        title=sweep_title(info) if info else f"{Path(args.csv).stem} (no retraining)",
-                        xlabel=sweep_xlabel(info["granularity"], info["include_classifier"]) if info
-                        else "pruning rate (%)", write_data=args.out is not None)
-    print(f"wrote {png}")
-    return 0
+    def options(info: dict | None) -> dict:
+        return {"title": sweep_title(info) if info else untitled(args.csv),
+                "xlabel": sweep_xlabel(info["granularity"], info["include_classifier"]) if info
+                else "pruning rate (%)"}
+
+    return replot(args, ("rate", "top1", "top5", "nonzero_bytes"), plot_sweep, options)
 
 
 def cmd_plot_sensitivity(args) -> int:
-    from prunekit.analysis.results import read_csv_rows
     from prunekit.report.plots import plot_sensitivity
 
+    return replot(args, ("layer", "layer_params", "sparsity", "top1"), plot_sensitivity,
+                  lambda info: {"title": sensitivity_title(info) if info else untitled(args.csv)})
+
+
+def untitled(csv_path: str) -> str:
+    return f"{Path(csv_path).stem} (no retraining)"
+
+
+def replot(args, columns: tuple[str, ...], plot, options) -> int:
+    """Draw the saved sweep/sensitivity CSV ``args.csv`` again with ``plot``: ``options(settings saved beside
+    the CSV, or None)`` gives its title (and labels). Writes ``args.out`` (default: the CSV's name as PNG; the
+    data CSV only when ``--out`` names a new place)."""
+    from prunekit.analysis.results import read_csv_rows
+
     rows = read_csv_rows(args.csv)
-    require_columns(args.csv, rows, ("layer", "layer_params", "sparsity", "top1"))
-    info = saved_settings(args.csv)
-    png, _ = plot_sensitivity(rows, args.out or Path(args.csv).with_suffix(".png"),
-                              title=sensitivity_title(info) if info else f"{Path(args.csv).stem} (no retraining)",
-                              write_data=args.out is not None)
+    require_columns(args.csv, rows, columns)
+    png, _ = plot(rows, args.out or Path(args.csv).with_suffix(".png"), write_data=args.out is not None,
+                  **options(saved_settings(args.csv)))
     print(f"wrote {png}")
     return 0
 
