@@ -5,7 +5,7 @@ A :class:`Runtime` turns a PyTorch model into a callable that computes the same 
 model through the runtimes named by the user, so a speed-up always compares two models *in the same runtime*.
 
 Extension point: write a ``prepare`` function and call :func:`register_runtime` in the module that defines
-it; add the module to :data:`_BUILTIN` so it registers on first use. Importing this package is cheap: a
+it; add its name and module to :data:`_BUILTIN` so it registers on first use. Importing this package is cheap: a
 runtime's heavy dependencies are imported inside its ``prepare``.
 """
 
@@ -43,8 +43,10 @@ class Runtime:
 
 
 RUNTIMES: dict[str, Runtime] = {}
-#: Modules that register the built-in runtimes when imported (see :func:`get_runtime`).
-_BUILTIN = ("prunekit.runtime.eager", "prunekit.runtime.onnxruntime", "prunekit.runtime.sparse")
+#: Built-in runtimes: name -> the module whose import registers it (imported on first use; this order is
+#: the listed order, see :func:`runtime_names`).
+_BUILTIN = {"eager": "prunekit.runtime.eager", "onnxruntime": "prunekit.runtime.onnxruntime",
+            "sparse": "prunekit.runtime.sparse"}
 
 
 def register_runtime(runtime: Runtime) -> Runtime:
@@ -54,7 +56,7 @@ def register_runtime(runtime: Runtime) -> Runtime:
 
 
 def _load_builtin() -> None:
-    for module in _BUILTIN:
+    for module in _BUILTIN.values():
         importlib.import_module(module)
 
 
@@ -62,7 +64,7 @@ def runtime_names() -> list[str]:
     """Names of every registered runtime: the built-in ones in :data:`_BUILTIN` order (whatever imported them
     first), then the others in registration order."""
     _load_builtin()
-    builtin = [module.rsplit(".", 1)[1] for module in _BUILTIN]
+    builtin = list(_BUILTIN)
     return sorted(RUNTIMES, key=lambda name: builtin.index(name) if name in builtin else len(builtin))
 
 
