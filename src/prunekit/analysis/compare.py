@@ -58,7 +58,6 @@ TIMED_RATIOS = ("speedup", "throughput_ratio")
 #: target's also without suffix.
 TIMING_KEYS = ("latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_spread", "throughput_ips", "speedup",
                "speedup_q1", "speedup_q3", "throughput_ratio", "efficiency", "slower", "untimed", "noise")
-NO_GPU = "no GPU"
 
 
 @dataclass(frozen=True)
@@ -383,15 +382,10 @@ def mirror_first_target(rows: list[dict], target: TimingTarget) -> None:
 
 
 def target_unavailable(target: TimingTarget) -> str | None:
-    """Why ``target`` cannot be timed here (no GPU, runtime not installed or not for this device), else None."""
+    """Why ``target`` cannot be timed here (:meth:`prunekit.runtime.Runtime.unavailable`), else None."""
     from prunekit.runtime import get_runtime
 
-    runtime = get_runtime(target.runtime)
-    if target.device not in runtime.devices:
-        return f"{target.runtime} runs on {', '.join(runtime.devices)} only"
-    if target.device == "cuda" and not torch.cuda.is_available():
-        return NO_GPU
-    return runtime.missing()
+    return get_runtime(target.runtime).unavailable(target.device)
 
 
 def compare_checkpoints(paths: Sequence[str | Path], data_for: Callable[[dict], DataBundle],

@@ -309,12 +309,10 @@ def usable_runtime(name: str, device: str):
     from prunekit.runtime import get_runtime
 
     runtime = get_runtime(name)
-    reason = runtime.missing()
+    reason = runtime.unavailable(device)
     if reason:
-        raise PrunekitError(f"runtime {name!r} cannot run here: {reason}")
-    if device not in runtime.devices:
-        raise PrunekitError(f"runtime {name!r} runs on {', '.join(runtime.devices)}, not {device}; "
-                            f"use --device {runtime.devices[0]}")
+        fix = f"; use --device {runtime.devices[0]}" if device not in runtime.devices else ""
+        raise PrunekitError(f"runtime {name!r} cannot run here: {reason}{fix}")
     return runtime
 
 

@@ -27,6 +27,9 @@ from prunekit.errors import PrunekitError
 Prepare = Callable[[nn.Module, torch.Tensor, str, "int | None"], object]
 
 
+NO_GPU = "no GPU"  # why a CUDA column stays empty on a machine without one
+
+
 @dataclass(frozen=True)
 class Runtime:
     """One way to run a model. ``missing()`` returns ``None`` when the runtime can run here, else the
@@ -40,6 +43,15 @@ class Runtime:
     missing: Callable[[], "str | None"] = lambda: None
     devices: tuple[str, ...] = ("cpu", "cuda")
     per_batch_size: bool = False
+
+    def unavailable(self, device: str) -> "str | None":
+        """Why this runtime cannot run on ``device`` here (not for that device type, no GPU, something
+        missing: :attr:`missing`), or None when it can."""
+        if device not in self.devices:
+            return f"{self.name} runs on {', '.join(self.devices)} only"
+        if device == "cuda" and not torch.cuda.is_available():
+            return NO_GPU
+        return self.missing()
 
 
 RUNTIMES: dict[str, Runtime] = {}
