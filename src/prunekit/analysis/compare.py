@@ -129,14 +129,22 @@ class Comparison:
         return bool(self.machine) and MachineLoad(**self.machine).busy(self.threads or 1)
 
     def warnings(self) -> list[str]:
-        """Plain-language lines about the trustworthiness of the timings (empty when all looks fine)."""
+        """Plain-language lines about the trustworthiness of the timings, and the shortfall line of every
+        structured cut that achieved below half of its target (empty when all looks fine)."""
         from prunekit.measure.timing import MachineLoad
 
         lines = []
         if self.busy:
             lines.append(f"machine busy while timing ({MachineLoad(**self.machine).describe()}): latencies are "
                          "longer and noisier than on a quiet machine; rows marked noisy cannot be trusted.")
-        return lines + self.flagged(("slower", "untimed", "noise"))
+        shortfalls = [f"{row['model']}: {row['cut_shortfall']}" for row in self.rows if row.get("cut_shortfall")]
+        return lines + self.flagged(("slower", "untimed", "noise")) + shortfalls
+
+    def cuts(self) -> list[str]:
+        """``model: cut asked 50.0% of filters, achieved 48.7% …`` for every row whose checkpoint records a
+        structured cut (meta ``cut``, written by ``prune-channels``, ``prune --granularity filter`` and the
+        experiment runner)."""
+        return [f"{row['model']}: cut {row['cut']}" for row in self.rows if row.get("cut")]
 
     def flagged(self, keys: Sequence[str] = ("slower",)) -> list[str]:
         """``model (runtime, device): note`` for every row flag of ``keys`` (e.g. "slower": models measured
@@ -240,6 +248,7 @@ def measure_row(loaded: Checkpoint, data: DataBundle, settings: CompareSettings)
                      count=settings.count)
     mean, std = meta_normalisation(loaded.meta, data)
     metrics = evaluate_model(loaded.model, data, settings.split, mean, std, device)
+    cut = loaded.meta.get("cut") or {}  # asked vs achieved of a structured cut (PlanOutcome.as_record)
     return {
         "model": Path(path).name if path else "model", "path": str(path) if path else None,
         "arch": arch_label(loaded.arch), "dataset": data.info.name, "synthetic": data.synthetic,
@@ -252,6 +261,7 @@ def measure_row(loaded: Checkpoint, data: DataBundle, settings: CompareSettings)
         "compact_bytes": compact_size(loaded), "peak_memory_bytes": result.peak_memory_bytes,
         "throughput_batch": settings.batch_size if settings.timing else None,
         "device": device, "threads": result.threads, "hardware": result.hardware,
+        "cut": cut.get("summary"), "cut_shortfall": cut.get("shortfall"),
         **{k: None for k in TIMING_KEYS},
     }
 
@@ -488,7 +498,7 @@ COMPARE_CSV_COLUMNS = ["model", "path", "arch", "dataset", "synthetic", "split",
                        "weights_bytes", "compact_bytes", "peak_memory_bytes", "latency_ms", "latency_q1_ms",
                        "latency_q3_ms", "latency_spread", "throughput_batch", "throughput_ips", *RATIOS,
                        "speedup_q1", "speedup_q3", "efficiency", "slower", "untimed", "noise", "device", "threads",
-                       "hardware"]
+                       "hardware", "cut", "cut_shortfall"]
 
 
 def save_comparison_csv(comparison: Comparison, path: str | Path) -> Path:

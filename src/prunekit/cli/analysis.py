@@ -210,6 +210,8 @@ def cmd_compare(args) -> int:
         print(f"({len(left_out)} more column(s) to fit {TERMINAL_WIDTH} characters: {', '.join(left_out)}; --wide "
               "shows every column, --csv/--json keep every number)")
     print(f"\n{comparison.method}")
+    for line in comparison.cuts():
+        print(line)
     for line in comparison.warnings():
         print(f"WARNING {line}")
     if any(row["synthetic"] for row in comparison.rows):

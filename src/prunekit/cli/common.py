@@ -82,6 +82,23 @@ def add_json_arg(parser, help: str = JSON_HELP) -> None:
     parser.add_argument("--json", action="store_true", help=help)
 
 
+STRICT_HELP = ("fail (exit 2, nothing written) when a structured cut achieves below half of the one asked "
+               "(filters for a ratio, MACs for a MAC target), naming the ops that kept the channels")
+
+
+def add_strict_arg(parser, help: str = STRICT_HELP) -> None:
+    """``--strict``: a structured cut that falls short of its target is an error (``args.strict``)."""
+    parser.add_argument("--strict", action="store_true", help=help)
+
+
+def print_cut(outcome) -> None:
+    """A structured cut's asked vs achieved line (:meth:`prunekit.prune.channels.PlanOutcome.summary`), and its shortfall line naming
+    the blocking ops when it reached below half of the target."""
+    print(outcome.summary())
+    if outcome.shortfall():
+        print(outcome.shortfall())
+
+
 def add_no_progress_arg(parser: argparse.ArgumentParser) -> None:
     """``--no-progress``: no progress bars (``args.no_progress``)."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunekit.cli.common import add_no_progress_arg, add_out_arg
+from prunekit.cli.common import add_no_progress_arg, add_out_arg, add_strict_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="DIR", default=None,
                    help="dataset folder when the file gives none (default: $PRUNEKIT_DATA, cache)")
     add_out_arg(p, metavar="DIR", default="runs", help="parent of the run folders (default: runs)")
+    add_strict_arg(p, help="fail (exit 2) before pruning a filter variant whose target, allocated on its source, "
+                           "achieves below half of what it asks, naming the ops that kept the channels (as the "
+                           "file's `strict: true`)")
     add_no_progress_arg(p)
     p.set_defaults(func=cmd_run)
 
@@ -38,6 +41,8 @@ def cmd_run(args) -> int:
     from prunekit.experiment.seeds import parse_seeds, run_seeds
 
     experiment = load_experiment(args.experiment, quick=args.quick, assignments=args.assignments)
+    if args.strict:
+        experiment = experiment.model_copy(update={"strict": True})
     seeds = parse_seeds(args.seeds) if args.seeds else [experiment.seed]
     run_seeds(experiment, seeds, data_root=args.data, out=args.out, progress=not args.no_progress)
     return 0

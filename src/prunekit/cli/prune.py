@@ -8,9 +8,9 @@ from pathlib import Path
 from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg, add_criterion_arg,
                                  add_data_args, add_deprecated_alias, add_granularity_arg, add_json_arg,
                                  add_model_relocation_arg, add_model_source_args, add_no_progress_arg, add_out_arg,
-                                 add_scope_arg, add_train_args, data_for, data_source, epoch_printer, last_train_top1,
-                                 load_model_source, lock_run_folder, markdown_table, number, print_json,
-                                 print_time_estimate, train_config_from, warn_if_collapsed)
+                                 add_scope_arg, add_strict_arg, add_train_args, data_for, data_source, epoch_printer,
+                                 last_train_top1, load_model_source, lock_run_folder, markdown_table, number,
+                                 print_cut, print_json, print_time_estimate, train_config_from, warn_if_collapsed)
 from prunekit.config import FINETUNE_LR
 
 FINETUNE_EPOCHS = 40  # `prunekit finetune` default (common fine-tuning budget on CIFAR)
@@ -73,6 +73,9 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rewind-to", metavar="CKPT", default=None,
                    help="reset surviving weights to this checkpoint's after each pruning step (lottery ticket)")
     p.add_argument("--name", default=None, help="file name of the result (default: from method and results)")
+    add_strict_arg(p, help="with --granularity filter: fail (exit 2, nothing written) when the target, allocated on "
+                           "the dense model, achieves below half of the filters (or MACs) asked, naming the ops that "
+                           "kept the channels")
     add_model_relocation_arg(p)
     add_out_arg(p, metavar="DIR", required=True, help="folder for the result and the round folders")
     add_no_progress_arg(p)
@@ -160,6 +163,8 @@ def prune_config_from(args, model):
     from prunekit.config import make_prune_config
     from prunekit.prune.allocate import resolve_ratios
 
+    if args.strict and args.granularity != "filter":
+        raise PrunekitError("--strict checks a structured cut: use it with --granularity filter")
     if args.granularity == "unstructured" and args.criterion not in (None, "l1", "l2"):
         raise PrunekitError(f"--criterion {args.criterion} scores filters; unstructured pruning ranks single "
                             "weights by |w| (drop --criterion or use --granularity filter)")
@@ -197,7 +202,7 @@ def cmd_prune(args) -> int:
           f"{prune_config.finetune_epochs} retraining epoch(s) each) on {data.info.name}"
           f"{' (SYNTHETIC)' if data.synthetic else ''}", flush=True)
     result = run_pruning(loaded.model, data, prune_config, train_config, args.out, name=args.name, meta=meta,
-                         progress=not args.no_progress, callbacks=[epoch_printer(data)])
+                         progress=not args.no_progress, callbacks=[epoch_printer(data)], strict=args.strict)
     print_prune_summary(result)
     before = loaded.meta.get("test_top1")
     warn_if_collapsed(result.test, ("top-1 before pruning", before) if before is not None else None,
@@ -215,10 +220,10 @@ def print_prune_summary(result) -> None:
         print(f"weight sparsity {result.sparsity:.4f} before the filters were removed ({WEIGHT_SPARSITY_MEANING})")
         from prunekit.prune.sparsity import filter_target_shortfall
 
-        shortfall = filter_target_shortfall(result.target, result.filter_sparsity)
-        if shortfall:
+        shortfall = filter_target_shortfall(result.target, result.filter_sparsity)  # why a target is missed a little
+        if shortfall and not result.outcome.shortfall():  # the shortfall line names what kept the channels
             print(shortfall)
-        print_blocking_ops(result)
+        print_cut(result.outcome)
     else:
         from prunekit.prune import sparsity_report
 
@@ -228,17 +233,6 @@ def print_prune_summary(result) -> None:
         print(f"params {meta['params']:,}, non-zero {meta['nonzero_params']:,}")
     synthetic = " on SYNTHETIC data" if meta.get("synthetic") else ""
     print(f"test top-1 {result.test_top1:.2f}%  top-5 {result.test_top5:.2f}%{synthetic}; saved {result.path}")
-
-
-def print_blocking_ops(result) -> None:
-    """Below half of the asked filter sparsity: one line naming the ops that kept the channels."""
-    from prunekit.images import example_input
-    from prunekit.prune.channels import SHORTFALL_FRACTION, blocking_ops
-
-    if result.target and result.filter_sparsity < SHORTFALL_FRACTION * result.target:
-        device = next(result.model.parameters()).device
-        print(f"shortfall: asked {result.target:.1%} of filters, achieved {result.filter_sparsity:.1%}. Channels "
-              f"kept by: {blocking_ops(result.model, example_input(device=device))}")
 
 
 def cmd_finetune(args) -> int:

@@ -6,8 +6,8 @@ import argparse
 
 from prunekit.cli.common import (ANY_INT, FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg,
                                  add_criterion_arg, add_data_args, add_json_arg, add_model_source_args, add_out_arg,
-                                 add_scope_arg, data_for, load_model_source, markdown_table, number, parse_cfg,
-                                 print_json, warn_if_collapsed)
+                                 add_scope_arg, add_strict_arg, data_for, load_model_source, markdown_table, number,
+                                 parse_cfg, print_cut, print_json, warn_if_collapsed)
 from prunekit.images import IMAGE_SHAPE, example_input
 
 RECALIBRATION_BATCHES = 8  # prune-channels' default when the data is known: 30% of a ResNet-32 gets 14% → 73%
@@ -57,9 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="re-estimate BatchNorm statistics on N training batches after pruning; default "
                         f"{RECALIBRATION_BATCHES} when the data is known (the checkpoint remembers its folder, or "
                         "--data/--dataset is given), else 0; 0 skips it. With data, top-1 before/after is printed")
-    p.add_argument("--strict", action="store_true",
-                   help="fail (exit 2, nothing written) when the cut achieved is below half of the one asked "
-                        "(--ratio: filters; --macs-target: MACs), naming the ops that kept the channels")
+    add_strict_arg(p)
     add_out_arg(p, required=True, metavar="FILE", help="where to write the pruned checkpoint")
     add_json_arg(p)
     add_data_args(p)
@@ -161,7 +159,6 @@ def cmd_prune_channels(args) -> int:
 
     from prunekit.checkpoint import derived_meta, save_checkpoint
     from prunekit.masking import make_permanent
-    from prunekit.errors import PrunekitError
     from prunekit.prune.channels import channel_target, filter_sparsity, plan_channels, prune_channels
     from prunekit.prune.sparsity import filter_target_shortfall, sparsity_report
 
@@ -180,8 +177,8 @@ def cmd_prune_channels(args) -> int:
         example = example_input()
         plan = plan_channels(model, example, criterion=args.criterion, scope=config.scope, seed=args.seed, **target)
         outcome = plan.outcome
-        if args.strict and outcome.shortfall():
-            raise PrunekitError(f"{outcome.shortfall()} (--strict: nothing written)")
+        if args.strict:
+            outcome.require("--strict")
         prune_channels(model, example, plan=plan)
     seconds = time.perf_counter() - start
     after, sparsity = costs(model), filter_sparsity(original, model)
@@ -190,12 +187,13 @@ def cmd_prune_channels(args) -> int:
     record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed,
               "source": str(args.checkpoint or args.model), **{k: v for k, v in target.items()},
               "filter_sparsity": sparsity, "seconds": seconds, "bn_recalibration_batches": recalibrated,
-              **(outcome_record(outcome) if outcome else {}), **({"latency": latency.as_dict()} if latency else {})}
+              **(outcome.as_record() if outcome else {}), **({"latency": latency.as_dict()} if latency else {})}
     measured = {} if top1_after is None else top1_after.as_test_meta()
     meta = derived_meta(loaded.meta)
     meta.setdefault("dense_weights", sparsity_report(original)["params"])  # the weight-sparsity denominator
-    save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity, **measured})
-    shortfall = filter_target_shortfall(target.get("ratio"), sparsity)
+    save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity, **measured,
+                                      **({"cut": outcome.as_record()} if outcome else {})})
+    shortfall = None if outcome and outcome.shortfall() else filter_target_shortfall(target.get("ratio"), sparsity)
     accuracy = {} if top1_after is None else {"top1_before": top1_before.top1, "top1_after": top1_after.top1}
     if args.json:
         print_json({"out": args.out, **record, "before": before, "after": after, **accuracy,
@@ -213,12 +211,12 @@ def print_prune_channels_summary(args, before: dict, after: dict, sparsity: floa
     """``shortfall``: (the filter-target shortfall line or None, the plan's :class:`PlanOutcome` or None, the
     :class:`prunekit.prune.latency.LatencyResult` of a latency target or None)."""
     line, outcome, latency = shortfall
-    for text in (line, outcome.shortfall() if outcome else None):
-        if text:
-            print(text)
+    if line:
+        print(line)
     print(markdown_table(cost_rows(before, after)))
     if outcome:
-        print(f"\n{outcome.summary()}")
+        print()
+        print_cut(outcome)
     if latency:
         print(f"\n{latency_line(latency)}")
     bn = f"BN statistics re-estimated on {recalibrated} training batch(es), " if recalibrated else ""
@@ -268,13 +266,6 @@ def test_metrics(model, data):
     from prunekit.evaluation import evaluate_split
 
     return evaluate_split(model, data, "test")
-
-
-def outcome_record(outcome) -> dict:
-    """Asked vs achieved of a :class:`prunekit.prune.channels.PlanOutcome` as plain JSON values."""
-    return {"asked_filters": outcome.asked_filters, "achieved_filters": outcome.achieved_filters,
-            "asked_macs": outcome.asked_macs, "achieved_macs": outcome.achieved_macs, "coverage": outcome.coverage,
-            "shortfall": outcome.shortfall()}
 
 
 def prune_latency(model, config, args):

@@ -98,6 +98,8 @@ class Experiment(StrictModel):
     variants: list[VariantSpec] = Field(default_factory=list)
     sweeps: list[SweepSpec] = Field(default_factory=list)
     accuracy_sparsity_plot: bool = True
+    strict: bool = Field(False, description="a filter-pruning variant whose target, allocated on its source, achieves "
+                                            "below half of what it asks fails before it is pruned (as --strict)")
     compare: CompareSpec = Field(default_factory=CompareSpec)
     quick: dict[str, Any] = Field(default_factory=dict, description="overrides merged in by --quick")
 

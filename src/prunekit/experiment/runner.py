@@ -7,7 +7,8 @@ theirs, sweeps from their CSV). Layout::
     RUN/config.yaml                 the resolved experiment (written first)
     RUN/models/00_baseline.pt       the baseline
     RUN/models/<variant>/*.pt       a variant's checkpoint under the pipeline's own name (and its int8 file)
-    RUN/models/<variant>.json       a variant's result record: its checkpoint and numbers (stage marker)
+    RUN/models/<variant>.json       a variant's result record: its checkpoint and numbers, a structured cut's
+                                    asked vs achieved (``cut``) (stage marker)
     RUN/plots/*.png + *.csv         accuracy-sparsity, masks, sweeps
     RUN/compare.json/.md/.csv       the comparison table
     RUN/report.html, RUN/report.md  the report
@@ -68,8 +69,9 @@ class Run:
 
 
 def run_folder(experiment: Experiment, root: str | Path = "runs") -> Path:
-    """``root/NAME-HASH``: the hash of the resolved configuration, so a changed config gets a new folder."""
-    text = json.dumps(experiment.model_dump(mode="json", exclude={"quick", "description"}), sort_keys=True)
+    """``root/NAME-HASH``: the hash of the resolved configuration, so a changed config gets a new folder
+    (``strict`` changes no result, so a strict re-run reuses the folder)."""
+    text = json.dumps(experiment.model_dump(mode="json", exclude={"quick", "description", "strict"}), sort_keys=True)
     return Path(root) / f"{experiment.name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
@@ -194,7 +196,7 @@ def ensure_variant(run: Run, variant: VariantSpec) -> list[Path]:
     if variant.quantize is not None:
         paths.append(quantize_variant(run, variant, path))
     record = {"name": variant.name, "path": str(path), "paths": [str(p) for p in paths],
-              "test_top1": meta.get("test_top1")}
+              "test_top1": meta.get("test_top1"), "cut": meta.get("cut")}
     atomic_write_text(record_path, json.dumps(record, indent=2))
     return paths
 
@@ -210,7 +212,10 @@ def prune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     train = retrain_config(run, variant.retrain)
     run.say(f"variant {variant.name}: {config.schedule} {config.granularity} pruning from {variant.source}")
     result = run_pruning(model, run.data, config, train, run.work / variant.name, meta=meta,
-                         progress=run.progress, callbacks=run.epoch_callbacks())
+                         progress=run.progress, callbacks=run.epoch_callbacks(), strict=run.experiment.strict)
+    if result.outcome:
+        for line in filter(None, (result.outcome.summary(), result.outcome.shortfall())):
+            run.say(f"variant {variant.name}: {line}")
     return result.model, result.meta, into_variant_folder(run, variant, result.path)
 
 
@@ -336,7 +341,7 @@ def ensure_comparison(run: Run, paths: list[Path]) -> None:
     comparison = compare_checkpoints(paths, lambda meta: run.data, settings, progress=run.progress)
     save_comparison(comparison, run.folder / "compare.json")
     save_comparison_csv(comparison, run.folder / "compare.csv")
-    notes = ["", comparison.method, *(f"WARNING {line}" for line in comparison.warnings())]
+    notes = ["", comparison.method, *comparison.cuts(), *(f"WARNING {line}" for line in comparison.warnings())]
     atomic_write_text(run.folder / "compare.md", "\n".join([markdown_table(display_rows(comparison)), *notes]) + "\n")
     narrow, left_out = terminal_rows(comparison)  # the terminal gets what fits; compare.md has every column
     more = [f"({len(left_out)} more column(s) to fit {TERMINAL_WIDTH} characters: every column is in "

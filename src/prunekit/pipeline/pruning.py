@@ -42,6 +42,7 @@ from prunekit.pipeline.finetuning import distillation
 from prunekit.pipeline.inputs import inherited_meta, with_normalisation
 from prunekit.prune import apply_masks, compute_masks, extract_masks, make_permanent, sparsity_of, sparsity_report
 from prunekit.prune.allocate import round_fraction
+from prunekit.prune.channels import PlanOutcome
 from prunekit.prune.granularity import get_granularity
 from prunekit.train import Callback, fit, resolve_device
 from prunekit.train.bn import recalibrate_bn
@@ -54,7 +55,9 @@ SCORING_BATCHES, SCORING_BATCH_SIZE = 4, 128
 @dataclass
 class PruneResult:
     """What :func:`run_pruning` produced. ``sparsity`` is the achieved overall weight sparsity (zeros over
-    all conv + linear weights); ``filter_sparsity`` is set for filter granularity."""
+    all conv + linear weights); ``filter_sparsity`` is set for filter granularity, and so is ``outcome``: the
+    run's asked vs achieved (filters and MACs, the blocking ops of a shortfall), a
+    :class:`prunekit.prune.channels.PlanOutcome` (also in ``meta["cut"]`` as plain values)."""
 
     model: nn.Module
     path: Path
@@ -66,6 +69,7 @@ class PruneResult:
     test_top5: float = float("nan")
     meta: dict = field(default_factory=dict)
     test: Metrics | None = None  # the test evaluation of the result (with its predicted-class counts)
+    outcome: PlanOutcome | None = None
 
 
 def method_label(config: PruneConfig) -> str:
@@ -212,17 +216,32 @@ def work_name(config: PruneConfig, name: str | None) -> str:
     return f"{method_label(config)}_{config.granularity}_{target}"
 
 
-def shrink_filters(model: nn.Module, data: DataBundle, device: torch.device) -> tuple[nn.Module, float]:
-    """Filter granularity: measure the filter sparsity, then remove the masked filters physically."""
-    from prunekit.prune import filter_sparsity, shrink
+def shrink_filters(model: nn.Module, data: DataBundle, config: PruneConfig,
+                   device: torch.device) -> tuple[nn.Module, float, PlanOutcome]:
+    """Filter granularity: measure the filter sparsity, then remove the masked filters physically; returns the
+    model, its filter sparsity and the run's asked (``config``) vs achieved."""
+    from prunekit.prune import filter_sparsity
+    from prunekit.prune.channels import shrink_with_outcome
 
     achieved = filter_sparsity(model, model)
-    return shrink(model, example_inputs(data, device)), achieved
+    return model, achieved, shrink_with_outcome(model, example_inputs(data, device), config)
+
+
+def require_whole_cut(model: nn.Module, data: DataBundle, config: PruneConfig, device: torch.device,
+                      switch: str = "--strict") -> None:
+    """For a structured ``config``: raise PrunekitError with the shortfall line (see
+    :meth:`PlanOutcome.require`) when the whole target, allocated on the dense ``model``, would achieve below
+    half of what it asks. Traces and allocates only: nothing is written or changed."""
+    from prunekit.prune.channels import predict_outcome
+
+    if get_granularity(config.granularity).shrinks:
+        predict_outcome(model, example_inputs(data, device), config,
+                        batches=scoring_batches(data, config, device)).require(switch)
 
 
 def run_pruning(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_config: TrainConfig,
                 out_dir: str | Path, name: str | None = None, meta: dict | None = None,
-                progress: bool = True, callbacks: Sequence[Callback] = ()) -> PruneResult:
+                progress: bool = True, callbacks: Sequence[Callback] = (), strict: bool = False) -> PruneResult:
     """Prune ``model`` by ``prune_config``'s schedule, retraining with ``train_config`` (its ``epochs`` is
     replaced by ``finetune_epochs``) after every round; save the result in ``out_dir``.
 
@@ -233,13 +252,16 @@ def run_pruning(model: nn.Module, data: DataBundle, prune_config: PruneConfig, t
     step. Prints one line per round. Side effects: ``model`` is pruned
     and retrained in place (for filter granularity it is then also shrunk physically, in place, and
     ``result.model`` is that smaller model); writes round folders under ``out_dir/<run name>/`` and the final checkpoint
-    ``out_dir/<name or Omp_unstructured_0.80_acc_91.52>.pt``.
+    ``out_dir/<name or Omp_unstructured_0.80_acc_91.52>.pt``. ``strict``: for filter granularity, first
+    check that the target is reachable (:func:`require_whole_cut`) and raise before anything is written.
     """
     data = with_normalisation(data, meta)
     meta = inherited_meta(meta or {}, data)
     train_config = train_config.model_copy(update={"epochs": prune_config.finetune_epochs})
     device = resolve_device(train_config.device)
     model.to(device)
+    if strict:
+        require_whole_cut(model, data, prune_config, device)
     dense = {"dense_params": count_parameters(model), "dense_macs": count_macs(model),
              "dense_weights": sparsity_report(model)["params"]}  # the weight-sparsity denominator
     rewind = foreign_state_dict(prune_config.rewind_to) if prune_config.rewind_to else None
@@ -260,9 +282,9 @@ def finish(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_
            device: torch.device) -> PruneResult:
     """Measure the pruned model (shrinking it for filter granularity), name it and save it."""
     sparsity = sparsity_report(model)["overall"]
-    filters = None
+    filters = outcome = None
     if get_granularity(prune_config.granularity).shrinks:
-        model, filters = shrink_filters(model, data, device)
+        model, filters, outcome = shrink_filters(model, data, prune_config, device)
     test = evaluate_split(model, data, "test", device=device)
     achieved = filters if filters is not None else achieved_weight_sparsity(model, prune_config, sparsity)
     result_meta = {
@@ -272,9 +294,10 @@ def finish(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_
         "params": count_parameters(model), "nonzero_params": count_nonzero_parameters(model),
         "macs": count_macs(model), **dense, "rounds": rounds, **test.as_test_meta(),
         "prune_config": prune_config.model_dump(mode="json"), "train_config": train_config.model_dump(mode="json"),
+        **({"cut": outcome.as_record()} if outcome else {}),
     }
     stem = paths.checked_name(name) if name else result_name(prune_config, achieved, test.top1)
     path = save_checkpoint(model, Path(out_dir) / f"{stem}.pt", result_meta)
     return PruneResult(model=model, path=path, rounds=rounds, target=prune_config.sparsity, sparsity=sparsity,
                        filter_sparsity=filters, test_top1=test.top1, test_top5=test.top5, meta=result_meta,
-                       test=test)
+                       test=test, outcome=outcome)

@@ -139,6 +139,20 @@ class PlanOutcome:
             return None
         return f"shortfall: {self.summary()}. Channels kept by: {blockers_text(self.blockers)}"
 
+    def require(self, switch: str = "--strict") -> None:
+        """Raise PrunekitError with the :meth:`shortfall` line when there is one (``switch`` names what asked for
+        strictness); nothing otherwise. Callers check before writing anything."""
+        line = self.shortfall()
+        if line:
+            raise PrunekitError(f"{line} ({switch}: nothing written)")
+
+    def as_record(self) -> dict:
+        """Asked vs achieved as plain JSON values (checkpoint meta ``cut``, ``--json`` output, run records):
+        the numbers, the :meth:`summary` line and the :meth:`shortfall` line (None when the cut is whole)."""
+        return {"asked_filters": self.asked_filters, "achieved_filters": self.achieved_filters,
+                "asked_macs": self.asked_macs, "achieved_macs": self.achieved_macs, "coverage": self.coverage,
+                "summary": self.summary(), "shortfall": self.shortfall()}
+
 
 def blockers_text(blockers: tuple[tuple[int, str, str], ...], top: int = 3) -> str:
     """The ``top`` blockers as ``12 × 'layer_norm' in layer 'stages.*.norm' (why); …``."""
@@ -382,11 +396,33 @@ def shrink(model: nn.Module, example_inputs: Any = None) -> nn.Module:
     activation is then zero everywhere, so outputs are unchanged (up to float rounding). Side effects:
     as for ``prune_channels`` (checked against the model, then swapped in; masks end up permanent).
     """
+    shrink_with_outcome(model, example_inputs)
+    return model
+
+
+def predict_outcome(model: nn.Module, example_inputs: Any, config: PruneConfig, batches=None,
+                    latency=None) -> PlanOutcome:
+    """Asked vs achieved that ``config`` (granularity ``filter``, the whole target: progress 1) would reach on
+    ``model``, traced and allocated but not cut (cheaper than :func:`plan_channels`: no copy is checked). For
+    ``--strict`` checks before a schedule starts. Does not modify ``model``."""
+    graph = trace_channels(model, example_inputs)
+    if config.latency_target is not None and latency is None:
+        return plan_outcome(model, graph, set(), config)  # a latency target asks for no filter or MAC amount
+    return plan_outcome(model, graph, select_channels(model, graph, config, 1.0, batches, latency), config)
+
+
+def shrink_with_outcome(model: nn.Module, example_inputs: Any = None,
+                        target: PruneConfig | None = None) -> PlanOutcome:
+    """:func:`shrink` ``model`` (same side effects) and return what the cut achieved against ``target`` (the
+    config whose masks zeroed the channels; None: nothing asked): every channel zeroed since the model was
+    dense counts, so after a masked schedule this is the whole run's asked vs achieved."""
     def dead_channels(graph: ChannelGraph) -> set[int]:
         dead = zeroed_channels(model, graph)
         return repair(graph, set(dead), {cid: 0.0 for cid in dead}, dead)
 
-    return _swap_in(model, _plan(model, as_inputs(model, example_inputs), dead_channels)[1])
+    plan, pruned = _plan(model, as_inputs(model, example_inputs), dead_channels, target)
+    _swap_in(model, pruned)
+    return plan.outcome
 
 
 def filter_sparsity(before: nn.Module, after: nn.Module) -> float:

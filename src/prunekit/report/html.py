@@ -260,6 +260,8 @@ def model_sentence(row: dict, reference: dict) -> str:
     if row.get("top1") is not None and reference.get("top1") is not None:
         delta = row["top1"] - reference["top1"]
         parts.append(f"{delta:+.1f}".replace("-", "−") + " points top-1")
+    if row.get("cut"):
+        parts.append(f"cut {row.get('cut_shortfall') or row['cut']}")  # the shortfall line names the blocking ops
     return ", ".join(p for p in parts if p)
 
 
