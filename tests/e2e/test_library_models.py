@@ -116,13 +116,14 @@ def test_real_library_model_end_to_end(ref, tmp_path, capsys):
     assert load_checkpoint(tmp_path / "p.pt").arch["ref"] == ref
 
 
-def test_prune_summary_names_the_blocking_ops_below_half_the_target(capsys):
-    from types import SimpleNamespace
+def test_cut_summary_names_the_blocking_ops_below_half_the_target(capsys):
+    from prunekit.cli.common import print_cut
+    from prunekit.prune.channels import plan_channels
 
-    from prunekit.cli.prune import print_blocking_ops
-
-    print_blocking_ops(SimpleNamespace(target=0.5, filter_sparsity=0.1, model=LibraryNet(num_classes=10, blocked=True)))
-    line = capsys.readouterr().out.strip()
-    assert line.startswith("shortfall: asked 50.0% of filters, achieved 10.0%") and "'cumsum' in layer 'mix'" in line
-    print_blocking_ops(SimpleNamespace(target=0.5, filter_sparsity=0.3, model=LibraryNet(num_classes=10)))
-    assert capsys.readouterr().out == ""
+    print_cut(plan_channels(LibraryNet(num_classes=10, blocked=True), ratio=0.5).outcome)
+    summary, line = capsys.readouterr().out.strip().splitlines()
+    assert summary.startswith("asked 50.0% of filters, achieved 0.0% of filters (MACs -0.0%)")
+    assert line.startswith(f"shortfall: {summary}. Channels kept by: 1 × 'cumsum' in layer 'mix' (")
+    print_cut(plan_channels(LibraryNet(num_classes=10), ratio=0.5).outcome)
+    (summary,) = capsys.readouterr().out.strip().splitlines()
+    assert summary.startswith("asked 50.0% of filters, achieved 50.0% of filters")
