@@ -47,13 +47,20 @@ class LibraryNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+def create_model(name, pretrained=False, **kwargs):
+    """timm's create_model offline: the architecture builds, pretrained weights cannot be fetched."""
+    if pretrained:
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection")
+    return LibraryNet(blocked=name.endswith("blocked"), **kwargs)
+
+
 @pytest.fixture
 def fake_timm(monkeypatch):
     module = types.ModuleType("timm")
     module.__version__ = "9.9.9"
     module.list_models = lambda: ["librarynet", "librarynet_blocked"]
     module.is_model = lambda name: name in module.list_models()
-    module.create_model = lambda name, pretrained=False, **kw: LibraryNet(blocked=name.endswith("blocked"), **kw)
+    module.create_model = create_model
     monkeypatch.setitem(sys.modules, "timm", module)
     return module
 
@@ -93,6 +100,27 @@ def test_unknown_library_model_names_close_ones(fake_timm, tmp_path, capsys):
     code, _, err = run(capsys, ["prune-channels", "--model", "timm:librarynett", "--ratio", "0.5",
                                 "--out", str(tmp_path / "p.pt")])
     assert code == 2 and "timm has no model 'librarynett'" in err and "librarynet" in err
+
+
+def test_library_model_weights_from_a_local_file(fake_timm, tmp_path, capsys):
+    torch.manual_seed(1)
+    source = LibraryNet(num_classes=10)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "W.pt")
+    code, _, err = run(capsys, ["convert", "--model", "timm:librarynet", "--weights", str(tmp_path / "W.pt"),
+                                "--dataset", "cifar10", "--out", str(tmp_path / "dense.pt")])
+    assert code == 0, err
+    loaded = load_checkpoint(tmp_path / "dense.pt")
+    assert loaded.arch["ref"] == "timm:librarynet" and loaded.arch["library"] == "timm 9.9.9"
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in loaded.model.state_dict().items())
+
+
+def test_pretrained_weights_offline_fail_in_one_line_naming_the_local_way(fake_timm, tmp_path, capsys):
+    code, _, err = run(capsys, ["prune-channels", "--model", "timm:librarynet", "--model-kwargs", '{"pretrained": true}',
+                                "--ratio", "0.5", "--out", str(tmp_path / "p.pt")])
+    (line,) = err.strip().splitlines()
+    assert code == 2 and not (tmp_path / "p.pt").exists()
+    assert "timm:librarynet: loading its pretrained weights failed (OSError: We couldn't connect" in line
+    assert "--weights FILE" in line
 
 
 def importable(name: str) -> str | None:

@@ -172,12 +172,29 @@ def library_constructor(library: str, name: str) -> Callable:
 
     def build(num_classes: int | None = None, **kwargs) -> nn.Module:
         extra = {} if num_classes is None else {"num_classes": num_classes}
-        if library == "timm":
-            return module.create_model(name, **{"pretrained": False, **kwargs, **extra})
-        return module.models.get_model(name, **{"weights": None, **kwargs, **extra})
+        pretrained = kwargs.get("pretrained") if library == "timm" else kwargs.get("weights")
+        try:
+            if library == "timm":
+                return module.create_model(name, **{"pretrained": False, **kwargs, **extra})
+            return module.models.get_model(name, **{"weights": None, **kwargs, **extra})
+        except Exception as exc:
+            if not pretrained:
+                raise
+            raise PrunekitError(pretrained_failure(library, name, exc)) from None
 
     build.library_version = f"{library} {getattr(module, '__version__', '?')}"
     return build
+
+
+def pretrained_failure(library: str, name: str, exc: Exception) -> str:
+    """The one-line error for a library model whose pretrained weights did not load (offline, no hub client, a
+    class count the weights do not have): what failed, and the way that needs no network (``--weights FILE``)."""
+    first = (str(exc).strip().splitlines() or [""])[0][:160]
+    fix = ("the weights classify 1000 ImageNet classes: add --num-classes 1000, or load your own file with "
+           "--weights FILE" if "num_classes" in str(exc) else
+           f"offline or no hub client? download the weights once and pass them as --weights FILE (a state dict) "
+           f"instead of asking {library} for them")
+    return f"{library}:{name}: loading its pretrained weights failed ({type(exc).__name__}: {first}); {fix}"
 
 
 def _import_library(library: str) -> ModuleType:
@@ -197,6 +214,8 @@ def _construct(constructor: Callable, ref: str, kwargs: dict) -> nn.Module:
     kwargs = as_json_kwargs(kwargs, ref)
     try:
         model = constructor(**kwargs)
+    except PrunekitError:  # a library constructor's own one-line error
+        raise
     except Exception as exc:  # the user's constructor: any exception is theirs to see
         raise PrunekitError(f"{ref}(**{json.dumps(kwargs)}) raised {type(exc).__name__}: {exc}"
                             f"{_signature_hint(constructor)}; check --model-kwargs") from None
