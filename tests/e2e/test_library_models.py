@@ -1,5 +1,7 @@
-"""``--model timm:NAME`` / ``torchvision:NAME``: a library's model by name through prune-channels, the
-library and its version recorded, asked vs achieved printed, ``--strict`` failing on a shortfall.
+"""``--model timm:NAME`` / ``torchvision:NAME``: a library's model by name through every command that takes
+``--model`` (and the YAML ``model:``), the library and its version recorded, weights from a local file
+(``--weights``) or the library's own loader (one-line error offline), asked vs achieved printed, ``--strict``
+failing on a shortfall, and a one-line error naming the extra when the library is not installed.
 
 The plumbing runs against a stand-in ``timm`` module (its ``create_model`` builds a small network in the
 library's style: a BatchNorm2d subclass calling ``F.batch_norm`` itself), so it is tested where timm is not
@@ -155,3 +157,34 @@ def test_cut_summary_names_the_blocking_ops_below_half_the_target(capsys):
     print_cut(plan_channels(LibraryNet(num_classes=10), ratio=0.5).outcome)
     (summary,) = capsys.readouterr().out.strip().splitlines()
     assert summary.startswith("asked 50.0% of filters, achieved 50.0% of filters")
+
+
+def commands(tmp_path, ref: str) -> dict[str, list[str]]:
+    """Every command that builds a model from ``--model``, with ``ref`` as the model (tiny budgets)."""
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(json.dumps({
+        "name": "library", "data": {"dataset": "synthetic", "limit_train": 128, "limit_test": 64},
+        "baseline": {"model": ref, "train": {"epochs": 1, "batch_size": 64, "device": "cpu"}},
+        "accuracy_sparsity_plot": False, "compare": {"timing": False}}))  # JSON is YAML
+    synthetic = ["--dataset", "synthetic", "--limit-train", "128"]
+    return {
+        "train": ["train", "--model", ref, "--epochs", "1", "--batch-size", "64", "--device", "cpu",
+                  "--save", str(tmp_path / "t"), "--no-progress", *synthetic],
+        "evaluate": ["evaluate", "--model", ref, *synthetic],
+        "profile": ["profile", "--model", ref, "--no-timing"],
+        "latency": ["latency", "--model", ref],
+        "prune-channels": ["prune-channels", "--model", ref, "--ratio", "0.5", "--out", str(tmp_path / "p.pt")],
+        "run (YAML model:)": ["run", str(experiment), "--out", str(tmp_path / "runs"), "--no-progress"],
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "profile", "latency", "prune-channels", "run (YAML model:)"])
+def test_every_model_command_takes_a_library_model_and_names_the_missing_extra(command, fake_timm, tmp_path, capsys,
+                                                                                monkeypatch):
+    argv = commands(tmp_path, "timm:librarynet")[command]
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    monkeypatch.setitem(sys.modules, "timm", None)  # timm not installed: its import fails
+    code, _, err = run(capsys, [a.replace(str(tmp_path / "t"), str(tmp_path / "t2")) for a in argv])
+    (line,) = err.strip().splitlines()
+    assert code == 2 and "--model timm:NAME needs timm: pip install 'prunekit[timm]'" in line
