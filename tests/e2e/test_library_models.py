@@ -188,3 +188,18 @@ def test_every_model_command_takes_a_library_model_and_names_the_missing_extra(c
     code, _, err = run(capsys, [a.replace(str(tmp_path / "t"), str(tmp_path / "t2")) for a in argv])
     (line,) = err.strip().splitlines()
     assert code == 2 and "--model timm:NAME needs timm: pip install 'prunekit[timm]'" in line
+
+
+def test_compare_reads_library_checkpoints_and_names_the_missing_extra(fake_timm, tmp_path, capsys, monkeypatch):
+    for name, ratio in (("dense.pt", "0"), ("half.pt", "0.5")):
+        assert run(capsys, ["prune-channels", "--model", "timm:librarynet", "--ratio", ratio,
+                            "--out", str(tmp_path / name)])[0] == 0
+    argv = ["compare", str(tmp_path / "dense.pt"), str(tmp_path / "half.pt"), "--no-timing", "--dataset", "synthetic",
+            "--no-progress"]
+    code, out, err = run(capsys, argv)
+    assert code == 0, err
+    assert any(line.startswith("half.pt: cut asked 50.0% of filters, achieved 50.0%") for line in out.splitlines())
+    monkeypatch.setitem(sys.modules, "timm", None)
+    code, _, err = run(capsys, argv)
+    (line,) = err.strip().splitlines()
+    assert code == 2 and "pip install 'prunekit[timm]'" in line
