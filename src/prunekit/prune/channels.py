@@ -159,12 +159,6 @@ def blockers_text(blockers: tuple[tuple[int, str, str], ...], top: int = 3) -> s
     return "; ".join(f"{count} × {place} ({why})" for count, place, why in blockers[:top]) or "nothing recorded"
 
 
-def blocking_ops(model: nn.Module, example_inputs: Any = None) -> str:
-    """What keeps ``model``'s channels, traced now (e.g. to explain a shortfall after a pruning run)."""
-    graph = trace_channels(model, example_inputs)
-    return blockers_text(blockers_of(graph.blocking or graph.blocked))
-
-
 def blockers_of(blocked: dict[str, str]) -> tuple[tuple[int, str, str], ...]:
     """``blocked`` ({where: why}) counted by place pattern: module indices become ``*``, so the 44 norms of a
     network's stages count as one blocker ``44 × 'batch_norm' in layer 'stages.*.norm1'`` (with the reason
