@@ -118,7 +118,6 @@ def test_run_pruning_result_has_the_outcome(tiny_vgg, tiny_data, tmp_path):
     from prunekit.pipeline import run_pruning
 
     config = make_prune_config(granularity="filter", sparsity=0.5, finetune_epochs=0)
-    dense_macs = None
     result = run_pruning(tiny_vgg, tiny_data, config, TrainConfig(device="cpu"), tmp_path, progress=False)
     dense_macs = result.meta["dense_macs"]
     assert result.outcome.asked_filters == 0.5 and result.outcome.shortfall() is None
@@ -198,3 +197,14 @@ def test_yaml_runner_records_the_cut_and_strict_stops_before_the_variant(pinned,
 
     code, _, err = run(capsys, ["run", path, "--out", tmp_path / "runs", "--no-progress", "--strict"])
     assert code == 0, err  # the variant is done already: nothing is cut again
+
+
+def test_seed_summary_states_each_models_cut(pinned, tmp_path, capsys):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(experiment(pinned, strict=False)))
+    code, out, err = run(capsys, ["run", path, "--out", tmp_path / "runs", "--seeds", "1,2", "--no-progress"])
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if line.startswith("  filters: top-1"))
+    assert "; cut shortfall: asked 50.0% of filters" in line and BLOCKER in line
+    summary = (tmp_path / "runs" / "cut-seeds-1_2" / "plots" / "seeds_top1.csv").read_text()
+    assert BLOCKER in summary

@@ -58,6 +58,7 @@ def summarise(experiment: Experiment, seeds: list[int], folders: list[Path], sum
             row.update({f"{key}_mean": statistics.mean(values), f"{key}_std": statistics.stdev(values)})
         for key in ("params", "nonzero_params", "macs"):  # mean over seeds (equal for every seed in practice)
             row[key] = statistics.mean(table[position][key] for table in tables)
+        row["cut"] = seeds_cut([table[position] for table in tables])
         rows.append(row)
     plot_seed_summary(rows, summary_dir / "plots" / "seeds_top1.png",
                       title=f"{experiment.name}: test top-1 over seeds {', '.join(map(str, seeds))} (mean ± std)")
@@ -66,8 +67,16 @@ def summarise(experiment: Experiment, seeds: list[int], folders: list[Path], sum
     html, _ = write_report(summary_dir)
     print(f"[{experiment.name}] seeds {seeds}: summary report {html}")
     for row in rows:
-        print(f"  {row['model']}: top-1 {row['top1_mean']:.2f} ± {row['top1_std']:.2f}%")
+        print(f"  {row['model']}: top-1 {row['top1_mean']:.2f} ± {row['top1_std']:.2f}%"
+              + (f"; cut {row['cut']}" if row["cut"] else ""))
     return summary_dir
+
+
+def seeds_cut(rows: list[dict]) -> str | None:
+    """One model's structured cut over the seeds' compare rows: its asked vs achieved line (the shortfall
+    line when it fell short), each distinct one once, joined by `` | ``; None for a model without a cut."""
+    lines = dict.fromkeys(row.get("cut_shortfall") or row.get("cut") for row in rows)
+    return " | ".join(line for line in lines if line) or None
 
 
 def seed_label(row: dict) -> str:
