@@ -210,7 +210,7 @@ def is_unpruned(loaded: Checkpoint) -> bool:
     from prunekit.export.common import is_quantized
 
     meta = loaded.meta
-    derived = any(meta.get(k) for k in ("method", "granularity", "quantized", "prune_config", "compact_values"))
+    derived = any(meta.get(k) for k in ("method", "granularity", "quantized", "prune_config", "compact_values", "cut"))
     return not derived and not is_quantized(loaded.model)
 
 
