@@ -227,8 +227,7 @@ def shrink_filters(model: nn.Module, data: DataBundle, config: PruneConfig,
     return model, achieved, shrink_with_outcome(model, example_inputs(data, device), config)
 
 
-def require_whole_cut(model: nn.Module, data: DataBundle, config: PruneConfig, device: torch.device,
-                      switch: str = "--strict") -> None:
+def require_whole_cut(model: nn.Module, data: DataBundle, config: PruneConfig, device: torch.device) -> None:
     """For a structured ``config``: raise PrunekitError with the shortfall line (see
     :meth:`PlanOutcome.require`) when the whole target, allocated on the dense ``model``, would achieve below
     half of what it asks. Traces and allocates only: nothing is written or changed."""
@@ -236,7 +235,7 @@ def require_whole_cut(model: nn.Module, data: DataBundle, config: PruneConfig, d
 
     if get_granularity(config.granularity).shrinks:
         predict_outcome(model, example_inputs(data, device), config,
-                        batches=scoring_batches(data, config, device)).require(switch)
+                        batches=scoring_batches(data, config, device)).require("--strict")
 
 
 def run_pruning(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_config: TrainConfig,
