@@ -15,7 +15,6 @@ test its own ``PRUNEKIT_CACHE`` and must not rebuild the kernel for each.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import platform
@@ -89,22 +88,23 @@ def _one_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-@functools.lru_cache(maxsize=None)
+#: What :func:`native_kernel` found: ``{"kernel": module or None, "reason": str}`` once tried (tests replace it).
+_LOADED: dict = {}
+
+
 def native_kernel():
-    """The built kernel module (its ``sparse_conv2d``), or None when it cannot be built here; the reason is
-    printed once (stderr) and kept in :func:`native_unavailable`."""
-    try:
-        return build()
-    except Exception as error:  # any build failure only removes one candidate kernel: say why, carry on
-        _REASON.append(_one_line(error))
-        print(f"prunekit: native sparse kernel unavailable ({_REASON[-1]}); the sparse runtime uses torch CSR only",
-              file=sys.stderr)
-        return None
-
-
-_REASON: list[str] = []
+    """The built kernel module (its ``sparse_conv2d``), or None when it cannot be built here. Tried once per
+    process; on failure the reason is printed once (stderr) and kept for :func:`native_unavailable`."""
+    if "kernel" not in _LOADED:
+        try:
+            _LOADED["kernel"] = build()
+        except Exception as error:  # any build failure only removes one candidate kernel: say why, carry on
+            _LOADED.update(kernel=None, reason=_one_line(error))
+            print(f"prunekit: native sparse kernel unavailable ({_LOADED['reason']}); the sparse runtime uses "
+                  "torch CSR only", file=sys.stderr)
+    return _LOADED["kernel"]
 
 
 def native_unavailable() -> str | None:
-    """Why the native kernel cannot be used here (building it first if not tried yet), or None."""
-    return None if native_kernel() is not None else _REASON[-1]
+    """Why the native kernel cannot be used here (trying to build it first if not tried yet), or None."""
+    return None if native_kernel() is not None else _LOADED["reason"]
