@@ -40,15 +40,18 @@ inline void axpy(float* __restrict y, const float* __restrict s, float w, int64_
 
 // One output plane of a stride-1 convolution on the padded image `xp` (C, Hp, Wp): `wide` (Ho * Wp) is
 // computed on the padded width, then its first Wo columns of each row are copied to `y` (Ho, Wo).
+// KH, KW: the kernel size when known at compile time (3×3: decoding a tap divides by constants, which the
+// compiler turns into multiplications), else 0 (read from `g`).
+template <int KH, int KW>
 void plane_wide(const float* xp, int64_t Hp, int64_t Wp, int64_t Ho, int64_t Wo, const Geometry& g,
                 const int32_t* col, const float* val, int64_t begin, int64_t end, float bias, float* wide,
                 float* y) {
-  const int64_t len = Ho * Wp - (g.kw - 1) * g.dw;  // the rest of the last row is cropped anyway
-  const int64_t taps = g.kh * g.kw;
+  const int64_t kw = KW ? KW : g.kw, taps = (KH ? KH : g.kh) * kw;
+  const int64_t len = Ho * Wp - (kw - 1) * g.dw;  // the rest of the last row is cropped anyway
   std::fill(wide, wide + Ho * Wp, bias);
   auto source = [&](int64_t p) {
     const int64_t c = col[p] / taps, r = col[p] % taps;
-    return xp + c * Hp * Wp + (r / g.kw) * g.dh * Wp + (r % g.kw) * g.dw;
+    return xp + c * Hp * Wp + (r / kw) * g.dh * Wp + (r % kw) * g.dw;
   };
   int64_t p = begin;
   for (; p + 4 <= end; p += 4)
@@ -96,10 +99,17 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor crow, torch::Tensor c
               x.size(1));
   const Geometry g{geometry[1], geometry[2], geometry[3], geometry[4],
                    geometry[5], geometry[6], geometry[7], geometry[8]};
+  TORCH_CHECK(crow.scalar_type() == torch::kInt && col.scalar_type() == torch::kInt &&
+                  values.scalar_type() == torch::kFloat && crow.is_contiguous() && col.is_contiguous() &&
+                  values.is_contiguous() && col.numel() == values.numel(),
+              "sparse_conv2d: the weight must be contiguous CSR int32 indices and float32 values");
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == torch::kFloat && bias->numel() == crow.numel() - 1),
+              "sparse_conv2d: bias must be float32 with one value per output channel");
   x = x.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), O = crow.numel() - 1;
   const int64_t Ho = (H + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
   const int64_t Wo = (W + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(Ho > 0 && Wo > 0, "sparse_conv2d: input ", H, "x", W, " is smaller than the kernel");
   auto y = torch::empty({N, O, Ho, Wo}, x.options());
   const int32_t* crow_p = crow.data_ptr<int32_t>();
   const int32_t* col_p = col.data_ptr<int32_t>();
@@ -121,9 +131,12 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor crow, torch::Tensor c
       const int64_t n = index / O, o = index % O;
       const float b = bias_p ? bias_p[o] : 0.0f;
       float* out = y_p + index * Ho * Wo;
-      if (wide)
-        plane_wide(x_p + n * C * Hp * Wp, Hp, Wp, Ho, Wo, g, col_p, val_p, crow_p[o], crow_p[o + 1], b,
-                   scratch.data(), out);
+      if (wide && g.kh == 3 && g.kw == 3)
+        plane_wide<3, 3>(x_p + n * C * Hp * Wp, Hp, Wp, Ho, Wo, g, col_p, val_p, crow_p[o], crow_p[o + 1], b,
+                         scratch.data(), out);
+      else if (wide)
+        plane_wide<0, 0>(x_p + n * C * Hp * Wp, Hp, Wp, Ho, Wo, g, col_p, val_p, crow_p[o], crow_p[o + 1], b,
+                         scratch.data(), out);
       else
         plane_rows(x_p + n * C * H * W, H, W, Ho, Wo, g, col_p, val_p, crow_p[o], crow_p[o + 1], b, out);
     }
