@@ -117,14 +117,22 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor crow, torch::Tensor c
   const float* bias_p = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* y_p = y.data_ptr<float>();
   const bool wide = g.sh == 1 && g.sw == 1;
-  torch::Tensor padded = x;
+  const float* x_p = x.data_ptr<float>();
+  // Stride 1 with padding: the zero-padded batch, a tensor so that memory measurements see it; filled here
+  // (a plain copy costs less than a padding op's dispatch at batch 1).
+  torch::Tensor padded;
   int64_t Hp = H, Wp = W;
-  if (wide) {
-    if (g.ph || g.pw) padded = at::constant_pad_nd(x, {g.pw, g.pw, g.ph, g.ph}, 0.0);
+  if (wide && (g.ph || g.pw)) {
     Hp = H + 2 * g.ph;
     Wp = W + 2 * g.pw;
+    padded = torch::zeros({N, C, Hp, Wp}, x.options());
+    float* padded_p = padded.data_ptr<float>();
+    for (int64_t plane = 0; plane < N * C; ++plane)
+      for (int64_t h = 0; h < H; ++h)
+        std::copy(x_p + (plane * H + h) * W, x_p + (plane * H + h + 1) * W,
+                  padded_p + (plane * Hp + h + g.ph) * Wp + g.pw);
+    x_p = padded_p;
   }
-  const float* x_p = padded.data_ptr<float>();
   at::parallel_for(0, N * O, 1, [&](int64_t first, int64_t last) {
     std::vector<float> scratch(wide ? Ho * Wp : 0);
     for (int64_t index = first; index < last; ++index) {
