@@ -10,6 +10,7 @@ from torch import nn
 
 from prunekit import accelerate, make_permanent, prune_unstructured
 from prunekit.checkpoint import load_checkpoint
+from prunekit.errors import PrunekitError
 from prunekit.export import save_compact
 from prunekit.masking import apply_masks, has_masks
 from prunekit.measure.timing import peak_inference_memory, static_bytes
@@ -99,6 +100,16 @@ def test_direct_twin_has_the_csr_twin_s_state_and_memory():
     assert csr.keys() == direct.keys() and all(torch.equal(csr[k], direct[k]) for k in csr)
     assert static_bytes(twins["direct"]) == static_bytes(twins["csr"])
     assert set(sparse_twins(nn.Linear(4, 4))) == {"csr"}  # the native kernel is for convolutions
+
+
+@needs_native
+def test_direct_kernel_refuses_an_input_that_needs_a_gradient():
+    direct = sparse_twins(randomly_masked(nn.Conv2d(2, 2, 3)))["direct"]
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    with pytest.raises(PrunekitError, match="computes no gradients"):
+        direct(x)
+    with torch.no_grad():
+        assert direct(x).shape == (1, 2, 3, 3)
 
 
 def test_without_a_compiler_the_csr_kernel_remains_and_one_line_says_why(monkeypatch, capsys):
@@ -256,8 +267,10 @@ def test_accelerate_uses_the_direct_kernel_where_it_measured_fastest(pruned_vgg)
     assert isinstance(fast.features[0], DirectSparseConv2d) and type(fast.classifier) is SparseLinear
     assert {c.kernel for c in fast.sparse_choices} == {"direct", "csr"}
     assert "sparse (direct)" in describe_choices(fast.sparse_choices)
+    assert not any(p.requires_grad for p in fast.parameters())  # so grad mode needs no inference_mode here
     with torch.inference_mode():
-        assert_same_function(pruned_vgg(x), fast(x))
+        expected = pruned_vgg(x)
+    assert_same_function(expected, fast(x))
 
 
 def test_decisions_are_cached_on_disk_and_not_measured_again(pruned_vgg, tmp_path, monkeypatch):

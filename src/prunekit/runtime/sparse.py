@@ -37,10 +37,11 @@ def accelerate(model: nn.Module, example_inputs: torch.Tensor, device: str = "cp
     ``True`` for the default file (:func:`prunekit.runtime.autotune.cache_path`), a path, or ``False`` for
     none; decisions found there are not measured again, new ones are written back atomically.
 
-    The returned model is in eval mode on ``device``; its ``sparse_choices`` attribute lists one
+    The returned model is for inference: in eval mode on ``device``, its parameters frozen (no gradients: the
+    direct kernel computes none and refuses an input that requires one); its ``sparse_choices`` attribute lists one
     :class:`~prunekit.runtime.autotune.LayerChoice` per layer tried (every timing and the decision)."""
     threads = threads or torch.get_num_threads()
-    accelerated = permanent_copy(model).to(device).eval()
+    accelerated = permanent_copy(model).to(device).eval().requires_grad_(False)
     candidates = {name: layer for name, layer in accelerated.named_modules()
                   if convertible(layer) and zero_fraction(layer) >= min_sparsity}
     shapes = layer_input_shapes(accelerated, candidates, example_inputs.to(device))

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunekit.errors import PrunekitError
 from prunekit.runtime.native import native_kernel
 
 
@@ -168,7 +169,8 @@ class SparseConv2d(_CsrWeight):
 
 class DirectSparseConv2d(SparseConv2d):
     """:class:`SparseConv2d` (same buffers and state dict) computed by the native direct sparse convolution
-    (float32, CPU): one C++ call per forward, no im2col. Inference only: its output has no autograd history.
+    (float32, CPU): one C++ call per forward, no im2col. Inference only: an input that requires a gradient
+    (with grad mode on) is refused.
     Build it through :func:`sparse_twins`, which checks that the native kernel is available."""
 
     def __init__(self, conv: nn.Conv2d):
@@ -176,6 +178,9 @@ class DirectSparseConv2d(SparseConv2d):
         self.geometry = [self.in_channels, *self.kernel_size, *self.stride, *self.padding, *self.dilation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            raise PrunekitError("the direct sparse kernel computes no gradients: run the accelerated model under "
+                                "torch.inference_mode() (or train the original model)")
         return native_kernel().sparse_conv2d(x, self.crow_indices, self.col_indices, self.values, self.bias,
                                              self.geometry)
 
