@@ -256,6 +256,12 @@ def test_a_cached_decision_without_a_kernel_available_now_is_measured_again(tmp_
     both = choose("c", conv, {**csr_only, "direct": SparseConv2d(conv)}, (1, 4, 8, 8), 1, "cpu", reread, timer)
     assert calls == [3] and not both.cached and both.kernel == "direct"
 
+    class Rebuilt(SparseConv2d):
+        kernel_version = "prunekit_sparse_conv_0123"
+
+    rebuilt = choose("c", conv, {**csr_only, "direct": Rebuilt(conv)}, (1, 4, 8, 8), 1, "cpu", reread, timer)
+    assert calls == [3, 3] and not rebuilt.cached, "another build of a kernel is measured anew"
+
 
 @needs_native
 def test_accelerate_uses_the_direct_kernel_where_it_measured_fastest(pruned_vgg):

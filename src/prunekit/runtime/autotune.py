@@ -124,10 +124,13 @@ def choose(name: str, dense: nn.Module, twins: dict[str, nn.Module], input_shape
            device: str, cache: DecisionCache, timer: KernelTimer = measure_kernels) -> LayerChoice:
     """Decide between ``dense`` and its sparse ``twins`` (``{kernel: module}``, at least one) for inputs of
     ``input_shape``: from ``cache`` when it has a timing of every module, else by ``timer`` (the timings are
-    put into ``cache``, not yet saved). The fastest twin is chosen when it beats dense by :data:`MIN_GAIN`."""
+    put into ``cache``, not yet saved). The fastest twin is chosen when it beats dense by :data:`MIN_GAIN`.
+    A twin's ``kernel_version`` (the native kernel's build name; empty for torch's) is part of the cache key,
+    so a changed kernel is measured anew."""
     kind = "linear" if isinstance(dense, nn.Linear) else "conv"
     sparsity = next(iter(twins.values())).sparsity
     key = decision_key(kind, dense.weight.shape, input_shape, sparsity, threads, device, dense)
+    key += "".join(f"|{kernel}:{twin.kernel_version}" for kernel, twin in twins.items() if twin.kernel_version)
     names = [DENSE, *twins]
     timings = cache.get(key, names)
     cached = timings is not None

@@ -51,6 +51,9 @@ class _CsrWeight(nn.Module):
     """Holds a 2-D weight matrix as CSR buffers; :meth:`weight_csr` assembles the sparse tensor from them
     (no copy: the tensor shares the buffers' memory)."""
 
+    #: Identifies the kernel's code where it is not torch's own (the autotune caches timings per version).
+    kernel_version = ""
+
     def __init__(self, matrix: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
         with _beta_warning_silenced():
@@ -176,6 +179,11 @@ class DirectSparseConv2d(SparseConv2d):
     def __init__(self, conv: nn.Conv2d):
         super().__init__(conv)
         self.geometry = [self.in_channels, *self.kernel_size, *self.stride, *self.padding, *self.dilation]
+
+    @property
+    def kernel_version(self) -> str:
+        """The native kernel's build name (it changes with its source, flags, torch version and CPU)."""
+        return native_kernel().__name__
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad and torch.is_grad_enabled():
