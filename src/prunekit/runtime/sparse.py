@@ -81,9 +81,10 @@ def layer_input_shapes(model: nn.Module, layers: dict[str, nn.Module], example: 
 
 
 def describe_choices(choices: list[LayerChoice]) -> str:
-    """The per-layer report as a Markdown table: layer, shape, sparsity, both timings, speed-up, choice."""
+    """The per-layer report as a Markdown table: layer, shape, sparsity, the dense and the fastest sparse
+    kernel's timings, speed-up, choice (with the kernel when sparse)."""
     lines = ["| layer | weight | input | sparsity | dense ms | sparse ms | speed-up | runs |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]  # sparse ms: the fastest kernel's
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for c in choices:
         lines.append(f"| {c.name} | {'×'.join(map(str, c.shape))} | {'×'.join(map(str, c.input_shape))} | "
                      f"{100 * c.sparsity:.1f}% | {c.dense_ms:.3f} | {c.sparse_ms:.3f} | {c.speedup:.2f}× | "
