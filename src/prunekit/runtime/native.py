@@ -101,7 +101,7 @@ def native_kernel():
         except Exception as error:  # any build failure only removes one candidate kernel: say why, carry on
             _LOADED.update(kernel=None, reason=_one_line(error))
             print(f"prunekit: native sparse kernel unavailable ({_LOADED['reason']}); the sparse runtime uses "
-                  "torch CSR only", file=sys.stderr)
+                  "torch CSR only", file=sys.stderr)  # one line, no traceback: nothing is wrong with the model
     return _LOADED["kernel"]
 
 
