@@ -61,7 +61,8 @@ def test_sparse_conv_equals_dense_conv(spec, batch):
 
 @needs_native
 @pytest.mark.parametrize("batch", [1, 8])
-@pytest.mark.parametrize("spec", CONVS + [(6, 5, 3, 3, 2, 2, True, 12), (4, 6, 2, 1, 3, 1, False, 5)])
+@pytest.mark.parametrize("spec", CONVS + [(6, 5, 3, 3, 2, 2, True, 12), (4, 6, 2, 1, 3, 1, False, 5),
+                                          (3, 4, 3, (1, 2), (2, 0), (2, 1), True, 9), (4, 4, 3, 4, 1, 1, False, 6)])
 def test_direct_sparse_conv_equals_dense_conv(spec, batch):
     cin, cout, kernel, stride, padding, dilation, bias, size = spec
     torch.manual_seed(batch)
