@@ -240,6 +240,24 @@ def test_autotune_picks_the_fastest_kernel_and_keeps_every_timing():
     assert (slow.sparse, slow.kernel) == (False, "direct")
 
 
+def test_measured_kernel_times_are_paired_with_dense_round_by_round(monkeypatch):
+    from prunekit.measure.timing import Timing
+    from prunekit.runtime import autotune
+
+    rounds = {"dense": [10.0, 10.0, 40.0, 40.0, 40.0], "sparse": [30.0, 30.0, 20.0, 20.0, 20.0]}
+
+    def interleaved(modules, batch, device, warmup, repeats, threads, input_size):
+        assert (batch, input_size, threads) == (2, (4, 8, 8), 1)
+        return [Timing.from_samples(batch, rounds["dense"]), Timing.from_samples(batch, rounds["sparse"])]
+
+    monkeypatch.setattr(autotune, "time_interleaved", interleaved)
+    conv = randomly_masked(nn.Conv2d(4, 4, 3), 0.9)
+    # medians 40 and 20 would say 2×; per round the ratios are 1/3, 1/3, 2, 2, 2: median 2, so 40 / 2 = 20
+    assert autotune.measure_kernels([conv, sparse_twin(conv)], (2, 4, 8, 8), 1) == [40.0, 20.0]
+    rounds["sparse"] = [20.0, 5.0, 80.0, 80.0, 5.0]  # medians 40 vs 20 again, but 2× slower in 3 of 5 rounds
+    assert autotune.measure_kernels([conv, sparse_twin(conv)], (2, 4, 8, 8), 1) == [40.0, 80.0]
+
+
 def test_a_cached_decision_without_a_kernel_available_now_is_measured_again(tmp_path):
     conv = randomly_masked(nn.Conv2d(4, 4, 3), 0.9)
     cache = DecisionCache(tmp_path / "c.json")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from prunekit.atomic import atomic_write_text
-from prunekit.measure.timing import time_interleaved
+from prunekit.measure.timing import paired_ratio, time_interleaved
 
 #: Sparse must be at least this much faster (dense_ms / sparse_ms ≥ 1 + MIN_GAIN) to be chosen: a tie
 #: within timing noise keeps the dense layer, which has no risk of being slower.
@@ -64,11 +64,15 @@ class LayerChoice:
 
 def measure_kernels(modules: list[nn.Module], input_shape: tuple, threads: int | None,
                     warmup: int = 3, repeats: int = 15) -> list[float]:
-    """Median ms of each module on a random batch of ``input_shape``, timed interleaved
-    (:func:`prunekit.measure.timing.time_interleaved`; same side effects: eval mode, threads for the call)."""
+    """ms of each module on a random batch of ``input_shape``, timed interleaved
+    (:func:`prunekit.measure.timing.time_interleaved`; same side effects: eval mode, threads for the call):
+    the first module's (dense) median, and for each other module that median divided by its median per-round
+    speed-up over the first (:func:`prunekit.measure.timing.paired_ratio`), so a burst of other work during
+    some rounds, which slows both modules of a round alike, does not decide the choice."""
     device = next(iter(modules[-1].buffers())).device
-    timings = time_interleaved(modules, input_shape[0], device, warmup, repeats, threads, tuple(input_shape[1:]))
-    return [timing.median_ms for timing in timings]
+    dense, *others = time_interleaved(modules, input_shape[0], device, warmup, repeats, threads,
+                                      tuple(input_shape[1:]))
+    return [dense.median_ms] + [dense.median_ms / paired_ratio(dense, other).median for other in others]
 
 
 def cache_path() -> Path:
