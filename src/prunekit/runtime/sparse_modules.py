@@ -173,8 +173,8 @@ class SparseConv2d(_CsrWeight):
 class DirectSparseConv2d(SparseConv2d):
     """:class:`SparseConv2d` (same buffers and state dict) computed by the native direct sparse convolution
     (float32, CPU): one C++ call per forward, no im2col. Inference only: an input that requires a gradient
-    (with grad mode on) is refused.
-    Build it through :func:`sparse_twins`, which checks that the native kernel is available."""
+    (with grad mode on) is refused. Build it through :func:`sparse_twins`, which checks that the native
+    kernel is available."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__(conv)
