@@ -133,6 +133,15 @@ def test_missing_toolchain_names_the_compiler(monkeypatch):
     assert native.missing_toolchain() == "no C++ compiler ('no-such-compiler-xyz' not found; install g++ or set CXX)"
 
 
+def test_a_lock_left_by_an_interrupted_build_is_removed_a_fresh_one_kept(tmp_path):
+    lock = tmp_path / "lock"
+    assert native.remove_stale_lock(tmp_path) is False  # no lock: nothing to do
+    lock.touch()
+    assert native.remove_stale_lock(tmp_path) is False and lock.exists()  # another process is building now
+    later = lock.stat().st_mtime + native.STALE_LOCK_S + 1
+    assert native.remove_stale_lock(tmp_path, now=later) is True and not lock.exists()
+
+
 def test_build_name_changes_with_the_source_and_torch_version(monkeypatch):
     name = native.build_name("int x;")
     assert name.startswith("prunekit_sparse_conv_") and name == native.build_name("int x;")

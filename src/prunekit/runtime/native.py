@@ -20,12 +20,16 @@ import os
 import platform
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 SOURCE = Path(__file__).with_name("sparse_conv.cpp")
 FLAGS = ("-O3", "-march=native")
+#: torch's build lock older than this is left over from an interrupted build (a build takes well under a
+#: minute); torch would wait for it forever, so it is removed.
+STALE_LOCK_S = 600
 
 
 def _cpu_signature() -> str:
@@ -76,11 +80,25 @@ def build():
     name = build_name(source)
     directory = build_root() / name
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_lock(directory)
     if not any(directory.glob(f"{name}*.so")) and not any(directory.glob(f"{name}*.pyd")):
         print("prunekit: building the native sparse convolution kernel (once per machine, about 25 s)",
               file=sys.stderr, flush=True)
     return load_inline(name, source, functions=["sparse_conv2d"], extra_cflags=list(FLAGS),
                        build_directory=str(directory), verbose=False)
+
+
+def remove_stale_lock(directory: Path, now: float | None = None) -> bool:
+    """Remove ``directory/lock`` when it is older than :data:`STALE_LOCK_S` (a build interrupted by Ctrl-C
+    leaves it, and torch's loader then waits on it forever). True when one was removed."""
+    lock = directory / "lock"
+    try:
+        stale = (now or time.time()) - lock.stat().st_mtime > STALE_LOCK_S
+        if stale:
+            lock.unlink()
+        return stale
+    except FileNotFoundError:
+        return False
 
 
 def _one_line(error: BaseException) -> str:
