@@ -104,6 +104,16 @@ def test_direct_twin_has_the_csr_twin_s_state_and_memory():
 
 
 @needs_native
+def test_direct_kernel_of_an_all_zero_layer_returns_the_bias_and_takes_an_empty_batch():
+    conv = randomly_masked(nn.Conv2d(3, 2, 3, stride=2, padding=1), sparsity=1.0)
+    direct = sparse_twins(conv)["direct"]
+    assert direct.values.numel() == 0
+    y = direct(torch.randn(2, 3, 7, 7))
+    assert y.shape == (2, 2, 4, 4) and torch.equal(y, conv.bias.detach()[None, :, None, None].expand(2, 2, 4, 4))
+    assert direct(torch.randn(0, 3, 7, 7)).shape == (0, 2, 4, 4)
+
+
+@needs_native
 def test_direct_kernel_refuses_an_input_that_needs_a_gradient():
     direct = sparse_twins(randomly_masked(nn.Conv2d(2, 2, 3)))["direct"]
     x = torch.randn(1, 2, 5, 5, requires_grad=True)
