@@ -1,18 +1,20 @@
 """Per-layer autotune: keep a sparse layer only where it measured faster than the dense one.
 
-For each candidate layer, :func:`choose` times the dense layer and its sparse twin on the layer's own input
-shape (a :data:`PairTimer`; the default, :func:`measure_pair`, interleaves the two like every prunekit
-timing) and keeps the sparse one only when it is at least :data:`MIN_GAIN` faster. The decision and both
-timings are cached on disk (:class:`DecisionCache`), keyed by everything that changes the answer: the layer's
-shape, its sparsity, the input shape (batch included), threads, device and torch version, so a second
-``accelerate`` of the same model on the same machine measures nothing.
+For each candidate layer, :func:`choose` times the dense layer and its sparse twins (one per kernel:
+``"csr"``, ``"direct"``, see :mod:`prunekit.runtime.sparse_modules`) on the layer's own input shape (a
+:data:`KernelTimer`; the default, :func:`measure_kernels`, interleaves them like every prunekit timing) and
+keeps the fastest twin only when it is at least :data:`MIN_GAIN` faster than dense. The decision's timings
+are cached on disk (:class:`DecisionCache`), keyed by everything that changes the answer: the layer's shape,
+its sparsity, the input shape (batch included), threads, device and torch version, so a second
+``accelerate`` of the same model on the same machine measures nothing. An entry that lacks a kernel available
+now (say, the native kernel was built since) is measured again.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,16 +22,19 @@ import torch
 from torch import nn
 
 from prunekit.atomic import atomic_write_text
-from prunekit.measure.timing import time_interleaved
+from prunekit.measure.timing import paired_ratio, time_interleaved
 
 #: Sparse must be at least this much faster (dense_ms / sparse_ms ≥ 1 + MIN_GAIN) to be chosen: a tie
 #: within timing noise keeps the dense layer, which has no risk of being slower.
 MIN_GAIN = 0.05
 CACHE_FILE = "sparse_autotune.json"
 
-#: ``timer(dense, sparse, input_shape, threads) -> (dense_ms, sparse_ms)``: median time of one call of each
-#: module on a batch of ``input_shape``. Tests inject a fake one.
-PairTimer = Callable[[nn.Module, nn.Module, tuple, "int | None"], "tuple[float, float]"]
+#: Name of the dense layer in a cached entry and in :attr:`LayerChoice.kernel_ms`.
+DENSE = "dense"
+
+#: ``timer(modules, input_shape, threads) -> [ms, ...]``: median time of one call of each module (the dense
+#: layer first, then its sparse twins) on a batch of ``input_shape``, in the same order. Tests inject a fake one.
+KernelTimer = Callable[[list, tuple, "int | None"], "list[float]"]
 
 
 @dataclass
@@ -42,9 +47,11 @@ class LayerChoice:
     input_shape: list[int]
     sparsity: float
     dense_ms: float
-    sparse_ms: float
+    sparse_ms: float  # the fastest sparse kernel's
     sparse: bool  # True: the sparse module replaced the dense one
     cached: bool = False  # True: read from the cache, not measured now
+    kernel: str = "csr"  # the fastest sparse kernel (the one used when ``sparse``)
+    kernel_ms: dict = field(default_factory=dict)  # every module timed: {"dense": ms, "csr": ms, ...}
 
     @property
     def speedup(self) -> float:
@@ -55,14 +62,17 @@ class LayerChoice:
         return {**asdict(self), "speedup": self.speedup}
 
 
-def measure_pair(dense: nn.Module, sparse: nn.Module, input_shape: tuple, threads: int | None,
-                 warmup: int = 3, repeats: int = 15) -> tuple[float, float]:
-    """Median ms of ``dense`` and ``sparse`` on a random batch of ``input_shape``, timed interleaved
-    (:func:`prunekit.measure.timing.time_interleaved`; same side effects: eval mode, threads for the call)."""
-    device = next(iter(sparse.buffers())).device
-    dense_t, sparse_t = time_interleaved([dense, sparse], input_shape[0], device, warmup, repeats, threads,
-                                         tuple(input_shape[1:]))
-    return dense_t.median_ms, sparse_t.median_ms
+def measure_kernels(modules: list[nn.Module], input_shape: tuple, threads: int | None,
+                    warmup: int = 3, repeats: int = 15) -> list[float]:
+    """ms of each module on a random batch of ``input_shape``, timed interleaved
+    (:func:`prunekit.measure.timing.time_interleaved`; same side effects: eval mode, threads for the call):
+    the first module's (dense) median, and for each other module that median divided by its median per-round
+    speed-up over the first (:func:`prunekit.measure.timing.paired_ratio`), so a burst of other work during
+    some rounds, which slows both modules of a round alike, does not decide the choice."""
+    device = next(iter(modules[-1].buffers())).device
+    dense, *others = time_interleaved(modules, input_shape[0], device, warmup, repeats, threads,
+                                      tuple(input_shape[1:]))
+    return [dense.median_ms] + [dense.median_ms / paired_ratio(dense, other).median for other in others]
 
 
 def cache_path() -> Path:
@@ -83,8 +93,8 @@ def decision_key(kind: str, shape, input_shape, sparsity: float, threads: int | 
 
 
 class DecisionCache:
-    """Cached ``{key: {"dense_ms", "sparse_ms"}}`` in one JSON file. ``path=None``: nothing is read or written.
-    :meth:`save` rewrites the file atomically, merged with what another process may have written since."""
+    """Cached ``{key: {"dense": ms, kernel: ms, ...}}`` in one JSON file. ``path=None``: nothing is read or
+    written. :meth:`save` rewrites the file atomically, merged with what another process may have written since."""
 
     def __init__(self, path: str | Path | None):
         self.path = None if path is None else Path(path)
@@ -99,29 +109,40 @@ class DecisionCache:
             return {}  # a damaged cache is only lost time: it is measured again and rewritten
         return data if isinstance(data, dict) else {}
 
-    def get(self, key: str) -> dict | None:
-        return self.entries.get(key)
+    def get(self, key: str, names) -> dict | None:
+        """The cached timings of ``key`` when they cover every module in ``names``, else None."""
+        entry = self.entries.get(key)
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(name), (int, float)) for name in names):
+            return None
+        return {name: float(entry[name]) for name in names}
 
-    def put(self, key: str, dense_ms: float, sparse_ms: float) -> None:
-        self.entries[key] = {"dense_ms": dense_ms, "sparse_ms": sparse_ms}
+    def put(self, key: str, timings: dict[str, float]) -> None:
+        self.entries[key] = dict(timings)
 
     def save(self) -> None:
         if self.path is not None:
             atomic_write_text(self.path, json.dumps({**self._read(), **self.entries}, indent=1, sort_keys=True))
 
 
-def choose(name: str, dense: nn.Module, sparse: nn.Module, input_shape: tuple, threads: int | None,
-           device: str, cache: DecisionCache, timer: PairTimer = measure_pair) -> LayerChoice:
-    """Decide between ``dense`` and its twin ``sparse`` for inputs of ``input_shape``: from ``cache`` when it
-    knows the key, else by ``timer`` (and the result is put into ``cache``, not yet saved)."""
+def choose(name: str, dense: nn.Module, twins: dict[str, nn.Module], input_shape: tuple, threads: int | None,
+           device: str, cache: DecisionCache, timer: KernelTimer = measure_kernels) -> LayerChoice:
+    """Decide between ``dense`` and its sparse ``twins`` (``{kernel: module}``, at least one) for inputs of
+    ``input_shape``: from ``cache`` when it has a timing of every module, else by ``timer`` (the timings are
+    put into ``cache``, not yet saved). The fastest twin is chosen when it beats dense by :data:`MIN_GAIN`.
+    A twin's ``kernel_version`` (the native kernel's build name; empty for torch's) is part of the cache key,
+    so a changed kernel is measured anew."""
     kind = "linear" if isinstance(dense, nn.Linear) else "conv"
-    key = decision_key(kind, dense.weight.shape, input_shape, sparse.sparsity, threads, device, dense)
-    entry = cache.get(key)
-    cached = entry is not None
+    sparsity = next(iter(twins.values())).sparsity
+    key = decision_key(kind, dense.weight.shape, input_shape, sparsity, threads, device, dense)
+    key += "".join(f"|{kernel}:{twin.kernel_version}" for kernel, twin in twins.items() if twin.kernel_version)
+    names = [DENSE, *twins]
+    timings = cache.get(key, names)
+    cached = timings is not None
     if not cached:
-        dense_ms, sparse_ms = timer(dense, sparse, tuple(input_shape), threads)
-        cache.put(key, dense_ms, sparse_ms)
-        entry = cache.get(key)
-    dense_ms, sparse_ms = entry["dense_ms"], entry["sparse_ms"]
-    return LayerChoice(name, kind, list(dense.weight.shape), list(input_shape), sparse.sparsity, dense_ms,
-                       sparse_ms, sparse=dense_ms >= (1 + MIN_GAIN) * sparse_ms, cached=cached)
+        timings = dict(zip(names, timer([dense, *twins.values()], tuple(input_shape), threads)))
+        cache.put(key, timings)
+    kernel = min(twins, key=timings.__getitem__)
+    dense_ms, sparse_ms = timings[DENSE], timings[kernel]
+    return LayerChoice(name, kind, list(dense.weight.shape), list(input_shape), sparsity, dense_ms, sparse_ms,
+                       sparse=dense_ms >= (1 + MIN_GAIN) * sparse_ms, cached=cached, kernel=kernel,
+                       kernel_ms=timings)

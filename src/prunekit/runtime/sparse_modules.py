@@ -6,14 +6,24 @@ CSR index vectors ``crow_indices``/``col_indices`` (int32), all three as buffers
 kept: that is what makes a 90%-sparse VGG-11 use a fraction of the dense model's memory at batch 1, where
 the weights dominate.
 
-Kernel (why this one): ``torch.sparse.mm`` of the CSR weight matrix ``(out, in·kh·kw)`` with the unfolded
-input (im2col: :func:`wide_columns` or ``F.unfold``) of one image at a time. It ships with every torch build (no compiler, no extra
-package), is exact (a sum of the same products, only in another order) and on a CPU at batch 1 beats dense
-``conv2d`` once a layer is about 90% zero. One image at a time keeps the unfolded input small (one image's
-columns, never the batch's) and measured faster at batch 64 than one product with the whole batch's columns
-side by side. Whether it is faster for a given layer is not guessed: :mod:`prunekit.runtime.autotune`
-measures it. Grouped and depthwise convolutions, non-zero padding modes and ``padding="same"`` are not
-converted (:func:`sparse_twin` returns None for them).
+Two kernels (the autotune, :mod:`prunekit.runtime.autotune`, measures which is faster for each layer):
+
+* ``"csr"`` (:class:`SparseConv2d`, :class:`SparseLinear`): ``torch.sparse.mm`` of the CSR weight matrix
+  ``(out, in·kh·kw)`` with the unfolded input (im2col: :func:`wide_columns` or ``F.unfold``) of one image at
+  a time. It ships with every torch build and wins on layers with many channels and small feature maps
+  (VGG's 512 channels at 4×4 and 2×2), where one long sparse product beats a loop over short rows. One
+  image at a time keeps the unfolded input small and measured faster at batch 64 than one product with the
+  whole batch's columns side by side.
+* ``"direct"`` (:class:`DirectSparseConv2d`): a direct sparse convolution in C++ (``sparse_conv.cpp``, built
+  on first use, see :mod:`prunekit.runtime.native`): for each output channel, each kept weight adds its
+  shifted input plane to the output plane; the unfolded input is never built. It wins on layers with few
+  channels and large feature maps (ResNet-56's 16–64 channels at 32×32 … 8×8), where building the im2col
+  columns costs more than the sparse product saves. It needs a C++ compiler; without one the autotune has
+  only the CSR kernel.
+
+Both are exact (a sum of the same products, only in another order). Grouped and depthwise convolutions,
+non-zero padding modes and ``padding="same"`` are not converted (:func:`sparse_twins` returns nothing for
+them).
 """
 
 from __future__ import annotations
@@ -24,6 +34,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.runtime.native import native_kernel
 
 
 @contextmanager
@@ -37,6 +50,9 @@ def _beta_warning_silenced():
 class _CsrWeight(nn.Module):
     """Holds a 2-D weight matrix as CSR buffers; :meth:`weight_csr` assembles the sparse tensor from them
     (no copy: the tensor shares the buffers' memory)."""
+
+    #: Identifies the kernel's code where it is not torch's own (the autotune caches timings per version).
+    kernel_version = ""
 
     def __init__(self, matrix: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -154,6 +170,32 @@ class SparseConv2d(_CsrWeight):
                 f"padding={self.padding}, dilation={self.dilation}, sparsity={self.sparsity:.3f}")
 
 
+class DirectSparseConv2d(SparseConv2d):
+    """:class:`SparseConv2d` (same buffers and state dict) computed by the native direct sparse convolution
+    (float32, CPU): one C++ call per forward, no im2col. Inference only: an input that requires a gradient
+    (with grad mode on) is refused. Build it through :func:`sparse_twins`, which checks that the native
+    kernel is available."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__(conv)
+        self.geometry = [self.in_channels, *self.kernel_size, *self.stride, *self.padding, *self.dilation]
+
+    @property
+    def kernel_version(self) -> str:
+        """The native kernel's build name (it changes with its source, flags, torch version and CPU)."""
+        return native_kernel().__name__
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad and torch.is_grad_enabled():
+            raise PrunekitError("the direct sparse kernel computes no gradients: run the accelerated model under "
+                                "torch.inference_mode() (or train the original model)")
+        return native_kernel().sparse_conv2d(x, self.crow_indices, self.col_indices, self.values, self.bias,
+                                             self.geometry)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", kernel=direct"
+
+
 def convertible(module: nn.Module) -> bool:
     """True for the layers a sparse twin computes exactly: ``nn.Linear``, and ``nn.Conv2d`` with groups = 1,
     zero padding given as numbers (not ``"same"``/``"valid"``) and a float weight."""
@@ -166,11 +208,27 @@ def convertible(module: nn.Module) -> bool:
 
 
 def sparse_twin(module: nn.Module) -> SparseConv2d | SparseLinear | None:
-    """The sparse module computing the same function as ``module`` (from its current weight; a masked
+    """The CSR-kernel module computing the same function as ``module`` (from its current weight; a masked
     module must be made permanent first), or None when ``module`` is not :func:`convertible`."""
     if not convertible(module):
         return None
     return SparseLinear(module) if isinstance(module, nn.Linear) else SparseConv2d(module)
+
+
+def sparse_twins(module: nn.Module, device: str = "cpu") -> dict[str, nn.Module]:
+    """``{kernel name: sparse module}`` computing the same function as ``module``, one per kernel that can
+    run it on ``device``: ``"csr"`` for every :func:`convertible` layer, ``"direct"`` too for a float32
+    convolution on a CPU when the native kernel is available (:func:`prunekit.runtime.native.native_kernel`; building it is tried
+    on the first call). Empty for a layer that is not convertible."""
+    csr = sparse_twin(module)
+    if csr is None:
+        return {}
+    twins = {"csr": csr}
+    native = (isinstance(csr, SparseConv2d) and csr.values.dtype == torch.float32
+              and torch.device(device).type == "cpu" and native_kernel() is not None)
+    if native:
+        twins["direct"] = DirectSparseConv2d(module)
+    return twins
 
 
 def zero_fraction(module: nn.Module) -> float:
