@@ -12,6 +12,7 @@ the channels into and out of it, so an unknown layer never yields a wrong model.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -314,6 +315,44 @@ def handler_for(module: nn.Module) -> LayerHandler:
     if handler is None:
         raise PrunekitError(f"{type(module).__name__} has no channel handler")
     return handler
+
+
+def plain_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` computing what ``conv`` (a Conv2d subclass that computes its weight in forward, e.g.
+    weight standardisation with a gain) computes: its weight is the one ``conv``'s forward passes to ``F.conv2d``,
+    computed in float64 and stored in ``conv``'s dtype; same sizes, stride, padding, bias, device and mode.
+
+    Exact in eval mode; a model fine-tuned after pruning then trains the plain conv (no standardisation)."""
+    weight = _computed_weight(conv)
+    plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+        if conv.bias is not None:
+            plain.bias.copy_(conv.bias)
+    return plain.train(conv.training)
+
+
+def _computed_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """The weight ``conv``'s forward passes to ``F.conv2d``, captured on a zero input in float64."""
+    captured: list[torch.Tensor] = []
+
+    class Capture(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.nn.functional.conv2d or func is torch.conv2d:
+                captured.append(args[1] if len(args) > 1 else kwargs["weight"])
+            return func(*args, **kwargs)
+
+    probe = copy.deepcopy(conv).double().eval()
+    size = [d * (k - 1) + 1 for d, k in zip(conv.dilation, conv.kernel_size)]
+    with torch.no_grad(), Capture():
+        probe(torch.zeros(1, conv.in_channels, *size, dtype=torch.float64, device=conv.weight.device))
+    if not captured or captured[-1].shape != conv.weight.shape:
+        raise PrunekitError(f"{type(conv).__name__} does not pass a weight of its own shape to F.conv2d, so it "
+                            "cannot become a plain conv")
+    return captured[-1]
 
 
 # --------------------------------------------------------------------------- per-channel parameters
