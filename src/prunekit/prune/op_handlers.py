@@ -369,13 +369,12 @@ def _width_holder(w: Walker, width: int) -> tuple[str, str] | None:
     """(layer, attribute) when the layer running the op holds its input width as an int attribute
     (``split(x, self.in_channels // self.num_paths, 1)``): the one attribute equal to ``width``, or among several
     the one whose name starts with ``in``; None otherwise. Surgery then writes the kept width into it."""
-    if w.where == "<top level>":
-        return None
-    module = w.model.get_submodule(w.where)
+    layer = "" if w.where == "<top level>" else w.where
+    module = w.model.get_submodule(layer)
     names = [k for k, v in vars(module).items() if type(v) is int and v == width and not k.startswith("_")]
     if len(names) > 1:
         names = [k for k in names if k.startswith("in")]
-    return (w.where, names[0]) if len(names) == 1 else None
+    return (layer, names[0]) if len(names) == 1 else None
 
 
 def _split_by_attribute(w: Walker, layout: Layout, pieces: list, widths: list[int], holder: tuple[str, str]) -> None:
