@@ -181,6 +181,8 @@ CASES: list[Case] = [
          notes="1x1-conv MLP with a learned (1, C, 1, 1) hidden bias; x + y.mul(gamma.reshape(1, -1, 1, 1))"),
     Case("tokens_flatten_transpose", "channels_last", channels_last.TokenMixerNet,
          notes="tokens by x.flatten(2).transpose(1, 2), Linear MLP with ls[None, None, :], back by reshape"),
+    Case("convnextv2_grn_mlp", "channels_last", channels_last.TinyConvNeXtV2,
+         notes="ConvNeXt-like blocks with a global response norm (L2 over positions / its mean over channels) in the MLP"),
     # ------------------------------------------------------------------ kernels
     Case("selective_kernel_split", "kernels", kernels.SKNet,
          notes="SK blocks: split(x, self.in_channels // k, 1), stack(paths, 1), softmax over axis 1 of a k*C view, sum(1)"),

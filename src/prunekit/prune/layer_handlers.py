@@ -22,8 +22,8 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.models import ZeroPadShortcut
-from prunekit.models.shapes import has_shape_record
-from prunekit.prune.trace_state import Layout, ModuleCall, Walker, parse_param_role, tensors_in
+from prunekit.models.shapes import has_shape_record, set_split_sizes
+from prunekit.prune.trace_state import Layout, ModuleCall, ParamView, Walker, parse_param_role, tensors_in
 
 # --------------------------------------------------------------------------- layers
 
@@ -302,9 +302,48 @@ class _Opaque(LayerHandler):
         w.fresh_outputs(tensors_in(output))
 
 
+RESPONSE_NORM_NAMES = ("GlobalResponseNorm", "GRN")
+
+
+def is_response_norm(module: nn.Module) -> bool:
+    """A global response norm (ConvNeXt-V2): a module of one of :data:`RESPONSE_NORM_NAMES` holding 1-D ``weight``
+    and ``bias`` of one width and a float ``eps``."""
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    return (type(module).__name__ in RESPONSE_NORM_NAMES and isinstance(getattr(module, "eps", None), float)
+            and isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor) and weight.dim() == 1
+            and weight.shape == bias.shape)
+
+
+class _ResponseNorm(LayerHandler):
+    """Global response norm: ``x + β + γ · x · g / (mean over channels of g + ε)``, ``g`` each channel's L2 norm
+    over the positions. Per channel except for the mean, which the masked twin takes over all C channels (removed
+    ones are zero) and the cut model over C': surgery scales γ and ε by C/C', which makes the two equal exactly
+    (``ε`` is recorded in the channel config). The module's forward is trusted to be this formula; the self-check
+    proves it, else its channels are kept."""
+
+    def accepts(self, module):
+        return is_response_norm(module)
+
+    def resizes(self, module):
+        return False  # cut through its parameter roles (shrink_parameters)
+
+    def trace(self, w, name, module, inputs, output):
+        x = w.known(inputs[0])
+        width = module.weight.shape[0]
+        usable = x is not None and len(x.dims) == 1 and x.atoms.shape == (width,) and output.shape == inputs[0].shape
+        if not usable or not w.assume(f"'{name}' is a global response norm over axis {x.dims[0]}"):
+            w.pin(x, name, "a global response norm divides by the mean over its channels; its forward did not "
+                           "match the formula prunekit rescales (the pruned model failed the self-check)")
+            return w.fresh_outputs([output])
+        affine = [Layout(x.dims, w.param_atoms(ParamView(name, attr, 0, 0), width, zeroed=True))
+                  for attr in ("weight", "bias")]
+        w.read(x)  # the mean over channels: a removed channel must be exactly zero
+        w.set(output, w.new_op("all", [x, *affine]))
+
+
 OPAQUE = _Opaque()
 CONV, LINEAR = _Conv(), _Linear()  # also trace a subclass's functional conv2d / linear (op_handlers)
-for _handler in (_Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV):
+for _handler in (_Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV, _ResponseNorm()):
     register_layer(_handler)
 
 
@@ -379,6 +418,8 @@ def shrink_parameters(module: nn.Module, keep: dict[str, list[int]]) -> None:
 def _norm_sizes(module: nn.Module) -> dict[str, Any]:
     if isinstance(module, nn.GroupNorm):
         return {"group_width": module.num_channels // module.num_groups}
+    if is_response_norm(module):
+        return {"width": module.weight.shape[0]}
     return {}
 
 
@@ -394,3 +435,13 @@ def _set_norm_sizes(module: nn.Module, before: dict[str, Any]) -> None:
         module.num_groups = tensor.shape[0] // before["group_width"]
     elif isinstance(module, nn.LayerNorm):
         module.normalized_shape = tuple(tensor.shape)
+    elif is_response_norm(module) and tensor.shape[0] != before["width"]:
+        _rescale_response_norm(module, before["width"] / tensor.shape[0])
+
+
+def _rescale_response_norm(module: nn.Module, factor: float) -> None:
+    """γ and ε times C/C' (``factor``): the mean over C' channels is C/C' times the masked twin's mean over C
+    (removed ones zero), so ``γ · g / (mean' + ε')`` equals the twin's ``γ · g / (mean + ε)``."""
+    with torch.no_grad():
+        module.weight.mul_(factor)
+    set_split_sizes(module, "eps", [module.eps * factor])

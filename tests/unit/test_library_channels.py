@@ -1,5 +1,6 @@
-"""Channels through selective kernels (branches stacked on a new axis, a softmax over it, a split by a width the
-block holds) and weight-standardised convs (the weight computed in forward), on tiny models."""
+"""Channels through the blocks of downloaded model libraries, on tiny models: selective kernels (branches stacked
+on a new axis, a softmax over it, a split by a width the block holds), weight-standardised convs (the weight
+computed in forward) and the global response norm (a mean over the channels)."""
 
 from __future__ import annotations
 
@@ -158,3 +159,64 @@ def test_a_weight_computed_across_filters_is_kept_with_its_reason():
     plan = plan_channels(StdNet(WholeTensorScaled).eval(), X, ratio=0.5)
     assert plan.retraced and not plan.removed
     assert any("computes its weight in forward" in why for why in plan.blocked.values())
+
+
+class GlobalResponseNorm(nn.Module):
+    """``x + β + γ · x · g / (mean over channels of g + ε)``, g the L2 norm over positions (NCHW here)."""
+
+    def __init__(self, dim: int, eps: float = 0.25):
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(-1.0, 2.0, dim))
+        self.bias = nn.Parameter(torch.linspace(0.5, -0.5, dim))
+        self.eps = eps  # large, so a cut that ignored ε would show
+
+    def forward(self, x):
+        g = x.norm(p=2, dim=(2, 3), keepdim=True)
+        n = g / (g.mean(dim=1, keepdim=True) + self.eps)
+        return x + self.bias[:, None, None] + self.weight[:, None, None] * x * n
+
+
+class GRNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.grn = GlobalResponseNorm(6)
+        self.conv2 = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.conv2(self.grn(F.relu(self.conv1(x)))).mean((2, 3))
+
+
+def test_a_response_norm_cut_scales_gamma_and_eps_by_c_over_c_prime():
+    model = GRNNet().eval()
+    plan = plan_channels(model, X, ratio=0.5)
+    kept = [c for c in range(6) if c not in plan.removed["conv1"]]
+    assert len(kept) == 3 and not plan.retraced
+    twin = apply_masks(copy.deepcopy(model), plan.masks)
+    pruned = prune_channels(copy.deepcopy(model), X, plan=plan)
+    torch.testing.assert_close(pruned.grn.weight.detach(), model.grn.weight.detach()[kept] * 2)  # C/C' = 6/3
+    torch.testing.assert_close(pruned.grn.bias.detach(), model.grn.bias.detach()[kept])
+    assert pruned.grn.eps == 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(X), twin(X))
+    rebuilt = apply_channel_config(GRNNet(), channel_config(pruned))
+    assert rebuilt.grn.eps == 0.5
+    rebuilt.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(X), pruned(X))
+
+
+def test_a_module_named_like_a_response_norm_that_computes_something_else_is_kept():
+    class GlobalResponseNorm(nn.Module):  # same name and parameters, but a mean over positions only
+        def __init__(self, dim):
+            super().__init__()
+            self.weight, self.bias, self.eps = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.ones(dim)), 1e-6
+
+        def forward(self, x):
+            return x * self.weight[:, None, None] + x.mean() + self.bias[:, None, None]
+
+    model = GRNNet()
+    model.grn = GlobalResponseNorm(6)
+    plan = plan_channels(model.eval(), X, ratio=0.5)
+    assert plan.retraced and "conv1" not in plan.removed
+    assert any("global response norm" in why for why in plan.blocked.values())
