@@ -125,12 +125,17 @@ class GlobalResponseNorm(nn.Module):
         return x + self.bias + self.weight * x * norm
 
 
-class NextV2Block(NextBlock):
-    """A NextBlock whose MLP has a global response norm after the activation, and no layer scale."""
+class NextV2Block(nn.Module):
+    """Depthwise 7x7, channels-last LayerNorm, Linear MLP (4x) with a global response norm after the activation
+    (no layer scale), residual."""
 
     def __init__(self, dim: int):
-        super().__init__(dim)
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.grn = GlobalResponseNorm(4 * dim)
+        self.pwconv2 = nn.Linear(4 * dim, dim)
 
     def forward(self, x):
         shortcut = x

@@ -305,11 +305,30 @@ def _getitem(w, name, args, kwargs, result):
     start, stop, step = chosen.indices(x.shape[1])
     if (start, stop, step) == (0, x.shape[1], 1):
         return w.set(result, layout)
+    if step == 1 and _slice_at_int_attribute(w, layout, start, stop):
+        return w.set(result, Layout((1,), layout.atoms[start:stop]))
     if step != 1 or start % (stop - start) or not _even_pieces(
             w, layout, stop - start, f"x[:, {start}:{stop}] in layer '{w.where}' follows the width", True):
         return unknown(w, name, args, kwargs, result, f"slice [{start}:{stop}] of {x.shape[1]} channels is not "
                                                       "an even fraction that can follow pruning")
     w.set(result, Layout((1,), layout.atoms[start:stop]))
+
+
+def _slice_at_int_attribute(w: Walker, layout: Layout, start: int, stop: int) -> bool:
+    """``x[:, :self.a]`` or ``x[:, self.a:]`` (dual-path blocks, partial residuals) where the layer holds the bound
+    as an int attribute and the slice is not an even fraction: each part keeps its own channels, assuming the bound
+    is that attribute; surgery writes the kept count of the head ``[:a]`` into it. True when it did."""
+    width = len(layout.atoms)
+    bound = stop if start == 0 else start if stop == width else None
+    length = stop - start
+    if bound is None or not 0 < bound < width or (width % length == 0 and start % length == 0):
+        return False  # an even fraction (the usual halves) couples its pieces instead
+    holder = _int_attribute(w, bound)
+    if holder is None or not w.assume(f"slice bound {bound} of {width} channels in layer '{w.where}' follows "
+                                      f"{holder[0] or '<model>'}.{holder[1]}"):
+        return False
+    w.sizes.append((*holder, [layout.flat[:bound]]))
+    return True
 
 
 @register_op("narrow")
@@ -339,10 +358,7 @@ def _split(w, name, args, kwargs, result):
         return _split_by_attribute(w, layout, pieces, widths, holder)
     even = len(set(widths)) == 1
     assumed = name != "chunk"  # chunk(k) always re-splits the current width; split sizes may be literals
-    width_holder = _width_holder(w, x.shape[1]) if isinstance(sizes, int) and even and assumed else None
-    if width_holder is not None and w.assume(f"split size {sizes} in layer '{w.where}' is "
-                                             f"{width_holder[0]}.{width_holder[1]} // {len(widths)}"):
-        w.sizes.append((*width_holder, [layout.flat]))  # surgery writes the kept width into the attribute
+    if isinstance(sizes, int) and even and assumed and _split_by_int_attribute(w, layout, sizes):
         assumed = False
     what = f"{name} of {x.shape[1]} channels in layer '{w.where}' follows the width"
     if not even:
@@ -365,13 +381,26 @@ def _size_holder(w: Walker, sizes: Any) -> tuple[str, str] | None:
     return None if attr is None else (w.where, attr)
 
 
-def _width_holder(w: Walker, width: int) -> tuple[str, str] | None:
-    """(layer, attribute) when the layer running the op holds its input width as an int attribute
-    (``split(x, self.in_channels // self.num_paths, 1)``): the one attribute equal to ``width``, or among several
-    the one whose name starts with ``in``; None otherwise. Surgery then writes the kept width into it."""
+def _split_by_int_attribute(w: Walker, layout: Layout, size: int) -> bool:
+    """``split(x, size, 1)`` where the layer holds the input width (``self.in_channels // k``, selective kernels,
+    CSP stages) or the piece width (``self.width``, Res2Net) as an int attribute: assume the size is computed from
+    it, and let surgery write the kept count (of all channels, or of the first piece) into it. True when it did."""
+    width = len(layout.atoms)
+    for value, part in ((width, layout.flat), (size, layout.flat[:size])):
+        holder = _int_attribute(w, value)
+        if holder is not None and w.assume(f"split size {size} of {width} channels in layer '{w.where}' follows "
+                                           f"{holder[0] or '<model>'}.{holder[1]}"):
+            w.sizes.append((*holder, [part]))
+            return True
+    return False
+
+
+def _int_attribute(w: Walker, value: int) -> tuple[str, str] | None:
+    """(layer, attribute) of the int attribute equal to ``value`` that the layer running the op holds: the only
+    one, or among several the one whose name starts with ``in``; None otherwise."""
     layer = "" if w.where == "<top level>" else w.where
     module = w.model.get_submodule(layer)
-    names = [k for k, v in vars(module).items() if type(v) is int and v == width and not k.startswith("_")]
+    names = [k for k, v in vars(module).items() if type(v) is int and v == value and not k.startswith("_")]
     if len(names) > 1:
         names = [k for k in names if k.startswith("in")]
     return (layer, names[0]) if len(names) == 1 else None
