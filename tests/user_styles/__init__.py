@@ -110,6 +110,10 @@ CASES: list[Case] = [
          notes="torch.split(x, [8, 24], dim=1) into a 5x5 and a 3x3 branch, then cat"),
     Case("slice_fold_add_glu", "splits", splits.SliceAddGLUNet,
          notes="x[:, :c] + x[:, c:] folds a 2c conv output; later a, b = x.chunk(2, 1); a * torch.sigmoid(b) (GLU)"),
+    Case("partial_residual_slices", "splits", splits.PartialResidualNet,
+         notes="ReXNet-like: cat([y[:, 0:self.in_channels] + x, y[:, self.in_channels:]]) on widths 16/22/28/36"),
+    Case("hierarchical_split_width", "splits", splits.HierarchicalSplitNet,
+         notes="Res2Net-like: split(x, self.width, 1), piece i + output of piece i-1 into a 3x3 conv, cat"),
     # ------------------------------------------------------------------ shuffle
     Case("shufflev1_g2_view_transpose", "shuffle", shuffle.shufflev1_g2_view_transpose,
          notes="ShuffleNet v1 units, grouped 1x1 convs (g=2), shuffle by view/transpose(1, 2)/contiguous/view; cat with avg-pooled input at stride 2"),
