@@ -427,6 +427,7 @@ def channel_masks(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> M
     forward uses directly (a functional norm's γ and β, a layer scale). Only tensors with a removed entry."""
     modules = dict(model.named_modules())
     masks: Masks = {}
+    zeroed: dict[tuple[str, str, int], list[int]] = {}  # (module, parameter, axis) -> entries to zero
     for cid in sorted(removed):
         for slot in graph.channels[cid].slots:
             module = modules[slot.module]
@@ -436,12 +437,11 @@ def channel_masks(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> M
                 entries = handler_for(module).zero_entries(module, slot.role, slot.index)
             else:
                 continue
-            for param, index in entries:
-                tensor = effective_tensor(module, param)
-                if tensor is None:
-                    continue
-                key = f"{slot.module}.{param}"
-                if key not in masks:  # built on the CPU (like extract_masks); apply_masks moves them
-                    masks[key] = torch.ones(tensor.shape, dtype=torch.bool)
-                masks[key][index] = False
+            for param, index in entries:  # index: whole axes, then the entry on axis len(index) - 1
+                zeroed.setdefault((slot.module, param, len(index) - 1), []).append(index[-1])
+    for (name, param, axis), indices in zeroed.items():
+        tensor = effective_tensor(modules[name], param)
+        if tensor is not None:  # built on the CPU (like extract_masks); apply_masks moves them
+            mask = masks.setdefault(f"{name}.{param}", torch.ones(tensor.shape, dtype=torch.bool))
+            mask.index_fill_(axis, torch.tensor(indices, dtype=torch.long), False)
     return masks

@@ -45,7 +45,8 @@ class LayerHandler:
         raise NotImplementedError
 
     def zero_entries(self, module: nn.Module, role: str, index: int) -> list[tuple[str, tuple]]:
-        """``[(parameter name, index into it)]`` holding output channel ``index`` of ``role``."""
+        """``[(parameter name, index into it)]`` holding output channel ``index`` of ``role``; an index is whole
+        axes (``slice(None)``) followed by the entry, e.g. ``(index,)`` or ``(slice(None), index)``."""
         return []
 
     def shrink(self, module: nn.Module, keep: dict[str, list[int]]) -> nn.Module | None:
@@ -112,18 +113,19 @@ class _Conv(LayerHandler):
         w.calls.append(ModuleCall(name, "conv", output.shape[-1] * output.shape[-2]))
         per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
         if conv.groups > 1 and per_in == 1:
-            x = x if x is not None else w.fresh(inputs[0], "fixed")
+            inputs_flat = (x if x is not None else w.fresh(inputs[0], "fixed")).flat
             out = []
             for k in range(conv.out_channels):
                 atom = w.atoms.new("producer")
-                w.atoms.union(atom, x.flat[k // per_out])
+                w.atoms.union(atom, inputs_flat[k // per_out])
                 w.register(name, "depthwise", k, atom)
                 out.append(atom)
         else:
-            for i, atom in enumerate(x.flat if x is not None else ()):
+            inputs_flat = x.flat if x is not None else []
+            for i, atom in enumerate(inputs_flat):
                 w.register(name, "conv_in", i, atom)
                 if i >= per_in:
-                    w.atoms.union(atom, x.flat[i % per_in])
+                    w.atoms.union(atom, inputs_flat[i % per_in])
             w.read(x)
             out = w.conv_outputs(name, conv.out_channels)
             for k in range(per_out, conv.out_channels):
