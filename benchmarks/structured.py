@@ -318,7 +318,7 @@ def survey_rows(ratio: float = 0.5) -> list[dict]:
     from prunekit.errors import PrunekitError
     from prunekit.models import resolve_model
 
-    rows = []
+    rows, load_before = [], os.getloadavg()[0]
     for name in SURVEY_MODELS:
         side = SURVEY_INPUT_SIDE.get(name, LIBRARY_INPUT[-1])
         row = {"model": f"timm:{name}", "ratio": ratio, "input": side}
@@ -335,6 +335,8 @@ def survey_rows(ratio: float = 0.5) -> list[dict]:
         print(f"{row['model']}: {row['status']} MACs cut {row.get('macs_cut', float('nan')):.1%} "
               f"{row.get('seconds', float('nan')):.1f}s", flush=True)
         rows.append(row)
+    for row in rows:  # the machine's load while the survey ran (plan seconds depend on it)
+        row["load_average"] = [load_before, os.getloadavg()[0]]
     return rows
 
 
@@ -360,8 +362,15 @@ def survey_table(rows: list[dict]) -> str:
     def blocker(r):
         return "" if not r.get("blocker") else f"{r['blocker'][0]} × {r['blocker'][1]}: {r['blocker'][2]}"[:150]
 
+    if not rows:
+        return "Not run (needs timm; `--library-survey`)."
     reached = sum(r.get("macs_cut", 0) >= SURVEY_TARGET_MACS_CUT for r in rows)
-    head = f"{reached} of {len(rows)} families lose >= {SURVEY_TARGET_MACS_CUT:.0%} of their MACs.\n\n"
+    load = rows[0].get("load_average", [float("nan")] * 2)
+    head = (f"{reached} of {len(rows)} families lose >= {SURVEY_TARGET_MACS_CUT:.0%} of their MACs. Self-check: "
+            "max |physical - masked twin| / max |twin| of the logits, both in float64 (weight-standardised convs "
+            "become plain convs holding their computed weight in the model's float32, hence ~7e-8). Plan s: "
+            f"plan_channels wall time, 1 torch thread, 1-min load average {load[0]:.1f} before / {load[1]:.1f} "
+            f"after on {os.cpu_count()} CPUs.\n\n")
     return head + markdown_table([
         {"model": r["model"], "input": r["input"], "status": r["status"],
          "MACs cut": None if "macs_cut" not in r else f"{r['macs_cut']:.1%}",
