@@ -1,6 +1,6 @@
 """Benchmark: structured (filter) pruning of every zoo model, beside Torch-Pruning, and what it buys on CPU.
 
-0. User-style networks: every case of ``tests/user_styles`` (60 networks written in the styles of public
+0. User-style networks: every case of ``tests/user_styles`` (67 networks written in the styles of public
    CIFAR code and of downloaded model libraries) at every ratio: ok / kept / refused / broken (see ``style_rows``).
 1. Pruning. Every registered model (10 classes, random init; BN statistics calibrated on one random batch
    and γ/β randomised, so equivalence checks are meaningful) at ratios 0.3 and 0.5 of every channel group
