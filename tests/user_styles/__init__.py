@@ -186,10 +186,10 @@ CASES: list[Case] = [
     Case("tokens_flatten_transpose", "channels_last", channels_last.TokenMixerNet,
          notes="tokens by x.flatten(2).transpose(1, 2), Linear MLP with ls[None, None, :], back by reshape"),
     Case("convnextv2_grn_mlp", "channels_last", channels_last.TinyConvNeXtV2,
-         notes="ConvNeXt-like blocks with a global response norm (L2 over positions / its mean over channels) in the MLP"),
+         notes="ConvNeXt-like blocks, a global response norm (L2 over positions / its mean over channels) in the MLP"),
     # ------------------------------------------------------------------ kernels
     Case("selective_kernel_split", "kernels", kernels.SKNet,
-         notes="SK blocks: split(x, self.in_channels // k, 1), stack(paths, 1), softmax over axis 1 of a k*C view, sum(1)"),
+         notes="SK blocks: split(x, self.in_channels // k, 1), stack(paths, 1), softmax over axis 1 of a k*C view"),
     Case("selective_kernel_whole_input", "kernels", kernels.sk_whole_input_net,
          notes="SK blocks whose paths all read the whole input"),
     Case("weight_standardised_gain", "kernels", kernels.NormFreeNet,

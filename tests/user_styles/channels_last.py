@@ -1,6 +1,7 @@
 """Channels-last blocks as modern model libraries write them: ``permute(0, 2, 3, 1)``, LayerNorm and a
 Linear MLP on the last axis, a per-channel layer scale ``gamma``, tokens by ``flatten(2).transpose(1, 2)``,
-a 1x1-conv MLP with ``gamma.reshape(1, -1, 1, 1)``, and a global response norm in a channels-last MLP. Written for prunekit's tests; no third-party code."""
+a 1x1-conv MLP with ``gamma.reshape(1, -1, 1, 1)``, and a global response norm in a channels-last MLP. Written
+for prunekit's tests; no third-party code."""
 
 from __future__ import annotations
 

@@ -6,8 +6,9 @@ output channel (``zero_entries``, the masked twin and the zero test) and how to 
 (``shrink``). A layer subclass with its own forward is traced op by op (:mod:`prunekit.prune.op_handlers`:
 its functional ``batch_norm``, ``group_norm``, ``linear``, ``conv2d`` on its own parameters) but resized like
 its base (:func:`handler_for`), and per-channel parameters a forward uses directly are cut by
-:func:`shrink_parameters`. A layer with no entry is traced op by op; a TorchScript block (``OPAQUE``) pins
-the channels into and out of it, so an unknown layer never yields a wrong model.
+:func:`shrink_parameters` (a global response norm's γ and ε are then scaled by C/C'); a conv that computes its
+weight in forward becomes :func:`plain_conv` when cut. A layer with no entry is traced op by op; a TorchScript
+block (``OPAQUE``) pins the channels into and out of it, so an unknown layer never yields a wrong model.
 """
 
 from __future__ import annotations
@@ -334,8 +335,9 @@ class _ResponseNorm(LayerHandler):
         width = module.weight.shape[0]
         usable = x is not None and len(x.dims) == 1 and x.atoms.shape == (width,) and output.shape == inputs[0].shape
         if not usable or not w.assume(f"'{name}' is a global response norm over axis {x.dims[0]}"):
-            w.pin(x, name, "a global response norm divides by the mean over its channels; its forward did not "
-                           "match the formula prunekit rescales (the pruned model failed the self-check)")
+            w.pin(x, name, "a global response norm divides by the mean over its channels; kept because its input "
+                           "is not one channel axis of its width or its forward is not the formula prunekit "
+                           "rescales (the pruned model failed the self-check)")
             return w.fresh_outputs([output])
         affine = [Layout(x.dims, w.param_atoms(ParamView(name, attr, 0, 0), width, zeroed=True))
                   for attr in ("weight", "bias")]

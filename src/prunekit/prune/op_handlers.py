@@ -152,7 +152,8 @@ def _operand(w: Walker, value: Any, out: torch.Tensor, channel_axis: int = 1) ->
     layout = w.layout(value)
     if layout is not None and layout.dims == (axis,):
         return "wide", Layout((channel_axis,), layout.atoms)
-    if layout is not None and len(layout.dims) > 1 and value.dim() == out.dim():  # branches x channels (SK)
+    if layout is not None and len(layout.dims) > 1 and value.dim() == out.dim() and all(
+            value.shape[d] == out.shape[d] for d in layout.dims):  # branches x channels (selective kernels)
         return "wide", layout
     view = w.param_view(value) if layout is None else None
     if view is not None and view.axis == axis:
@@ -623,7 +624,8 @@ def _linear(w, name, args, kwargs, result):
 @register_op("conv2d")
 def _conv2d(w, name, args, kwargs, result):
     """``F.conv2d(x, self.weight, ...)`` inside a Conv2d subclass (e.g. 'same' padding computed in forward):
-    traced as that Conv2d when the call uses the layer's own weight and groups."""
+    traced as that Conv2d when the call uses the layer's own weight and groups; a weight the subclass computes
+    (weight standardisation) see :func:`_computed_weight_conv`."""
     layer = _own_layer(w, _arg(args, kwargs, 1, "weight"), nn.Conv2d)
     groups = _arg(args, kwargs, 6, "groups", 1)
     module = w.model.get_submodule(w.where) if w.where != "<top level>" else w.model
@@ -647,7 +649,7 @@ def _computed_weight_conv(w: Walker, name: str, args: tuple, kwargs: dict, resul
         return unknown(w, name, args, kwargs, result, "the conv computes its weight in forward (e.g. weight "
                                                       "standardisation, whose statistics span every input channel)")
     w.computed_weights.append(w.where)
-    w.unpin_layer(w.where, w.layout(args[0]))  # pins of the ops that computed the weight from parameters hold no channel
+    w.unpin_layer(w.where, w.layout(args[0]))  # the ops computing the weight from parameters held no channel
     CONV.trace(w, w.where, conv, (args[0],), result)
 
 

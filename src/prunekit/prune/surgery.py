@@ -3,7 +3,9 @@
 Each module is cut by its handler in :mod:`prunekit.prune.layer_handlers` (Conv2d rows/columns/groups,
 ConvTranspose2d, BatchNorm, Linear rows/columns, ZeroPadShortcut ``source_index``); per-channel parameters
 a forward uses directly (a functional norm's γ, β and statistics, a layer scale) are cut by
-:func:`prunekit.prune.layer_handlers.shrink_parameters`. No module type is
+:func:`prunekit.prune.layer_handlers.shrink_parameters`. A conv that computes its weight in forward (weight
+standardisation) is first replaced by a plain Conv2d holding that weight
+(:func:`prunekit.prune.layer_handlers.plain_conv`). No module type is
 added, so :func:`prunekit.models.channel_config` still describes the model.
 """
 
