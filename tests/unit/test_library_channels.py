@@ -220,3 +220,33 @@ def test_a_module_named_like_a_response_norm_that_computes_something_else_is_kep
     plan = plan_channels(model.eval(), X, ratio=0.5)
     assert plan.retraced and "conv1" not in plan.removed
     assert any("global response norm" in why for why in plan.blocked.values())
+
+
+class PaddedStandardised(Standardised):
+    """Pads its input in forward ('same' padding computed there), then a standardised conv without padding."""
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (1, 1, 1, 1)))
+
+
+class PaddedStdNet(StdNet):
+    def __init__(self):
+        super().__init__()
+        self.conv3 = PaddedStandardised(4, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv3(F.relu(self.conv2(F.relu(self.conv1(x))))).mean((2, 3)))
+
+
+def test_a_standardised_conv_that_pads_in_forward_is_kept_and_the_others_still_prune():
+    model = PaddedStdNet().eval()
+    plan = plan_channels(model, X, ratio=0.5)
+    assert not plan.retraced and len(plan.removed["conv1"]) == 3
+    assert "conv2" not in plan.removed and "conv3" not in plan.removed  # conv3 reads conv2's channels
+    assert any("'same' padding" in why for why in plan.blocked.values())
+    twin = apply_masks(copy.deepcopy(model), plan.masks)
+    pruned = prune_channels(copy.deepcopy(model), X, plan=plan)
+    assert type(pruned.conv1) is nn.Conv2d and type(pruned.conv3) is PaddedStandardised
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(X), twin(X))

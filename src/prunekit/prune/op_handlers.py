@@ -644,6 +644,9 @@ def _computed_weight_conv(w: Walker, name: str, args: tuple, kwargs: dict, resul
     layer_handlers.plain_conv`): statistics over fewer inputs would differ, the computed weight does not."""
     weight = _arg(args, kwargs, 1, "weight")
     same_shape = isinstance(weight, torch.Tensor) and weight.shape == conv.weight.shape
+    if w.origin.get(id(args[0])) == w.where:  # e.g. 'same' padding computed in forward: a plain conv would lose it
+        return unknown(w, name, args, kwargs, result, "the conv computes its weight and changes its input (e.g. "
+                                                      "'same' padding) in forward, so it cannot become a plain conv")
     if not (same_shape and _arg(args, kwargs, 6, "groups", 1) == conv.groups and w.assume(
             f"conv '{w.where}' computes each filter from its own weight row (weight standardisation)")):
         return unknown(w, name, args, kwargs, result, "the conv computes its weight in forward (e.g. weight "
