@@ -72,6 +72,13 @@ def test_the_split_width_attribute_survives_a_rebuild():
         torch.testing.assert_close(rebuilt.eval()(X), pruned(X))
 
 
+def test_among_int_attributes_equal_to_the_width_the_input_width_is_the_one_written():
+    model = SplitStack().eval()
+    model.out_channels = model.hidden = 8  # other ints of the same value: only in_channels is the split's source
+    pruned = prune_channels(model, X, ratio=0.5)
+    assert pruned.in_channels == 4 and pruned.out_channels == 8 and pruned.hidden == 8
+
+
 def test_a_literal_split_width_is_kept_with_its_reason():
     class Literal(SplitStack):
         def forward(self, x):

@@ -398,12 +398,12 @@ def _split_by_int_attribute(w: Walker, layout: Layout, size: int) -> bool:
 
 def _int_attribute(w: Walker, value: int) -> tuple[str, str] | None:
     """(layer, attribute) of the int attribute equal to ``value`` that the layer running the op holds: the only
-    one, or among several the one whose name starts with ``in``; None otherwise."""
+    one, or among several the one whose name starts with ``in_`` (``in_channels``); None otherwise."""
     layer = "" if w.where == "<top level>" else w.where
     module = w.model.get_submodule(layer)
     names = [k for k, v in vars(module).items() if type(v) is int and v == value and not k.startswith("_")]
     if len(names) > 1:
-        names = [k for k in names if k.startswith("in")]
+        names = [k for k in names if k.startswith("in_")]
     return (layer, names[0]) if len(names) == 1 else None
 
 
