@@ -368,7 +368,7 @@ def survey_table(rows: list[dict]) -> str:
     load = rows[0].get("load_average", [float("nan")] * 2)
     head = (f"{reached} of {len(rows)} families lose >= {SURVEY_TARGET_MACS_CUT:.0%} of their MACs. Self-check: "
             "max |physical - masked twin| / max |twin| of the logits, both in float64 (weight-standardised convs "
-            "become plain convs holding their computed weight in the model's float32, hence ~7e-8). Plan s: "
+            "become plain convs holding their computed weight in the model's float32, hence up to ~1e-7). Plan s: "
             f"plan_channels wall time, 1 torch thread, 1-min load average {load[0]:.1f} before / {load[1]:.1f} "
             f"after on {os.cpu_count()} CPUs.\n\n")
     return head + markdown_table([
