@@ -1,6 +1,6 @@
 """Benchmark: structured (filter) pruning of every zoo model, beside Torch-Pruning, and what it buys on CPU.
 
-0. User-style networks: every case of ``tests/user_styles`` (60 networks written in the styles of public
+0. User-style networks: every case of ``tests/user_styles`` (67 networks written in the styles of public
    CIFAR code and of downloaded model libraries) at every ratio: ok / kept / refused / broken (see ``style_rows``).
 1. Pruning. Every registered model (10 classes, random init; BN statistics calibrated on one random batch
    and γ/β randomised, so equivalence checks are meaningful) at ratios 0.3 and 0.5 of every channel group
@@ -15,14 +15,15 @@
 3. Library models (when timm / torchvision import): the networks people download, built with random
    weights (``pretrained=False`` / ``weights=None``), pruned at ratio 0.5 (L1) on a 64x64 input: asked vs
    achieved filters, MACs before/after, ``plan_channels`` time (trace, allocation, cut and float64 self-check
-   of a copy) and the top blocking ops.
+   of a copy) and the top blocking ops. ``--library-survey`` adds the smallest model of ~50 timm CNN families
+   (``SURVEY_MODELS``) with the float64 self-check of each (physical vs masked twin).
 4. Speed-up. VGG-11, VGG-16, ResNet-56: CPU latency (``time_inference``: eval, inference_mode, warm-up,
    median; torch threads fixed by ``--threads``, default 1) of the original and the pruned models at batch 1 and 64,
    in alternating rounds (median of round medians) so background load hits all alike, beside the MACs
    reduction.
 
     /tmp/tpvenv/bin/python benchmarks/structured.py [--quick | --smoke] [--threads 1]
-        [--part all|pruning|styles|libraries|latency]
+        [--part all|pruning|styles|libraries|latency] [--library-survey]
 
 Writes ``benchmarks/results/structured.{json,md}``.
 """
@@ -294,6 +295,89 @@ def library_rows(ratio: float = 0.5, smoke: bool = False) -> list[dict]:
     return rows
 
 
+# The smallest model of each timm CNN family (pretrained=False), for --library-survey. inception_v3 needs 96x96:
+# at 64x64 its own forward fails (a 3x3 conv meets a 2x2 map), pruned or not.
+SURVEY_MODELS = (
+    "resnet18", "resnet18d", "resnetv2_50", "resnext26ts", "seresnext26d_32x4d", "regnetx_002", "regnety_002",
+    "efficientnet_b0", "efficientnetv2_rw_t", "mobilenetv2_050", "mobilenetv3_small_050", "mobilenetv4_conv_small",
+    "fbnetc_100", "lcnet_050", "tinynet_e", "mnasnet_small", "semnasnet_050", "spnasnet_100", "rexnet_100", "dpn68",
+    "cspresnet50", "cs3darknet_s", "darknet17", "ese_vovnet19b_dw", "repvgg_a0", "mobileone_s0", "gernet_s",
+    "densenet121", "inception_v3", "xception41", "convnext_atto", "convnextv2_atto", "edgenext_xx_small",
+    "skresnet18", "nf_resnet26", "nfnet_l0", "nf_regnet_b0", "ecaresnet26t", "res2net50_14w_8s", "resnest14d",
+    "selecsls42b", "hrnet_w18_small", "ghostnet_100", "mixnet_s", "hardcorenas_a", "efficientvit_b0", "dla46_c",
+    "vgg11", "repghostnet_050", "inception_next_atto",
+)
+SURVEY_INPUT_SIDE = {"inception_v3": 96}
+SURVEY_TARGET_MACS_CUT = 0.4
+
+
+def survey_rows(ratio: float = 0.5) -> list[dict]:
+    """Every family of :data:`SURVEY_MODELS` at ``ratio`` (L1): MACs cut, achieved / asked filters, the float64
+    self-check (max |physical - masked twin| relative to the output's max), plan seconds and the top blocking op.
+    Empty when timm does not import."""
+    from prunekit.errors import PrunekitError
+    from prunekit.models import resolve_model
+
+    rows, load_before = [], os.getloadavg()[0]
+    for name in SURVEY_MODELS:
+        side = SURVEY_INPUT_SIDE.get(name, LIBRARY_INPUT[-1])
+        row = {"model": f"timm:{name}", "ratio": ratio, "input": side}
+        try:
+            model = resolve_model(row["model"]).eval()
+        except PrunekitError as exc:
+            print(f"library survey skipped: {exc}", flush=True)
+            return []
+        example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+        try:
+            row.update(survey_measures(model, example, ratio))
+        except Exception as exc:  # refused or broken: recorded, never hidden
+            row["status"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+        print(f"{row['model']}: {row['status']} MACs cut {row.get('macs_cut', float('nan')):.1%} "
+              f"{row.get('seconds', float('nan')):.1f}s", flush=True)
+        rows.append(row)
+    for row in rows:  # the machine's load while the survey ran (plan seconds depend on it)
+        row["load_average"] = [load_before, os.getloadavg()[0]]
+    return rows
+
+
+def survey_measures(model: nn.Module, example: torch.Tensor, ratio: float) -> dict:
+    """Plan, cut and compare one model with its masked twin in float64 (see :func:`survey_rows`)."""
+    start = time.perf_counter()
+    plan = plan_channels(model, example, ratio=ratio)
+    seconds = time.perf_counter() - start
+    shape = tuple(example.shape)
+    twin = apply_masks(copy.deepcopy(model), plan.masks).double()
+    before = count_macs(model, shape)
+    pruned = prune_channels(model, example, plan=plan)
+    with torch.no_grad():
+        expected, actual = twin(example.double()), copy.deepcopy(pruned).double()(example.double())
+    blockers = [b for b in plan.outcome.blockers if b[1] != "model output"]
+    return {"status": "ok", "seconds": seconds, "macs_cut": 1 - count_macs(pruned, shape) / before,
+            "achieved_filters": plan.outcome.achieved_filters, "retraced": plan.retraced,
+            "self_check": float((expected - actual).abs().max() / expected.abs().max()),
+            "blocker": list(blockers[0]) if blockers else None, "notes": list(plan.outcome.notes)}
+
+
+def survey_table(rows: list[dict]) -> str:
+    def blocker(r):
+        return "" if not r.get("blocker") else f"{r['blocker'][0]} × {r['blocker'][1]}: {r['blocker'][2]}"[:150]
+
+    if not rows:
+        return "Not run (needs timm; `--library-survey`)."
+    reached = sum(r.get("macs_cut", 0) >= SURVEY_TARGET_MACS_CUT for r in rows)
+    load = rows[0].get("load_average", [float("nan")] * 2)
+    head = (f"{reached} of {len(rows)} families lose >= {SURVEY_TARGET_MACS_CUT:.0%} of their MACs. Self-check: "
+            "max |physical - masked twin| / max |twin| of the logits, both in float64 (weight-standardised convs "
+            "become plain convs holding their computed weight in the model's float32, hence up to ~1e-7). Plan s: "
+            f"plan_channels wall time, 1 torch thread, 1-min load average {load[0]:.1f} before / {load[1]:.1f} "
+            f"after on {os.cpu_count()} CPUs.\n\n")
+    return head + markdown_table([
+        {"model": r["model"], "input": r["input"], "status": r["status"],
+         "MACs cut": None if "macs_cut" not in r else f"{r['macs_cut']:.1%}",
+         "achieved / asked": achieved_over_asked(r), "self-check max rel. Δ": r.get("self_check"),
+         "plan s": r.get("seconds"), "top blocking op": blocker(r)} for r in rows])
+
+
 def library_table(rows: list[dict]) -> str:
     def cut(r):
         return None if "macs_after" not in r else f"{1 - r['macs_after'] / r['macs_before']:.1%}"
@@ -373,6 +457,9 @@ def main() -> None:
     parser.add_argument("--part", choices=["all", "pruning", "styles", "libraries", "latency"], default="all",
                         help="re-run one part, keeping the other from the last results (e.g. time again "
                              "when the machine is quiet)")
+    parser.add_argument("--library-survey", action="store_true",
+                        help="also survey the smallest model of ~50 timm CNN families (needs timm; several minutes); "
+                             "without it the last survey is kept")
     add_smoke_flag(parser)
     args = parser.parse_args()
     if args.smoke:  # one model, no user-style zoo, no library models, no Torch-Pruning, one timing round
@@ -390,6 +477,7 @@ def main() -> None:
     styles = previous.get("styles", []) if skip_styles else style_rows(ratios)
     libraries = previous.get("libraries", []) if args.part in ("latency", "pruning", "styles") else library_rows(
         smoke=args.smoke)
+    survey = [] if args.smoke else survey_rows() if args.library_survey else previous_results().get("survey", [])
     print("user-style zoo:", style_counts(styles), "| shipped zoo:",
           {s: sum(r.get("prunekit_status", "ok") == s for r in pruning) for s in ("ok",)}, flush=True)
     torch.set_num_threads(args.threads)  # latency (and the hardware header) use the fixed thread count
@@ -404,7 +492,7 @@ def main() -> None:
                "latency_rounds": rounds, "latency_load_average": load,
                "seconds": time.perf_counter() - start, "pruning": pruning, "latency": latency,
                "styles": styles, "style_counts": style_counts(styles), "libraries": libraries,
-               "library_input": LIBRARY_INPUT}
+               "library_input": LIBRARY_INPUT, "survey": survey}
     notes = ("prunekit max|Δ|: masked (filter_masks) vs physical (shrink) output, 4 random images, calibrated BN. "
              "TP max|Δ|: Torch-Pruning's pruned model vs the original with the channels it removed zeroed. "
              f"Latency: ms per batch, median of {rounds} alternating rounds (original, r=0.3, r=0.5 in turn), "
@@ -414,7 +502,8 @@ def main() -> None:
     table = "## Pruning (L1, layer scope)\n\n" + pruning_table(pruning) + "\n\n## User-style networks (tests/user_styles)\n\n" \
         + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "\n\n" + style_table(styles) \
         + "\n\n## Library models (ratio 0.5, L1, 64x64 input, random weights)\n\n" + library_table(libraries) \
-        + "\n\n## CPU latency\n\n" + latency_table(latency) + "\n\n" + notes
+        + "\n\n## Library survey (timm CNN families, smallest model each, ratio 0.5, L1, random weights)\n\n" \
+        + survey_table(survey) + "\n\n## CPU latency\n\n" + latency_table(latency) + "\n\n" + notes
     write_results("structured", payload, table, results_folder(args.smoke))
 
 

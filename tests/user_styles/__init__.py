@@ -4,7 +4,8 @@ The models were written for prunekit's tests to mimic common CIFAR code styles (
 forward, Python on tensor sizes, grouped convs, gates, splits, shuffles, padded shortcuts, transposed
 and scripted convs, literal-size heads, ...) and, in ``norms`` and ``channels_last``, the styles of the
 model libraries people download (norm layers calling ``F.batch_norm``/``F.group_norm`` themselves,
-channels-last MLP blocks with layer scale). No third-party code is copied. Each ``Case`` names one
+channels-last MLP blocks with layer scale; in ``kernels``, selective kernels and weight-standardised convs). No
+third-party code is copied. Each ``Case`` names one
 model, the style ``pattern`` it exercises, and a ``build`` callable returning a fresh model.
 
 Every model takes ``input_shape`` (default ``(2, 3, 32, 32)``) and returns ``(N, 10)`` logits, except
@@ -18,8 +19,8 @@ from typing import Callable
 
 from torch import nn
 
-from . import (channels_last, gates, grouped, inline_modules, misc, norms, pad_shortcut, shape_python, shuffle, splits,
-               transpose_script, views)
+from . import (channels_last, gates, grouped, inline_modules, kernels, misc, norms, pad_shortcut, shape_python, shuffle,
+               splits, transpose_script, views)
 
 PATTERNS = (
     "inline_modules",
@@ -34,6 +35,7 @@ PATTERNS = (
     "misc",
     "norms",
     "channels_last",
+    "kernels",
 )
 
 
@@ -108,6 +110,10 @@ CASES: list[Case] = [
          notes="torch.split(x, [8, 24], dim=1) into a 5x5 and a 3x3 branch, then cat"),
     Case("slice_fold_add_glu", "splits", splits.SliceAddGLUNet,
          notes="x[:, :c] + x[:, c:] folds a 2c conv output; later a, b = x.chunk(2, 1); a * torch.sigmoid(b) (GLU)"),
+    Case("partial_residual_slices", "splits", splits.PartialResidualNet,
+         notes="ReXNet-like: cat([y[:, 0:self.in_channels] + x, y[:, self.in_channels:]]) on widths 16/22/28/36"),
+    Case("hierarchical_split_width", "splits", splits.HierarchicalSplitNet,
+         notes="Res2Net-like: split(x, self.width, 1), piece i + output of piece i-1 into a 3x3 conv, cat"),
     # ------------------------------------------------------------------ shuffle
     Case("shufflev1_g2_view_transpose", "shuffle", shuffle.shufflev1_g2_view_transpose,
          notes="ShuffleNet v1 units, grouped 1x1 convs (g=2), shuffle by view/transpose(1, 2)/contiguous/view; cat with avg-pooled input at stride 2"),
@@ -179,4 +185,15 @@ CASES: list[Case] = [
          notes="1x1-conv MLP with a learned (1, C, 1, 1) hidden bias; x + y.mul(gamma.reshape(1, -1, 1, 1))"),
     Case("tokens_flatten_transpose", "channels_last", channels_last.TokenMixerNet,
          notes="tokens by x.flatten(2).transpose(1, 2), Linear MLP with ls[None, None, :], back by reshape"),
+    Case("convnextv2_grn_mlp", "channels_last", channels_last.TinyConvNeXtV2,
+         notes="ConvNeXt-like blocks, a global response norm (L2 over positions / its mean over channels) in the MLP"),
+    # ------------------------------------------------------------------ kernels
+    Case("selective_kernel_split", "kernels", kernels.SKNet,
+         notes="SK blocks: split(x, self.in_channels // k, 1), stack(paths, 1), softmax over axis 1 of a k*C view"),
+    Case("selective_kernel_whole_input", "kernels", kernels.sk_whole_input_net,
+         notes="SK blocks whose paths all read the whole input"),
+    Case("weight_standardised_gain", "kernels", kernels.NormFreeNet,
+         notes="norm-free ResNet of Conv2d subclasses standardising each filter in forward, times a learned gain"),
+    Case("weight_standardised_plain", "kernels", kernels.standardised_no_gain_net,
+         notes="the same with plain weight standardisation (no gain)"),
 ]

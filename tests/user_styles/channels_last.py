@@ -1,6 +1,7 @@
 """Channels-last blocks as modern model libraries write them: ``permute(0, 2, 3, 1)``, LayerNorm and a
 Linear MLP on the last axis, a per-channel layer scale ``gamma``, tokens by ``flatten(2).transpose(1, 2)``,
-and a 1x1-conv MLP with ``gamma.reshape(1, -1, 1, 1)``. Written for prunekit's tests; no third-party code."""
+a 1x1-conv MLP with ``gamma.reshape(1, -1, 1, 1)``, and a global response norm in a channels-last MLP. Written
+for prunekit's tests; no third-party code."""
 
 from __future__ import annotations
 
@@ -107,3 +108,47 @@ class TokenMixerNet(nn.Module):
         tokens = tokens + self.mlp_out(F.gelu(self.mlp_in(tokens))) * self.ls[None, None, :]
         x = tokens.transpose(1, 2).reshape(n, c, h, w)
         return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+
+
+class GlobalResponseNorm(nn.Module):
+    """Global response norm on a channels-last tensor: each channel's L2 norm over the positions, divided by its
+    mean over the channels, scales the input: ``x + bias + weight * x * norm``."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(-1.0, 1.0, dim))
+        self.bias = nn.Parameter(torch.linspace(0.5, -0.5, dim))
+        self.eps = eps
+
+    def forward(self, x):
+        norm = x.norm(p=2, dim=(1, 2), keepdim=True)
+        norm = norm / (norm.mean(dim=-1, keepdim=True) + self.eps)
+        return x + self.bias + self.weight * x * norm
+
+
+class NextV2Block(nn.Module):
+    """Depthwise 7x7, channels-last LayerNorm, Linear MLP (4x) with a global response norm after the activation
+    (no layer scale), residual."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.grn = GlobalResponseNorm(4 * dim)
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        shortcut = x
+        x = self.dwconv(x).permute(0, 2, 3, 1)
+        x = self.pwconv2(self.grn(F.gelu(self.pwconv1(self.norm(x)))))
+        return shortcut + x.permute(0, 3, 1, 2)
+
+
+class TinyConvNeXtV2(TinyConvNeXt):
+    """TinyConvNeXt with NextV2Blocks."""
+
+    def __init__(self, dims=(16, 32)):
+        super().__init__(dims)
+        self.stage1 = nn.Sequential(NextV2Block(dims[0]), NextV2Block(dims[0]))
+        self.stage2 = nn.Sequential(NextV2Block(dims[1]), NextV2Block(dims[1]))

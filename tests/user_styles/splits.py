@@ -203,3 +203,66 @@ class SliceAddGLUNet(nn.Module):
         x = a * torch.sigmoid(b)
         x = F.relu(self.bn3(self.conv3(x)))
         return self.fc(F.adaptive_avg_pool2d(x, 1).view(x.size(0), -1))
+
+
+# --------------------------------------------------------------------------- bounds held by the block
+class PartialResidualBlock(nn.Module):
+    """Widens ``in_channels`` to ``out_channels``; the input is added to the first ``in_channels`` outputs only:
+    ``cat([y[:, 0:self.in_channels] + x, y[:, self.in_channels:]])``."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.in_channels = cin
+        self.conv = nn.Sequential(cbr(cin, 2 * cin), cbr(2 * cin, 2 * cin, 3, stride, g=2 * cin), cbr(2 * cin, cout,
+                                                                                                          act=False))
+        self.pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+
+    def forward(self, x):
+        y = self.conv(x)
+        return torch.cat([y[:, 0:self.in_channels] + self.pool(x), y[:, self.in_channels:]], dim=1)
+
+
+class PartialResidualNet(nn.Module):
+    """ReXNet-like widths growing by a few channels per block (16 -> 22 -> 28 -> 36)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 16, 3)
+        self.blocks = nn.Sequential(PartialResidualBlock(16, 22), PartialResidualBlock(22, 28, 2),
+                                    PartialResidualBlock(28, 36))
+        self.fc = nn.Linear(36, 10)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.blocks(self.stem(x))).mean((2, 3)))
+
+
+class HierarchicalSplitBlock(nn.Module):
+    """Res2Net-like: ``split(x, self.width, 1)`` into ``scale`` pieces; piece i (after the first) gets the
+    previous piece's output added before its 3x3 conv; the last piece passes through; all concatenated."""
+
+    def __init__(self, channels, width=6, scale=4):
+        super().__init__()
+        self.width, self.scale = width, scale
+        self.reduce = cbr(channels, width * scale)
+        self.convs = nn.ModuleList(cbr(width, width, 3) for _ in range(scale - 1))
+        self.expand = cbr(width * scale, channels, act=False)
+
+    def forward(self, x):
+        pieces = torch.split(self.reduce(x), self.width, 1)
+        outputs, previous = [], None
+        for piece, conv in zip(pieces, self.convs):
+            previous = conv(piece if previous is None else piece + previous)
+            outputs.append(previous)
+        outputs.append(pieces[-1])
+        return F.relu(self.expand(torch.cat(outputs, 1)) + x)
+
+
+class HierarchicalSplitNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 24, 3)
+        self.blocks = nn.Sequential(HierarchicalSplitBlock(24), HierarchicalSplitBlock(24))
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))

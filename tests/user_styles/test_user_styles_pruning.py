@@ -122,8 +122,9 @@ def test_unstructured_pruning_refuses_weights_inside_torchscript_blocks_by_name(
 
 # Patterns whose every channel group can follow pruning; convnext_linear_mlp keeps its residual stream (a
 # LayerNorm over channels reads every channel), so only its MLP hidden widths go.
-SECOND_ZOO = [c for c in CASES if c.pattern in ("norms", "channels_last")]
-STREAM_PINNED = {"convnext_linear_mlp"}
+SECOND_ZOO = [c for c in CASES if c.pattern in ("norms", "channels_last", "kernels")
+              or c.name in ("dpn_dual_path", "partial_residual_slices", "hierarchical_split_width")]
+STREAM_PINNED = {"convnext_linear_mlp", "convnextv2_grn_mlp"}
 
 
 @pytest.mark.parametrize("case", SECOND_ZOO, ids=lambda c: c.name)

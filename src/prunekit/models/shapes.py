@@ -38,9 +38,14 @@ SIZED = "_prunekit_split_sizes"  # module attribute: names of the size attribute
 
 def set_split_sizes(module: nn.Module, attr: str, sizes: list[int]) -> None:
     """Set ``module.<attr>`` to ``sizes`` (same container type) and remember it, so ``channel_config``
-    records it and a checkpoint rebuilds the module with these sizes."""
+    records it and a checkpoint rebuilds the module with these sizes. An int attribute (a width the layer splits
+    by, ``self.in_channels // k``) or a float one (a global response norm's ε, scaled with its width) gets the
+    total of ``sizes``."""
     old = getattr(module, attr)
-    setattr(module, attr, type(old)(sizes) if isinstance(old, (list, tuple)) else list(sizes))
+    if type(old) in (int, float):
+        setattr(module, attr, type(old)(sum(sizes)))
+    else:
+        setattr(module, attr, type(old)(sizes) if isinstance(old, (list, tuple)) else list(sizes))
     module.__dict__.setdefault(SIZED, [])
     if attr not in module.__dict__[SIZED]:
         module.__dict__[SIZED].append(attr)
@@ -61,9 +66,12 @@ def channel_config(model: nn.Module) -> dict[str, dict]:
     """
     config = {name: _describe(m) for name, m in model.named_modules() if _kind_of(m) is not None}
     for name, module in model.named_modules():
-        if getattr(module, SIZED, None) and name not in config:
-            sizes = {attr: [int(v) for v in getattr(module, attr)] for attr in module.__dict__[SIZED]}
-            config[name] = {"kind": SIZES_KIND, "sizes": sizes}
+        if getattr(module, SIZED, None):
+            sizes = {attr: _size_value(getattr(module, attr)) for attr in module.__dict__[SIZED]}
+            if name not in config:
+                config[name] = {"kind": SIZES_KIND, "sizes": sizes}
+            elif config[name]["kind"] == PARAMS_KIND:  # a module with its own parameters and changed sizes
+                config[name]["sizes"] = sizes
     return config
 
 
@@ -98,6 +106,8 @@ def apply_channel_config(model: nn.Module, config: dict[str, dict]) -> nn.Module
             new = _rebuild(name, module, wanted)
             if new is not module:
                 _set_submodule(model, name, new)
+        if wanted["kind"] == PARAMS_KIND and "sizes" in stored:
+            _apply_sizes(name, module, stored["sizes"])
     return model
 
 
@@ -218,16 +228,31 @@ def _check_value(name: str, field: str, value: object) -> int | list[int]:
     raise PrunekitError(f"channel config for '{name}': '{field}' has invalid value {value!r}")
 
 
+def _size_value(value: object) -> int | float | list[int]:
+    """A size attribute as JSON: an int width or a float ε stays a number, a list of sizes a list of ints."""
+    return value if type(value) in (int, float) else [int(v) for v in value]
+
+
+def _fits_size_attribute(current: object, value: object) -> bool:
+    def positive(v: object) -> bool:
+        return type(v) is int and v > 0
+
+    if type(current) is int:
+        return positive(value)
+    if type(current) is float:
+        return type(value) in (int, float) and value > 0
+    return (isinstance(current, (list, tuple)) and isinstance(value, list) and len(value) == len(current)
+            and all(positive(i) for i in value))
+
+
 def _apply_sizes(name: str, module: nn.Module, sizes: object) -> None:
-    ok = isinstance(sizes, dict) and all(
-        isinstance(getattr(module, a, None), (list, tuple)) and isinstance(v, list)
-        and len(v) == len(getattr(module, a)) and all(isinstance(i, int) and i > 0 for i in v)
-        for a, v in sizes.items())
+    ok = isinstance(sizes, dict) and all(_fits_size_attribute(getattr(module, a, None), v) for a, v in sizes.items())
     if not ok:
         raise PrunekitError(f"channel config for '{name}': 'sizes' must give split-size attributes of the module "
-                            f"as lists of positive ints of their current length, got {sizes!r:.200}")
+                            f"as lists of positive ints of their current length (a positive int for an int width), "
+                            f"got {sizes!r:.200}")
     for attr, values in sizes.items():
-        set_split_sizes(module, attr, values)
+        set_split_sizes(module, attr, [values] if type(values) in (int, float) else values)
 
 
 def _check_shapes(name: str, module: nn.Module, shapes: object) -> dict[str, list[int]]:

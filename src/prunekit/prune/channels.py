@@ -47,7 +47,7 @@ from prunekit.prune.layer_handlers import handler_for, param_zero_entries
 from prunekit.prune.trace_state import parse_param_role
 from prunekit.prune.importance import effective_tensor, get_criterion, zeroed_channels
 from prunekit.masking import Masks, apply_masks, make_permanent, permanent_copy
-from prunekit.prune.surgery import remove_channels
+from prunekit.prune.surgery import kept_indices, remove_channels
 from prunekit.prune.verify import check_equivalent
 
 
@@ -108,6 +108,7 @@ class PlanOutcome:
     asked_filters: float | None = None
     asked_macs: float | None = None
     blockers: tuple[tuple[int, str, str], ...] = ()
+    notes: tuple[str, ...] = ()  # what the cut changes besides widths (a weight-standardised conv made plain)
 
     @property
     def achieved_filters(self) -> float:
@@ -127,8 +128,9 @@ class PlanOutcome:
                  f"asked MACs -{self.asked_macs:.1%}, " if self.asked_macs is not None else "")
         if not self.filters:
             return f"{asked}achieved nothing: no conv in this model is one prunekit can cut (see the blocking ops)"
+        notes = "".join(f"; note: {note}" for note in self.notes)
         return (f"{asked}achieved {self.achieved_filters:.1%} of filters (MACs -{self.achieved_macs:.1%}); "
-                f"{self.coverage:.1%} of filters are free to prune")
+                f"{self.coverage:.1%} of filters are free to prune{notes}")
 
     def shortfall(self) -> str | None:
         """One line when the achieved amount is below :data:`SHORTFALL_FRACTION` of the asked one, naming the
@@ -327,7 +329,18 @@ def plan_outcome(model: nn.Module, graph: ChannelGraph, removed: set[int],
     asked_filters = None if target is None else target.sparsity
     return PlanOutcome(filters, sum(graph.channels[cid].filters for cid in removed), prunable,
                        estimate_macs(graph, model), estimate_macs(graph, model, removed), asked_filters, asked_macs,
-                       blockers_of(graph.blocking or graph.blocked))
+                       blockers_of(graph.blocking or graph.blocked), plain_conv_notes(graph, removed))
+
+
+def plain_conv_notes(graph: ChannelGraph, removed: set[int]) -> tuple[str, ...]:
+    """A note when the cut turns convs that compute their weight (weight standardisation) into plain Conv2d:
+    exact as they stand, but fine-tuning then trains them without standardisation."""
+    cut = {module for module, _ in kept_indices(graph, removed)} & set(graph.computed_weights)
+    if not cut:
+        return ()
+    places = ", ".join(place for _, place, _ in blockers_of({f"'{m}'": "" for m in sorted(cut)})[:3])
+    return (f"{len(cut)} weight-standardised conv(s) ({places}, ...) become plain Conv2d holding their standardised "
+            "weight (identical output; fine-tuning trains them without standardisation)",)
 
 
 def _cut_and_check(model: nn.Module, graph: ChannelGraph, removed: set[int], inputs: tuple) -> nn.Module:
@@ -444,6 +457,7 @@ def channel_masks(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> M
     forward uses directly (a functional norm's γ and β, a layer scale). Only tensors with a removed entry."""
     modules = dict(model.named_modules())
     masks: Masks = {}
+    zeroed: dict[tuple[str, str, int], list[int]] = {}  # (module, parameter, axis) -> entries to zero
     for cid in sorted(removed):
         for slot in graph.channels[cid].slots:
             module = modules[slot.module]
@@ -453,12 +467,11 @@ def channel_masks(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> M
                 entries = handler_for(module).zero_entries(module, slot.role, slot.index)
             else:
                 continue
-            for param, index in entries:
-                tensor = effective_tensor(module, param)
-                if tensor is None:
-                    continue
-                key = f"{slot.module}.{param}"
-                if key not in masks:  # built on the CPU (like extract_masks); apply_masks moves them
-                    masks[key] = torch.ones(tensor.shape, dtype=torch.bool)
-                masks[key][index] = False
+            for param, index in entries:  # index: whole axes, then the entry on axis len(index) - 1
+                zeroed.setdefault((slot.module, param, len(index) - 1), []).append(index[-1])
+    for (name, param, axis), indices in zeroed.items():
+        tensor = effective_tensor(modules[name], param)
+        if tensor is not None:  # built on the CPU (like extract_masks); apply_masks moves them
+            mask = masks.setdefault(f"{name}.{param}", torch.ones(tensor.shape, dtype=torch.bool))
+            mask.index_fill_(axis, torch.tensor(indices, dtype=torch.long), False)
     return masks

@@ -138,6 +138,7 @@ class ChannelGraph:
     blocking: dict[str, str] = field(default_factory=dict)  # the pins of ``blocked`` that keep conv filters
     sizes: list[tuple[str, str, list[list[int]]]] = field(default_factory=list)  # split sizes a layer holds:
     # (layer, attribute, channel ids of each piece); surgery writes the kept count of each piece back
+    computed_weights: tuple[str, ...] = ()  # convs whose forward computes their weight: cut into plain Conv2d
 
     def prunable(self, group: ChannelGroup) -> list[int]:
         return [c for c in group.channels if self.channels[c].prunable]
@@ -290,7 +291,7 @@ def _build_graph(walker: Walker) -> ChannelGraph:
     sizes = [(module, attr, [[root_ids.get(atoms.find(a), -1) for a in piece] for piece in pieces])
              for module, attr, pieces in walker.sizes]
     return ChannelGraph(channels, groups, ports, walker.bn_after, walker.calls, walker.sequence, outputs,
-                        dict(walker.blocked), list(walker.assumed), blocking, sizes)
+                        dict(walker.blocked), list(walker.assumed), blocking, sizes, tuple(walker.computed_weights))
 
 
 def _groups(walker: Walker, root_ids: dict[int, int],

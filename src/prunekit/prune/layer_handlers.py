@@ -6,12 +6,14 @@ output channel (``zero_entries``, the masked twin and the zero test) and how to 
 (``shrink``). A layer subclass with its own forward is traced op by op (:mod:`prunekit.prune.op_handlers`:
 its functional ``batch_norm``, ``group_norm``, ``linear``, ``conv2d`` on its own parameters) but resized like
 its base (:func:`handler_for`), and per-channel parameters a forward uses directly are cut by
-:func:`shrink_parameters`. A layer with no entry is traced op by op; a TorchScript block (``OPAQUE``) pins
-the channels into and out of it, so an unknown layer never yields a wrong model.
+:func:`shrink_parameters` (a global response norm's γ and ε are then scaled by C/C'); a conv that computes its
+weight in forward becomes :func:`plain_conv` when cut. A layer with no entry is traced op by op; a TorchScript
+block (``OPAQUE``) pins the channels into and out of it, so an unknown layer never yields a wrong model.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -21,8 +23,8 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.models import ZeroPadShortcut
-from prunekit.models.shapes import has_shape_record
-from prunekit.prune.trace_state import Layout, ModuleCall, Walker, parse_param_role, tensors_in
+from prunekit.models.shapes import has_shape_record, set_split_sizes
+from prunekit.prune.trace_state import Layout, ModuleCall, ParamView, Walker, parse_param_role, tensors_in
 
 # --------------------------------------------------------------------------- layers
 
@@ -44,7 +46,8 @@ class LayerHandler:
         raise NotImplementedError
 
     def zero_entries(self, module: nn.Module, role: str, index: int) -> list[tuple[str, tuple]]:
-        """``[(parameter name, index into it)]`` holding output channel ``index`` of ``role``."""
+        """``[(parameter name, index into it)]`` holding output channel ``index`` of ``role``; an index is whole
+        axes (``slice(None)``) followed by the entry, e.g. ``(index,)`` or ``(slice(None), index)``."""
         return []
 
     def shrink(self, module: nn.Module, keep: dict[str, list[int]]) -> nn.Module | None:
@@ -111,18 +114,19 @@ class _Conv(LayerHandler):
         w.calls.append(ModuleCall(name, "conv", output.shape[-1] * output.shape[-2]))
         per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
         if conv.groups > 1 and per_in == 1:
-            x = x if x is not None else w.fresh(inputs[0], "fixed")
+            inputs_flat = (x if x is not None else w.fresh(inputs[0], "fixed")).flat
             out = []
             for k in range(conv.out_channels):
                 atom = w.atoms.new("producer")
-                w.atoms.union(atom, x.flat[k // per_out])
+                w.atoms.union(atom, inputs_flat[k // per_out])
                 w.register(name, "depthwise", k, atom)
                 out.append(atom)
         else:
-            for i, atom in enumerate(x.flat if x is not None else ()):
+            inputs_flat = x.flat if x is not None else []
+            for i, atom in enumerate(inputs_flat):
                 w.register(name, "conv_in", i, atom)
                 if i >= per_in:
-                    w.atoms.union(atom, x.flat[i % per_in])
+                    w.atoms.union(atom, inputs_flat[i % per_in])
             w.read(x)
             out = w.conv_outputs(name, conv.out_channels)
             for k in range(per_out, conv.out_channels):
@@ -301,9 +305,49 @@ class _Opaque(LayerHandler):
         w.fresh_outputs(tensors_in(output))
 
 
+RESPONSE_NORM_NAMES = ("GlobalResponseNorm", "GRN")
+
+
+def is_response_norm(module: nn.Module) -> bool:
+    """A global response norm (ConvNeXt-V2): a module of one of :data:`RESPONSE_NORM_NAMES` holding 1-D ``weight``
+    and ``bias`` of one width and a float ``eps``."""
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    return (type(module).__name__ in RESPONSE_NORM_NAMES and isinstance(getattr(module, "eps", None), float)
+            and isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor) and weight.dim() == 1
+            and weight.shape == bias.shape)
+
+
+class _ResponseNorm(LayerHandler):
+    """Global response norm: ``x + β + γ · x · g / (mean over channels of g + ε)``, ``g`` each channel's L2 norm
+    over the positions. Per channel except for the mean, which the masked twin takes over all C channels (removed
+    ones are zero) and the cut model over C': surgery scales γ and ε by C/C', which makes the two equal exactly
+    (``ε`` is recorded in the channel config). The module's forward is trusted to be this formula; the self-check
+    proves it, else its channels are kept."""
+
+    def accepts(self, module):
+        return is_response_norm(module)
+
+    def resizes(self, module):
+        return False  # cut through its parameter roles (shrink_parameters)
+
+    def trace(self, w, name, module, inputs, output):
+        x = w.known(inputs[0])
+        width = module.weight.shape[0]
+        usable = x is not None and len(x.dims) == 1 and x.atoms.shape == (width,) and output.shape == inputs[0].shape
+        if not usable or not w.assume(f"'{name}' is a global response norm over axis {x.dims[0]}"):
+            w.pin(x, name, "a global response norm divides by the mean over its channels; kept because its input "
+                           "is not one channel axis of its width or its forward is not the formula prunekit "
+                           "rescales (the pruned model failed the self-check)")
+            return w.fresh_outputs([output])
+        affine = [Layout(x.dims, w.param_atoms(ParamView(name, attr, 0, 0), width, zeroed=True))
+                  for attr in ("weight", "bias")]
+        w.read(x)  # the mean over channels: a removed channel must be exactly zero
+        w.set(output, w.new_op("all", [x, *affine]))
+
+
 OPAQUE = _Opaque()
 CONV, LINEAR = _Conv(), _Linear()  # also trace a subclass's functional conv2d / linear (op_handlers)
-for _handler in (_Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV):
+for _handler in (_Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV, _ResponseNorm()):
     register_layer(_handler)
 
 
@@ -314,6 +358,44 @@ def handler_for(module: nn.Module) -> LayerHandler:
     if handler is None:
         raise PrunekitError(f"{type(module).__name__} has no channel handler")
     return handler
+
+
+def plain_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """A plain ``nn.Conv2d`` computing what ``conv`` (a Conv2d subclass that computes its weight in forward, e.g.
+    weight standardisation with a gain) computes: its weight is the one ``conv``'s forward passes to ``F.conv2d``,
+    computed in float64 and stored in ``conv``'s dtype; same sizes, stride, padding, bias, device and mode.
+
+    Exact in eval mode; a model fine-tuned after pruning then trains the plain conv (no standardisation)."""
+    weight = _computed_weight(conv)
+    plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+                      device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+        if conv.bias is not None:
+            plain.bias.copy_(conv.bias)
+    return plain.train(conv.training)
+
+
+def _computed_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """The weight ``conv``'s forward passes to ``F.conv2d``, captured on a zero input in float64."""
+    captured: list[torch.Tensor] = []
+
+    class Capture(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.nn.functional.conv2d or func is torch.conv2d:
+                captured.append(args[1] if len(args) > 1 else kwargs["weight"])
+            return func(*args, **kwargs)
+
+    probe = copy.deepcopy(conv).double().eval()
+    size = [d * (k - 1) + 1 for d, k in zip(conv.dilation, conv.kernel_size)]
+    with torch.no_grad(), Capture():
+        probe(torch.zeros(1, conv.in_channels, *size, dtype=torch.float64, device=conv.weight.device))
+    if not captured or captured[-1].shape != conv.weight.shape:
+        raise PrunekitError(f"{type(conv).__name__} does not pass a weight of its own shape to F.conv2d, so it "
+                            "cannot become a plain conv")
+    return captured[-1]
 
 
 # --------------------------------------------------------------------------- per-channel parameters
@@ -340,6 +422,8 @@ def shrink_parameters(module: nn.Module, keep: dict[str, list[int]]) -> None:
 def _norm_sizes(module: nn.Module) -> dict[str, Any]:
     if isinstance(module, nn.GroupNorm):
         return {"group_width": module.num_channels // module.num_groups}
+    if is_response_norm(module):
+        return {"width": module.weight.shape[0]}
     return {}
 
 
@@ -355,3 +439,13 @@ def _set_norm_sizes(module: nn.Module, before: dict[str, Any]) -> None:
         module.num_groups = tensor.shape[0] // before["group_width"]
     elif isinstance(module, nn.LayerNorm):
         module.normalized_shape = tuple(tensor.shape)
+    elif is_response_norm(module) and tensor.shape[0] != before["width"]:
+        _rescale_response_norm(module, before["width"] / tensor.shape[0])
+
+
+def _rescale_response_norm(module: nn.Module, factor: float) -> None:
+    """γ and ε times C/C' (``factor``): the mean over C' channels is C/C' times the masked twin's mean over C
+    (removed ones zero), so ``γ · g / (mean' + ε')`` equals the twin's ``γ · g / (mean + ε)``."""
+    with torch.no_grad():
+        module.weight.mul_(factor)
+    set_split_sizes(module, "eps", [module.eps * factor])

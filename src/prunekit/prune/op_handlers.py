@@ -152,6 +152,9 @@ def _operand(w: Walker, value: Any, out: torch.Tensor, channel_axis: int = 1) ->
     layout = w.layout(value)
     if layout is not None and layout.dims == (axis,):
         return "wide", Layout((channel_axis,), layout.atoms)
+    if layout is not None and len(layout.dims) > 1 and value.dim() == out.dim() and all(
+            value.shape[d] == out.shape[d] for d in layout.dims):  # branches x channels (selective kernels)
+        return "wide", layout
     view = w.param_view(value) if layout is None else None
     if view is not None and view.axis == axis:
         return "wide", Layout((channel_axis,), w.param_atoms(view, value.shape[axis], zeroed=True))
@@ -172,6 +175,8 @@ def _binary(w: Walker, name: str, args: tuple, kwargs: dict, result: Any, rule: 
     wide = [layout for kind, layout in kinds if kind == "wide"]
     if not wide:
         return w.set(result, w.fresh(result, "fixed"))
+    if len({(lay.dims, lay.atoms.shape) for lay in wide}) > 1:
+        return unknown(w, name, args, kwargs, result, "its operands hold their channels on different axes")
     if rule == "add" and any(kind == "const" for kind, _ in kinds):
         rule = "never"  # x + c: a removed channel becomes c, not zero
     elif rule == "div":
@@ -223,6 +228,39 @@ def _cat(w, name, args, kwargs, result):
     w.set(result, w.new_op("all", layouts))
 
 
+@register_op("stack")
+def _stack(w, name, args, kwargs, result):
+    """``torch.stack(branches, dim=1)`` (selective kernels): axis 1 holds the branches and axis 2 their channels,
+    so channel c of every branch is one unit of removal (stacking needs equal widths). Stacking on a later axis
+    keeps the channel axis, like a concatenation there."""
+    pieces = list(_arg(args, kwargs, 0, "tensors"))
+    layouts = [w.known(p) for p in pieces]
+    dim = _dim(_arg(args, kwargs, 1, "dim", 0), result.dim())
+    if result.dim() < 3 or dim == 0 or any(lay is None or lay.dims != (1,) for lay in layouts):
+        return unknown(w, name, args, kwargs, result, "it stacks tensors on the batch axis or on a split channel axis")
+    if dim > 1:
+        return w.set(result, w.new_op("all", layouts))
+    for layout in layouts[1:]:
+        for first, other in zip(layouts[0].flat, layout.flat):
+            w.atoms.union(first, other)
+    w.set(result, Layout((1, 2), np.stack([lay.atoms for lay in layouts])))
+
+
+def _fibres(layout: Layout, axis: int) -> list[np.ndarray]:
+    """The atoms of ``layout`` at each index of tensor axis ``axis`` (one of its dims): for a (branches, channels)
+    layout and the branch axis, one array of channel atoms per branch."""
+    position = layout.dims.index(axis)
+    return [np.take(layout.atoms, i, axis=position) for i in range(layout.atoms.shape[position])]
+
+
+def _united_along(w: Walker, layout: Layout, axis: int) -> bool:
+    """True when every fibre of ``layout`` along ``axis`` is one unit of removal (a branch axis, a view's group
+    axis): an op over that axis then stays within a channel."""
+    fibres = _fibres(layout, axis)
+    return all(w.atoms.find(int(a)) == w.atoms.find(int(b)) for other in fibres[1:]
+               for a, b in zip(fibres[0].reshape(-1), other.reshape(-1)))
+
+
 def _even_pieces(w: Walker, layout: Layout, width: int, what: str, assumed: bool) -> bool:
     """Couple position p of every ``width``-wide piece of ``layout`` so each piece keeps the same positions.
 
@@ -268,11 +306,30 @@ def _getitem(w, name, args, kwargs, result):
     start, stop, step = chosen.indices(x.shape[1])
     if (start, stop, step) == (0, x.shape[1], 1):
         return w.set(result, layout)
+    if step == 1 and _slice_at_int_attribute(w, layout, start, stop):
+        return w.set(result, Layout((1,), layout.atoms[start:stop]))
     if step != 1 or start % (stop - start) or not _even_pieces(
             w, layout, stop - start, f"x[:, {start}:{stop}] in layer '{w.where}' follows the width", True):
         return unknown(w, name, args, kwargs, result, f"slice [{start}:{stop}] of {x.shape[1]} channels is not "
                                                       "an even fraction that can follow pruning")
     w.set(result, Layout((1,), layout.atoms[start:stop]))
+
+
+def _slice_at_int_attribute(w: Walker, layout: Layout, start: int, stop: int) -> bool:
+    """``x[:, :self.a]`` or ``x[:, self.a:]`` (dual-path blocks, partial residuals) where the layer holds the bound
+    as an int attribute and the slice is not an even fraction: each part keeps its own channels, assuming the bound
+    is that attribute; surgery writes the kept count of the head ``[:a]`` into it. True when it did."""
+    width = len(layout.atoms)
+    bound = stop if start == 0 else start if stop == width else None
+    length = stop - start
+    if bound is None or not 0 < bound < width or (width % length == 0 and start % length == 0):
+        return False  # an even fraction (the usual halves) couples its pieces instead
+    holder = _int_attribute(w, bound)
+    if holder is None or not w.assume(f"slice bound {bound} of {width} channels in layer '{w.where}' follows "
+                                      f"{holder[0] or '<model>'}.{holder[1]}"):
+        return False
+    w.sizes.append((*holder, [layout.flat[:bound]]))
+    return True
 
 
 @register_op("narrow")
@@ -296,11 +353,14 @@ def _split(w, name, args, kwargs, result):
             w.set(piece, layout)
         return None
     widths = [p.shape[1] for p in pieces]
-    holder = _size_holder(w, _arg(args, kwargs, 1, "split_size_or_sections"))
+    sizes = _arg(args, kwargs, 1, "split_size_or_sections")
+    holder = _size_holder(w, sizes)
     if holder is not None and w.assume(f"split sizes {holder[0]}.{holder[1]} are only used to split"):
         return _split_by_attribute(w, layout, pieces, widths, holder)
     even = len(set(widths)) == 1
     assumed = name != "chunk"  # chunk(k) always re-splits the current width; split sizes may be literals
+    if isinstance(sizes, int) and even and assumed and _split_by_int_attribute(w, layout, sizes):
+        assumed = False
     what = f"{name} of {x.shape[1]} channels in layer '{w.where}' follows the width"
     if not even:
         return unknown(w, name, args, kwargs, result, f"{name} into {widths} is not even, so it cannot follow pruning")
@@ -320,6 +380,31 @@ def _size_holder(w: Walker, sizes: Any) -> tuple[str, str] | None:
     module = w.model.get_submodule(w.where)
     attr = next((k for k, v in vars(module).items() if v is sizes), None)
     return None if attr is None else (w.where, attr)
+
+
+def _split_by_int_attribute(w: Walker, layout: Layout, size: int) -> bool:
+    """``split(x, size, 1)`` where the layer holds the input width (``self.in_channels // k``, selective kernels,
+    CSP stages) or the piece width (``self.width``, Res2Net) as an int attribute: assume the size is computed from
+    it, and let surgery write the kept count (of all channels, or of the first piece) into it. True when it did."""
+    width = len(layout.atoms)
+    for value, part in ((width, layout.flat), (size, layout.flat[:size])):
+        holder = _int_attribute(w, value)
+        if holder is not None and w.assume(f"split size {size} of {width} channels in layer '{w.where}' follows "
+                                           f"{holder[0] or '<model>'}.{holder[1]}"):
+            w.sizes.append((*holder, [part]))
+            return True
+    return False
+
+
+def _int_attribute(w: Walker, value: int) -> tuple[str, str] | None:
+    """(layer, attribute) of the int attribute equal to ``value`` that the layer running the op holds: the only
+    one, or among several the one whose name starts with ``in_`` (``in_channels``); None otherwise."""
+    layer = "" if w.where == "<top level>" else w.where
+    module = w.model.get_submodule(layer)
+    names = [k for k, v in vars(module).items() if type(v) is int and v == value and not k.startswith("_")]
+    if len(names) > 1:
+        names = [k for k in names if k.startswith("in_")]
+    return (layer, names[0]) if len(names) == 1 else None
 
 
 def _split_by_attribute(w: Walker, layout: Layout, pieces: list, widths: list[int], holder: tuple[str, str]) -> None:
@@ -478,17 +563,38 @@ def _reduce(w, name, args, kwargs, result):
             elif tensor.dim() >= 2 and tensor.shape[1] == x.shape[1]:
                 w.set(tensor, w.new_op(kind, [layout]))
         return None
+    branch = None if dims is None or 0 in dims or len(layout.dims) != 2 else dims & set(layout.dims)
+    if branch and len(branch) == 1 and name in BRANCH_REDUCTIONS and _united_along(w, layout, min(branch)):
+        return _reduce_branches(w, layout, min(branch), dims, x, outputs)
     if name == "sum" and layout.dims == (1,):  # a sum over channels ignores zero channels exactly
         w.read(layout)
         return w.fresh_outputs(outputs)
     unknown(w, name, args, kwargs, result, f"'{name}' over the channel axis depends on how many channels there are")
 
 
+BRANCH_REDUCTIONS = ("sum", "mean", "amax", "amin", "nansum", "nanmean")  # zero when every operand is
+
+
+def _reduce_branches(w: Walker, layout: Layout, axis: int, dims: set[int], x: torch.Tensor, outputs: list) -> None:
+    """A sum, mean or max over the branch axis of a (branches, channels) layout: channel c of the result
+    combines channel c of every branch (zero when they all are); the reduced axes go unless kept."""
+    keep = len(outputs) == 1 and outputs[0].dim() == x.dim()
+    other = next(d for d in layout.dims if d != axis)
+    shift = 0 if keep else sum(d < other for d in dims)
+    fibres = [Layout((other - shift,), fibre) for fibre in _fibres(layout, axis)]
+    w.set(outputs[0], w.new_op("all", fibres))
+
+
 @register_op("softmax", "log_softmax")
 def _softmax(w, name, args, kwargs, result):
+    """Softmax over an axis other than the channels; or over the branch axis of a (branches, channels) layout
+    (selective-kernel attention), which stays within each channel."""
     x = args[0]
     layout = w.layout(x)
     dim = _dim(_arg(args, kwargs, 1, "dim"), x.dim())
+    if layout is not None and dim is not None and len(layout.dims) == 2 and dim in layout.dims \
+            and _united_along(w, layout, dim):
+        return w.set(result, w.new_op("never", [layout]))
     if layout is None or dim is None or dim in layout.dims:
         return unknown(w, name, args, kwargs, result, "softmax over the channel axis mixes channels")
     _pass(w, name, args, kwargs, result, kind="never")
@@ -518,15 +624,36 @@ def _linear(w, name, args, kwargs, result):
 @register_op("conv2d")
 def _conv2d(w, name, args, kwargs, result):
     """``F.conv2d(x, self.weight, ...)`` inside a Conv2d subclass (e.g. 'same' padding computed in forward):
-    traced as that Conv2d when the call uses the layer's own weight and groups."""
+    traced as that Conv2d when the call uses the layer's own weight and groups; a weight the subclass computes
+    (weight standardisation) see :func:`_computed_weight_conv`."""
     layer = _own_layer(w, _arg(args, kwargs, 1, "weight"), nn.Conv2d)
     groups = _arg(args, kwargs, 6, "groups", 1)
-    if layer is None and isinstance(w.model.get_submodule(w.where) if w.where != "<top level>" else w.model, nn.Conv2d):
-        return unknown(w, name, args, kwargs, result, "the conv computes its weight in forward (e.g. weight "
-                                                      "standardisation, whose statistics span every input channel)")
+    module = w.model.get_submodule(w.where) if w.where != "<top level>" else w.model
+    if layer is None and isinstance(module, nn.Conv2d):
+        return _computed_weight_conv(w, name, args, kwargs, result, module)
     if layer is None or groups != layer[1].groups:
         return unknown(w, name, args, kwargs, result, "prunekit does not know how 'conv2d' uses channels")
     CONV.trace(w, layer[0], layer[1], (args[0],), result)
+
+
+def _computed_weight_conv(w: Walker, name: str, args: tuple, kwargs: dict, result: Any, conv: nn.Conv2d) -> None:
+    """A Conv2d subclass that computes its weight in forward (weight standardisation: each filter standardised over
+    its own fan-in, times a per-filter gain): traced as that conv, assuming each computed filter depends on its
+    own row only (so a zeroed row gives a zero filter; the self-check proves it, else the conv's channels stay).
+    Its cut is a plain Conv2d holding the computed weight of the kept channels (:func:`~prunekit.prune.
+    layer_handlers.plain_conv`): statistics over fewer inputs would differ, the computed weight does not."""
+    weight = _arg(args, kwargs, 1, "weight")
+    same_shape = isinstance(weight, torch.Tensor) and weight.shape == conv.weight.shape
+    if w.origin.get(id(args[0])) == w.where:  # e.g. 'same' padding computed in forward: a plain conv would lose it
+        return unknown(w, name, args, kwargs, result, "the conv computes its weight and changes its input (e.g. "
+                                                      "'same' padding) in forward, so it cannot become a plain conv")
+    if not (same_shape and _arg(args, kwargs, 6, "groups", 1) == conv.groups and w.assume(
+            f"conv '{w.where}' computes each filter from its own weight row (weight standardisation)")):
+        return unknown(w, name, args, kwargs, result, "the conv computes its weight in forward (e.g. weight "
+                                                      "standardisation, whose statistics span every input channel)")
+    w.computed_weights.append(w.where)
+    w.unpin_layer(w.where, w.layout(args[0]))  # the ops computing the weight from parameters held no channel
+    CONV.trace(w, w.where, conv, (args[0],), result)
 
 
 @register_op("conv1d")

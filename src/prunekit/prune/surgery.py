@@ -3,7 +3,9 @@
 Each module is cut by its handler in :mod:`prunekit.prune.layer_handlers` (Conv2d rows/columns/groups,
 ConvTranspose2d, BatchNorm, Linear rows/columns, ZeroPadShortcut ``source_index``); per-channel parameters
 a forward uses directly (a functional norm's γ, β and statistics, a layer scale) are cut by
-:func:`prunekit.prune.layer_handlers.shrink_parameters`. No module type is
+:func:`prunekit.prune.layer_handlers.shrink_parameters`. A conv that computes its weight in forward (weight
+standardisation) is first replaced by a plain Conv2d holding that weight
+(:func:`prunekit.prune.layer_handlers.plain_conv`). No module type is
 added, so :func:`prunekit.models.channel_config` still describes the model.
 """
 
@@ -15,7 +17,7 @@ from prunekit.errors import PrunekitError
 from prunekit.masking import masked_names
 from prunekit.models.shapes import set_split_sizes
 from prunekit.prune.graph import ChannelGraph
-from prunekit.prune.layer_handlers import handler_for, shrink_parameters
+from prunekit.prune.layer_handlers import handler_for, plain_conv, shrink_parameters
 from prunekit.prune.trace_state import parse_param_role
 
 
@@ -51,14 +53,21 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, removed: set[int]) ->
         module = modules[name]
         if masked_names(module):
             raise PrunekitError(f"'{name}' is masked; make the masks permanent before removing channels")
+        if name in graph.computed_weights:  # weight standardisation: the cut keeps the computed weight
+            module = _replace(model, name, plain_conv(module))
         parameters = {role: k for role, k in keep.items() if parse_param_role(role) is not None}
         if parameters:
             shrink_parameters(module, parameters)
         layer_roles = {role: k for role, k in keep.items() if role not in parameters}
         replacement = handler_for(module).shrink(module, layer_roles) if layer_roles else None
         if replacement is not None:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, replacement)
+            _replace(model, name, replacement)
     for name, attr, pieces in graph.sizes:
         set_split_sizes(modules[name], attr, [sum(cid not in removed for cid in piece) for piece in pieces])
     return model
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+    return module

@@ -160,6 +160,7 @@ class Walker:
         self.owners = {id(t): (name, attr) for name, m in model.named_modules()
                        for attr, t in (*m._parameters.items(), *m._buffers.items()) if t is not None}
         self.param_views: dict[int, ParamView] = {}  # id(tensor) -> the per-channel parameter it shows
+        self.computed_weights: list[str] = []  # convs whose forward computes the weight (weight standardisation)
 
     # ---- tensors and layouts
 
@@ -288,6 +289,16 @@ class Walker:
         self.pinned.update(layout.flat)
         self.blocked.setdefault(where, why)
         self.pinned_at.setdefault(where, []).extend(layout.flat)
+
+    def unpin_layer(self, layer: str, inputs: Layout | None) -> None:
+        """Forget the reasons recorded for ops inside ``layer`` so far that pinned none of the ``inputs`` channels
+        (ops on its parameters, e.g. a weight standardisation): their atoms were new fixed ones, which stay kept,
+        so no channel is freed."""
+        held = set(inputs.flat) if inputs is not None else set()
+        for where in [k for k in self.blocked if k.endswith(f" in layer '{layer}'")
+                      and not held & set(self.pinned_at.get(k, ()))]:
+            del self.blocked[where]
+            self.pinned_at.pop(where, None)
 
     def pin_inputs(self, values: Iterable[Any], where: str, why: str) -> None:
         for value in values:
