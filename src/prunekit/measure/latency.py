@@ -139,7 +139,10 @@ class LayerCurve:
     ms: list[list[float]]
 
     def at(self, cin: int, cout: int) -> float:
-        """Time at the next measured widths at or above (``cin``, ``cout``)."""
+        """Time at the next measured widths at or above (``cin``, ``cout``); 0 when either width is 0 (a layer
+        of a removed residual branch: a :class:`~prunekit.models.layers.ZeroWidthLayer` computes no product)."""
+        if cin == 0 or cout == 0:
+            return 0.0
         return self.ms[_index_at_or_above(self.inputs, cin)][_index_at_or_above(self.outputs, cout)]
 
     def steps(self) -> list[int]:

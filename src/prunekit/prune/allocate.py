@@ -19,7 +19,9 @@
     predicted latency is ≤ t × the dense latency with the most (LAMP-normalised) importance kept
     (:func:`select_for_latency`, as HALP / NetAdapt).
 
-  Always: a group keeps ≥ 1 channel and no module loses every channel; a channel that copies a live channel
+  Always: a group keeps ≥ 1 channel and no module loses every channel, except that a latency target may
+  remove a *branch group* whole (:func:`whole_removable_groups`: a residual branch's inner channels, so the
+  branch computes a constant and costs almost nothing); a channel that copies a live channel
   through a ZeroPadShortcut is only removed together with (or after) its source; channels that are already
   zero (masked earlier) stay removed and count towards the target, so iterative masks only shrink.
 """
@@ -206,11 +208,12 @@ def select_channels(model: nn.Module, graph: ChannelGraph, config: PruneConfig,
     ``latency`` (a latency table of ``model``) is needed by a latency target."""
     scores = channel_scores(model, graph, config.criterion, config.seed, batches)
     dead = zeroed_channels(model, graph)
+    whole = whole_removable_groups(model, graph) if config.latency_target is not None else frozenset()
     if config.macs_target is not None or config.latency_target is not None:
         final = (_select_for_macs(model, graph, scores, dead, config) if config.macs_target is not None
                  else select_for_latency(model, graph, scores, dead, config, latency))
         counts = {g: _round(progress * n) for g, n in _group_counts(graph, final).items()}
-        removed = _select_counts(graph, scores, counts, dead)
+        removed = _select_counts(graph, scores, counts, dead, whole)
     elif config.cfg is not None:
         removed = _select_counts(graph, scores, _cfg_counts(graph, model, config.cfg, progress), dead)
     elif config.ratios is not None:
@@ -221,7 +224,7 @@ def select_channels(model: nn.Module, graph: ChannelGraph, config: PruneConfig,
         removed = _select_excluding(graph, scores, round_fraction(config.sparsity, progress), config, dead)
     else:
         removed = _select_fraction(graph, scores, round_fraction(config.sparsity, progress), config.scope, dead)
-    return repair(graph, removed, scores, dead)
+    return repair(graph, removed, scores, dead, whole)
 
 
 def _select_excluding(graph: ChannelGraph, scores: dict[int, float], fraction: float, config: PruneConfig,
@@ -268,13 +271,15 @@ def _group_counts(graph: ChannelGraph, removed: set[int]) -> dict[int, int]:
     return counts
 
 
-def _removable(graph: ChannelGraph, cid: int, removed: set[int], per_group: dict[int, int]) -> bool:
-    """Whether channel ``cid`` may join ``removed``: its group keeps a channel and its copies' sources go.
+def _removable(graph: ChannelGraph, cid: int, removed: set[int], per_group: dict[int, int],
+               whole: frozenset[int] = frozenset()) -> bool:
+    """Whether channel ``cid`` may join ``removed``: its group keeps a channel (unless it is in ``whole``, the
+    groups that may go whole) and its copies' sources go.
 
     ``per_group``: how many channels of each group ``removed`` already holds.
     """
     channel = graph.channels[cid]
-    return (per_group.get(channel.group, 0) + 1 < len(graph.groups[channel.group].channels)
+    return ((channel.group in whole or per_group.get(channel.group, 0) + 1 < len(graph.groups[channel.group].channels))
             and channel.depends_on <= removed)
 
 
@@ -285,8 +290,9 @@ def _add(graph: ChannelGraph, cid: int, removed: set[int], per_group: dict[int, 
 
 
 def _select_counts(graph: ChannelGraph, scores: dict[int, float], counts: dict[int, int],
-                   dead: set[int]) -> set[int]:
-    """Per group, the ``counts[g]`` lowest-scoring removable channels (already-zero ones first)."""
+                   dead: set[int], whole: frozenset[int] = frozenset()) -> set[int]:
+    """Per group, the ``counts[g]`` lowest-scoring removable channels (already-zero ones first); a group in
+    ``whole`` may lose all of them."""
     removed = set(dead)
     per_group = _group_counts(graph, removed)
     for gid in _dependency_order(graph):
@@ -295,7 +301,7 @@ def _select_counts(graph: ChannelGraph, scores: dict[int, float], counts: dict[i
         for cid in candidates:
             if wanted <= 0:
                 break
-            if _removable(graph, cid, removed, per_group):
+            if _removable(graph, cid, removed, per_group, whole):
                 _add(graph, cid, removed, per_group)
                 wanted -= 1
     return removed
@@ -424,16 +430,20 @@ def _dependency_order(graph: ChannelGraph) -> list[int]:
     return order
 
 
-def repair(graph: ChannelGraph, removed: set[int], scores: dict[int, float], dead: set[int]) -> set[int]:
-    """Put channels back until no module port is emptied, no group is emptied and every removed channel's
-    copy sources are removed or already zero. Only ever un-removes, so it terminates."""
+def repair(graph: ChannelGraph, removed: set[int], scores: dict[int, float], dead: set[int],
+           whole: frozenset[int] = frozenset()) -> set[int]:
+    """Put channels back until no module port is emptied, no group is emptied (except groups of ``whole``
+    removed entirely, and the ports only they fill) and every removed channel's copy sources are removed or
+    already zero. Only ever un-removes, so it terminates."""
     removed = set(removed)
     collections = [port.values() for port in graph.ports.values()] + [g.channels for g in graph.groups]
     changed = True
     while changed:
         changed = False
+        gone = {cid for gid in whole if all(c in removed for c in graph.groups[gid].channels)
+                for cid in graph.groups[gid].channels}
         for ids in collections:
-            if ids and all(c in removed for c in ids):
+            if ids and all(c in removed for c in ids) and not all(c in gone for c in ids):
                 removed.discard(max(ids, key=lambda c: scores.get(c, 0.0)))
                 changed = True
         allowed = removed | dead
@@ -445,6 +455,36 @@ def repair(graph: ChannelGraph, removed: set[int], scores: dict[int, float], dea
 
 
 # --- filters: to a latency target ---------------------------------------------------------------------------
+
+#: Roles a channel of a group removed whole may occupy, and the stock layer each must be: the branch's convs
+#: (their outputs or inputs) and BNs.
+WHOLE_REMOVABLE_ROLES = {"conv_out": nn.Conv2d, "conv_in": nn.Conv2d, "bn": nn.BatchNorm2d}
+
+
+def whole_removable_groups(model: nn.Module, graph: ChannelGraph) -> frozenset[int]:
+    r"""Ids of the groups that may lose every channel exactly: the inner channels of a residual branch
+    (``conv1 → BN → ReLU → conv2``), which only stock Conv2d and BatchNorm2d layers produce, normalise and
+    read, with every channel prunable, no copy (ZeroPadShortcut) from or into them and no split size over
+    them. Removed whole, the producing conv and its BN become empty
+    :class:`~prunekit.models.layers.ZeroWidthLayer`\ s and a conv reading nothing else becomes its bias, so
+    the branch adds a per-channel constant (its BN's ``β − mean·γ/√(var+ε)``), which the masked twin computes
+    too: a block whose branch is gone is (up to that constant) an identity."""
+    from prunekit.models.layers import ZeroWidthLayer
+
+    modules = dict(model.named_modules())
+    copied = {dep for channel in graph.channels.values() for dep in channel.depends_on}
+    sized = {cid for _, _, pieces in graph.sizes for piece in pieces for cid in piece}
+
+    def stock(slot) -> bool:
+        module = modules.get(slot.module)
+        kind = WHOLE_REMOVABLE_ROLES.get(slot.role)
+        return kind is not None and (isinstance(module, ZeroWidthLayer) or (
+            isinstance(module, kind) and type(module).forward is kind.forward))
+
+    return frozenset(group.id for group in graph.groups if all(
+        graph.channels[cid].prunable and not graph.channels[cid].depends_on and cid not in copied
+        and cid not in sized and all(stock(slot) for slot in graph.channels[cid].slots)
+        for cid in group.channels))
 
 
 class LatencyModel(Protocol):
@@ -499,9 +539,10 @@ class GroupChoices:
 
 
 def group_choices(graph: ChannelGraph, scores: dict[int, float], dead: set[int], round_to: int | None,
-                  grid: Callable[[int], list[int]]) -> list[GroupChoices]:
+                  grid: Callable[[int], list[int]], whole: frozenset[int] = frozenset()) -> list[GroupChoices]:
     """Every group's candidate widths: ``grid(full width)`` (the latency table's measured widths), or the
-    multiples of ``round_to`` (plus the full width) when given; at least one channel stays. Importance is
+    multiples of ``round_to`` (plus the full width) when given; at least one channel stays, except that a
+    group of ``whole`` (:func:`whole_removable_groups`) may also take width 0 (its branch removed). Importance is
     LAMP-normalised per group (:func:`lamp_normalised`), so groups compare on one scale, and counted once per
     conv filter the channel removes (a residual stream's channel is the output of every conv adding into it,
     so cutting it costs each of them); dead channels go first."""
@@ -516,7 +557,8 @@ def group_choices(graph: ChannelGraph, scores: dict[int, float], dead: set[int],
         full = len(group.channels)
         widths = range(round_to, full + 1, round_to) if round_to else grid(full)
         keep_min = full - len(prunable)
-        counts = sorted({full - w for w in [*widths, full] if max(1, keep_min) <= w <= full})
+        counts = sorted({full - w for w in [*widths, full, *([0] if group.id in whole else [])]
+                         if (0 if group.id in whole else max(1, keep_min)) <= w <= full})
         total = sum(normalised.values())
         lost = [0.0]
         for cid in order:
@@ -631,11 +673,12 @@ def select_for_latency(model: nn.Module, graph: ChannelGraph, scores: dict[int, 
     if latency is None:
         raise PrunekitError("a latency target needs a latency table (prunekit.measure.latency.build_latency_table)")
     grid = getattr(latency, "grid_for", None) or (lambda full: list(range(1, full + 1)))
-    choices = group_choices(graph, scores, dead, config.round_to, grid)
+    whole = whole_removable_groups(model, graph)
+    choices = group_choices(graph, scores, dead, config.round_to, grid, whole)
     budget = config.latency_target * latency.dense_ms
     for _ in range(4):
         counts = allocate_latency(graph, model, latency, choices, budget)
-        removed = repair(graph, _select_counts(graph, scores, counts, dead), scores, dead)
+        removed = repair(graph, _select_counts(graph, scores, counts, dead, whole), scores, dead, whole)
         predicted = predict_latency(graph, model, latency, removed)
         if predicted <= config.latency_target * latency.dense_ms:
             return removed

@@ -41,7 +41,7 @@ from torch import nn
 
 from prunekit.config import PruneConfig, make_prune_config
 from prunekit.errors import PrunekitError
-from prunekit.prune.allocate import estimate_macs, repair, select_channels
+from prunekit.prune.allocate import estimate_macs, repair, select_channels, whole_removable_groups
 from prunekit.prune.graph import ChannelGraph, as_inputs, trace_channels
 from prunekit.prune.layer_handlers import handler_for, param_zero_entries
 from prunekit.prune.trace_state import parse_param_role
@@ -379,12 +379,14 @@ def shrink(model: nn.Module, example_inputs: Any = None) -> nn.Module:
 
     A channel is removed when every parameter slice on it is zero (producing conv rows and biases,
     depthwise rows, γ and β of every BN on it) and every channel copied into it is removed too: its
-    activation is then zero everywhere, so outputs are unchanged (up to float rounding). Side effects:
+    activation is then zero everywhere, so outputs are unchanged (up to float rounding). A residual branch
+    whose inner channels are all zero is removed whole (see
+    :func:`prunekit.prune.allocate.whole_removable_groups`). Side effects:
     as for ``prune_channels`` (checked against the model, then swapped in; masks end up permanent).
     """
     def dead_channels(graph: ChannelGraph) -> set[int]:
         dead = zeroed_channels(model, graph)
-        return repair(graph, set(dead), {cid: 0.0 for cid in dead}, dead)
+        return repair(graph, set(dead), {cid: 0.0 for cid in dead}, dead, whole_removable_groups(model, graph))
 
     return _swap_in(model, _plan(model, as_inputs(model, example_inputs), dead_channels)[1])
 

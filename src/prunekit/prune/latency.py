@@ -132,10 +132,13 @@ def corrected_aim(asked: float, predicted: float, measured: float) -> float:
 
 
 def pruned_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """{Conv2d / Linear name: (input width, output width)} of a (pruned) model."""
+    """{Conv2d / Linear name: (input width, output width)} of a (pruned) model; a conv of a removed residual
+    branch (a ZeroWidthLayer) has a width 0."""
+    from prunekit.models.layers import ZeroWidthLayer
+
     widths = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, (nn.Conv2d, ZeroWidthLayer)):
             widths[name] = (module.in_channels, module.out_channels)
         elif isinstance(module, nn.Linear):
             widths[name] = (module.in_features, module.out_features)
