@@ -76,7 +76,7 @@ def variants(dense, data, smoke: bool) -> dict[str, tuple]:
     table = build_latency_table(dense, batch_size=1)
     started = time.perf_counter()
     target = 0.8 if smoke else TARGET  # the tiny model's per-op overhead leaves little to cut
-    fast, result = prune_to_latency(dense, target, table)
+    fast, result = prune_to_latency(dense, target, table, batches=batches)
     record = {"table_build_s": table.build_s, "table_cached_shapes": table.cached, "table_shapes": len(table.curves),
               "latency_search_s": time.perf_counter() - started, **result.as_dict()}
     for model in (macs, fast):
