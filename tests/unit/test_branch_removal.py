@@ -166,3 +166,21 @@ def test_shrink_removes_a_fully_masked_branch_whole():
     assert isinstance(small.block1.conv1, ZeroWidthLayer) and isinstance(small.block1.conv2, ZeroWidthLayer)
     with torch.no_grad():
         assert torch.allclose(small(INPUT), expected, atol=1e-6)
+
+
+class PlainChain(nn.Module):
+    """conv → BN → ReLU → conv → pool → fc: no residual addition, so no group may go whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        out = self.conv2(F.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+def test_a_plain_chain_has_no_group_that_may_go_whole():
+    model = PlainChain().eval()
+    assert whole_removable_groups(model, trace_channels(model, INPUT)) == frozenset()

@@ -211,3 +211,13 @@ def test_a_cache_that_adds_up_to_more_than_the_dense_model_is_measured_again(tmp
     table = build_latency_table(tiny_vgg, folder=tmp_path, measure=fast)
     assert table.cached == 0 and len(measured) == len(table.curves) and table.overhead_ms >= 0
     assert build_latency_table(tiny_vgg, folder=tmp_path, measure=fast).cached == len(table.curves)  # replaced
+
+
+def test_round_to_rounds_a_macs_target_up_to_multiples_and_still_meets_it(tiny_vgg):
+    from prunekit.measure import count_macs
+
+    dense = count_macs(tiny_vgg)
+    model = prune_channels(tiny_vgg, macs_target=0.5, round_to=4)
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w % 4 == 0 for w in widths) and widths != [8, 16, 16, 16]  # pruned, in multiples of 4
+    assert count_macs(model) <= 0.5 * dense

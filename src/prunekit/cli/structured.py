@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="run in this fraction of the dense model's measured latency: widths chosen on a "
                              "latency table (`prunekit latency`), then measured and corrected until within 5%%")
     p.add_argument("--round-to", type=POSITIVE_INT, default=None, metavar="N",
-                   help="with --latency-target: every width a multiple of N (default: the table's measured widths)")
+                   help="with --latency-target or --macs-target: every width a multiple of N, e.g. 8 for int8 "
+                        "depthwise kernels (default: the table's measured widths; any width)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1,
                    help="with --latency-target: the batch whose latency is targeted (default: %(default)s)")
     p.add_argument("--threads", type=POSITIVE_INT, default=1,
@@ -147,7 +148,7 @@ def target_kwargs(args) -> dict:
     if args.cfg:
         return {"cfg": parse_cfg(args.cfg)}
     if args.macs_target is not None:
-        return {"macs_target": args.macs_target}
+        return {"macs_target": args.macs_target, "round_to": args.round_to}
     if args.latency_target is not None:
         return {"latency_target": args.latency_target, "round_to": args.round_to}
     return {"ratio": args.ratio, **({"exclude": args.exclude} if args.exclude else {})}

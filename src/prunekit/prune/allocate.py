@@ -348,16 +348,22 @@ def _select_global(graph: ChannelGraph, scores: dict[int, float], fraction: floa
 
 def _select_for_macs(model: nn.Module, graph: ChannelGraph, scores: dict[int, float], dead: set[int],
                      config: PruneConfig) -> set[int]:
-    """Bisection on a uniform fraction until the estimated MACs are ≤ macs_target × the unpruned MACs."""
+    """Bisection on a uniform fraction until the estimated MACs are ≤ macs_target × the unpruned MACs; with
+    ``round_to`` N every group keeps a multiple of N channels (rounded up, so the fraction grows to pay)."""
     budget = config.macs_target * estimate_macs(graph, model)
 
     def select(fraction: float) -> set[int]:
-        return repair(graph, _select_fraction(graph, scores, fraction, config.scope, dead), scores, dead)
+        chosen = repair(graph, _select_fraction(graph, scores, fraction, config.scope, dead), scores, dead)
+        if not config.round_to:
+            return chosen
+        counts = rounded_counts(graph, _group_counts(graph, chosen), config.round_to)
+        return repair(graph, _select_counts(graph, scores, counts, dead), scores, dead)
 
     best = select(0.999)
     if estimate_macs(graph, model, best) > budget:
         reachable = estimate_macs(graph, model, best) / estimate_macs(graph, model)
-        raise PrunekitError(f"macs_target {config.macs_target} cannot be reached: removing all but one channel "
+        narrowest = f"{config.round_to} channels" if config.round_to else "one channel"
+        raise PrunekitError(f"macs_target {config.macs_target} cannot be reached: removing all but {narrowest} "
                             f"of every group keeps {reachable:.3f} of the MACs")
     low, high = 0.0, 0.999
     for _ in range(20):
@@ -368,6 +374,18 @@ def _select_for_macs(model: nn.Module, graph: ChannelGraph, scores: dict[int, fl
         else:
             low = middle
     return best
+
+
+def rounded_counts(graph: ChannelGraph, counts: dict[int, int], multiple: int) -> dict[int, int]:
+    """``counts`` (channels removed per group) lowered so every group keeps a multiple of ``multiple``
+    channels (or all of them): kept widths round up, e.g. int8 depthwise kernels (fbgemm) run 10–35× slower
+    at widths above 100 that are not multiples of 8."""
+    rounded = {}
+    for gid, count in counts.items():
+        full = len(graph.groups[gid].channels)
+        kept = min(full, -(-(full - count) // multiple) * multiple)
+        rounded[gid] = full - kept
+    return rounded
 
 
 def _group_ratios(graph: ChannelGraph, ratios: dict) -> dict[int, float]:
@@ -465,7 +483,9 @@ def whole_removable_groups(model: nn.Module, graph: ChannelGraph) -> frozenset[i
     r"""Ids of the groups that may lose every channel exactly: the inner channels of a residual branch
     (``conv1 → BN → ReLU → conv2``), which only stock Conv2d and BatchNorm2d layers produce, normalise and
     read, with every channel prunable, no copy (ZeroPadShortcut) from or into them and no split size over
-    them. Removed whole, the producing conv and its BN become empty
+    them, and every conv reading them adds its output to another producer's (a residual addition: its
+    filters' group has several producing convs), so the branch's removal leaves the other path; a plain
+    chain (VGG) never qualifies. Removed whole, the producing conv and its BN become empty
     :class:`~prunekit.models.layers.ZeroWidthLayer`\ s and a conv reading nothing else becomes its bias, so
     the branch adds a per-channel constant (its BN's ``β − mean·γ/√(var+ε)``), which the masked twin computes
     too: a block whose branch is gone is (up to that constant) an identity."""
@@ -481,9 +501,14 @@ def whole_removable_groups(model: nn.Module, graph: ChannelGraph) -> frozenset[i
         return kind is not None and (isinstance(module, ZeroWidthLayer) or (
             isinstance(module, kind) and type(module).forward is kind.forward))
 
+    producers = {conv: len(group.producers) for group in graph.groups for conv in group.producers}
+
+    def joins_a_sum(slot) -> bool:
+        return slot.role != "conv_in" or producers.get(slot.module, 0) > 1
+
     return frozenset(group.id for group in graph.groups if all(
         graph.channels[cid].prunable and not graph.channels[cid].depends_on and cid not in copied
-        and cid not in sized and all(stock(slot) for slot in graph.channels[cid].slots)
+        and cid not in sized and all(stock(slot) and joins_a_sum(slot) for slot in graph.channels[cid].slots)
         for cid in group.channels))
 
 

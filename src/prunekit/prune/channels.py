@@ -205,9 +205,10 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
     image). Give exactly one of ``ratio``, ``ratios`` (per-conv fractions, e.g. from a YAML file;
     ``default`` allowed; a group uses the ratio of its first named producing conv), ``cfg`` (VGG widths)
     or ``macs_target`` (fraction of MACs to keep) or ``latency_target`` (fraction of the dense latency that
-    ``latency``, a :class:`prunekit.measure.latency.LatencyTable` of ``model``, predicts; ``round_to`` N
-    makes every width a multiple of N; :func:`prunekit.prune.latency.prune_to_latency` also measures and
-    corrects); or a ``plan`` from :func:`plan_channels`.
+    ``latency``, a :class:`prunekit.measure.latency.LatencyTable` of ``model``, predicts;
+    :func:`prunekit.prune.latency.prune_to_latency` also measures and corrects; a residual branch may be
+    removed whole); or a ``plan`` from :func:`plan_channels`. ``round_to`` N (latency and MACs targets) makes
+    every kept width a multiple of N (8 suits int8 depthwise kernels).
     ``criterion``: a name in :data:`prunekit.prune.importance.CRITERIA` (``random`` is seeded by ``seed``);
     ``scope``: ``layer`` (same fraction per group; the default for filters, see
     :class:`prunekit.config.PruneConfig`) or ``global`` (one normalised ranking). ``exclude``: conv names or
