@@ -95,7 +95,7 @@ def variants(dense, data, smoke: bool, round_to: int | None = None) -> dict[str,
 
 def removed_branches(model) -> int:
     """How many convs of ``model`` lost every output channel (one per residual branch removed whole)."""
-    return sum(1 for m in model.modules() if isinstance(m, ZeroWidthLayer) and m.out_channels == 0)
+    return sum(1 for m in model.modules() if isinstance(m, ZeroWidthLayer) and m.in_channels and not m.out_channels)
 
 
 def save_all(models: dict, data, meta: dict, folder: Path) -> tuple[list[Path], dict]:

@@ -176,7 +176,7 @@ def cmd_prune_channels(args) -> int:
     config = channel_target(criterion=args.criterion, scope=args.scope, seed=args.seed, **target)  # defaults resolved
     latency, outcome = None, None
     if config.latency_target is not None:
-        model, latency = prune_latency(model, config, args)
+        model, latency = prune_latency(model, config, args, data)
     else:
         example = example_input()
         plan = plan_channels(model, example, criterion=args.criterion, scope=config.scope, seed=args.seed, **target)
@@ -278,15 +278,23 @@ def outcome_record(outcome) -> dict:
             "shortfall": outcome.shortfall()}
 
 
-def prune_latency(model, config, args):
+def prune_latency(model, config, args, data=None):
     """(pruned model, LatencyResult) for ``--latency-target``: the table built (or read from the cache) for
-    ``--batch-size`` and ``--threads`` on the CPU, then :func:`prunekit.prune.latency.prune_to_latency`."""
+    ``--batch-size`` and ``--threads`` on the CPU, then :func:`prunekit.prune.latency.prune_to_latency`; with
+    ``data`` known, widths are valued by the loss measured on :data:`LATENCY_VALUE_BATCHES` training batches."""
     from prunekit.measure.latency import build_latency_table
     from prunekit.prune.latency import prune_to_latency
+    from prunekit.train.loop import sample_batches
 
     table = build_latency_table(model, threads=args.threads, batch_size=args.batch_size)
+    batches = None if data is None else sample_batches(data, LATENCY_VALUE_BATCHES, seed=args.seed)
     return prune_to_latency(model, config.latency_target, table, criterion=config.criterion,
-                            round_to=config.round_to, seed=config.seed)
+                            round_to=config.round_to, seed=config.seed, batches=batches)
+
+
+#: Training batches whose loss values the widths of a latency target (prunekit.prune.importance.PROBE_IMAGES
+#: images of them are used).
+LATENCY_VALUE_BATCHES = 2
 
 
 def latency_line(result) -> str:
