@@ -184,3 +184,22 @@ class PlainChain(nn.Module):
 def test_a_plain_chain_has_no_group_that_may_go_whole():
     model = PlainChain().eval()
     assert whole_removable_groups(model, trace_channels(model, INPUT)) == frozenset()
+
+
+@pytest.mark.parametrize("silent", ["block1", "block2"])
+def test_with_batches_the_branch_that_costs_no_loss_is_the_one_removed(silent):
+    model = tiny_resnet()
+    with torch.no_grad():
+        branch = model.get_submodule(silent)
+        branch.conv1.weight.mul_(100.0)  # large weights, but the branch adds nothing: its bn2 outputs 0
+        branch.bn2.weight.zero_()
+        branch.bn2.bias.zero_()
+        other = model.get_submodule("block2" if silent == "block1" else "block1")
+        other.bn2.weight.mul_(10.0)  # the other branch dominates the output: removing it costs loss
+        images = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+        labels = model(images).argmax(1)  # the model's own answers: any real change costs loss
+    # 0.6 × 10 ms: one branch must go; measured values keep a branch whole or remove it
+    pruned = prune_channels(model, INPUT, latency_target=0.6, latency=OneMsPerBranchChannel(),
+                            batches=[(images, labels)])
+    assert isinstance(pruned.get_submodule(f"{silent}.conv1"), ZeroWidthLayer)
+    assert pruned.get_submodule("block2" if silent == "block1" else "block1").conv1.out_channels == 4

@@ -582,8 +582,8 @@ def group_choices(graph: ChannelGraph, scores: dict[int, float], dead: set[int],
         full = len(group.channels)
         widths = range(round_to, full + 1, round_to) if round_to else grid(full)
         keep_min = full - len(prunable)
-        counts = sorted({full - w for w in [*widths, full, *([0] if group.id in whole else [])]
-                         if (0 if group.id in whole else max(1, keep_min)) <= w <= full})
+        narrowest = 0 if group.id in whole else max(1, keep_min)  # 0: the branch removed
+        counts = sorted({full - w for w in [*widths, full, 0] if narrowest <= w <= full})
         total = sum(normalised.values())
         lost = [0.0]
         for cid in order:
