@@ -203,3 +203,16 @@ def test_with_batches_the_branch_that_costs_no_loss_is_the_one_removed(silent):
                             batches=[(images, labels)])
     assert isinstance(pruned.get_submodule(f"{silent}.conv1"), ZeroWidthLayer)
     assert pruned.get_submodule("block2" if silent == "block1" else "block1").conv1.out_channels == 4
+
+
+def test_measured_values_never_reward_removing_more():
+    from prunekit.prune.allocate import GroupChoices, measured_values
+
+    class FallingLoss:  # a loss that drops the more is removed: noise, or a randomly initialised model
+        def loss(self, graph, removed):
+            return 1.0 - 0.1 * len(list(removed))
+
+    choice = GroupChoices(0, order=[0, 1, 2, 3], counts=[0, 1, 2, 3], values=[4.0, 3.0, 2.0, 1.0], ports={})
+    measured_values(None, [choice], FallingLoss())
+    assert choice.values == sorted(choice.values, reverse=True) and choice.values[0] > choice.values[-1]
+    assert all(v <= 4.0 * 1e-4 for v in choice.values)  # no gain beyond the criterion's tie-break

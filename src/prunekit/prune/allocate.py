@@ -621,6 +621,8 @@ def measured_values(graph: ChannelGraph, choices: list[GroupChoices], probe: Los
     ``counts[i]`` lowest-scoring channels (:class:`~prunekit.prune.importance.LossProbe`), measured at
     ``points`` of its options and interpolated linearly in the count between them (0 at full width), so
     groups compare on one scale and a residual branch removed whole is valued by what its removal costs.
+    A loss that falls as more is removed counts as no change (the running maximum of the increase), and
+    :data:`TIE_BREAK` × the criterion's value is added, so equal losses keep the higher-scoring widths.
 
     A group of ``whole`` (a residual branch) keeps two options: full width or removed. A narrowed branch
     still runs every op of the block, so at small batches it saves little time for the accuracy it costs,
@@ -634,10 +636,11 @@ def measured_values(graph: ChannelGraph, choices: list[GroupChoices], probe: Los
             choice.counts = [0, choice.counts[-1]]
         options = len(choice.counts) - 1
         picked = sorted({round(options * (j + 1) / points) for j in range(points)} - {0})
-        known = {0: 0.0}
-        for i in picked:
-            known[choice.counts[i]] = base - probe.loss(graph, choice.order[:choice.counts[i]])
-        choice.values = [_interpolate(known, k) for k in choice.counts]
+        known, worst = {0: 0.0}, 0.0
+        for i in picked:  # removing more never counts as a gain: noise (or a random model) must not pay
+            worst = max(worst, probe.loss(graph, choice.order[:choice.counts[i]]) - base)
+            known[choice.counts[i]] = -worst
+        choice.values = [_interpolate(known, k) + TIE_BREAK * v for k, v in zip(choice.counts, choice.values)]
 
 
 def _interpolate(known: dict[int, float], x: int) -> float:
@@ -649,6 +652,10 @@ def _interpolate(known: dict[int, float], x: int) -> float:
     x0, x1 = xs[upper - 1], xs[upper]
     return known[x0] + (known[x1] - known[x0]) * (x - x0) / (x1 - x0)
 
+
+#: Weight of the criterion's (LAMP-normalised) values added to measured losses: breaks ties (options that
+#: measure the same loss, e.g. all of a randomly initialised model's) towards keeping important channels.
+TIE_BREAK = 1e-4
 
 #: Cost resolution of the latency knapsack: the budget is split into this many units.
 KNAPSACK_UNITS = 2000
