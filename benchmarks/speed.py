@@ -24,7 +24,7 @@ Efficiency = speed-up ÷ MACs reduction. A model measured slower than the dense 
 
     python benchmarks/speed.py [--quick | --only MODEL[,MODEL]] [--smoke] [--json OUT] [--repeats N]
 
-``--quick``: ResNet-56 only (what the acceptance needs, about 4 min); ``--only``: these models. ``--smoke``: a tiny VGG on synthetic data, eager only, a few seconds (CI).
+``--quick``: ResNet-56 only (what the acceptance needs, about 2.5 min); ``--only``: these models. ``--smoke``: a tiny VGG on synthetic data, eager only, a few seconds (CI).
 Writes ``benchmarks/results/speed.{json,md}`` (``--json OUT``: the JSON there instead, no Markdown; ``--smoke``
 writes nothing unless ``--json`` is given).
 """
@@ -178,7 +178,7 @@ def chosen_models(only: str | None) -> tuple[str, ...]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="ResNet-56 only (the acceptance rows, ~4 min)")
+    parser.add_argument("--quick", action="store_true", help="ResNet-56 only (the acceptance rows, ~2.5 min)")
     parser.add_argument("--only", metavar="MODEL[,MODEL]", default=None,
                         help=f"only these models, of {', '.join(MODELS)}")
     parser.add_argument("--smoke", action="store_true", help="a tiny VGG on synthetic data, eager only (seconds)")
