@@ -135,8 +135,9 @@ class PruneConfig(StrictModel):
     macs_target: float | None = Field(None, gt=0, le=1)
     latency_target: float | None = Field(None, gt=0, le=1, description="fraction of the dense model's measured "
                                          "latency to reach (filter; needs a latency table, see measure.latency)")
-    round_to: int | None = Field(None, ge=1, description="latency target: candidate widths are multiples of this "
-                                                         "(default: the latency table's measured widths)")
+    round_to: int | None = Field(None, ge=1, description="latency or MACs target: kept widths are multiples of "
+                                                         "this (default: the latency table's measured widths; any "
+                                                         "width for a MACs target)")
     include_classifier: bool = Field(False, description="prune the classifier with a global/uniform target")
     exclude: list[str] = Field(default_factory=list, description="layer names or glob patterns a sparsity target "
                                                                  "leaves unpruned, e.g. the last conv")

@@ -302,3 +302,11 @@ def test_onnx_errors_are_clear(tmp_path, monkeypatch):
     with pytest.raises(PrunekitError, match=r'pip install "prunekit\[onnx\]"'):
         OnnxRuntimeModel(tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_depthwise_widths_the_int8_kernel_runs_slowly_are_named():
+    from prunekit.export.quantize import slow_int8_widths
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(101, 101, 3, groups=101), torch.nn.Conv2d(104, 104, 3, groups=104),
+                                torch.nn.Conv2d(67, 67, 3, groups=67), torch.nn.Conv2d(101, 101, 3))
+    assert slow_int8_widths(model) == ["0 (101)"]  # 104 is a multiple of 8, 67 is small, the last is not depthwise

@@ -34,7 +34,7 @@ def test_table_is_cached_per_layer_shape(tmp_path, tiny_vgg):
     def fake_measure(shape: LayerShape, context: dict) -> LayerCurve:
         measured.append(shape)
         ins, outs = shape.grid()
-        return LayerCurve(ins, outs, [[0.001 * i * o for o in outs] for i in ins])
+        return LayerCurve(ins, outs, [[1e-6 * i * o for o in outs] for i in ins])  # below the real model
 
     first = build_latency_table(tiny_vgg, folder=tmp_path, measure=fake_measure)
     shapes = len(first.curves)
@@ -193,3 +193,31 @@ def test_the_next_attempt_aims_by_what_the_table_still_gets_wrong():
     assert corrected_aim(0.5, 0.51, 0.50) == 0.5  # the recalibrated table now explains the measurement
     assert corrected_aim(0.5, 0.4, 0.8) == pytest.approx(0.25)  # the table was optimistic: aim lower
     assert corrected_aim(0.5, 0.6, 0.3) == pytest.approx(1.0)  # pessimistic: aim higher, never above 1
+
+
+def test_a_cache_that_adds_up_to_more_than_the_dense_model_is_measured_again(tmp_path, tiny_vgg):
+    def slow(shape, context):  # entries from a busy machine: far slower than the model measured now
+        ins, outs = shape.grid()
+        return LayerCurve(ins, outs, [[1e3 for _ in outs] for _ in ins])
+
+    measured = []
+
+    def fast(shape, context):
+        measured.append(shape)
+        ins, outs = shape.grid()
+        return LayerCurve(ins, outs, [[0.0 for _ in outs] for _ in ins])
+
+    build_latency_table(tiny_vgg, folder=tmp_path, measure=slow)
+    table = build_latency_table(tiny_vgg, folder=tmp_path, measure=fast)
+    assert table.cached == 0 and len(measured) == len(table.curves) and table.overhead_ms >= 0
+    assert build_latency_table(tiny_vgg, folder=tmp_path, measure=fast).cached == len(table.curves)  # replaced
+
+
+def test_round_to_rounds_a_macs_target_up_to_multiples_and_still_meets_it(tiny_vgg):
+    from prunekit.measure import count_macs
+
+    dense = count_macs(tiny_vgg)
+    model = prune_channels(tiny_vgg, macs_target=0.5, round_to=4)
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w % 4 == 0 for w in widths) and widths != [8, 16, 16, 16]  # pruned, in multiples of 4
+    assert count_macs(model) <= 0.5 * dense

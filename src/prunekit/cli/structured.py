@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="run in this fraction of the dense model's measured latency: widths chosen on a "
                              "latency table (`prunekit latency`), then measured and corrected until within 5%%")
     p.add_argument("--round-to", type=POSITIVE_INT, default=None, metavar="N",
-                   help="with --latency-target: every width a multiple of N (default: the table's measured widths)")
+                   help="with --latency-target or --macs-target: every width a multiple of N, e.g. 8 for int8 "
+                        "depthwise kernels (default: the table's measured widths; any width)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1,
                    help="with --latency-target: the batch whose latency is targeted (default: %(default)s)")
     p.add_argument("--threads", type=POSITIVE_INT, default=1,
@@ -145,7 +146,7 @@ def target_kwargs(args) -> dict:
     if args.cfg:
         return {"cfg": parse_cfg(args.cfg)}
     if args.macs_target is not None:
-        return {"macs_target": args.macs_target}
+        return {"macs_target": args.macs_target, "round_to": args.round_to}
     if args.latency_target is not None:
         return {"latency_target": args.latency_target, "round_to": args.round_to}
     return {"ratio": args.ratio, **({"exclude": args.exclude} if args.exclude else {})}
@@ -172,7 +173,7 @@ def cmd_prune_channels(args) -> int:
     config = channel_target(criterion=args.criterion, scope=args.scope, seed=args.seed, **target)  # defaults resolved
     latency, outcome = None, None
     if config.latency_target is not None:
-        model, latency = prune_latency(model, config, args)
+        model, latency = prune_latency(model, config, args, data)
     else:
         example = example_input()
         plan = plan_channels(model, example, criterion=args.criterion, scope=config.scope, seed=args.seed, **target)
@@ -268,15 +269,23 @@ def test_metrics(model, data):
     return evaluate_split(model, data, "test")
 
 
-def prune_latency(model, config, args):
+def prune_latency(model, config, args, data=None):
     """(pruned model, LatencyResult) for ``--latency-target``: the table built (or read from the cache) for
-    ``--batch-size`` and ``--threads`` on the CPU, then :func:`prunekit.prune.latency.prune_to_latency`."""
+    ``--batch-size`` and ``--threads`` on the CPU, then :func:`prunekit.prune.latency.prune_to_latency`; with
+    ``data`` known, widths are valued by the loss measured on :data:`LATENCY_VALUE_BATCHES` training batches."""
     from prunekit.measure.latency import build_latency_table
     from prunekit.prune.latency import prune_to_latency
+    from prunekit.train.loop import sample_batches
 
     table = build_latency_table(model, threads=args.threads, batch_size=args.batch_size)
+    batches = None if data is None else sample_batches(data, LATENCY_VALUE_BATCHES, seed=args.seed)
     return prune_to_latency(model, config.latency_target, table, criterion=config.criterion,
-                            round_to=config.round_to, seed=config.seed)
+                            round_to=config.round_to, seed=config.seed, batches=batches)
+
+
+#: Training batches whose loss values the widths of a latency target (prunekit.prune.importance.PROBE_IMAGES
+#: images of them are used).
+LATENCY_VALUE_BATCHES = 2
 
 
 def latency_line(result) -> str:

@@ -139,7 +139,10 @@ class LayerCurve:
     ms: list[list[float]]
 
     def at(self, cin: int, cout: int) -> float:
-        """Time at the next measured widths at or above (``cin``, ``cout``)."""
+        """Time at the next measured widths at or above (``cin``, ``cout``); 0 when either width is 0 (a layer
+        of a removed residual branch: a :class:`~prunekit.models.layers.ZeroWidthLayer` computes no product)."""
+        if cin == 0 or cout == 0:
+            return 0.0
         return self.ms[_index_at_or_above(self.inputs, cin)][_index_at_or_above(self.outputs, cout)]
 
     def steps(self) -> list[int]:
@@ -282,16 +285,17 @@ def measure_curve(shape: LayerShape, context: dict, repeats: int = LAYER_REPEATS
 
 
 def cached_curve(shape: LayerShape, context: dict, measure: Callable[[LayerShape, dict], LayerCurve] = measure_curve,
-                 folder: Path | None = None) -> tuple[LayerCurve, bool]:
+                 folder: Path | None = None, refresh: bool = False) -> tuple[LayerCurve, bool]:
     """(curve, came from the cache): read the cached entry of ``shape`` in ``context``, else measure and
-    cache it (atomic write). An unreadable or mismatching cache file is measured again and replaced."""
+    cache it (atomic write). An unreadable or mismatching cache file is measured again and replaced;
+    ``refresh`` measures and replaces it whatever it holds."""
     from prunekit.atomic import atomic_write_text
 
     key = entry_key(context, shape)
     path = (folder or cache_folder()) / f"{key}.json"
     try:
         saved = json.loads(path.read_text())
-        if saved.get("key") == key:
+        if saved.get("key") == key and not refresh:
             return LayerCurve(**saved["curve"]), True
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -312,19 +316,26 @@ def build_latency_table(model: nn.Module, device: str = "cpu", threads: int | No
                         batch_size: int = 1, input_size=IMAGE_SHAPE, folder: Path | None = None,
                         measure: Callable[[LayerShape, dict], LayerCurve] = measure_curve) -> LatencyTable:
     """The :class:`LatencyTable` of ``model`` (see the module doc): layer curves from the cache where they
-    are, else measured and cached; the dense latency measured now. Side effects: puts ``model`` in eval mode
-    on ``device``; writes cache files."""
+    are, else measured and cached; the dense latency measured now. When cached layers add up to more than
+    the dense model measured now (a negative overhead: entries measured on a busier machine, or under
+    conditions that no longer hold), the predictions would be nonsense, so every curve is measured again
+    and the cache replaced. Side effects: puts ``model`` in eval mode on ``device``; writes cache files."""
     start = time.perf_counter()
     model = model.to(device).eval()
     context = measuring_context(device, threads, batch_size)
     shapes = layer_shapes(model, input_size)
     keys = {name: entry_key(context, shape) for name, shape in shapes.items()}
-    curves, cached = {}, 0
-    for name, shape in shapes.items():
-        if keys[name] not in curves:
-            curves[keys[name]], hit = cached_curve(shape, context, measure, folder)
-            cached += hit
-    table = LatencyTable(keys, {keys[n]: s for n, s in shapes.items()}, curves, dense_latency(model, context),
-                         context, cached, full={n: (s.in_channels, s.out_channels) for n, s in shapes.items()})
+    dense_ms = dense_latency(model, context)
+    table = None
+    for refresh in (False, True):
+        curves, cached = {}, 0
+        for name, shape in shapes.items():
+            if keys[name] not in curves:
+                curves[keys[name]], hit = cached_curve(shape, context, measure, folder, refresh)
+                cached += hit
+        table = LatencyTable(keys, {keys[n]: s for n, s in shapes.items()}, curves, dense_ms, context, cached,
+                             full={n: (s.in_channels, s.out_channels) for n, s in shapes.items()})
+        if table.overhead_ms >= 0 or not cached:
+            break
     table.build_s = time.perf_counter() - start
     return table

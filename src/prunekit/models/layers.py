@@ -1,5 +1,6 @@
-"""Layers shared by the model families (ZeroPadShortcut), and which layers of any nn.Module can be pruned
-and which one is the classifier."""
+"""Layers shared by the model families (ZeroPadShortcut), the layer structured pruning leaves where every
+channel on one side of a conv or BatchNorm went (ZeroWidthLayer), and which layers of any nn.Module can be
+pruned and which one is the classifier."""
 
 from __future__ import annotations
 
@@ -101,3 +102,74 @@ def _check_source_index(in_channels: int, out_channels: int, stride: int, source
             f"ZeroPadShortcut source_index entries {bad} are outside [-1, {in_channels - 1}] "
             f"for in_channels={in_channels}"
         )
+
+
+class ZeroWidthLayer(nn.Module):
+    """What a Conv2d (or BatchNorm2d) computes once every channel on one side of it is removed.
+
+    With no output channel (``out_channels == 0``) it returns an empty ``(N, 0, H', W')`` tensor, its input
+    ignored; with no input channel it returns its ``bias`` (zero without one) at every output position, as a
+    conv reading only zeros does. ``H'``/``W'`` follow the replaced conv's ``kernel_size``, ``stride``,
+    ``padding`` and ``dilation`` (a BatchNorm2d: 1, 1, 0, 1, so the size is kept). Structured pruning puts it
+    where a residual branch is removed whole (see :mod:`prunekit.prune.surgery`); it has no weight, so it
+    costs (almost) no time. A float ``bias`` Parameter of ``out_channels`` entries, or None; ``weight`` is an
+    empty (zero-element) buffer of the conv's shape, so filter norms read 0.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0),
+                 dilation=(1, 1), bias: bool = False):
+        super().__init__()
+        if in_channels and out_channels:
+            raise PrunekitError(f"ZeroWidthLayer({in_channels}, {out_channels}) needs zero input or zero output "
+                                "channels; a layer with both is an ordinary Conv2d")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias and out_channels else None
+        self.register_buffer("weight", torch.zeros(0), persistent=False)
+        self.resize(self.in_channels, self.out_channels)
+
+    def resize(self, in_channels: int, out_channels: int) -> None:
+        """Set the widths (the caller cuts ``bias``) and the empty ``weight`` of shape (out, in, kH, kW) that
+        stands for the removed filters (zero elements: every filter's norm is 0)."""
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.weight = self.weight.new_zeros((out_channels, in_channels, *self.kernel_size))
+
+    @classmethod
+    def replacing(cls, layer: nn.Module, in_channels: int, out_channels: int,
+                  bias: torch.Tensor | None = None) -> "ZeroWidthLayer":
+        """The ZeroWidthLayer standing for ``layer`` (a Conv2d, a BatchNorm2d or a ZeroWidthLayer) at these
+        widths, with ``bias`` (``out_channels`` entries) when given; on ``layer``'s device and mode."""
+        geometry = {} if not hasattr(layer, "kernel_size") else {
+            "kernel_size": layer.kernel_size, "stride": layer.stride, "padding": layer.padding,
+            "dilation": layer.dilation}
+        new = cls(in_channels, out_channels, bias=bias is not None, **geometry)
+        if new.bias is not None:
+            new.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        tensor = next(iter(layer.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(layer.buffers()), None)
+        return (new if tensor is None else new.to(tensor.device)).train(layer.training)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H', W') of a conv of this geometry on an input of (``height``, ``width``)."""
+        if self.padding == "same":
+            return height, width
+        padding = (0, 0) if self.padding == "valid" else self.padding
+        return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+                     zip((height, width), padding, self.dilation, self.kernel_size, self.stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = self.output_size(x.shape[-2], x.shape[-1])
+        shape = (x.shape[0], self.out_channels, height, width)
+        if self.bias is None:
+            return x.new_zeros(shape)
+        return self.bias.to(x.dtype).view(1, -1, 1, 1).expand(shape).contiguous()
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"bias={self.bias is not None}")
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)

@@ -14,11 +14,13 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.models.reference import as_json_kwargs, model_from_reference, parse_reference, reference_of
 from prunekit.models.registry import create_model
-from prunekit.models.layers import ZeroPadShortcut
+from prunekit.models.layers import ZeroPadShortcut, ZeroWidthLayer
 
 # kind -> (module class, config fields). ZeroPadShortcut first: order decides the kind.
 _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
     "ZeroPadShortcut": (ZeroPadShortcut, ("in_channels", "out_channels", "source_index")),
+    # a Conv2d / BatchNorm2d whose channels on one side were all removed (a residual branch removed whole)
+    "ZeroWidthLayer": (ZeroWidthLayer, ("in_channels", "out_channels")),
     "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "groups")),
     # weight is (in, out/groups, kH, kW); the constructor takes the same three sizes as Conv2d's
     "ConvTranspose2d": (nn.ConvTranspose2d, ("in_channels", "out_channels", "groups")),
@@ -203,6 +205,8 @@ def _describe(module: nn.Module) -> dict:
 def _normalise(name: str, module: nn.Module, stored: object) -> dict:
     """The stored entry reduced to its kind's fields, validated against the live module."""
     kind = _kind_of(module)
+    if isinstance(stored, dict) and stored.get("kind") == "ZeroWidthLayer" and kind in _REPLACED_BY_ZERO_WIDTH:
+        kind = "ZeroWidthLayer"  # the constructor built the full layer; pruning removed one side of it
     if not isinstance(stored, dict) or stored.get("kind") != kind:
         got = stored.get("kind") if isinstance(stored, dict) else stored
         raise PrunekitError(f"module '{name}' is a {type(module).__name__} (kind {kind}) but the config says {got!r}")
@@ -212,18 +216,18 @@ def _normalise(name: str, module: nn.Module, stored: object) -> dict:
     for field in _KINDS[kind][1]:
         if field not in stored:
             raise PrunekitError(f"channel config for '{name}' ({kind}) lacks '{field}'")
-        out[field] = _check_value(name, field, stored[field])
+        out[field] = _check_value(name, field, stored[field], zero_allowed=kind == "ZeroWidthLayer")
     return out
 
 
-def _check_value(name: str, field: str, value: object) -> int | list[int]:
+def _check_value(name: str, field: str, value: object, zero_allowed: bool = False) -> int | list[int]:
     def is_int(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
     if field == "source_index":
         if isinstance(value, (list, tuple)) and all(is_int(v) for v in value):
             return [int(v) for v in value]
-    elif is_int(value) and value > 0:
+    elif is_int(value) and (value > 0 or (zero_allowed and value == 0)):
         return int(value)
     raise PrunekitError(f"channel config for '{name}': '{field}' has invalid value {value!r}")
 
@@ -345,7 +349,18 @@ def _new_shortcut(old: ZeroPadShortcut, c: dict) -> nn.Module:
     return new.to(old.gather_index.device)
 
 
-_BUILDERS = {"Conv2d": _new_conv, "ConvTranspose2d": _new_conv_transpose, "BatchNorm2d": _new_bn,
+def _new_zero_width(old: nn.Module, c: dict) -> nn.Module:
+    """The ZeroWidthLayer standing for ``old`` (the constructor's Conv2d or BatchNorm2d) at the stored widths;
+    it has a bias when ``old`` had one (a conv) and it keeps output channels."""
+    bias = getattr(old, "bias", None) if isinstance(old, (nn.Conv2d, ZeroWidthLayer)) else None
+    bias = None if bias is None or not c["out_channels"] else bias.new_zeros(c["out_channels"])
+    return ZeroWidthLayer.replacing(old, c["in_channels"], c["out_channels"], bias)
+
+
+# the kinds a stored ZeroWidthLayer may replace (pruning removed every channel on one side of them)
+_REPLACED_BY_ZERO_WIDTH = ("Conv2d", "BatchNorm2d")
+
+_BUILDERS = {"ZeroWidthLayer": _new_zero_width, "Conv2d": _new_conv, "ConvTranspose2d": _new_conv_transpose, "BatchNorm2d": _new_bn,
              "BatchNorm1d": _new_bn, "Linear": _new_linear, "ZeroPadShortcut": _new_shortcut, "GroupNorm": _new_norm,
              "InstanceNorm2d": _new_norm, PARAMS_KIND: _new_params}
 

@@ -41,7 +41,7 @@ from torch import nn
 
 from prunekit.config import PruneConfig, make_prune_config
 from prunekit.errors import PrunekitError
-from prunekit.prune.allocate import estimate_macs, repair, select_channels
+from prunekit.prune.allocate import estimate_macs, repair, select_channels, whole_removable_groups
 from prunekit.prune.graph import ChannelGraph, as_inputs, trace_channels
 from prunekit.prune.layer_handlers import handler_for, param_zero_entries
 from prunekit.prune.trace_state import parse_param_role
@@ -215,9 +215,10 @@ def prune_channels(model: nn.Module, example_inputs: Any = None, ratio: float | 
     image). Give exactly one of ``ratio``, ``ratios`` (per-conv fractions, e.g. from a YAML file;
     ``default`` allowed; a group uses the ratio of its first named producing conv), ``cfg`` (VGG widths)
     or ``macs_target`` (fraction of MACs to keep) or ``latency_target`` (fraction of the dense latency that
-    ``latency``, a :class:`prunekit.measure.latency.LatencyTable` of ``model``, predicts; ``round_to`` N
-    makes every width a multiple of N; :func:`prunekit.prune.latency.prune_to_latency` also measures and
-    corrects); or a ``plan`` from :func:`plan_channels`.
+    ``latency``, a :class:`prunekit.measure.latency.LatencyTable` of ``model``, predicts;
+    :func:`prunekit.prune.latency.prune_to_latency` also measures and corrects; a residual branch may be
+    removed whole); or a ``plan`` from :func:`plan_channels`. ``round_to`` N (latency and MACs targets) makes
+    every kept width a multiple of N (8 suits int8 depthwise kernels).
     ``criterion``: a name in :data:`prunekit.prune.importance.CRITERIA` (``random`` is seeded by ``seed``);
     ``scope``: ``layer`` (same fraction per group; the default for filters, see
     :class:`prunekit.config.PruneConfig`) or ``global`` (one normalised ranking). ``exclude``: conv names or
@@ -400,7 +401,9 @@ def shrink(model: nn.Module, example_inputs: Any = None) -> nn.Module:
 
     A channel is removed when every parameter slice on it is zero (producing conv rows and biases,
     depthwise rows, γ and β of every BN on it) and every channel copied into it is removed too: its
-    activation is then zero everywhere, so outputs are unchanged (up to float rounding). Side effects:
+    activation is then zero everywhere, so outputs are unchanged (up to float rounding). A residual branch
+    whose inner channels are all zero is removed whole (see
+    :func:`prunekit.prune.allocate.whole_removable_groups`). Side effects:
     as for ``prune_channels`` (checked against the model, then swapped in; masks end up permanent).
     """
     shrink_with_outcome(model, example_inputs)
@@ -425,7 +428,7 @@ def shrink_with_outcome(model: nn.Module, example_inputs: Any = None,
     dense counts, so after a masked schedule this is the whole run's asked vs achieved."""
     def dead_channels(graph: ChannelGraph) -> set[int]:
         dead = zeroed_channels(model, graph)
-        return repair(graph, set(dead), {cid: 0.0 for cid in dead}, dead)
+        return repair(graph, set(dead), {cid: 0.0 for cid in dead}, dead, whole_removable_groups(model, graph))
 
     plan, pruned = _plan(model, as_inputs(model, example_inputs), dead_channels, target)
     _swap_in(model, pruned)

@@ -27,6 +27,11 @@ from the training split with a fixed seed, see :func:`prunekit.train.loop.sample
 
 Scores are read from the *effective* weights (``weight_orig * weight_mask`` for a masked module), so a
 channel zeroed by an earlier round scores 0. Nothing is modified.
+
+Besides per-channel scores, a :class:`LossProbe` *measures* what removing a set of channels costs: the
+cross-entropy on a few labelled images with those channels zeroed, as the masked twin zeroes them. The
+latency allocation uses it to value how many channels each group keeps (a residual branch removed whole
+included) on one scale, the loss, while the criterion still picks which channels go.
 """
 
 from __future__ import annotations
@@ -304,3 +309,68 @@ def _nonzero_rows(module: nn.Module, role: str) -> torch.Tensor | None:
     if role == "bn" and flags is None:  # a non-affine BN never zeroes a channel
         return torch.ones(module.num_features, dtype=torch.bool)
     return flags
+
+
+#: Images a LossProbe evaluates (the first ones of its batches): enough to rank options, cheap to repeat.
+PROBE_IMAGES = 256
+
+
+class LossProbe:
+    """The loss of ``model`` on the first :data:`PROBE_IMAGES` images of labelled ``batches`` when channels
+    are removed, memoised per channel set (so the attempts of a latency search reuse it).
+
+    A removed channel is zeroed where its producers' output enters the network: at the BatchNorm right after
+    each producing conv (else the conv itself), which is what the masked twin computes (γ and β zeroed).
+    The model runs in eval mode (its stored BN statistics: the twin exactly; normalising with the probe
+    images' own statistics instead, to mimic a later BN recalibration, ranked ResNet-56's branches worse)
+    under ``no_grad``; forward hooks are added and removed per call and the model's mode is restored.
+    Iterating a probe yields its batches (so data-driven criteria take it too)."""
+
+    def __init__(self, model: nn.Module, batches, images: int = PROBE_IMAGES):
+        self.model, self.batches, self.memo = model, list(batches), {}
+        self.inputs, self.labels = _first_images(self.batches, images)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def loss(self, graph: ChannelGraph, removed) -> float:
+        """Mean cross-entropy with the channels ``removed`` (ids of ``graph``) zeroed."""
+        zeroed: dict[str, list[int]] = {}
+        for cid in removed:
+            for slot in graph.channels[cid].producers:
+                zeroed.setdefault(graph.bn_after.get(slot.module, slot.module), []).append(slot.index)
+        key = frozenset((name, i) for name, indices in zeroed.items() for i in indices)
+        if key not in self.memo:
+            self.memo[key] = self._measure(zeroed)
+        return self.memo[key]
+
+    def _measure(self, zeroed: dict[str, list[int]]) -> float:
+        modules = dict(self.model.named_modules())
+
+        def zero(indices):
+            def hook(module, inputs, output):
+                output = output.clone()
+                output[:, indices] = 0
+                return output
+            return hook
+
+        hooks = [modules[name].register_forward_hook(zero(sorted(indices))) for name, indices in zeroed.items()]
+        was_training = self.model.training
+        try:
+            with torch.no_grad():
+                return F.cross_entropy(self.model.eval()(self.inputs).float(), self.labels).item()
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.model.train(was_training)
+
+
+def _first_images(batches: list, images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not batches:
+        raise PrunekitError("a loss probe needs labelled batches [(inputs, labels), ...]")
+    inputs = torch.cat([x for x, _ in batches])[:images]
+    labels = torch.cat([y for _, y in batches])[:images]
+    return inputs, labels

@@ -86,13 +86,19 @@ def prune_to_latency(model: nn.Module, latency_target: float, table=None, exampl
     (within ``tolerance`` when reachable), and the :class:`LatencyResult`. ``table``: a
     :class:`prunekit.measure.latency.LatencyTable` of ``model`` (default: built now on the CPU, 1 thread,
     batch 1, from the cache when there). ``model`` is not changed; the table's ``fixed_ms`` is refitted.
-    ``batches``: labelled batches for a data-driven ``criterion`` (``taylor``). Raises PrunekitError (asked vs
+    ``batches``: labelled batches; with them every group's widths are valued by the measured loss (a
+    :class:`~prunekit.prune.importance.LossProbe` on ``model``, shared by the attempts; see
+    :func:`prunekit.prune.allocate.measured_values`), and a data-driven ``criterion`` (``taylor``) reads
+    them. Without them widths are valued by the criterion's scores. Raises PrunekitError (asked vs
     reachable) when the table predicts the target cannot be reached."""
     from prunekit.measure.latency import build_latency_table
     from prunekit.prune.channels import prune_channels
 
+    from prunekit.prune.importance import LossProbe
+
     table = table or build_latency_table(model)
     dense = copy.deepcopy(model).eval()
+    batches = LossProbe(dense, batches) if batches else None
     result = LatencyResult(latency_target, context=dict(table.context))
     candidates, aim = [], latency_target
     for _ in range(attempts):
@@ -132,10 +138,13 @@ def corrected_aim(asked: float, predicted: float, measured: float) -> float:
 
 
 def pruned_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """{Conv2d / Linear name: (input width, output width)} of a (pruned) model."""
+    """{Conv2d / Linear name: (input width, output width)} of a (pruned) model; a conv of a removed residual
+    branch (a ZeroWidthLayer) has a width 0."""
+    from prunekit.models.layers import ZeroWidthLayer
+
     widths = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, (nn.Conv2d, ZeroWidthLayer)):
             widths[name] = (module.in_channels, module.out_channels)
         elif isinstance(module, nn.Linear):
             widths[name] = (module.in_features, module.out_features)

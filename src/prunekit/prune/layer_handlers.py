@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.models import ZeroPadShortcut
+from prunekit.models import ZeroPadShortcut, ZeroWidthLayer
 from prunekit.models.shapes import has_shape_record, set_split_sizes
 from prunekit.prune.trace_state import Layout, ModuleCall, ParamView, Walker, parse_param_role, tensors_in
 
@@ -139,6 +139,10 @@ class _Conv(LayerHandler):
         return [("weight", (index,)), ("bias", (index,))]
 
     def shrink(self, conv, keep):
+        if not all(keep.get(role, True) for role in ("conv_out", "conv_in")):  # a side lost every channel
+            rows = keep.get("conv_out", range(conv.out_channels))
+            bias = None if conv.bias is None or not rows else conv.bias.detach()[list(rows)]
+            return ZeroWidthLayer.replacing(conv, len(keep.get("conv_in", range(conv.in_channels))), len(rows), bias)
         per_in, multiplier = conv.in_channels // conv.groups, conv.out_channels // conv.groups
         rows = keep.get("depthwise", keep.get("conv_out"))
         if rows is not None:
@@ -209,6 +213,8 @@ class _BatchNorm(LayerHandler):
         return [("weight", (index,)), ("bias", (index,))]
 
     def shrink(self, bn, keep):
+        if not keep["bn"]:  # every channel went (a residual branch removed whole)
+            return ZeroWidthLayer.replacing(bn, 0, 0)
         for name in ("weight", "bias", "running_mean", "running_var"):
             _keep(bn, name, 0, keep["bn"])
         bn.num_features = len(keep["bn"])
@@ -292,6 +298,34 @@ class _Shortcut(LayerHandler):
         return new.to(shortcut.gather_index.device).train(shortcut.training)
 
 
+class _ZeroWidth(LayerHandler):
+    """ZeroWidthLayer: a conv with no output channel (reads nothing) or no input channel (its outputs are
+    filters holding only a bias, so a later pruning may still remove them)."""
+
+    types = (ZeroWidthLayer,)
+
+    def trace(self, w, name, layer, inputs, output):
+        x = _input(w, name, inputs[0])
+        for index, atom in enumerate(x.flat if x is not None else ()):  # registered (cut with the input), never read
+            w.register(name, "conv_in", index, atom)
+        out = w.conv_outputs(name, layer.out_channels) if layer.out_channels else []
+        w.producer_of[id(output)] = name
+        w.outputs[name] = list(out)
+        w.set(output, Layout((1,), np.array(out, dtype=np.int64)))
+
+    def zero_entries(self, layer, role, index):
+        return [("bias", (index,))]
+
+    def shrink(self, layer, keep):
+        rows = keep.get("conv_out", list(range(layer.out_channels)))
+        if layer.bias is not None:
+            _keep(layer, "bias", 0, rows)
+        if layer.bias is not None and not rows:
+            layer.bias = None
+        layer.resize(len(keep.get("conv_in", range(layer.in_channels))), len(rows))
+        return None
+
+
 class _Opaque(LayerHandler):
     """A TorchScript block (its ops are compiled, so no recorder sees them): channels in and out are kept."""
 
@@ -347,7 +381,7 @@ class _ResponseNorm(LayerHandler):
 
 OPAQUE = _Opaque()
 CONV, LINEAR = _Conv(), _Linear()  # also trace a subclass's functional conv2d / linear (op_handlers)
-for _handler in (_Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV, _ResponseNorm()):
+for _handler in (_ZeroWidth(), _Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV, _ResponseNorm()):
     register_layer(_handler)
 
 

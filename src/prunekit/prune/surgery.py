@@ -1,12 +1,13 @@
 """Physical channel removal: shrink modules in place so removed channels no longer exist.
 
 Each module is cut by its handler in :mod:`prunekit.prune.layer_handlers` (Conv2d rows/columns/groups,
-ConvTranspose2d, BatchNorm, Linear rows/columns, ZeroPadShortcut ``source_index``); per-channel parameters
+ConvTranspose2d, BatchNorm, Linear rows/columns, ZeroPadShortcut ``source_index``; a Conv2d or BatchNorm2d
+that loses every channel on one side becomes a ZeroWidthLayer); per-channel parameters
 a forward uses directly (a functional norm's γ, β and statistics, a layer scale) are cut by
 :func:`prunekit.prune.layer_handlers.shrink_parameters`. A conv that computes its weight in forward (weight
 standardisation) is first replaced by a plain Conv2d holding that weight
-(:func:`prunekit.prune.layer_handlers.plain_conv`). No module type is
-added, so :func:`prunekit.models.channel_config` still describes the model.
+(:func:`prunekit.prune.layer_handlers.plain_conv`). No other module type is added, and ZeroWidthLayer has a
+shape record, so :func:`prunekit.models.channel_config` still describes the model.
 """
 
 from __future__ import annotations
@@ -21,17 +22,24 @@ from prunekit.prune.layer_handlers import handler_for, plain_conv, shrink_parame
 from prunekit.prune.trace_state import parse_param_role
 
 
+#: Ports that may lose every index: the layer becomes a ZeroWidthLayer (see :mod:`prunekit.prune.allocate`,
+#: ``whole_removable_groups``, for when that is exact; the self-check proves it every time).
+EMPTIABLE_ROLES = ("conv_out", "conv_in", "bn")
+
+
 def kept_indices(graph: ChannelGraph, removed: set[int]) -> dict[tuple[str, str], list[int]]:
     """``{(module, role): sorted indices that stay}`` for every port that loses at least one index.
 
-    Raises PrunekitError if a port would lose every index (a module would get zero channels).
+    A conv's outputs or inputs and a BN may lose every index (:data:`EMPTIABLE_ROLES`: a residual branch
+    removed whole; the handler replaces the layer by a
+    :class:`~prunekit.models.layers.ZeroWidthLayer`); any other port raises PrunekitError.
     """
     kept = {}
     for (module, role), port in graph.ports.items():
         keep = [i for i in sorted(port) if port[i] not in removed]
         if len(keep) == len(port):
             continue
-        if not keep:
+        if not keep and role not in EMPTIABLE_ROLES:
             raise PrunekitError(f"removing these channels would leave '{module}' with no {role} channel; "
                                 "keep at least one channel per group")
         kept[(module, role)] = keep
