@@ -1,5 +1,5 @@
-"""Layers shared by the model families (ZeroPadShortcut), and which layers of any nn.Module can be pruned
-and which one is the classifier."""
+"""Layers shared by the model families (ZeroPadShortcut) or made by channel surgery (FullWidthChannels), and
+which layers of any nn.Module can be pruned and which one is the classifier."""
 
 from __future__ import annotations
 
@@ -101,3 +101,37 @@ def _check_source_index(in_channels: int, out_channels: int, stride: int, source
             f"ZeroPadShortcut source_index entries {bad} are outside [-1, {in_channels - 1}] "
             f"for in_channels={in_channels}"
         )
+
+
+class FullWidthChannels(nn.Module):
+    """Runs ``inner`` at its original width on a tensor that lost channels: the kept channels are scattered into
+    zeros of width ``width`` along ``axis``, ``inner`` runs, and the kept channels of its output are gathered back.
+
+    This is how channel pruning cuts a norm whose statistics span the channel axis (a LayerNorm over channels,
+    channels-last or LayerNorm2d-style): in the masked twin a removed channel is zero at the norm's input and its
+    γ and β are zero, so the twin computes exactly this (its removed outputs are zero, and dropped here). ``inner``
+    is left untouched (original parameters). ``kept_index`` is a buffer, saved with the state dict; the module is
+    recorded in the channel config so a pruned checkpoint rebuilds it.
+    """
+
+    def __init__(self, inner: nn.Module, kept_index: list[int], width: int, axis: int):
+        super().__init__()
+        kept_index = [int(i) for i in kept_index]
+        if not isinstance(axis, int) or axis < 1:
+            raise PrunekitError(f"FullWidthChannels axis must be a positive int (not the batch axis), got {axis!r}")
+        if not kept_index or sorted(set(kept_index)) != kept_index or not 0 <= kept_index[0] <= kept_index[-1] < width:
+            raise PrunekitError(f"FullWidthChannels kept_index must be increasing indices in [0, {width - 1}], "
+                                f"got {kept_index!r:.200}")
+        self.inner = inner
+        self.width = width
+        self.axis = axis
+        self.register_buffer("kept_index", torch.tensor(kept_index, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = list(x.shape)
+        shape[self.axis] = self.width
+        full = x.new_zeros(shape).index_copy(self.axis, self.kept_index, x)
+        return self.inner(full).index_select(self.axis, self.kept_index)
+
+    def extra_repr(self) -> str:
+        return f"{len(self.kept_index)} of {self.width} channels on axis {self.axis}"

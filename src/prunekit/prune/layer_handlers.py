@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.models import ZeroPadShortcut
+from prunekit.models import FullWidthChannels, ZeroPadShortcut
 from prunekit.models.shapes import has_shape_record, set_split_sizes
 from prunekit.prune.trace_state import Layout, ModuleCall, ParamView, Walker, parse_param_role, tensors_in
 
@@ -345,9 +345,72 @@ class _ResponseNorm(LayerHandler):
         w.set(output, w.new_op("all", [x, *affine]))
 
 
+FULL_WIDTH = "full_width"  # the role of a norm cut by running it at full width: ``full_width:<channel axis>``
+
+
+def full_width_role(axis: int) -> str:
+    return f"{FULL_WIDTH}:{axis}"
+
+
+def zeroed_by_layer(role: str) -> bool:
+    """Whether a layer role's entries are zeroed in the masked twin (the layer's ``zero_entries``): a filter, a
+    depthwise row, a BN channel, a Linear row, a full-width norm's γ and β; not an input column."""
+    return role in ("conv_out", "depthwise", "bn", "linear_out") or role.startswith(FULL_WIDTH + ":")
+
+
+class _NormOverChannels(LayerHandler):
+    """A LayerNorm or RMSNorm module (a subclass with its own forward too, e.g. a LayerNorm2d that permutes NCHW)
+    over the channel axis. Its statistics use every channel, so it is cut by running it at its original width
+    (:class:`~prunekit.models.FullWidthChannels`): in the masked twin a removed channel is zero at its input (a
+    read) and its γ and β are zeroed (role ``full_width:<axis>``), so the wrapper computes exactly the twin's kept
+    channels. A stock module over other axes is per channel; a subclass's forward is trusted to normalise over the
+    channel axis (the self-check proves it, else its channels are kept); a norm without γ keeps its channels."""
+
+    norms = (nn.LayerNorm, nn.RMSNorm)  # not ``types``: the norm keeps its shape (no shape record needed)
+
+    def accepts(self, module):
+        return isinstance(module, self.norms)
+
+    def resizes(self, module):
+        return self.accepts(module)
+
+    def trace(self, w, name, norm, inputs, output):
+        x = w.known(inputs[0])
+        if x is None:
+            return w.fresh_outputs(tensors_in(output))
+        axis = x.dims[0] if len(x.dims) == 1 else None
+        shape = tuple(norm.normalized_shape)
+        stock = type(norm).forward in (t.forward for t in self.norms)
+        normalised = range(inputs[0].dim() - len(shape), inputs[0].dim())
+        if stock and axis is not None and axis not in normalised:  # per channel: statistics over other axes
+            return w.set(output, w.new_op("never", [x]))
+        usable = (axis is not None and shape == (len(x.atoms),) and output.shape == inputs[0].shape
+                  and getattr(norm, "weight", None) is not None)
+        if not usable or not (stock or w.assume(f"'{name}' normalises over its channel axis {axis}")):
+            w.pin(x, name, "it normalises over the channel axis: its mean and variance use every channel; it is cut "
+                           "at full width only when its input's channels lie on one axis of its width, it has γ, "
+                           "and (a subclass with its own forward) the pruned model passes the self-check")
+            same = output.shape == inputs[0].shape
+            return w.set(output, w.new_op("never", [x]) if same else w.fresh(output, "fixed"))
+        for index, atom in enumerate(x.flat):
+            w.register(name, full_width_role(axis), index, atom)
+        w.read(x)  # the statistics: a removed channel must be exactly zero at the input
+        out = w.new_op("producer", [x])
+        if axis == 1:
+            w.outputs[name] = out.flat  # the self-check compares layer outputs on axis 1
+        w.set(output, out)
+
+    def zero_entries(self, norm, role, index):
+        return [("weight", (index,)), ("bias", (index,))]
+
+    def shrink(self, norm, keep):
+        (role, kept), = keep.items()
+        return FullWidthChannels(norm, kept, norm.weight.shape[0], int(role.split(":")[1])).to(norm.weight.device)
+
+
 OPAQUE = _Opaque()
 CONV, LINEAR = _Conv(), _Linear()  # also trace a subclass's functional conv2d / linear (op_handlers)
-for _handler in (_Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV, _ResponseNorm()):
+for _handler in (_Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV, _ResponseNorm(), _NormOverChannels()):
     register_layer(_handler)
 
 
