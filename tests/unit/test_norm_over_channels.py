@@ -125,6 +125,24 @@ def test_the_twin_zeroes_the_norm_gamma_and_beta_of_a_removed_channel():
             assert [i for i in range(8) if not mask[i]] == removed
 
 
+def test_a_pruned_model_prunes_again_through_its_full_width_norms():
+    model = randomise(TinyConvNeXt())
+    prune_channels(model, X, ratio=0.5)
+    first = model.blocks[0].norm.kept_index.tolist()
+    plan = plan_channels(model, X, ratio=0.5)
+    assert len(plan.removed["stem"]) == 2 and plan.outcome.shortfall() is None
+    assert [i for i in range(8) if not plan.masks["blocks.0.norm.inner.weight"][i]] == \
+        [first[i] for i in plan.removed["stem"]]  # the twin zeroes the inner norm's entries of removed channels
+    prune_channels(model, X, plan=plan)
+    second = model.blocks[0].norm
+    assert second.kept_index.tolist() == [c for i, c in enumerate(first) if i not in plan.removed["stem"]]
+    assert second.width == 8 and isinstance(second.inner, nn.LayerNorm)
+    rebuilt = apply_channel_config(TinyConvNeXt(), channel_config(model))
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(X), model(X))
+
+
 class WrongAxisNorm(nn.LayerNorm):
     """A LayerNorm subclass over the last axis of NCHW (the width, 4 like the channels): not over channels."""
 

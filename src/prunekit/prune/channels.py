@@ -468,7 +468,8 @@ def channel_masks(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> M
             else:
                 continue
             for param, index in entries:  # index: whole axes, then the entry on axis len(index) - 1
-                zeroed.setdefault((slot.module, param, len(index) - 1), []).append(index[-1])
+                owner, _, attr = f"{slot.module}.{param}".rpartition(".")  # param may be a submodule's: inner.weight
+                zeroed.setdefault((owner, attr, len(index) - 1), []).append(index[-1])
     for (name, param, axis), indices in zeroed.items():
         tensor = effective_tensor(modules[name], param)
         if tensor is not None:  # built on the CPU (like extract_masks); apply_masks moves them

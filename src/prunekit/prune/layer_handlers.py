@@ -47,7 +47,8 @@ class LayerHandler:
 
     def zero_entries(self, module: nn.Module, role: str, index: int) -> list[tuple[str, tuple]]:
         """``[(parameter name, index into it)]`` holding output channel ``index`` of ``role``; an index is whole
-        axes (``slice(None)``) followed by the entry, e.g. ``(index,)`` or ``(slice(None), index)``."""
+        axes (``slice(None)``) followed by the entry, e.g. ``(index,)`` or ``(slice(None), index)``; a parameter of a
+        submodule is named by its path (``inner.weight``)."""
         return []
 
     def shrink(self, module: nn.Module, keep: dict[str, list[int]]) -> nn.Module | None:
@@ -392,13 +393,7 @@ class _NormOverChannels(LayerHandler):
                            "and (a subclass with its own forward) the pruned model passes the self-check")
             same = output.shape == inputs[0].shape
             return w.set(output, w.new_op("never", [x]) if same else w.fresh(output, "fixed"))
-        for index, atom in enumerate(x.flat):
-            w.register(name, full_width_role(axis), index, atom)
-        w.read(x)  # the statistics: a removed channel must be exactly zero at the input
-        out = w.new_op("producer", [x])
-        if axis == 1:
-            w.outputs[name] = out.flat  # the self-check compares layer outputs on axis 1
-        w.set(output, out)
+        _trace_full_width(w, name, x, axis, output)
 
     def zero_entries(self, norm, role, index):
         return [("weight", (index,)), ("bias", (index,))]
@@ -408,9 +403,52 @@ class _NormOverChannels(LayerHandler):
         return FullWidthChannels(norm, kept, norm.weight.shape[0], int(role.split(":")[1])).to(norm.weight.device)
 
 
+def _trace_full_width(w: Walker, name: str, x: Layout, axis: int, output: torch.Tensor) -> None:
+    """A norm over channel ``axis`` cut at full width: its input channels are slots ``full_width:<axis>`` (γ and
+    β, zeroed in the twin), read (each must be exactly zero when removed); its outputs are those channels, zero
+    when removed (γ and β are)."""
+    for index, atom in enumerate(x.flat):
+        w.register(name, full_width_role(axis), index, atom)
+    w.read(x)
+    out = w.new_op("producer", [x])
+    if axis == 1:
+        w.outputs[name] = out.flat  # the self-check compares layer outputs on axis 1
+    w.set(output, out)
+
+
+class _FullWidth(LayerHandler):
+    """A norm already cut at full width (:class:`~prunekit.models.FullWidthChannels`, a pruned model pruned again):
+    channel ``i`` is entry ``kept_index[i]`` of the inner norm's γ and β; cutting it again keeps fewer indices."""
+
+    def accepts(self, module):
+        return isinstance(module, FullWidthChannels)
+
+    def resizes(self, module):
+        return self.accepts(module)
+
+    def trace(self, w, name, wrapper, inputs, output):
+        x = w.known(inputs[0])
+        if x is None:
+            return w.fresh_outputs(tensors_in(output))
+        if x.dims != (wrapper.axis,) or len(x.atoms) != len(wrapper.kept_index) or output.shape != inputs[0].shape:
+            w.pin(x, name, "a norm cut at full width is called on a tensor whose channels are not on its axis")
+            return w.set(output, w.fresh(output, "fixed"))
+        _trace_full_width(w, name, x, wrapper.axis, output)
+
+    def zero_entries(self, wrapper, role, index):
+        entry = int(wrapper.kept_index[index])
+        return [("inner.weight", (entry,)), ("inner.bias", (entry,))]
+
+    def shrink(self, wrapper, keep):
+        (_, kept), = keep.items()
+        indices = [int(wrapper.kept_index[i]) for i in kept]
+        return FullWidthChannels(wrapper.inner, indices, wrapper.width, wrapper.axis).to(wrapper.kept_index.device)
+
+
 OPAQUE = _Opaque()
 CONV, LINEAR = _Conv(), _Linear()  # also trace a subclass's functional conv2d / linear (op_handlers)
-for _handler in (_Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV, _ResponseNorm(), _NormOverChannels()):
+for _handler in (_Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV, _ResponseNorm(), _NormOverChannels(),
+                 _FullWidth()):
     register_layer(_handler)
 
 
