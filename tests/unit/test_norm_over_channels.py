@@ -188,6 +188,21 @@ def test_a_norm_over_channels_without_gamma_keeps_its_channels_and_says_why():
     assert any("it has γ" in why for why in plan.blocked.values())
 
 
+def test_functional_layer_norm_over_channels_inside_a_larger_module_keeps_its_channels_and_says_why():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.bias = nn.Parameter(torch.ones(4)), nn.Parameter(torch.zeros(4))
+
+        def forward(self, x):
+            y = F.layer_norm(x.permute(0, 2, 3, 1), (4,), self.weight, self.bias)
+            return F.relu(y.permute(0, 3, 1, 2))
+
+    plan = plan_channels(randomise(Net(Block())), X, ratio=0.5)
+    assert "conv1" not in plan.removed
+    assert any("cannot be cut at full width" in why for why in plan.blocked.values())
+
+
 def test_a_bad_full_width_record_in_a_channel_config_names_the_module():
     config = {"middle": {"kind": "FullWidthChannels", "width": 4, "axis": 1, "kept_index": "0,1"}}
     with pytest.raises(PrunekitError, match="'middle'.*kept_index"):
