@@ -126,11 +126,15 @@ class FullWidthChannels(nn.Module):
         self.width = width
         self.axis = axis
         self.register_buffer("kept_index", torch.tensor(kept_index, dtype=torch.long))
+        # Like ZeroPadShortcut: full-width channel j is input channel scatter_index[j], or the zero channel appended
+        # at len(kept_index) (index_select and cat only, so the cut model exports as plainly as it runs).
+        position = {channel: i for i, channel in enumerate(kept_index)}
+        scatter = [position.get(j, len(kept_index)) for j in range(width)]
+        self.register_buffer("scatter_index", torch.tensor(scatter, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = list(x.shape)
-        shape[self.axis] = self.width
-        full = x.new_zeros(shape).index_copy(self.axis, self.kept_index, x)
+        padded = torch.cat([x, torch.zeros_like(x.narrow(self.axis, 0, 1))], self.axis)
+        full = padded.index_select(self.axis, self.scatter_index)
         return self.inner(full).index_select(self.axis, self.kept_index)
 
     def extra_repr(self) -> str:
