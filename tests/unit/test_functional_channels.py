@@ -136,7 +136,7 @@ def test_linear_on_channels_last_is_a_filter_and_layer_norm_over_channels_runs_a
     assert len(hidden) == 6 and all(c.prunable for c in hidden)
     assert Slot("middle.fc2", "conv_in", 0) in hidden[0].slots
     stream = [graph.channels[c] for c in graph.ports[("conv1", "conv_out")].values()]
-    assert all(c.prunable for c in stream) and Slot("middle.norm", "full_width:3", 1) in stream[1].slots
+    assert all(c.prunable for c in stream) and Slot("middle.norm", "full_width:3:4", 1) in stream[1].slots
     twin, physical, small, removed = cut(model, ("middle.fc1", "conv_out", 4))
     torch.testing.assert_close(physical, twin)
     assert (small.middle.fc1.out_features, small.middle.fc2.in_features) == (5, 5)

@@ -1,6 +1,7 @@
-"""A LayerNorm (or RMSNorm) module over the channel axis is cut by running it at full width (FullWidthChannels):
-the wrapper's maths, ConvNeXt-style blocks (channels-last nn.LayerNorm, channels-first LayerNorm2d-style subclass)
-pruned exactly and rebuilt from their channel config, and the cases that keep their channels, with the reason."""
+"""A LayerNorm (or RMSNorm) module over the channel axis, or an ECA-style gate, is cut by running it at full width
+(FullWidthChannels): the wrapper's maths, ConvNeXt-style blocks (channels-last nn.LayerNorm, channels-first
+LayerNorm2d-style subclass) and an ECA block pruned exactly and rebuilt from their channel config, and the cases
+that keep their channels, with the reason."""
 
 from __future__ import annotations
 
@@ -201,6 +202,68 @@ def test_functional_layer_norm_over_channels_inside_a_larger_module_keeps_its_ch
     plan = plan_channels(randomise(Net(Block())), X, ratio=0.5)
     assert "conv1" not in plan.removed
     assert any("cannot be cut at full width" in why for why in plan.blocked.values())
+
+
+class Eca(nn.Module):
+    """ECA attention: each channel gated by a conv1d over the pooled channel vector (its neighbours)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+        return x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1)
+
+
+class NotAGate(Eca):
+    """Like Eca, but adds the gate: a removed (zero) channel's output is its gate, not zero."""
+
+    def forward(self, x):
+        y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+        return x + torch.sigmoid(y).view(x.shape[0], -1, 1, 1)
+
+
+class EcaBlock(nn.Module):
+    """stem conv -> residual (conv -> BN -> ECA) + stem, then a head conv: the residual stream passes the gate."""
+
+    def __init__(self, gate: nn.Module):
+        super().__init__()
+        self.stem, self.conv, self.bn, self.gate = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, padding=1), \
+            nn.BatchNorm2d(8), gate
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        return self.head(x + self.gate(self.bn(self.conv(x)))).mean((2, 3))
+
+
+def test_an_eca_gate_is_cut_at_full_width_and_rebuilds_from_its_channel_config():
+    model = randomise(EcaBlock(Eca()))
+    plan = plan_channels(model, X, ratio=0.5)
+    assert len(plan.removed["stem"]) == len(plan.removed["conv"]) == 4 and plan.outcome.shortfall() is None
+    twin = apply_masks(copy.deepcopy(model), plan.masks)
+    prune_channels(model, X, plan=plan)
+    assert isinstance(model.gate, FullWidthChannels) and model.gate.width == 8 and type(model.gate.inner) is Eca
+    assert model.gate.kept_index.tolist() == [i for i in range(8) if i not in plan.removed["stem"]]
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), twin(X), rtol=1e-4, atol=1e-5)
+    rebuilt = apply_channel_config(EcaBlock(Eca()), channel_config(model))
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(X), model(X))
+
+
+def test_a_conv1d_module_whose_output_is_not_a_gate_fails_the_self_check_and_is_kept():
+    model = randomise(EcaBlock(NotAGate()))
+    with torch.no_grad():
+        expected = model(X)
+    plan = plan_channels(model, X, ratio=0.5)
+    assert "stem" not in plan.removed and "conv1d along the channel axis" in plan.blocked["gate"]
+    prune_channels(model, X, plan=plan)
+    assert type(model.gate) is NotAGate
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), expected)
 
 
 def test_a_bad_full_width_record_in_a_channel_config_names_the_module():

@@ -348,11 +348,20 @@ class _ResponseNorm(LayerHandler):
         w.set(output, w.new_op("all", [x, *affine]))
 
 
-FULL_WIDTH = "full_width"  # the role of a norm cut by running it at full width: ``full_width:<channel axis>``
+FULL_WIDTH = "full_width"  # the role of a layer cut by running it at full width: ``full_width:<axis>:<width>``
 
 
-def full_width_role(axis: int) -> str:
-    return f"{FULL_WIDTH}:{axis}"
+def full_width_role(axis: int, width: int) -> str:
+    return f"{FULL_WIDTH}:{axis}:{width}"
+
+
+def _wrap_at_full_width(module: nn.Module, keep: dict[str, list[int]]) -> FullWidthChannels:
+    """``module`` (untouched) in a :class:`FullWidthChannels` keeping the indices of its one ``full_width`` role."""
+    (role, kept), = keep.items()
+    _, axis, width = role.split(":")
+    tensor = next(iter((*module.parameters(), *module.buffers())), None)
+    wrapper = FullWidthChannels(module, kept, int(width), int(axis))
+    return wrapper if tensor is None else wrapper.to(tensor.device)
 
 
 def zeroed_by_layer(role: str) -> bool:
@@ -395,27 +404,59 @@ class _NormOverChannels(LayerHandler):
                            "and (a subclass with its own forward) the pruned model passes the self-check")
             same = output.shape == inputs[0].shape
             return w.set(output, w.new_op("never", [x]) if same else w.fresh(output, "fixed"))
-        _trace_full_width(w, name, x, axis, output)
+        _trace_full_width(w, name, x, axis, output, "producer")
 
     def zero_entries(self, norm, role, index):
         return [("weight", (index,)), ("bias", (index,))]
 
     def shrink(self, norm, keep):
-        (role, kept), = keep.items()
-        return FullWidthChannels(norm, kept, norm.weight.shape[0], int(role.split(":")[1])).to(norm.weight.device)
+        return _wrap_at_full_width(norm, keep)
 
 
-def _trace_full_width(w: Walker, name: str, x: Layout, axis: int, output: torch.Tensor) -> None:
-    """A norm over channel ``axis`` cut at full width: its input channels are slots ``full_width:<axis>`` (γ and
-    β, zeroed in the twin), read (each must be exactly zero when removed); its outputs are those channels, zero
-    when removed (γ and β are)."""
+def _trace_full_width(w: Walker, name: str, x: Layout, axis: int, output: torch.Tensor, kind: str) -> None:
+    """A layer over channel ``axis`` cut at full width: its input channels are slots ``full_width:<axis>:<width>``
+    (a norm's γ and β, zeroed in the twin), read (each must be exactly zero when removed); its outputs are those
+    channels, of zero rule ``kind`` ("producer" for a norm, whose γ and β are zeroed; "same" for a gate)."""
     for index, atom in enumerate(x.flat):
-        w.register(name, full_width_role(axis), index, atom)
+        w.register(name, full_width_role(axis, len(x.atoms)), index, atom)
     w.read(x)
-    out = w.new_op("producer", [x])
+    out = w.new_op(kind, [x])
     if axis == 1:
         w.outputs[name] = out.flat  # the self-check compares layer outputs on axis 1
     w.set(output, out)
+
+
+class _GateOverChannels(LayerHandler):
+    """An ECA-style gate: a module whose only parameters are ``Conv1d``s, one reading a single channel (the pooled
+    channel vector as a sequence), on one NCHW tensor: ``x * sigmoid(conv1d(mean(x)))``. The conv1d mixes
+    neighbouring channels, so it is cut at full width (:class:`~prunekit.models.FullWidthChannels`): in the masked
+    twin a removed channel is zero at its input (a read), so the wrapper computes exactly the twin's gates. Its
+    output is trusted to be zero where its input is (a gate); the self-check proves it, else its channels are kept."""
+
+    def accepts(self, module):
+        convs = [m for m in module.modules() if isinstance(m, nn.Conv1d)]
+        if isinstance(module, nn.Conv1d) or not any(c.in_channels == 1 for c in convs):
+            return False
+        in_convs = {id(p) for c in convs for p in c.parameters()}
+        return all(id(p) in in_convs for p in module.parameters())
+
+    def resizes(self, module):
+        return self.accepts(module)
+
+    def trace(self, w, name, gate, inputs, output):
+        x = w.known(inputs[0])
+        if x is None:
+            return w.fresh_outputs(tensors_in(output))
+        usable = x.dims == (1,) and isinstance(output, torch.Tensor) and output.shape == inputs[0].shape
+        if not usable or not w.assume(f"'{name}' gates each channel (ECA-style), zero where its input is"):
+            w.pin(x, name, "conv1d along the channel axis (ECA-style attention) mixes neighbouring channels; it is cut "
+                           "at full width only when it gates one tensor's channels (the pruned model passes the "
+                           "self-check)")
+            return w.fresh_outputs(tensors_in(output))
+        _trace_full_width(w, name, x, 1, output, "same")
+
+    def shrink(self, gate, keep):
+        return _wrap_at_full_width(gate, keep)
 
 
 class _FullWidth(LayerHandler):
@@ -435,7 +476,8 @@ class _FullWidth(LayerHandler):
         if x.dims != (wrapper.axis,) or len(x.atoms) != len(wrapper.kept_index) or output.shape != inputs[0].shape:
             w.pin(x, name, "a norm cut at full width is called on a tensor whose channels are not on its axis")
             return w.set(output, w.fresh(output, "fixed"))
-        _trace_full_width(w, name, x, wrapper.axis, output)
+        kind = "producer" if getattr(wrapper.inner, "weight", None) is not None else "same"
+        _trace_full_width(w, name, x, wrapper.axis, output, kind)
 
     def zero_entries(self, wrapper, role, index):
         entry = int(wrapper.kept_index[index])
@@ -450,7 +492,7 @@ class _FullWidth(LayerHandler):
 OPAQUE = _Opaque()
 CONV, LINEAR = _Conv(), _Linear()  # also trace a subclass's functional conv2d / linear (op_handlers)
 for _handler in (_Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV, _ResponseNorm(), _NormOverChannels(),
-                 _FullWidth()):
+                 _GateOverChannels(), _FullWidth()):
     register_layer(_handler)
 
 
