@@ -108,10 +108,11 @@ class FullWidthChannels(nn.Module):
     zeros of width ``width`` along ``axis``, ``inner`` runs, and the kept channels of its output are gathered back.
 
     This is how channel pruning cuts a norm whose statistics span the channel axis (a LayerNorm over channels,
-    channels-last or LayerNorm2d-style): in the masked twin a removed channel is zero at the norm's input and its
-    γ and β are zero, so the twin computes exactly this (its removed outputs are zero, and dropped here). ``inner``
-    is left untouched (original parameters). ``kept_index`` is a buffer, saved with the state dict; the module is
-    recorded in the channel config so a pruned checkpoint rebuilds it.
+    channels-last or LayerNorm2d-style) or an ECA gate (a conv1d over the channel axis): in the masked twin a
+    removed channel is zero at the module's input (and a norm's γ and β are zero), so the twin computes exactly
+    this (its removed outputs are zero, and dropped here). ``inner`` is left untouched (original parameters).
+    ``kept_index`` is a buffer, saved with the state dict; the module is recorded in the channel config so a pruned
+    checkpoint rebuilds it.
     """
 
     def __init__(self, inner: nn.Module, kept_index: list[int], width: int, axis: int):

@@ -7,10 +7,10 @@ output channel (``zero_entries``, the masked twin and the zero test) and how to 
 its functional ``batch_norm``, ``group_norm``, ``linear``, ``conv2d`` on its own parameters) but resized like
 its base (:func:`handler_for`), and per-channel parameters a forward uses directly are cut by
 :func:`shrink_parameters` (a global response norm's γ and ε are then scaled by C/C'); a conv that computes its
-weight in forward becomes :func:`plain_conv` when cut, and a LayerNorm over the channel axis is wrapped to
-run at full width (:class:`~prunekit.models.FullWidthChannels`). A layer with no entry is traced op by op; a
-TorchScript block (``OPAQUE``) pins the channels into and out of it, so an unknown layer never yields a wrong
-model.
+weight in forward becomes :func:`plain_conv` when cut, and a LayerNorm over the channel axis or an ECA gate is
+wrapped to run at full width (:class:`~prunekit.models.FullWidthChannels`). A layer with no entry is traced op
+by op; a TorchScript block (``OPAQUE``) pins the channels into and out of it, so an unknown layer never yields a
+wrong model.
 """
 
 from __future__ import annotations
