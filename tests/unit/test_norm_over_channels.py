@@ -252,6 +252,9 @@ def test_an_eca_gate_is_cut_at_full_width_and_rebuilds_from_its_channel_config()
     rebuilt.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(X), model(X))
+    first = model.gate.kept_index.tolist()
+    prune_channels(model, X, ratio=0.5)  # pruned again through the wrapper: fewer of the same 8 gate positions
+    assert model.gate.width == 8 and len(model.gate.kept_index) == 2 and set(model.gate.kept_index.tolist()) < set(first)
 
 
 def test_a_conv1d_module_whose_output_is_not_a_gate_fails_the_self_check_and_is_kept():
