@@ -1,6 +1,6 @@
 """Channels through what downloaded model libraries write: norm layers calling ``F.batch_norm`` /
 ``F.group_norm`` themselves, per-channel parameters used elementwise (layer scale), channels-last blocks
-(permute, Linear on the last axis, LayerNorm over channels), and the asked-vs-achieved outcome of a plan."""
+(permute, Linear on the last axis, LayerNorm over channels: see also test_norm_over_channels.py), and the asked-vs-achieved outcome of a plan."""
 
 from __future__ import annotations
 
@@ -129,18 +129,22 @@ class ChannelsLastMlp(nn.Module):
         return x + (self.gamma * y).permute(0, 3, 1, 2)
 
 
-def test_linear_on_channels_last_is_a_filter_and_layer_norm_over_channels_pins_the_stream():
+def test_linear_on_channels_last_is_a_filter_and_layer_norm_over_channels_runs_at_full_width():
     model = randomise(Net(ChannelsLastMlp()))
     graph = trace_channels(model, X[:1])
     hidden = [graph.channels[c] for c in graph.ports[("middle.fc1", "conv_out")].values()]
     assert len(hidden) == 6 and all(c.prunable for c in hidden)
     assert Slot("middle.fc2", "conv_in", 0) in hidden[0].slots
-    assert not any(graph.channels[c].prunable for c in graph.ports[("conv1", "conv_out")].values())
-    assert any("normalises over the channel axis" in why for why in graph.blocked.values())
+    stream = [graph.channels[c] for c in graph.ports[("conv1", "conv_out")].values()]
+    assert all(c.prunable for c in stream) and Slot("middle.norm", "full_width:3:4", 1) in stream[1].slots
     twin, physical, small, removed = cut(model, ("middle.fc1", "conv_out", 4))
     torch.testing.assert_close(physical, twin)
     assert (small.middle.fc1.out_features, small.middle.fc2.in_features) == (5, 5)
     assert estimate_macs(graph, model, removed) == count_macs(small, (1, 3, 6, 6))
+    twin, physical, small, _ = cut(model, ("conv1", "conv_out", 1))
+    torch.testing.assert_close(physical, twin)
+    assert small.middle.norm.kept_index.tolist() == [0, 2, 3] and small.middle.norm.inner is not model.middle.norm
+    assert (small.middle.fc1.in_features, small.middle.gamma.shape, small.conv2.in_channels) == (3, (3,), 3)
 
 
 def test_channel_axis_follows_transpose_and_movedim():

@@ -1,6 +1,6 @@
-"""Layers shared by the model families (ZeroPadShortcut), the layer structured pruning leaves where every
-channel on one side of a conv or BatchNorm went (ZeroWidthLayer), and which layers of any nn.Module can be
-pruned and which one is the classifier."""
+"""Layers shared by the model families (ZeroPadShortcut) or made by channel surgery (ZeroWidthLayer where
+every channel on one side of a conv or BatchNorm went, FullWidthChannels), and which layers of any nn.Module can
+be pruned and which one is the classifier."""
 
 from __future__ import annotations
 
@@ -173,3 +173,42 @@ class ZeroWidthLayer(nn.Module):
 
 def _pair(value) -> tuple[int, int]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+class FullWidthChannels(nn.Module):
+    """Runs ``inner`` at its original width on a tensor that lost channels: the kept channels are scattered into
+    zeros of width ``width`` along ``axis``, ``inner`` runs, and the kept channels of its output are gathered back.
+
+    This is how channel pruning cuts a norm whose statistics span the channel axis (a LayerNorm over channels,
+    channels-last or LayerNorm2d-style) or an ECA gate (a conv1d over the channel axis): in the masked twin a
+    removed channel is zero at the module's input (and a norm's γ and β are zero), so the twin computes exactly
+    this (its removed outputs are zero, and dropped here). ``inner`` is left untouched (original parameters).
+    ``kept_index`` is a buffer, saved with the state dict; the module is recorded in the channel config so a pruned
+    checkpoint rebuilds it.
+    """
+
+    def __init__(self, inner: nn.Module, kept_index: list[int], width: int, axis: int):
+        super().__init__()
+        kept_index = [int(i) for i in kept_index]
+        if not isinstance(axis, int) or axis < 1:
+            raise PrunekitError(f"FullWidthChannels axis must be a positive int (not the batch axis), got {axis!r}")
+        if not kept_index or sorted(set(kept_index)) != kept_index or not 0 <= kept_index[0] <= kept_index[-1] < width:
+            raise PrunekitError(f"FullWidthChannels kept_index must be increasing indices in [0, {width - 1}], "
+                                f"got {kept_index!r:.200}")
+        self.inner = inner
+        self.width = width
+        self.axis = axis
+        self.register_buffer("kept_index", torch.tensor(kept_index, dtype=torch.long))
+        # Like ZeroPadShortcut: full-width channel j is input channel scatter_index[j], or the zero channel appended
+        # at len(kept_index) (index_select and cat only, so the cut model exports as plainly as it runs).
+        position = {channel: i for i, channel in enumerate(kept_index)}
+        scatter = [position.get(j, len(kept_index)) for j in range(width)]
+        self.register_buffer("scatter_index", torch.tensor(scatter, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = torch.cat([x, torch.zeros_like(x.narrow(self.axis, 0, 1))], self.axis)
+        full = padded.index_select(self.axis, self.scatter_index)
+        return self.inner(full).index_select(self.axis, self.kept_index)
+
+    def extra_repr(self) -> str:
+        return f"{len(self.kept_index)} of {self.width} channels on axis {self.axis}"

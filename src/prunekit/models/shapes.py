@@ -14,7 +14,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.models.reference import as_json_kwargs, model_from_reference, parse_reference, reference_of
 from prunekit.models.registry import create_model
-from prunekit.models.layers import ZeroPadShortcut, ZeroWidthLayer
+from prunekit.models.layers import FullWidthChannels, ZeroPadShortcut, ZeroWidthLayer
 
 # kind -> (module class, config fields). ZeroPadShortcut first: order decides the kind.
 _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
@@ -35,6 +35,8 @@ _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
 PARAMS_KIND = "Params"
 # A module whose split sizes pruning changed (``torch.split(x, self.splits, 1)``): the sizes.
 SIZES_KIND = "SplitSizes"
+# A module channel surgery wrapped to run at its original width (FullWidthChannels): width, axis, kept indices.
+FULL_WIDTH_KIND = "FullWidthChannels"
 SIZED = "_prunekit_split_sizes"  # module attribute: names of the size attributes pruning changed
 
 
@@ -61,8 +63,9 @@ def has_shape_record(module_type: type) -> bool:
 
 def channel_config(model: nn.Module) -> dict[str, dict]:
     """Channel counts of every module of a recorded kind (:data:`_KINDS`: Conv2d, ConvTranspose2d, BatchNorm1d/2d,
-    Linear, GroupNorm, InstanceNorm2d, ZeroPadShortcut), and the shapes of the parameters of any other module that
-    holds its own (``Params``: a layer scale, a learned bias), by qualified name.
+    Linear, GroupNorm, InstanceNorm2d, ZeroPadShortcut), the shapes of the parameters of any other module that
+    holds its own (``Params``: a layer scale, a learned bias), and every :class:`FullWidthChannels` wrapper (its
+    width, axis and kept indices; its inner module is recorded under ``<name>.inner``), by qualified name.
 
     Plain JSON types only; does not modify the model.
     """
@@ -97,6 +100,11 @@ def apply_channel_config(model: nn.Module, config: dict[str, dict]) -> nn.Module
         module = modules.get(name)
         if module is not None and isinstance(stored, dict) and stored.get("kind") == SIZES_KIND:
             _apply_sizes(name, module, stored.get("sizes"))
+            continue
+        if module is not None and isinstance(stored, dict) and stored.get("kind") == FULL_WIDTH_KIND:
+            wrapper = _wrap_full_width(name, module, stored)
+            _set_submodule(model, name, wrapper)
+            modules.update({f"{name}.{child}" if child else name: m for child, m in wrapper.named_modules()})
             continue
         if module is None or (name == "" and _kind_of(module) != PARAMS_KIND):
             raise PrunekitError(
@@ -180,6 +188,8 @@ def build_model(arch: dict, search_dirs=()) -> nn.Module:
 
 
 def _kind_of(module: nn.Module) -> str | None:
+    if isinstance(module, FullWidthChannels):
+        return FULL_WIDTH_KIND
     for kind, (cls, _) in _KINDS.items():
         if isinstance(module, cls):
             return kind
@@ -194,6 +204,8 @@ def _describe(module: nn.Module) -> dict:
     kind = _kind_of(module)
     if kind == PARAMS_KIND:
         return {"kind": kind, "shapes": _own_shapes(module)}
+    if kind == FULL_WIDTH_KIND:
+        return {"kind": kind, "width": module.width, "axis": module.axis, "kept_index": module.kept_index.tolist()}
     fields = _KINDS[kind][1]
     out = {"kind": kind}
     for field in fields:
@@ -257,6 +269,19 @@ def _apply_sizes(name: str, module: nn.Module, sizes: object) -> None:
                             f"got {sizes!r:.200}")
     for attr, values in sizes.items():
         set_split_sizes(module, attr, [values] if type(values) in (int, float) else values)
+
+
+def _wrap_full_width(name: str, module: nn.Module, stored: dict) -> FullWidthChannels:
+    """``module`` (as the constructor built it, at its original width) wrapped as recorded; a module that is
+    already a wrapper gets its inner module re-wrapped with the recorded indices."""
+    inner = module.inner if isinstance(module, FullWidthChannels) else module
+    width, axis, kept = stored.get("width"), stored.get("axis"), stored.get("kept_index")
+    if not (type(width) is int and type(axis) is int and isinstance(kept, list) and all(type(i) is int for i in kept)):
+        raise PrunekitError(f"channel config for '{name}' ({FULL_WIDTH_KIND}) needs an int 'width' and 'axis' and a "
+                            f"list of ints 'kept_index', got {stored!r:.200}")
+    tensor = next(iter(inner.parameters()), None)
+    wrapper = FullWidthChannels(inner, kept, width, axis)
+    return wrapper if tensor is None else wrapper.to(tensor.device)
 
 
 def _check_shapes(name: str, module: nn.Module, shapes: object) -> dict[str, list[int]]:

@@ -43,7 +43,7 @@ from prunekit.config import PruneConfig, make_prune_config
 from prunekit.errors import PrunekitError
 from prunekit.prune.allocate import estimate_macs, repair, select_channels, whole_removable_groups
 from prunekit.prune.graph import ChannelGraph, as_inputs, trace_channels
-from prunekit.prune.layer_handlers import handler_for, param_zero_entries
+from prunekit.prune.layer_handlers import handler_for, param_zero_entries, zeroed_by_layer
 from prunekit.prune.trace_state import parse_param_role
 from prunekit.prune.importance import effective_tensor, get_criterion, zeroed_channels
 from prunekit.masking import Masks, apply_masks, make_permanent, permanent_copy
@@ -466,12 +466,13 @@ def channel_masks(model: nn.Module, graph: ChannelGraph, removed: set[int]) -> M
             module = modules[slot.module]
             if parse_param_role(slot.role) is not None:
                 entries = param_zero_entries(slot.role, slot.index)
-            elif slot.role in ("conv_out", "depthwise", "bn", "linear_out"):
+            elif zeroed_by_layer(slot.role):
                 entries = handler_for(module).zero_entries(module, slot.role, slot.index)
             else:
                 continue
             for param, index in entries:  # index: whole axes, then the entry on axis len(index) - 1
-                zeroed.setdefault((slot.module, param, len(index) - 1), []).append(index[-1])
+                owner, _, attr = f"{slot.module}.{param}".rpartition(".")  # param may be a submodule's: inner.weight
+                zeroed.setdefault((owner, attr, len(index) - 1), []).append(index[-1])
     for (name, param, axis), indices in zeroed.items():
         tensor = effective_tensor(modules[name], param)
         if tensor is not None:  # built on the CPU (like extract_masks); apply_masks moves them

@@ -19,10 +19,12 @@ slot     one index on one axis of one module, e.g. ``Slot("layer1.0.conv1", "con
          ``conv_out`` (filter: weight row + bias of a Conv2d, column of a ConvTranspose2d),
          ``conv_in`` (input column), ``depthwise`` (output of a conv with one input per group: row + bias),
          ``bn`` (γ, β, running stats), ``linear_in``/``linear_out`` (Linear columns / rows + bias),
-         ``shortcut_in``/``shortcut_out`` (ZeroPadShortcut), and ``affine:<attr>:<dim>`` /
-         ``param:<attr>:<dim>`` for the entries of a per-channel parameter or buffer a forward uses directly
-         (a functional norm's γ and β / running statistics, a layer scale): zeroed in the masked twin and
-         cut / cut only. A Linear on the channel axis of a channels-last tensor has ``conv_in``/``conv_out``.
+         ``shortcut_in``/``shortcut_out`` (ZeroPadShortcut), ``full_width:<axis>:<width>`` (a
+         LayerNorm over channel axis <axis> or an ECA gate, cut at full width; a norm's γ and β zeroed in the
+         twin), and ``affine:<attr>:<dim>`` / ``param:<attr>:<dim>`` for the entries of a per-channel
+         parameter or buffer a forward uses directly (a functional norm's γ and β / running statistics, a layer
+         scale): zeroed in the masked twin and cut / cut only. A Linear on the channel axis of a channels-last
+         tensor has ``conv_in``/``conv_out``.
 channel  the unit of removal: a union-find class of atoms with every slot on it.
 group    channels that share producing convs (a residual stream, one conv's output with its BN).
 

@@ -46,7 +46,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.masking import effective_tensor as forward_tensor
 from prunekit.prune.graph import ChannelGraph
-from prunekit.prune.layer_handlers import handler_for
+from prunekit.prune.layer_handlers import handler_for, zeroed_by_layer
 from prunekit.prune.trace_state import parse_param_role
 
 Criterion = Callable[[nn.Module, ChannelGraph, int], dict[int, float]]
@@ -277,7 +277,7 @@ def zeroed_channels(model: nn.Module, graph: ChannelGraph) -> set[int]:
 
     own = {cid for cid in _prunable(graph)
            if not any(live(s.module, s.role, s.index) for s in graph.channels[cid].slots
-                      if s.role in ("conv_out", "depthwise", "bn", "linear_out") or _zeroed_param(s.role))}
+                      if zeroed_by_layer(s.role) or _zeroed_param(s.role))}
     changed = True
     while changed:  # a copy of a live channel keeps a channel alive
         dead = {cid for cid in own if graph.channels[cid].depends_on <= own}

@@ -7,8 +7,10 @@ output channel (``zero_entries``, the masked twin and the zero test) and how to 
 its functional ``batch_norm``, ``group_norm``, ``linear``, ``conv2d`` on its own parameters) but resized like
 its base (:func:`handler_for`), and per-channel parameters a forward uses directly are cut by
 :func:`shrink_parameters` (a global response norm's γ and ε are then scaled by C/C'); a conv that computes its
-weight in forward becomes :func:`plain_conv` when cut. A layer with no entry is traced op by op; a TorchScript
-block (``OPAQUE``) pins the channels into and out of it, so an unknown layer never yields a wrong model.
+weight in forward becomes :func:`plain_conv` when cut, and a LayerNorm over the channel axis or an ECA gate is
+wrapped to run at full width (:class:`~prunekit.models.FullWidthChannels`). A layer with no entry is traced op
+by op; a TorchScript block (``OPAQUE``) pins the channels into and out of it, so an unknown layer never yields a
+wrong model.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.models import ZeroPadShortcut, ZeroWidthLayer
+from prunekit.models import FullWidthChannels, ZeroPadShortcut, ZeroWidthLayer
 from prunekit.models.shapes import has_shape_record, set_split_sizes
 from prunekit.prune.trace_state import Layout, ModuleCall, ParamView, Walker, parse_param_role, tensors_in
 
@@ -47,7 +49,8 @@ class LayerHandler:
 
     def zero_entries(self, module: nn.Module, role: str, index: int) -> list[tuple[str, tuple]]:
         """``[(parameter name, index into it)]`` holding output channel ``index`` of ``role``; an index is whole
-        axes (``slice(None)``) followed by the entry, e.g. ``(index,)`` or ``(slice(None), index)``."""
+        axes (``slice(None)``) followed by the entry, e.g. ``(index,)`` or ``(slice(None), index)``; a parameter of a
+        submodule is named by its path (``inner.weight``)."""
         return []
 
     def shrink(self, module: nn.Module, keep: dict[str, list[int]]) -> nn.Module | None:
@@ -379,9 +382,151 @@ class _ResponseNorm(LayerHandler):
         w.set(output, w.new_op("all", [x, *affine]))
 
 
+FULL_WIDTH = "full_width"  # the role of a layer cut by running it at full width: ``full_width:<axis>:<width>``
+
+
+def full_width_role(axis: int, width: int) -> str:
+    return f"{FULL_WIDTH}:{axis}:{width}"
+
+
+def _wrap_at_full_width(module: nn.Module, keep: dict[str, list[int]]) -> FullWidthChannels:
+    """``module`` (untouched) in a :class:`FullWidthChannels` keeping the indices of its one ``full_width`` role."""
+    (role, kept), = keep.items()
+    _, axis, width = role.split(":")
+    tensor = next(iter((*module.parameters(), *module.buffers())), None)
+    wrapper = FullWidthChannels(module, kept, int(width), int(axis))
+    return wrapper if tensor is None else wrapper.to(tensor.device)
+
+
+def zeroed_by_layer(role: str) -> bool:
+    """Whether a layer role's entries are zeroed in the masked twin (the layer's ``zero_entries``): a filter, a
+    depthwise row, a BN channel, a Linear row, a full-width norm's γ and β; not an input column."""
+    return role in ("conv_out", "depthwise", "bn", "linear_out") or role.startswith(FULL_WIDTH + ":")
+
+
+class _NormOverChannels(LayerHandler):
+    """A LayerNorm or RMSNorm module (a subclass with its own forward too, e.g. a LayerNorm2d that permutes NCHW)
+    over the channel axis. Its statistics use every channel, so it is cut by running it at its original width
+    (:class:`~prunekit.models.FullWidthChannels`): in the masked twin a removed channel is zero at its input (a
+    read) and its γ and β are zeroed (role ``full_width:<axis>``), so the wrapper computes exactly the twin's kept
+    channels. A stock module over other axes is per channel; a subclass's forward is trusted to normalise over the
+    channel axis (the self-check proves it, else its channels are kept); a norm without γ keeps its channels."""
+
+    norms = (nn.LayerNorm, nn.RMSNorm)  # not ``types``: the norm keeps its shape (no shape record needed)
+
+    def accepts(self, module):
+        return isinstance(module, self.norms)
+
+    def resizes(self, module):
+        return self.accepts(module)
+
+    def trace(self, w, name, norm, inputs, output):
+        x = w.known(inputs[0])
+        if x is None:
+            return w.fresh_outputs(tensors_in(output))
+        axis = x.dims[0] if len(x.dims) == 1 else None
+        shape = tuple(norm.normalized_shape)
+        stock = type(norm).forward in (t.forward for t in self.norms)
+        normalised = range(inputs[0].dim() - len(shape), inputs[0].dim())
+        if stock and axis is not None and axis not in normalised:  # per channel: statistics over other axes
+            return w.set(output, w.new_op("never", [x]))
+        usable = (axis is not None and shape == (len(x.atoms),) and output.shape == inputs[0].shape
+                  and getattr(norm, "weight", None) is not None)
+        if not usable or not (stock or w.assume(f"'{name}' normalises over its channel axis {axis}")):
+            w.pin(x, name, "it normalises over the channel axis: its mean and variance use every channel; it is cut "
+                           "at full width only when its input's channels lie on one axis of its width, it has γ, "
+                           "and (a subclass with its own forward) the pruned model passes the self-check")
+            same = output.shape == inputs[0].shape
+            return w.set(output, w.new_op("never", [x]) if same else w.fresh(output, "fixed"))
+        _trace_full_width(w, name, x, axis, output, "producer")
+
+    def zero_entries(self, norm, role, index):
+        return [("weight", (index,)), ("bias", (index,))]
+
+    def shrink(self, norm, keep):
+        return _wrap_at_full_width(norm, keep)
+
+
+def _trace_full_width(w: Walker, name: str, x: Layout, axis: int, output: torch.Tensor, kind: str) -> None:
+    """A layer over channel ``axis`` cut at full width: its input channels are slots ``full_width:<axis>:<width>``
+    (a norm's γ and β, zeroed in the twin), read (each must be exactly zero when removed); its outputs are those
+    channels, of zero rule ``kind`` ("producer" for a norm, whose γ and β are zeroed; "same" for a gate)."""
+    for index, atom in enumerate(x.flat):
+        w.register(name, full_width_role(axis, len(x.atoms)), index, atom)
+    w.read(x)
+    out = w.new_op(kind, [x])
+    if axis == 1:
+        w.outputs[name] = out.flat  # the self-check compares layer outputs on axis 1
+    w.set(output, out)
+
+
+class _GateOverChannels(LayerHandler):
+    """An ECA-style gate: a module whose only parameters are ``Conv1d``s, one reading a single channel (the pooled
+    channel vector as a sequence), on one NCHW tensor: ``x * sigmoid(conv1d(mean(x)))``. The conv1d mixes
+    neighbouring channels, so it is cut at full width (:class:`~prunekit.models.FullWidthChannels`): in the masked
+    twin a removed channel is zero at its input (a read), so the wrapper computes exactly the twin's gates. Its
+    output is trusted to be zero where its input is (a gate); the self-check proves it, else its channels are kept."""
+
+    def accepts(self, module):
+        convs = [m for m in module.modules() if isinstance(m, nn.Conv1d)]
+        if isinstance(module, nn.Conv1d) or not any(c.in_channels == 1 for c in convs):
+            return False
+        in_convs = {id(p) for c in convs for p in c.parameters()}
+        return all(id(p) in in_convs for p in module.parameters())
+
+    def resizes(self, module):
+        return self.accepts(module)
+
+    def trace(self, w, name, gate, inputs, output):
+        x = w.known(inputs[0])
+        if x is None:
+            return w.fresh_outputs(tensors_in(output))
+        usable = x.dims == (1,) and isinstance(output, torch.Tensor) and output.shape == inputs[0].shape
+        if not usable or not w.assume(f"'{name}' gates each channel (ECA-style), zero where its input is"):
+            w.pin(x, name, "conv1d along the channel axis (ECA-style attention) mixes neighbouring channels; it is cut "
+                           "at full width only when it gates one tensor's channels (the pruned model passes the "
+                           "self-check)")
+            return w.fresh_outputs(tensors_in(output))
+        _trace_full_width(w, name, x, 1, output, "same")
+
+    def shrink(self, gate, keep):
+        return _wrap_at_full_width(gate, keep)
+
+
+class _FullWidth(LayerHandler):
+    """A norm already cut at full width (:class:`~prunekit.models.FullWidthChannels`, a pruned model pruned again):
+    channel ``i`` is entry ``kept_index[i]`` of the inner norm's γ and β; cutting it again keeps fewer indices."""
+
+    def accepts(self, module):
+        return isinstance(module, FullWidthChannels)
+
+    def resizes(self, module):
+        return self.accepts(module)
+
+    def trace(self, w, name, wrapper, inputs, output):
+        x = w.known(inputs[0])
+        if x is None:
+            return w.fresh_outputs(tensors_in(output))
+        if x.dims != (wrapper.axis,) or len(x.atoms) != len(wrapper.kept_index) or output.shape != inputs[0].shape:
+            w.pin(x, name, "a norm cut at full width is called on a tensor whose channels are not on its axis")
+            return w.set(output, w.fresh(output, "fixed"))
+        kind = "producer" if getattr(wrapper.inner, "weight", None) is not None else "same"
+        _trace_full_width(w, name, x, wrapper.axis, output, kind)
+
+    def zero_entries(self, wrapper, role, index):
+        entry = int(wrapper.kept_index[index])
+        return [("inner.weight", (entry,)), ("inner.bias", (entry,))]
+
+    def shrink(self, wrapper, keep):
+        (_, kept), = keep.items()
+        indices = [int(wrapper.kept_index[i]) for i in kept]
+        return FullWidthChannels(wrapper.inner, indices, wrapper.width, wrapper.axis).to(wrapper.kept_index.device)
+
+
 OPAQUE = _Opaque()
 CONV, LINEAR = _Conv(), _Linear()  # also trace a subclass's functional conv2d / linear (op_handlers)
-for _handler in (_ZeroWidth(), _Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV, _ResponseNorm()):
+for _handler in (_ZeroWidth(), _Shortcut(), _BatchNorm(), LINEAR, _ConvTranspose(), CONV, _ResponseNorm(),
+                 _NormOverChannels(), _GateOverChannels(), _FullWidth()):
     register_layer(_handler)
 
 

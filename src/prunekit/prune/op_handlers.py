@@ -742,9 +742,9 @@ def _unite_groups(w: Walker, layout: Layout, width: int) -> None:
 
 @register_op("layer_norm", "rms_norm")
 def _layer_norm(w, name, args, kwargs, result):
-    """``F.layer_norm(x, shape, weight, bias)`` over the last axes: over the channel axis (a channels-last
-    block, LayerNorm2d) its statistics use every channel, so the channels stay; over other axes only, it is
-    per channel."""
+    """``F.layer_norm(x, shape, weight, bias)`` over the last axes, called inside a larger module (a LayerNorm
+    module, LayerNorm2d included, is a layer cut at full width instead): over the channel axis its statistics use
+    every channel and it cannot be wrapped, so the channels stay; over other axes only, it is per channel."""
     x = args[0]
     layout = w.layout(x)
     if layout is None:
@@ -752,7 +752,9 @@ def _layer_norm(w, name, args, kwargs, result):
     normalised = set(range(x.dim() - len(tuple(_arg(args, kwargs, 1, "normalized_shape"))), x.dim()))
     if normalised & set(layout.dims):  # the channels stay, and stay where they are (axis 3 of NHWC)
         w.pin(layout, f"'{name}' in layer '{w.where}'", f"{name} normalises over the channel axis: its mean and "
-                                                        "variance use every channel, so none can be removed exactly")
+                                                        "variance use every channel, and called inside a larger "
+                                                        "module it cannot be cut at full width (a LayerNorm module "
+                                                        "can)")
         return w.set(result, w.new_op("never", [layout]))
     _pass(w, name, args, kwargs, result, kind="never")
 

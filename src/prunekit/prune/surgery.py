@@ -6,8 +6,10 @@ that loses every channel on one side becomes a ZeroWidthLayer); per-channel para
 a forward uses directly (a functional norm's γ, β and statistics, a layer scale) are cut by
 :func:`prunekit.prune.layer_handlers.shrink_parameters`. A conv that computes its weight in forward (weight
 standardisation) is first replaced by a plain Conv2d holding that weight
-(:func:`prunekit.prune.layer_handlers.plain_conv`). No other module type is added, and ZeroWidthLayer has a
-shape record, so :func:`prunekit.models.channel_config` still describes the model.
+(:func:`prunekit.prune.layer_handlers.plain_conv`); a Conv2d or BatchNorm2d that loses every channel on one side
+becomes a ZeroWidthLayer; a norm over the channel axis (a LayerNorm) or an ECA gate
+is wrapped in :class:`prunekit.models.FullWidthChannels`, which runs it at its original width. Every change is
+recorded by :func:`prunekit.models.channel_config`, so it still describes the model.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, removed: set[int]) ->
     """Physically remove the channels ``removed`` (ids of ``graph``) from ``model``, in place; return it.
 
     Side effects: every affected layer gets new, smaller ``nn.Parameter``s (and buffers) and updated size
-    attributes, or is replaced by a new module (ZeroPadShortcut). Optimizers built before hold the old
-    parameters: build them again. The model must not be masked (make the masks permanent first).
+    attributes, or is replaced by a new module (ZeroPadShortcut, a LayerNorm or ECA gate wrapped in
+    FullWidthChannels). Optimizers built before hold the old parameters: build them again. The model must not be
+    masked (make the masks permanent first).
     """
     modules = dict(model.named_modules())
     by_module: dict[str, dict[str, list[int]]] = {}
