@@ -236,11 +236,9 @@ class _Linear(LayerHandler):
         ndim = inputs[0].dim()
         if ndim > 2 and x.dims == (ndim - 1,):
             return self._trace_per_position(w, name, linear, inputs[0], output, x)
-        if ndim != 2:
+        if ndim != 2:  # its input features are no traced channels: they stay, its outputs are still filters
             w.pin(x, name, f"Linear on a {ndim}-d tensor acts on its last axis, not on channels")
-            w.calls.append(ModuleCall(name, "linear", math.prod(inputs[0].shape[1:-1])))
-            w.set(output, w.fresh(output, "fixed"))
-            return
+            return self._trace_per_position(w, name, linear, inputs[0], output, None)
         w.calls.append(ModuleCall(name, "linear", 1))
         for index, atom in enumerate(x.flat):
             w.register(name, "linear_in", index, atom)
@@ -252,8 +250,10 @@ class _Linear(LayerHandler):
 
     @staticmethod
     def _trace_per_position(w, name, linear, x_tensor, output, x):
+        """A Linear on the last axis of an N-d tensor, as a 1x1 conv: its filters are new channels on the output's
+        last axis; ``x`` (the input's channels-last layout, None when its features are not traced) is read."""
         w.calls.append(ModuleCall(name, "linear", math.prod(x_tensor.shape[1:-1])))
-        for index, atom in enumerate(x.flat):
+        for index, atom in enumerate(x.flat if x is not None else []):
             w.register(name, "conv_in", index, atom)
         w.read(x)
         out = w.conv_outputs(name, linear.out_features)

@@ -158,6 +158,8 @@ def _operand(w: Walker, value: Any, out: torch.Tensor, channel_axis: int = 1) ->
     view = w.param_view(value) if layout is None else None
     if view is not None and view.axis == axis:
         return "wide", Layout((channel_axis,), w.param_atoms(view, value.shape[axis], zeroed=True))
+    if layout is not None:  # its own channels lie on another axis: they meet every output channel, so they stay
+        w.pin(layout, f"a tensor in layer '{w.where}'", "its channel axis is not the other operand's")
     layout = Layout((channel_axis,), np.array([w.atoms.new("fixed") for _ in range(value.shape[axis])],
                                               dtype=np.int64))
     w.pin(layout, f"a constant in layer '{w.where}'", "a per-channel constant tensor cannot be cut")
@@ -436,8 +438,57 @@ def _shape_args(args: tuple) -> tuple:
     return tuple(rest)
 
 
+def _whole_axis_in(source: tuple, target: tuple, axis: int) -> int | None:
+    """The axis of shape ``target`` that holds axis ``axis`` of ``source`` whole when a tensor of shape ``source``
+    is reshaped to ``target`` (same size, same product of the axes before it and of those after it: its entries
+    keep their index, e.g. channels-last tokens (B, H·W, C) -> (B, H, W, C)); None when no axis, or more than
+    one (size-1 axes around a width-1 axis), does."""
+    before, after = math.prod(source[:axis]), math.prod(source[axis + 1:])
+    found = [d for d in range(1, len(target)) if target[d] == source[axis]
+             and math.prod(target[:d]) == before and math.prod(target[d + 1:]) == after]
+    return found[0] if len(found) == 1 else None
+
+
+def _keeps_axis_size(w: Walker, name: str, args: tuple, source: tuple, target: tuple, axis: int) -> bool:
+    """True when the reshape to ``target`` will follow a cut of channel axis ``axis``: it infers that size
+    (``-1``), or it only adds or drops size-1 axes, or the trace may assume the size given is the input's own
+    (``x.reshape(B, H, W, C)`` with ``C`` read from a shape; a literal fails the self-check and the retrace
+    keeps these channels)."""
+    explicit = _shape_args(args) if name in ("view", "reshape") else ()
+    if name in ("squeeze", "unsqueeze", "flatten") or (len(explicit) == len(target) and explicit[axis] == -1):
+        return True
+    return w.assume(f"{name} {source}->{target} in layer '{w.where}' takes its channel width from the input")
+
+
 @register_op("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as")
 def _reshape(w, name, args, kwargs, result):
+    """A reshape follows the channel axis where it stays whole or splits into groups (see below); then a target
+    size equal to a channel width forward read, on an axis that does not hold channels read with that width,
+    ties that width to this tensor (attention reshaping its heads back with ``reshape(B, N, C)``, ``C`` read from
+    the block's input): the channels read with that width and this axis's are kept, since a cut would change one
+    and not the other."""
+    _reshape_channels(w, name, args, kwargs, result)
+    if name not in ("view", "reshape") or not isinstance(result, torch.Tensor):
+        return
+    layout = w.layout(result)
+    where = f"a width read from channels in layer '{w.where}'"
+    for axis, read in w.widths_in_shape(_shape_args(args)):
+        here = layout if layout is not None and layout.dims == (axis,) else None
+        if here is not None and any(_same_channels_as(w, here, channels) for channels in read):
+            continue
+        why = f"its width {result.shape[axis]} sets axis {axis} of {name}{tuple(result.shape)}, which holds other data"
+        for channels in read:
+            w.pin(channels, where, why)
+        if layout is not None and axis in layout.dims:
+            w.pin(layout, where, why)
+
+
+def _same_channels_as(w: Walker, layout: Layout, other: Layout) -> bool:
+    """True when ``layout`` and ``other`` hold the same units of removal, in any order."""
+    return {w.atoms.find(a) for a in layout.flat} == {w.atoms.find(a) for a in other.flat}
+
+
+def _reshape_channels(w, name, args, kwargs, result):
     x = args[0]
     if w.follow_param(x, result):
         return None
@@ -451,6 +502,10 @@ def _reshape(w, name, args, kwargs, result):
     if explicit and explicit[0] == -1 and len(explicit) > 1:
         return unknown(w, name, args, kwargs, result, f"{name}{tuple(explicit)} infers the batch, so its other "
                                                       "sizes are literals that cannot follow pruning")
+    if len(layout.dims) == 1 and layout.dims != (1,) or layout.dims == (1,) and t[1] != s[1]:
+        axis = _whole_axis_in(s, t, layout.dims[0])
+        if axis is not None and _keeps_axis_size(w, name, args, s, t, axis):
+            return w.set(result, Layout((axis,), layout.atoms))
     if layout.dims == (1,):
         if t[1] == s[1] and math.prod(t[2:]) == math.prod(s[2:]):
             return w.set(result, layout)
@@ -557,11 +612,11 @@ def _reduce(w, name, args, kwargs, result):
     dims = _reduce_dims(args, kwargs, x.dim()) if name != "norm" else _reduce_dims(args[1:], kwargs, x.dim())
     if dims is not None and not dims & {0, *layout.dims}:
         kind = "same" if name in ("mean", "sum", "amax", "amin", "max", "min", "nansum", "nanmean", "norm") else "never"
+        dropped = Layout(tuple(d - sum(r < d for r in dims) for d in layout.dims), layout.atoms)  # keepdim=False
         for tensor in outputs:
-            if tensor.dim() >= 2 and tensor.shape[1] == x.shape[1] and kind == "same":
-                w.set(tensor, layout)
-            elif tensor.dim() >= 2 and tensor.shape[1] == x.shape[1]:
-                w.set(tensor, w.new_op(kind, [layout]))
+            kept = layout if tensor.dim() == x.dim() else dropped
+            if tensor.dim() >= 2 and all(tensor.shape[d] == x.shape[o] for d, o in zip(kept.dims, layout.dims)):
+                w.set(tensor, kept if kind == "same" else w.new_op(kind, [kept]))
         return None
     branch = None if dims is None or 0 in dims or len(layout.dims) != 2 else dims & set(layout.dims)
     if branch and len(branch) == 1 and name in BRANCH_REDUCTIONS and _united_along(w, layout, min(branch)):
@@ -768,3 +823,13 @@ METADATA = frozenset({
 })
 for _name in METADATA:
     OPS[_name] = lambda w, name, args, kwargs, result: None
+
+
+@register_op("size", "shape")
+def _read_sizes(w, name, args, kwargs, result):
+    """``x.shape`` / ``x.size()`` / ``x.size(d)``: remember the channel widths read (see :func:`_reshape`)."""
+    x = args[0]
+    if not isinstance(x, torch.Tensor):
+        return
+    dim = _arg(args, kwargs, 1, "dim")
+    w.read_sizes(x, range(x.dim()) if dim is None else [_dim(dim, x.dim())])

@@ -161,6 +161,8 @@ class Walker:
                        for attr, t in (*m._parameters.items(), *m._buffers.items()) if t is not None}
         self.param_views: dict[int, ParamView] = {}  # id(tensor) -> the per-channel parameter it shows
         self.computed_weights: list[str] = []  # convs whose forward computes the weight (weight standardisation)
+        self.widths_read: dict[tuple[str, int], list[Layout]] = {}  # (layer, channel width it read) -> channels
+        self.other_sizes_read: set[tuple[str, int]] = set()  # (layer, a size it read from an axis without channels)
 
     # ---- tensors and layouts
 
@@ -176,6 +178,26 @@ class Walker:
     def consume(self, values: Any) -> None:
         """Mark the tensors in ``values`` as read by a traced op or layer."""
         self.consumed.update(id(t) for t in tensors_in(values))
+
+    def read_sizes(self, tensor: torch.Tensor, dims: Iterable[int]) -> None:
+        """Record that the current layer's forward read the sizes of traced ``tensor``'s axes ``dims`` (``x.shape``,
+        ``x.size(1)``): a size read from a channel axis may later shape another tensor (see :meth:`widths_in_shape`)."""
+        layout = self.layout(tensor)
+        if layout is None:  # not traced (the network's input, a constant): it says nothing about channels
+            return
+        for dim in dims:
+            if layout.dims == (dim,):
+                self.widths_read.setdefault((self.where, int(tensor.shape[dim])), []).append(layout)
+            else:
+                self.other_sizes_read.add((self.where, int(tensor.shape[dim])))
+
+    def widths_in_shape(self, shape: Iterable[Any]) -> list[tuple[int, list[Layout]]]:
+        """``(axis, channels)`` for each axis after the batch of an explicit target ``shape`` whose size is a
+        channel width the current layer's forward read, and no other size it read: the size probably came from
+        those channels (a size read in another layer is not matched: equal widths elsewhere are common)."""
+        sizes = [(axis, (self.where, size)) for axis, size in enumerate(shape) if axis and isinstance(size, int)]
+        return [(axis, self.widths_read[key]) for axis, key in sizes
+                if key in self.widths_read and key not in self.other_sizes_read]
 
     def pin_dangling(self) -> None:
         """Pin channel tensors that no traced op read: code prunekit cannot see (a TorchScript function,
