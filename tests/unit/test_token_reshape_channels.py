@@ -121,6 +121,7 @@ def test_a_token_linear_on_untraced_features_cuts_its_filters_with_the_stream():
     pruned = _assert_exact(model, plan)
     assert pruned.proj.in_features == 12 and pruned.proj.out_features == 6 and pruned.gamma.shape == (6,)
     assert pruned.qkv.in_features == 6 and pruned.qkv.out_features == 24
+    assert pruned.head.in_features == 6  # tokens.mean(1): the channel axis is axis 1 once the token axis is gone
 
 
 def test_a_width_read_from_the_stream_that_reshapes_the_branch_keeps_the_stream():
@@ -133,3 +134,29 @@ def test_a_width_read_from_the_stream_that_reshapes_the_branch_keeps_the_stream(
     assert not plan.retraced and "stem" not in plan.removed and "proj" not in plan.removed
     assert any("its width 12 sets axis 2 of reshape(2, 64, 12)" in why for why in plan.blocked.values())
     _assert_exact(model, plan)
+
+
+class GridEncoding(nn.Module):
+    """A positional encoding: a 1x1 conv (2 -> C) on a coordinate grid made in forward, added to the stream."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.encode = nn.Conv2d(2, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, _, h, w = x.shape
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, dtype=x.dtype), torch.linspace(-1, 1, w, dtype=x.dtype),
+                                indexing="ij")
+        grid = torch.stack([ys, xs]).expand(b, 2, h, w)
+        return self.head(torch.relu(x + self.encode(grid))).mean((2, 3))
+
+
+def test_a_conv_on_a_constant_grid_cuts_its_filters_with_the_stream_it_is_added_to():
+    model = GridEncoding().eval()
+    plan = plan_channels(model, X, ratio=0.5)
+    assert not plan.retraced and plan.removed["encode"] == plan.removed["stem"] and len(plan.removed["stem"]) == 4
+    pruned = _assert_exact(model, plan)
+    assert pruned.encode.in_channels == 2 and pruned.encode.out_channels == 4

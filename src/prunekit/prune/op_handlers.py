@@ -488,7 +488,9 @@ def _same_channels_as(w: Walker, layout: Layout, other: Layout) -> bool:
     return {w.atoms.find(a) for a in layout.flat} == {w.atoms.find(a) for a in other.flat}
 
 
-def _reshape_channels(w, name, args, kwargs, result):
+def _reshape_channels(w: Walker, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+    """The result's channel layout: the channel axis kept whole (it may move, e.g. tokens (B, H·W, C) ->
+    (B, H, W, C)), flattened into features, or split into (groups, width); anything else pins."""
     x = args[0]
     if w.follow_param(x, result):
         return None
@@ -502,7 +504,7 @@ def _reshape_channels(w, name, args, kwargs, result):
     if explicit and explicit[0] == -1 and len(explicit) > 1:
         return unknown(w, name, args, kwargs, result, f"{name}{tuple(explicit)} infers the batch, so its other "
                                                       "sizes are literals that cannot follow pruning")
-    if len(layout.dims) == 1 and layout.dims != (1,) or layout.dims == (1,) and t[1] != s[1]:
+    if len(layout.dims) == 1 and (layout.dims != (1,) or t[1] != s[1]):  # axis 1 staying put: see below
         axis = _whole_axis_in(s, t, layout.dims[0])
         if axis is not None and _keeps_axis_size(w, name, args, s, t, axis):
             return w.set(result, Layout((axis,), layout.atoms))
