@@ -252,3 +252,8 @@ def test_split_sizes_held_by_the_layer_follow_pruning_and_round_trip():
     rebuilt = apply_channel_config(Net(MixedConv()), config)
     rebuilt.load_state_dict(small.state_dict())
     torch.testing.assert_close(rebuilt.eval()(X), small(X))
+
+
+def test_a_blocker_in_the_root_modules_forward_is_named_so():
+    (count, place, why), = blockers_of({"'softmax' in layer ''": "softmax over the channel axis mixes channels"})
+    assert (count, place) == (1, "'softmax' in the model's own forward")
