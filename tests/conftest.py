@@ -29,6 +29,15 @@ def _fixed_threads(monkeypatch):
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread (after :func:`_fixed_threads`): the channel-engine tests run tiny tensors that gain nothing
+    from two threads and lose a lot when the cores are shared. Modules use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _own_cache(monkeypatch, tmp_path_factory):
     """Every test caches latency tables and sparse-kernel decisions in a fresh folder, never in ~/.cache."""

@@ -22,10 +22,7 @@ from prunekit.prune.surgery import remove_channels
 X = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class NormAct(nn.BatchNorm2d):

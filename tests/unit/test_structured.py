@@ -23,11 +23,7 @@ from prunekit.prune.surgery import remove_channels
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: these tiny tensors gain nothing from two, and lose a lot when the cores are shared."""
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
