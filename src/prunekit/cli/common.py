@@ -182,6 +182,16 @@ ANY_INT = number(int)
 POSITIVE_FLOAT = number(float, 0, low_open=True)
 NON_NEGATIVE_FLOAT = number(float, 0)
 FRACTION = number(float, 0, 1, high_open=True)  # in [0, 1)
+SHARE = number(float, 0, 1, low_open=True)  # in (0, 1]: a fraction of the dense model kept (MACs, latency)
+
+
+ROUND_TO_HELP = ("with --latency-target or --macs-target: every width a multiple of N, e.g. 8 for int8 depthwise "
+                 "kernels (default: the table's measured widths; any width)")
+
+
+def add_round_to_arg(parser: argparse.ArgumentParser) -> None:
+    """``--round-to N``: channel rounding of a latency or MACs target (``args.round_to``, None: none forced)."""
+    parser.add_argument("--round-to", type=POSITIVE_INT, default=None, metavar="N", help=ROUND_TO_HELP)
 
 
 def add_model_args(parser: argparse.ArgumentParser, default: str | None = None, required: bool = False,

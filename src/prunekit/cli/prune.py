@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg, add_criterion_arg,
-                                 add_data_args, add_deprecated_alias, add_granularity_arg, add_json_arg,
-                                 add_model_relocation_arg, add_model_source_args, add_no_progress_arg, add_out_arg,
-                                 add_scope_arg, add_strict_arg, add_train_args, data_for, data_source, epoch_printer,
-                                 last_train_top1, load_model_source, lock_run_folder, markdown_table, number,
-                                 print_cut, print_json, print_time_estimate, train_config_from, warn_if_collapsed)
+from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, SHARE, add_checkpoint_arg,
+                                 add_criterion_arg, add_data_args, add_deprecated_alias, add_granularity_arg,
+                                 add_json_arg, add_model_relocation_arg, add_model_source_args, add_no_progress_arg,
+                                 add_out_arg, add_round_to_arg, add_scope_arg, add_strict_arg, add_train_args,
+                                 data_for, data_source, epoch_printer, last_train_top1, load_model_source,
+                                 lock_run_folder, markdown_table, number, print_cut, print_json, print_time_estimate,
+                                 train_config_from, warn_if_collapsed)
 from prunekit.config import FINETUNE_LR
 
 FINETUNE_EPOCHS = 40  # `prunekit finetune` default (common fine-tuning budget on CIFAR)
@@ -52,12 +53,10 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
                         help="target fraction in [0, 1) of weights (unstructured) or filters (filter)")
     target.add_argument("--ratios", metavar="FILE",
                         help="YAML of `layer: ratio` (+ optional `default: r`); `prunekit layers CKPT` lists names")
-    target.add_argument("--latency-target", type=number(float, 0, 1, low_open=True), metavar="F",
+    target.add_argument("--latency-target", type=SHARE, metavar="F",
                         help="filter: reach this fraction of the dense model's latency predicted by a measured "
                              "latency table (CPU, 1 thread, batch 1; `prunekit latency` shows it)")
-    p.add_argument("--round-to", type=POSITIVE_INT, default=None, metavar="N",
-                   help="with --latency-target or --macs-target: every width a multiple of N, e.g. 8 for int8 "
-                        "depthwise kernels (default: the table's measured widths; any width)")
+    add_round_to_arg(p)
     add_scope_arg(p, help="with --sparsity: one ranking over all layers (global), the same ratio per layer, or one "
                         "ranking of LAMP scores (lamp, unstructured); default: "
                         + ", ".join(f"{s} for {g}" for g, s in DEFAULT_SCOPE.items()))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from prunekit.cli.common import (ANY_INT, FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, add_checkpoint_arg,
+from prunekit.cli.common import (ANY_INT, FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, SHARE, add_checkpoint_arg,
                                  add_criterion_arg, add_data_args, add_json_arg, add_model_source_args, add_out_arg,
-                                 add_scope_arg, add_strict_arg, data_for, load_model_source, markdown_table, number,
-                                 parse_cfg, print_cut, print_json, warn_if_collapsed)
+                                 add_round_to_arg, add_scope_arg, add_strict_arg, data_for, load_model_source,
+                                 markdown_table, parse_cfg, print_cut, print_json, warn_if_collapsed)
 from prunekit.images import IMAGE_SHAPE, example_input
 
 RECALIBRATION_BATCHES = 8  # prune-channels' default when the data is known: 30% of a ResNet-32 gets 14% → 73%
@@ -37,13 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="YAML of conv name: fraction (`default` allowed); a coupled group (residual "
                              "stream) uses the ratio of its first named conv")
     target.add_argument("--cfg", metavar="64,M,128,...", help="VGG widths per conv (M = max pool)")
-    target.add_argument("--macs-target", type=number(float, 0, 1, low_open=True), metavar="F", help="keep at most this fraction of the MACs")
-    target.add_argument("--latency-target", type=number(float, 0, 1, low_open=True), metavar="F",
+    target.add_argument("--macs-target", type=SHARE, metavar="F", help="keep at most this fraction of the MACs")
+    target.add_argument("--latency-target", type=SHARE, metavar="F",
                         help="run in this fraction of the dense model's measured latency: widths chosen on a "
                              "latency table (`prunekit latency`), then measured and corrected until within 5%%")
-    p.add_argument("--round-to", type=POSITIVE_INT, default=None, metavar="N",
-                   help="with --latency-target or --macs-target: every width a multiple of N, e.g. 8 for int8 "
-                        "depthwise kernels (default: the table's measured widths; any width)")
+    add_round_to_arg(p)
     p.add_argument("--batch-size", type=POSITIVE_INT, default=1,
                    help="with --latency-target: the batch whose latency is targeted (default: %(default)s)")
     p.add_argument("--threads", type=POSITIVE_INT, default=1,
