@@ -168,7 +168,6 @@ def blockers_of(blocked: dict[str, str]) -> tuple[tuple[int, str, str], ...]:
     counts: dict[str, list] = {}
     for where, why in blocked.items():
         place = re.sub(r"(?<=[.'])\d+(?=[.'])|(?<=\.)\d+$|^\d+(?=\.)", "*", where)
-        place = place.replace("in layer ''", "in the model's own forward")  # the root module's name is ''
         counts.setdefault(place, [0, why])[0] += 1  # the first reason of a place stands for all of them
     return tuple(sorted(((n, place, why) for place, (n, why) in counts.items()), key=lambda b: -b[0]))
 

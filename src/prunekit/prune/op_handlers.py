@@ -51,7 +51,7 @@ def unknown(w: Walker, name: str, args: tuple, kwargs: dict, result: Any, why: s
     for value in tensors_in(list(args) + list(kwargs.values())):
         layout = w.layout(value)
         if layout is not None and not set(layout.flat) <= w.pinned:
-            w.pin(layout, f"'{name}' in layer '{w.where}'", why)
+            w.pin(layout, f"'{name}' in {w.place}", why)
     w.fresh_outputs(tensors_in(result))
 
 
@@ -159,10 +159,10 @@ def _operand(w: Walker, value: Any, out: torch.Tensor, channel_axis: int = 1) ->
     if view is not None and view.axis == axis:
         return "wide", Layout((channel_axis,), w.param_atoms(view, value.shape[axis], zeroed=True))
     if layout is not None:  # its own channels lie on another axis: they meet every output channel, so they stay
-        w.pin(layout, f"a tensor in layer '{w.where}'", "its channel axis is not the other operand's")
+        w.pin(layout, f"a tensor in {w.place}", "its channel axis is not the other operand's")
     layout = Layout((channel_axis,), np.array([w.atoms.new("fixed") for _ in range(value.shape[axis])],
                                               dtype=np.int64))
-    w.pin(layout, f"a constant in layer '{w.where}'", "a per-channel constant tensor cannot be cut")
+    w.pin(layout, f"a constant in {w.place}", "a per-channel constant tensor cannot be cut")
     return "wide", layout
 
 
@@ -311,7 +311,7 @@ def _getitem(w, name, args, kwargs, result):
     if step == 1 and _slice_at_int_attribute(w, layout, start, stop):
         return w.set(result, Layout((1,), layout.atoms[start:stop]))
     if step != 1 or start % (stop - start) or not _even_pieces(
-            w, layout, stop - start, f"x[:, {start}:{stop}] in layer '{w.where}' follows the width", True):
+            w, layout, stop - start, f"x[:, {start}:{stop}] in {w.place} follows the width", True):
         return unknown(w, name, args, kwargs, result, f"slice [{start}:{stop}] of {x.shape[1]} channels is not "
                                                       "an even fraction that can follow pruning")
     w.set(result, Layout((1,), layout.atoms[start:stop]))
@@ -327,7 +327,7 @@ def _slice_at_int_attribute(w: Walker, layout: Layout, start: int, stop: int) ->
     if bound is None or not 0 < bound < width or (width % length == 0 and start % length == 0):
         return False  # an even fraction (the usual halves) couples its pieces instead
     holder = _int_attribute(w, bound)
-    if holder is None or not w.assume(f"slice bound {bound} of {width} channels in layer '{w.where}' follows "
+    if holder is None or not w.assume(f"slice bound {bound} of {width} channels in {w.place} follows "
                                       f"{holder[0] or '<model>'}.{holder[1]}"):
         return False
     w.sizes.append((*holder, [layout.flat[:bound]]))
@@ -363,7 +363,7 @@ def _split(w, name, args, kwargs, result):
     assumed = name != "chunk"  # chunk(k) always re-splits the current width; split sizes may be literals
     if isinstance(sizes, int) and even and assumed and _split_by_int_attribute(w, layout, sizes):
         assumed = False
-    what = f"{name} of {x.shape[1]} channels in layer '{w.where}' follows the width"
+    what = f"{name} of {x.shape[1]} channels in {w.place} follows the width"
     if not even:
         return unknown(w, name, args, kwargs, result, f"{name} into {widths} is not even, so it cannot follow pruning")
     if not _even_pieces(w, layout, widths[0], what, assumed):
@@ -391,7 +391,7 @@ def _split_by_int_attribute(w: Walker, layout: Layout, size: int) -> bool:
     width = len(layout.atoms)
     for value, part in ((width, layout.flat), (size, layout.flat[:size])):
         holder = _int_attribute(w, value)
-        if holder is not None and w.assume(f"split size {size} of {width} channels in layer '{w.where}' follows "
+        if holder is not None and w.assume(f"split size {size} of {width} channels in {w.place} follows "
                                            f"{holder[0] or '<model>'}.{holder[1]}"):
             w.sizes.append((*holder, [part]))
             return True
@@ -425,7 +425,7 @@ def _split_by_attribute(w: Walker, layout: Layout, pieces: list, widths: list[in
 def _write(w, name, args, kwargs, result):
     unknown(w, name, args, kwargs, result, "it writes into a channel tensor in place")
     for value in tensors_in(args):
-        w.pin(w.layout(value), f"'{name}' in layer '{w.where}'", "it writes into a channel tensor in place")
+        w.pin(w.layout(value), f"'{name}' in {w.place}", "it writes into a channel tensor in place")
 
 
 # ---- shape
@@ -457,7 +457,7 @@ def _keeps_axis_size(w: Walker, name: str, args: tuple, source: tuple, target: t
     explicit = _shape_args(args) if name in ("view", "reshape") else ()
     if name in ("squeeze", "unsqueeze", "flatten") or (len(explicit) == len(target) and explicit[axis] == -1):
         return True
-    return w.assume(f"{name} {source}->{target} in layer '{w.where}' takes its channel width from the input")
+    return w.assume(f"{name} {source}->{target} in {w.place} takes its channel width from the input")
 
 
 @register_op("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as")
@@ -471,7 +471,7 @@ def _reshape(w, name, args, kwargs, result):
     if name not in ("view", "reshape") or not isinstance(result, torch.Tensor):
         return
     layout = w.layout(result)
-    where = f"a width read from channels in layer '{w.where}'"
+    where = f"a width read from channels in {w.place}"
     for axis, read in w.widths_in_shape(_shape_args(args)):
         here = layout if layout is not None and layout.dims == (axis,) else None
         if here is not None and any(_same_channels_as(w, here, channels) for channels in read):
@@ -519,7 +519,7 @@ def _reshape_channels(w: Walker, name: str, args: tuple, kwargs: dict, result: A
             return w.set(result, Layout((1,), np.repeat(layout.atoms, math.prod(s[2:]))))
         if len(t) >= 3 and t[1] * t[2] == s[1] and t[3:] == s[2:]:
             groups_axis = 0 if t[1] <= t[2] else 1
-            if w.assume(f"{name} {s}->{t} in layer '{w.where}' keeps its group count"):
+            if w.assume(f"{name} {s}->{t} in {w.place} keeps its group count"):
                 atoms = layout.atoms.reshape(t[1], t[2])
                 fixed = atoms if groups_axis == 0 else atoms.T
                 for position in range(fixed.shape[1]):
@@ -585,7 +585,7 @@ def _pad(w, name, args, kwargs, result):
     if before < 0 or after < 0:
         return unknown(w, name, args, kwargs, result, "it crops the channel axis")
     zeros = [w.atoms.new("zero") for _ in range(before + after)]
-    w.pin(Layout((1,), np.array(zeros, dtype=np.int64)), f"'pad' in layer '{w.where}'",
+    w.pin(Layout((1,), np.array(zeros, dtype=np.int64)), f"'pad' in {w.place}",
           f"F.pad adds {before}+{after} zero channels; their count is fixed in the code, so they stay")
     w.set(result, Layout((1,), np.concatenate([np.array(zeros[:before], dtype=np.int64), layout.atoms,
                                                np.array(zeros[before:], dtype=np.int64)])))
@@ -782,7 +782,7 @@ def _group_norm(w, name, args, kwargs, result):
     if groups != channels:
         owner = w.model.get_submodule(w.where) if w.where != "<top level>" else w.model
         from_layer = isinstance(owner, nn.GroupNorm) and owner.num_groups == groups
-        if not from_layer and not w.assume(f"group_norm in layer '{w.where}' has {groups} groups of the width"):
+        if not from_layer and not w.assume(f"group_norm in {w.place} has {groups} groups of the width"):
             return unknown(w, name, args, kwargs, result, f"its group count {groups} is a literal that cannot "
                                                           "follow pruning")
         _unite_groups(w, layout, channels // groups)
@@ -808,7 +808,7 @@ def _layer_norm(w, name, args, kwargs, result):
         return w.set(result, w.fresh(result, "fixed"))
     normalised = set(range(x.dim() - len(tuple(_arg(args, kwargs, 1, "normalized_shape"))), x.dim()))
     if normalised & set(layout.dims):  # the channels stay, and stay where they are (axis 3 of NHWC)
-        w.pin(layout, f"'{name}' in layer '{w.where}'", f"{name} normalises over the channel axis: its mean and "
+        w.pin(layout, f"'{name}' in {w.place}", f"{name} normalises over the channel axis: its mean and "
                                                         "variance use every channel, and called inside a larger "
                                                         "module it cannot be cut at full width (a LayerNorm module "
                                                         "can)")

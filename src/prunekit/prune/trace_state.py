@@ -222,6 +222,12 @@ class Walker:
             return None
         return ParamView(owner[0], owner[1], long_axes[0], long_axes[0])
 
+    @property
+    def place(self) -> str:
+        """Where the current op runs, as messages name it: ``layer 'stages.0.norm'``, or ``the model's own forward``
+        for the root module (whose name is '')."""
+        return f"layer '{self.where}'" if self.where not in ("", "<top level>") else "the model's own forward"
+
     def _attribute_of(self, value: torch.Tensor) -> tuple[str, str] | None:
         module = self.model.get_submodule(self.where) if self.where != "<top level>" else self.model
         attr = next((k for k, v in vars(module).items() if v is value), None)
