@@ -69,12 +69,18 @@ class ZeroPadShortcut(nn.Module):
         self.register_buffer("gather_index", torch.tensor(gather, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        x = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
-        return x.index_select(1, self.gather_index)
+        return gather_with_zero(x[:, :, :: self.stride, :: self.stride], 1, self.gather_index)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+def gather_with_zero(x: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
+    """``x`` along ``axis`` rearranged by ``index``, where index ``x.shape[axis]`` picks a zero channel: a zero
+    channel is appended, then ``index_select`` (cat and index_select only, so the model exports as plainly as it
+    runs)."""
+    padded = torch.cat([x, torch.zeros_like(x.narrow(axis, 0, 1))], axis)
+    return padded.index_select(axis, index)
 
 
 def _default_source_index(in_channels: int, out_channels: int) -> list[int]:
@@ -199,15 +205,14 @@ class FullWidthChannels(nn.Module):
         self.width = width
         self.axis = axis
         self.register_buffer("kept_index", torch.tensor(kept_index, dtype=torch.long))
-        # Like ZeroPadShortcut: full-width channel j is input channel scatter_index[j], or the zero channel appended
-        # at len(kept_index) (index_select and cat only, so the cut model exports as plainly as it runs).
+        # Full-width channel j is input channel scatter_index[j], or the zero channel at len(kept_index)
+        # (gather_with_zero, as in ZeroPadShortcut).
         position = {channel: i for i, channel in enumerate(kept_index)}
         scatter = [position.get(j, len(kept_index)) for j in range(width)]
         self.register_buffer("scatter_index", torch.tensor(scatter, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded = torch.cat([x, torch.zeros_like(x.narrow(self.axis, 0, 1))], self.axis)
-        full = padded.index_select(self.axis, self.scatter_index)
+        full = gather_with_zero(x, self.axis, self.scatter_index)
         return self.inner(full).index_select(self.axis, self.kept_index)
 
     def extra_repr(self) -> str:
