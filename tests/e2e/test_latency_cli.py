@@ -29,7 +29,7 @@ def test_prune_channels_to_a_latency_target_records_asked_predicted_measured(bas
     out = tmp_path / "fast.pt"
     assert main(["prune-channels", str(base), "--latency-target", "0.8", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "latency (batch 1, 1 thread(s), cpu): asked 0.80, predicted" in printed
+    assert "latency (eager runtime, batch 1, 1 thread(s), cpu): asked 0.80, predicted" in printed
     record = load_checkpoint(out).meta["prune_channels"]["latency"]
     assert record["asked"] == 0.8 and record["predicted"] <= 0.8 + 1e-9 and record["measured"] > 0
     assert 1 <= len(record["attempts"]) <= 3 and record["reason"]

@@ -302,7 +302,7 @@ def prepare_models(models: list[nn.Module], target: TimingTarget, threads: int |
                    ) -> tuple[list[object | None], list[str | None]]:
     """Every model prepared for ``target.runtime`` on ``target.device`` (see :mod:`prunekit.runtime`) from an
     example batch of ``batch_size`` images, or None with the one-line reason where it cannot run there (an int8
-    model on CUDA or in ONNX Runtime). Side effect: the eager runtime moves the models to the device."""
+    model on CUDA or in ONNX Runtime). The models are not changed (every runtime prepares a copy)."""
     from prunekit.errors import PrunekitError
     from prunekit.runtime import get_runtime
 

@@ -289,6 +289,6 @@ LATENCY_VALUE_BATCHES = 2
 def latency_line(result) -> str:
     """``latency: asked 0.50, predicted 0.49, measured 0.51 of the dense model (1.96× faster; ...)``."""
     c = result.context
-    return (f"latency (batch {c['batch_size']}, {c['threads']} thread(s), {c['device']}): asked {result.asked:.2f}, "
+    return (f"latency (eager runtime, batch {c['batch_size']}, {c['threads']} thread(s), {c['device']}): asked {result.asked:.2f}, "
             f"predicted {result.predicted:.3f}, measured {result.measured:.3f} of the dense model "
             f"({1 / result.measured:.2f}× faster, {len(result.attempts)} attempt(s)); {result.reason}")

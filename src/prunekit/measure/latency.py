@@ -307,8 +307,12 @@ def cached_curve(shape: LayerShape, context: dict, measure: Callable[[LayerShape
 
 
 def dense_latency(model: nn.Module, context: dict, repeats: int = 30) -> float:
-    """The whole model's median milliseconds per batch in ``context`` (measured, never cached)."""
-    return time_inference(model, context["batch_size"], context["device"], repeats=repeats,
+    """The whole model's median milliseconds per batch in ``context`` (measured, never cached), prepared by the
+    eager runtime does (:func:`prunekit.inference.prepare_for_inference`: BatchNorm folded), as pruned models are."""
+    from prunekit.inference import prepare_for_inference
+
+    prepared = prepare_for_inference(model, torch.zeros(1, *IMAGE_SHAPE), context["device"])
+    return time_inference(prepared, context["batch_size"], context["device"], repeats=repeats,
                           threads=context["threads"]).median_ms
 
 

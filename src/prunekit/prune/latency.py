@@ -16,6 +16,7 @@ import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
@@ -69,9 +70,14 @@ def within(measured: float, asked: float, tolerance: float = TOLERANCE) -> bool:
 
 def measure_ratio(dense: nn.Module, pruned: nn.Module, context: dict, repeats: int = 40):
     """Pruned / dense latency as the median of paired per-round ratios, interleaved, in the table's context
-    (device, threads, batch size); returns (ratio, speed-up q1, speed-up q3)."""
+    (device, threads, batch size), both prepared by the eager runtime (BatchNorm folded, see
+    :func:`prunekit.inference.prepare_for_inference`); returns (ratio, speed-up q1, speed-up q3)."""
+    from prunekit.images import IMAGE_SHAPE
     from prunekit.measure import paired_ratio, time_interleaved
+    from prunekit.inference import prepare_for_inference
 
+    example = torch.zeros(1, *IMAGE_SHAPE)
+    dense, pruned = (prepare_for_inference(m, example, context["device"]) for m in (dense, pruned))
     dense_t, pruned_t = time_interleaved([dense, pruned], context["batch_size"], context["device"],
                                          repeats=repeats, threads=context["threads"])
     speedup = paired_ratio(dense_t, pruned_t)
