@@ -19,7 +19,9 @@ Every pruned model gets its BatchNorm statistics recalibrated on 8 batches of 12
 CIFAR-10 subset before its top-1 on the 509 test images is measured. Then ``compare_checkpoints`` measures
 all of them in one table with ``runtime="eager,onnxruntime"``: each runtime times every model interleaved
 with the dense one (warm-up, median of paired per-round ratios, 1 thread), so each speed-up compares pruned
-and dense in the same runtime; ONNX Runtime cannot take the int8 GraphModules (marked "not run").
+and dense in the same runtime with the same inference optimisations (eager: :mod:`prunekit.inference`, BatchNorm
+folded and the graph traced flat; ONNX Runtime: its default graph optimisations); ONNX Runtime cannot take the
+int8 GraphModules (marked "not run").
 Efficiency = speed-up ÷ MACs reduction. A model measured slower than the dense one is flagged SLOWER.
 
     python benchmarks/speed.py [--quick | --only MODEL[,MODEL]] [--smoke] [--json OUT] [--repeats N]
