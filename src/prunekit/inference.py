@@ -30,6 +30,12 @@ RTOL = 1e-4
 PREPARED_AS = "prunekit_prepared_as"
 
 
+def describe_preparation(kind: str) -> str:
+    """``"graph"`` / ``"module"`` (:data:`PREPARED_AS`) in words."""
+    return {"graph": "as a traced graph with BatchNorm folded",
+            "module": "as it is (it does not trace)"}.get(kind, kind)
+
+
 class _LeafTracer(fx.Tracer):
     """``torch.fx`` tracer that keeps prunekit's layers (``prunekit.models.layers``) as single calls."""
 

@@ -149,3 +149,17 @@ def test_a_per_batch_size_runtime_is_prepared_and_timed_per_batch_size(dense_and
     compare_checkpoints(dense_and_pruned, lambda meta: small_data,
                         CompareSettings(runtime="batchy", repeats=3, batch_size=4))
     assert prepared == [1, 1]
+
+
+def test_a_model_the_eager_runtime_prepares_differently_is_named():
+    from prunekit.analysis.compare import preparation_notes
+    from prunekit.inference import PREPARED_AS
+
+    class Prepared:
+        def __init__(self, kind):
+            setattr(self, PREPARED_AS, kind)
+
+    notes = preparation_notes([Prepared("graph"), Prepared("graph"), Prepared("module"), None])
+    assert notes[:2] == [None, None] and notes[3] is None
+    assert "prepared as it is (it does not trace), the reference as a traced graph" in notes[2]
+    assert "mixes inference optimisations" in notes[2]

@@ -57,7 +57,8 @@ TIMED_RATIOS = ("speedup", "throughput_ratio")
 #: Timing columns per runtime and device: ``<key><suffix>`` in every row (see :class:`TimingTarget`); the first
 #: target's also without suffix.
 TIMING_KEYS = ("latency_ms", "latency_q1_ms", "latency_q3_ms", "latency_spread", "throughput_ips", "speedup",
-               "speedup_q1", "speedup_q3", "throughput_ratio", "efficiency", "slower", "untimed", "noise")
+               "speedup_q1", "speedup_q3", "throughput_ratio", "efficiency", "slower", "untimed", "noise",
+               "prepared")
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class Comparison:
             lines.append(f"machine busy while timing ({MachineLoad(**self.machine).describe()}): latencies are "
                          "longer and noisier than on a quiet machine; rows marked noisy cannot be trusted.")
         shortfalls = [f"{row['model']}: {row['cut_shortfall']}" for row in self.rows if row.get("cut_shortfall")]
-        return lines + self.flagged(("slower", "untimed", "noise")) + shortfalls
+        return lines + self.flagged(("slower", "untimed", "noise", "prepared")) + shortfalls
 
     def cuts(self) -> list[str]:
         """``model: cut asked 50.0% of filters, achieved 48.7% …`` for every row whose checkpoint records a
@@ -320,6 +321,18 @@ def prepare_models(models: list[nn.Module], target: TimingTarget, threads: int |
     return prepared, reasons
 
 
+def preparation_notes(prepared: list) -> list[str | None]:
+    """For each prepared model, a note when the eager runtime prepared it differently from the first one (one
+    traced and BatchNorm-folded, the other run as it is: see :mod:`prunekit.inference`), so that its speed-up
+    mixes inference optimisations; else None."""
+    from prunekit.inference import PREPARED_AS, describe_preparation
+
+    kinds = [getattr(runnable, PREPARED_AS, None) for runnable in prepared]
+    return [f"prepared {describe_preparation(kind)}, the reference {describe_preparation(kinds[0])}: this "
+            "speed-up mixes inference optimisations" if kind and kinds[0] and kind != kinds[0] else None
+            for kind in kinds]
+
+
 def slower_note(speedup: float, reference: str) -> str:
     """The flag a model measured slower than the reference carries in the table, the report and the warnings."""
     return f"SLOWER than {reference}: {speedup:.2f}× its speed in this runtime"
@@ -332,7 +345,8 @@ def time_rows(rows: list[dict], models: list[nn.Module], target: TimingTarget, s
     paired per-round ratios, the efficiency (speed-up ÷ MACs reduction: 1 means the speed-up equals the MACs
     saved) and ``slower`` (:func:`slower_note`) when the speed-up is below 1. A model the runtime cannot run
     gets ``untimed`` (why). A row whose latency, throughput or either ratio has an IQR over 20% of its median
-    gets ``noise``. Side effect: the eager runtime moves the models to the device (back to the CPU afterwards)."""
+    gets ``noise``; one the eager runtime prepared differently from the first (:func:`preparation_notes`) gets
+    ``prepared``. Side effect: moves the models to the CPU afterwards."""
     from prunekit.runtime import get_runtime
 
     threads = settings.threads
@@ -343,6 +357,8 @@ def time_rows(rows: list[dict], models: list[nn.Module], target: TimingTarget, s
         reasons = [a or b for a, b in zip(reasons, batch_reasons)]
     for row, reason in zip(rows, reasons):
         row["untimed" + target.suffix] = reason
+    for row, note in zip(rows, preparation_notes(prepared)):
+        row["prepared" + target.suffix] = note
     usable = [i for i, reason in enumerate(reasons) if reason is None]
     if usable:
         fill_timings(rows, [prepared[i] for i in usable], [batch_prepared[i] for i in usable], usable, target,
@@ -497,7 +513,7 @@ COMPARE_CSV_COLUMNS = ["model", "path", "arch", "dataset", "synthetic", "split",
                        "top1_error", "top5_error", "loss", "params", "nonzero_params", "macs", "file_bytes",
                        "weights_bytes", "compact_bytes", "peak_memory_bytes", "latency_ms", "latency_q1_ms",
                        "latency_q3_ms", "latency_spread", "throughput_batch", "throughput_ips", *RATIOS,
-                       "speedup_q1", "speedup_q3", "efficiency", "slower", "untimed", "noise", "device", "threads",
+                       "speedup_q1", "speedup_q3", "efficiency", "slower", "untimed", "noise", "prepared", "device", "threads",
                        "hardware", "cut", "cut_shortfall"]
 
 
