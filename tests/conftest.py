@@ -13,6 +13,29 @@ SHARED = Path(os.environ.get("PRUNEKIT_SHARED", ROOT.parent / "shared"))
 REAL_DATA = SHARED / "data" / "cifar10-subset"
 PRETRAINED = SHARED / "pretrained"
 
+
+
+def randomise_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BN statistics and affine parameters (and LayerNorm affine ones), seeded, so a zeroed channel
+    is not zero by accident and a fold or cut that ignores any of them changes the output. Returns ``model`` in
+    eval mode (changed in place)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(n, generator=g) - 0.5)
+            elif isinstance(m, torch.nn.LayerNorm) and m.elementwise_affine:  # a LayerNorm over channels
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+    return model.eval()
+
+
 needs_shared = pytest.mark.skipif(
     not (REAL_DATA / "cifar-10-batches-py").is_dir(),
     reason=f"real CIFAR-10 subset not found at {REAL_DATA} (../shared is only beside CI's and developers' clones)",

@@ -12,20 +12,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from prunekit.models import ZeroWidthLayer
+from tests.conftest import randomise_norms
 from prunekit.inference import PREPARED_AS, prepare_for_inference
-
-
-def randomise_norms(model: nn.Module) -> nn.Module:
-    """Random BN statistics and affine weights (a fold that ignores any of them changes the output)."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.normal_()
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.normal_()
-                module.bias.normal_()
-    return model.eval()
 
 
 class Block(nn.Module):

@@ -17,6 +17,8 @@ from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.prune import apply_masks
 from prunekit.prune.channels import plan_channels, prune_channels
 
+from tests.conftest import randomise_norms
+
 from . import CASES
 
 SETTINGS = [dict(ratio=0.3, criterion="l1"), dict(ratio=0.5, criterion="random", seed=3),
@@ -27,24 +29,6 @@ SETTINGS = [dict(ratio=0.3, criterion="l1"), dict(ratio=0.5, criterion="random",
 def _one_thread():
     torch.set_num_threads(1)
     yield
-
-
-def randomise(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so a zeroed channel is not zero by accident."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-        elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:  # a LayerNorm over channels runs at full width
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-            if m.bias is not None:
-                m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
-    return model.eval()
 
 
 def width(module: nn.Module) -> int:
@@ -64,7 +48,7 @@ def relative_error(expected: torch.Tensor, actual: torch.Tensor) -> float:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_masked_twin_equals_physical_model(case, setting):
     torch.manual_seed(0)
-    model = randomise(case.build())
+    model = randomise_norms(case.build())
     x = torch.randn(case.input_shape)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     layers = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
@@ -95,7 +79,7 @@ def test_masked_twin_equals_physical_model(case, setting):
 def test_most_cases_lose_channels_and_every_kept_channel_has_a_reason():
     pruned = 0
     for case in CASES:
-        model = randomise(case.build())
+        model = randomise_norms(case.build())
         plan = plan_channels(model, torch.randn(case.input_shape), ratio=0.5)
         pruned += bool(plan.removed)
         assert plan.blocked, case.name  # at least the network output is named
@@ -104,7 +88,7 @@ def test_most_cases_lose_channels_and_every_kept_channel_has_a_reason():
                          ids=lambda c: c.name)
 def test_pruned_user_model_checkpoint_round_trip(case, tmp_path):
     """Cases built by a plain class call: the checkpoint records the class and rebuilds it with no code."""
-    model = randomise(case.build())
+    model = randomise_norms(case.build())
     x = torch.randn(case.input_shape)
     prune_channels(model, x, ratio=0.5)
     path = save_checkpoint(model, tmp_path / "pruned.pt")
@@ -132,7 +116,7 @@ SECOND_ZOO = [c for c in CASES if c.pattern in ("norms", "channels_last", "kerne
 
 @pytest.mark.parametrize("case", SECOND_ZOO, ids=lambda c: c.name)
 def test_second_zoo_achieves_what_is_asked(case):
-    outcome = plan_channels(randomise(case.build()), torch.randn(case.input_shape), ratio=0.5).outcome
+    outcome = plan_channels(randomise_norms(case.build()), torch.randn(case.input_shape), ratio=0.5).outcome
     assert outcome.achieved_filters >= 0.8 * 0.5 and outcome.achieved_macs >= 0.4, outcome.summary()
     assert outcome.shortfall() is None
 
@@ -142,7 +126,7 @@ def test_second_zoo_achieves_what_is_asked(case):
 def test_plan_predicts_the_cut_made_without_it(case):
     """plan_channels(m, x, **args) then prune_channels(m, x, **args) with no plan removes exactly plan.removed."""
     torch.manual_seed(0)
-    model = randomise(case.build())
+    model = randomise_norms(case.build())
     x = torch.randn(case.input_shape)
     widths = {n: width(m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     plan = plan_channels(model, x, ratio=0.5, criterion="l1")

@@ -11,7 +11,9 @@ from prunekit.prune.channels import prune_channels
 from prunekit.inference import PREPARED_AS, prepare_for_inference
 
 from . import CASES
-from .test_user_styles_pruning import logits, randomise, relative_error
+from tests.conftest import randomise_norms
+
+from .test_user_styles_pruning import logits, relative_error
 
 TRACED: dict[str, str] = {}
 
@@ -26,9 +28,9 @@ def _one_thread():
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_the_prepared_model_computes_the_same_function(case):
     torch.manual_seed(0)
-    model = randomise(case.build())
+    model = randomise_norms(case.build())
     x = torch.randn(case.input_shape)
-    for label, network in (("dense", model), ("pruned", prune_channels(randomise(case.build()), x, ratio=0.5))):
+    for label, network in (("dense", model), ("pruned", prune_channels(randomise_norms(case.build()), x, ratio=0.5))):
         prepared = prepare_for_inference(network, x[:1])
         with torch.no_grad():
             assert relative_error(logits(network(x)), logits(prepared(x))) <= 1e-4, label
