@@ -11,6 +11,7 @@ The public API (imported lazily, so ``import prunekit`` and ``prunekit --help`` 
     prune_unstructured, plan_channels, prune_channels   pruning (prune/)
     binarize_model                     1-bit weights with a straight-through estimator (binarize.py)
     accelerate                         sparse kernels where they measured faster, per layer (runtime/)
+    prepare_for_inference              the model as the eager runtime times it: traced, BN folded (inference.py)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ _EXPORTS = {
     "make_permanent": "prunekit.masking",
     "binarize_model": "prunekit.binarize",
     "accelerate": "prunekit.runtime.sparse",
+    "prepare_for_inference": "prunekit.inference",
     "PrunekitError": "prunekit.errors",
 }
 

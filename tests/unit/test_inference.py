@@ -174,3 +174,9 @@ def test_a_prepared_copy_that_computes_something_else_is_not_used(monkeypatch):
     prepared = prepare_for_inference(model, torch.zeros(1, 3, 8, 8))
     assert getattr(prepared, PREPARED_AS) == "module"
     assert_same_function(prepared, model)
+
+
+def test_the_public_api_names_it():
+    import prunekit
+
+    assert prunekit.prepare_for_inference is prepare_for_inference and "prepare_for_inference" in prunekit.__all__
