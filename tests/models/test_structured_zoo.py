@@ -32,11 +32,7 @@ CASES = [(name, key) for name in CORE for key in ("layer50-random", "global30-ra
 CASES += [(name, "layer40-l1") for name in list_models() if name not in CORE]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: these tiny tensors gain nothing from two, and lose a lot when the cores are shared."""
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def side(name: str) -> int:

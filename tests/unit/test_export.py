@@ -30,11 +30,7 @@ OVERHEAD_BYTES = 16 * 1024
 needs_onnxruntime = pytest.mark.skipif(not has_onnxruntime(), reason="onnxruntime not installed (extra 'onnx')")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tests share 2 cores with other jobs; an oversubscribed 2-thread pool runs 5-10x slower there.
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def masked_vgg(cfg=TINY_CFG, sparsity=0.5, seed=0) -> nn.Module:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from prunekit.models import ZeroWidthLayer
-from tests.conftest import randomise_norms
+from conftest import randomise_norms
 from prunekit.inference import PREPARED_AS, prepare_for_inference
 
 

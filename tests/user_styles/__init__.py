@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from . import (channels_last, gates, grouped, inline_modules, kernels, misc, norms, pad_shortcut, shape_python, shuffle,
@@ -197,3 +198,13 @@ CASES: list[Case] = [
     Case("weight_standardised_plain", "kernels", kernels.standardised_no_gain_net,
          notes="the same with plain weight standardisation (no gain)"),
 ]
+
+
+def logits(output) -> torch.Tensor:
+    """A zoo model's logits: its output, or the first entry where it returns a tuple."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def relative_error(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    """max |expected - actual| over max |expected|."""
+    return ((expected - actual).abs().max() / expected.abs().max()).item()

@@ -17,31 +17,20 @@ from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.prune import apply_masks
 from prunekit.prune.channels import plan_channels, prune_channels
 
-from tests.conftest import randomise_norms
+from conftest import randomise_norms
 
-from . import CASES
+from . import CASES, logits, relative_error
 
 SETTINGS = [dict(ratio=0.3, criterion="l1"), dict(ratio=0.5, criterion="random", seed=3),
             dict(ratio=0.4, criterion="l2", scope="global")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def width(module: nn.Module) -> int:
     """Output channels of a conv, output features of a Linear (a channels-last Linear's filters)."""
     return module.out_features if isinstance(module, nn.Linear) else module.out_channels
-
-
-def logits(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def relative_error(expected: torch.Tensor, actual: torch.Tensor) -> float:
-    return ((expected - actual).abs().max() / expected.abs().max()).item()
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: "-".join(str(v) for v in s.values()))

@@ -16,10 +16,7 @@ MAX_PARAMS = 320_000
 BIG_PATTERNS = {"inline_modules", "shape_python", "grouped", "gates", "splits", "shuffle", "pad_shortcut", "views", "misc"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _logits(out, case: Case) -> torch.Tensor:
