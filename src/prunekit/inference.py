@@ -81,7 +81,7 @@ def fold_batchnorms(graph_module: fx.GraphModule) -> int:
             replacement = _constant_through_norm(layer, norm)
         else:
             continue
-        _set_module(graph_module, source.target, replacement)
+        graph_module.set_submodule(source.target, replacement)
         node.replace_all_uses_with(source)
         graph_module.graph.erase_node(node)
         folded += 1
@@ -149,11 +149,6 @@ def _constant_through_norm(layer, norm: nn.BatchNorm2d):
     shift = norm.bias.detach() if norm.bias is not None else torch.zeros_like(constant)
     value = (constant - norm.running_mean) * scale / torch.sqrt(norm.running_var + norm.eps) + shift
     return ZeroWidthLayer.replacing(layer, 0, layer.out_channels, bias=value).eval()
-
-
-def _set_module(root: nn.Module, target: str, module: nn.Module) -> None:
-    parent, _, name = target.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
 def _same_function(prepared, model: nn.Module, example_input: torch.Tensor) -> bool:

@@ -2,9 +2,11 @@
 
 A :class:`LatencyTable` predicts a pruned model's latency without building it: the model's measured
 latency is split into the time of its Conv2d / Linear calls, each looked up at its new (input, output) width,
-plus a constant *overhead* (everything else: BatchNorm, activations, additions, pooling, Python per-op cost),
-``overhead = measured dense latency − Σ layer time at full width``, of which ``fixed_ms`` stays constant and
-the rest shrinks with the layers' output activations (BatchNorm and activations touch every output value).
+plus a constant *overhead* (everything else: activations, additions, pooling, Python per-op cost; BatchNorm
+where it is not folded), ``overhead = measured dense latency − Σ layer time at full width``, of which
+``fixed_ms`` stays constant and the rest shrinks with the layers' output activations (activations touch every
+output value). The dense latency is that of the model as the eager runtime runs it
+(:func:`prunekit.inference.prepare_for_inference`: traced, BatchNorm folded into the convolutions).
 ``fixed_ms`` starts at 0 and is fitted from a measured pruned model (:meth:`LatencyTable.calibrate`). The
 allocation in
 :mod:`prunekit.prune.allocate` spends that prediction; the pruning pipeline then measures the real model.
@@ -307,11 +309,13 @@ def cached_curve(shape: LayerShape, context: dict, measure: Callable[[LayerShape
 
 
 def dense_latency(model: nn.Module, context: dict, repeats: int = 30) -> float:
-    """The whole model's median milliseconds per batch in ``context`` (measured, never cached), prepared by the
-    eager runtime does (:func:`prunekit.inference.prepare_for_inference`: BatchNorm folded), as pruned models are."""
+    """The whole model's median milliseconds per batch in ``context`` (measured, never cached), prepared as the
+    eager runtime prepares it (:func:`prunekit.inference.prepare_for_inference`: BatchNorm folded), as the
+    pruned models it is compared with are."""
+    from prunekit.images import example_input
     from prunekit.inference import prepare_for_inference
 
-    prepared = prepare_for_inference(model, torch.zeros(1, *IMAGE_SHAPE), context["device"])
+    prepared = prepare_for_inference(model, example_input(), context["device"])
     return time_inference(prepared, context["batch_size"], context["device"], repeats=repeats,
                           threads=context["threads"]).median_ms
 
@@ -322,24 +326,29 @@ def build_latency_table(model: nn.Module, device: str = "cpu", threads: int | No
     """The :class:`LatencyTable` of ``model`` (see the module doc): layer curves from the cache where they
     are, else measured and cached; the dense latency measured now. When cached layers add up to more than
     the dense model measured now (a negative overhead: entries measured on a busier machine, or under
-    conditions that no longer hold), the predictions would be nonsense, so every curve is measured again
-    and the cache replaced. Side effects: puts ``model`` in eval mode on ``device``; writes cache files."""
+    conditions that no longer hold), the predictions would be nonsense, so every curve read from the cache is
+    measured again and its cache entry replaced. Side effects: puts ``model`` in eval mode on ``device``; writes cache files."""
     start = time.perf_counter()
     model = model.to(device).eval()
     context = measuring_context(device, threads, batch_size)
     shapes = layer_shapes(model, input_size)
     keys = {name: entry_key(context, shape) for name, shape in shapes.items()}
     dense_ms = dense_latency(model, context)
-    table = None
-    for refresh in (False, True):
-        curves, cached = {}, 0
-        for name, shape in shapes.items():
-            if keys[name] not in curves:
-                curves[keys[name]], hit = cached_curve(shape, context, measure, folder, refresh)
-                cached += hit
-        table = LatencyTable(keys, {keys[n]: s for n, s in shapes.items()}, curves, dense_ms, context, cached,
-                             full={n: (s.in_channels, s.out_channels) for n, s in shapes.items()})
-        if table.overhead_ms >= 0 or not cached:
-            break
+    by_key = {keys[n]: s for n, s in shapes.items()}
+    curves, from_cache = {}, set()
+    for key, shape in by_key.items():
+        curves[key], hit = cached_curve(shape, context, measure, folder)
+        if hit:
+            from_cache.add(key)
+
+    def table_of(cached: int) -> LatencyTable:
+        return LatencyTable(keys, by_key, curves, dense_ms, context, cached,
+                            full={n: (s.in_channels, s.out_channels) for n, s in shapes.items()})
+
+    table = table_of(len(from_cache))
+    if table.overhead_ms < 0 and from_cache:  # cached entries no longer hold here: measure those again
+        for key in from_cache:
+            curves[key], _ = cached_curve(by_key[key], context, measure, folder, refresh=True)
+        table = table_of(0)
     table.build_s = time.perf_counter() - start
     return table

@@ -16,7 +16,6 @@ import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
@@ -68,17 +67,17 @@ def within(measured: float, asked: float, tolerance: float = TOLERANCE) -> bool:
     return abs(measured - asked) <= tolerance * asked
 
 
-def measure_ratio(dense: nn.Module, pruned: nn.Module, context: dict, repeats: int = 40):
+def measure_ratio(prepared_dense, pruned: nn.Module, context: dict, repeats: int = 40):
     """Pruned / dense latency as the median of paired per-round ratios, interleaved, in the table's context
-    (device, threads, batch size), both prepared by the eager runtime (BatchNorm folded, see
-    :func:`prunekit.inference.prepare_for_inference`); returns (ratio, speed-up q1, speed-up q3)."""
-    from prunekit.images import IMAGE_SHAPE
-    from prunekit.measure import paired_ratio, time_interleaved
+    (device, threads, batch size). ``prepared_dense``: the dense model as the eager runtime runs it
+    (:func:`prunekit.inference.prepare_for_inference`, made once by the caller); ``pruned`` is prepared the same
+    way here. Returns (ratio, speed-up q1, speed-up q3)."""
+    from prunekit.images import example_input
     from prunekit.inference import prepare_for_inference
+    from prunekit.measure import paired_ratio, time_interleaved
 
-    example = torch.zeros(1, *IMAGE_SHAPE)
-    dense, pruned = (prepare_for_inference(m, example, context["device"]) for m in (dense, pruned))
-    dense_t, pruned_t = time_interleaved([dense, pruned], context["batch_size"], context["device"],
+    pruned = prepare_for_inference(pruned, example_input(), context["device"])
+    dense_t, pruned_t = time_interleaved([prepared_dense, pruned], context["batch_size"], context["device"],
                                          repeats=repeats, threads=context["threads"])
     speedup = paired_ratio(dense_t, pruned_t)
     return 1 / speedup.median, speedup.q1, speedup.q3
@@ -97,6 +96,8 @@ def prune_to_latency(model: nn.Module, latency_target: float, table=None, exampl
     :func:`prunekit.prune.allocate.measured_values`), and a data-driven ``criterion`` (``taylor``) reads
     them. Without them widths are valued by the criterion's scores. Raises PrunekitError (asked vs
     reachable) when the table predicts the target cannot be reached."""
+    from prunekit.images import example_input
+    from prunekit.inference import prepare_for_inference
     from prunekit.measure.latency import build_latency_table
     from prunekit.prune.channels import prune_channels
 
@@ -104,6 +105,7 @@ def prune_to_latency(model: nn.Module, latency_target: float, table=None, exampl
 
     table = table or build_latency_table(model)
     dense = copy.deepcopy(model).eval()
+    prepared_dense = prepare_for_inference(dense, example_input(), table.context["device"])
     batches = LossProbe(dense, batches) if batches else None
     result = LatencyResult(latency_target, context=dict(table.context))
     candidates, aim = [], latency_target
@@ -119,7 +121,7 @@ def prune_to_latency(model: nn.Module, latency_target: float, table=None, exampl
             break
         widths = pruned_widths(pruned)
         predicted = table.predict(widths) / table.dense_ms
-        measured, q1, q3 = measure_ratio(dense, pruned, table.context, repeats)
+        measured, q1, q3 = measure_ratio(prepared_dense, pruned, table.context, repeats)
         result.attempts.append(Attempt(predicted, measured, q1, q3))
         candidates.append(pruned)
         if within(measured, latency_target, tolerance):
