@@ -15,6 +15,19 @@ PRETRAINED = SHARED / "pretrained"
 
 
 
+class ConvMiddleConv(torch.nn.Module):
+    """conv1 (3 -> ``width``, 1x1) -> ``middle`` -> conv2 (``width`` -> 2, 1x1) -> spatial mean: the smallest
+    network around one layer under test."""
+
+    def __init__(self, middle: torch.nn.Module, width: int = 4):
+        super().__init__()
+        self.conv1, self.middle = torch.nn.Conv2d(3, width, 1), middle
+        self.conv2 = torch.nn.Conv2d(width, 2, 1)
+
+    def forward(self, x):
+        return self.conv2(self.middle(self.conv1(x))).mean((2, 3))
+
+
 def randomise_norms(model: torch.nn.Module) -> torch.nn.Module:
     """Non-trivial BN statistics and affine parameters (and LayerNorm affine ones), seeded, so a zeroed channel
     is not zero by accident and a fold or cut that ignores any of them changes the output. Returns ``model`` in
@@ -82,6 +95,20 @@ def tiny_data():
     from prunekit.data import get_data
 
     return get_data("synthetic", limit_train=512, limit_test=256)
+
+
+def run_cli(capsys, argv: list) -> tuple[int, str, str]:
+    """``prunekit.cli.main(argv)`` in-process (arguments made strings) → (exit status, stdout, stderr); argparse's
+    own exits count as statuses too. Side effect: drains ``capsys`` before running."""
+    from prunekit.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 #: Data flags of a fast CLI run on synthetic data (prune, finetune, binarize tests).

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SYNTHETIC_CLI
+from conftest import SYNTHETIC_CLI, run_cli
 from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.cli import main
 from prunekit.prune.channels import PlanOutcome
@@ -62,13 +62,6 @@ BLOCKER = "4 × 'softmax' in layer 'blocks.*.gate'"
 FILTER_PRUNE = ["--granularity", "filter", "--sparsity", "0.5", "--finetune-epochs", "0", *SYNTHETIC_CLI]
 
 
-def run(capsys, argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture
 def pinned(tmp_path, monkeypatch) -> Path:
     """``tmp_path/pinned.pt``: a GatedNet checkpoint (synthetic data), its model file beside it."""
@@ -103,7 +96,7 @@ def test_outcome_require_raises_its_shortfall_line_and_records_plain_values():
 
 
 def test_prune_filter_states_asked_vs_achieved_and_the_api_result_carries_it(tmp_path, base, capsys):
-    code, out, err = run(capsys, ["prune", base, *FILTER_PRUNE, "--out", tmp_path / "out"])
+    code, out, err = run_cli(capsys, ["prune", base, *FILTER_PRUNE, "--out", tmp_path / "out"])
     assert code == 0, err
     (path,) = (tmp_path / "out").glob("*.pt")
     cut = load_checkpoint(path).meta["cut"]
@@ -127,36 +120,36 @@ def test_run_pruning_result_has_the_outcome(tiny_vgg, tiny_data, tmp_path):
 
 
 def test_prune_filter_shortfall_names_the_blocking_op_and_strict_writes_nothing(pinned, tmp_path, capsys):
-    code, out, err = run(capsys, ["prune", pinned, *FILTER_PRUNE, "--out", tmp_path / "out"])
+    code, out, err = run_cli(capsys, ["prune", pinned, *FILTER_PRUNE, "--out", tmp_path / "out"])
     assert code == 0, err
     line = shortfall_line(out)
     assert line.startswith("shortfall: asked 50.0% of filters, achieved") and BLOCKER in line
-    code, out, err = run(capsys, ["prune", pinned, *FILTER_PRUNE, "--out", tmp_path / "strict", "--strict"])
+    code, out, err = run_cli(capsys, ["prune", pinned, *FILTER_PRUNE, "--out", tmp_path / "strict", "--strict"])
     assert code == 2 and not (tmp_path / "strict").exists()
     (message,) = err.strip().splitlines()
     assert BLOCKER in message and "shortfall: asked 50.0% of filters" in message and "nothing written" in message
 
 
 def test_prune_channels_strict_on_a_pinned_model_exits_2_without_a_file(pinned, tmp_path, capsys):
-    code, out, err = run(capsys, ["prune-channels", pinned, "--ratio", "0.5", "--out", tmp_path / "p.pt",
+    code, out, err = run_cli(capsys, ["prune-channels", pinned, "--ratio", "0.5", "--out", tmp_path / "p.pt",
                                   "--recalibrate-bn", "0"])
     assert code == 0, err
     assert BLOCKER in shortfall_line(out)
     assert load_checkpoint(tmp_path / "p.pt").meta["cut"]["shortfall"] == shortfall_line(out)
-    code, _, err = run(capsys, ["prune-channels", pinned, "--ratio", "0.5", "--out", tmp_path / "q.pt", "--strict"])
+    code, _, err = run_cli(capsys, ["prune-channels", pinned, "--ratio", "0.5", "--out", tmp_path / "q.pt", "--strict"])
     assert code == 2 and BLOCKER in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "q.pt").exists()
 
 
 def test_strict_needs_a_structured_cut(base, tmp_path, capsys):
-    code, _, err = run(capsys, ["prune", base, "--sparsity", "0.5", "--strict", "--out", tmp_path / "o",
+    code, _, err = run_cli(capsys, ["prune", base, "--sparsity", "0.5", "--strict", "--out", tmp_path / "o",
                                 *SYNTHETIC_CLI])
     assert code == 2 and "--strict checks a structured cut" in err and not (tmp_path / "o").exists()
 
 
 def test_compare_states_each_cut_and_warns_on_a_shortfall(pinned, base, tmp_path, capsys):
-    assert run(capsys, ["prune-channels", base, "--ratio", "0.5", "--out", tmp_path / "whole.pt"])[0] == 0
-    assert run(capsys, ["prune-channels", pinned, "--ratio", "0.5", "--out", tmp_path / "short.pt"])[0] == 0
-    code, out, err = run(capsys, ["compare", base, tmp_path / "whole.pt", tmp_path / "short.pt", "--no-timing",
+    assert run_cli(capsys, ["prune-channels", base, "--ratio", "0.5", "--out", tmp_path / "whole.pt"])[0] == 0
+    assert run_cli(capsys, ["prune-channels", pinned, "--ratio", "0.5", "--out", tmp_path / "short.pt"])[0] == 0
+    code, out, err = run_cli(capsys, ["compare", base, tmp_path / "whole.pt", tmp_path / "short.pt", "--no-timing",
                                   "--dataset", "synthetic", "--no-progress"])
     assert code == 0, err
     whole = load_checkpoint(tmp_path / "whole.pt").meta["cut"]
@@ -181,13 +174,13 @@ def experiment(pinned: Path, strict: bool) -> dict:
 def test_yaml_runner_records_the_cut_and_strict_stops_before_the_variant(pinned, tmp_path, capsys):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(experiment(pinned, strict=True)))
-    code, _, err = run(capsys, ["run", path, "--out", tmp_path / "runs", "--no-progress"])
+    code, _, err = run_cli(capsys, ["run", path, "--out", tmp_path / "runs", "--no-progress"])
     assert code == 2 and BLOCKER in err and "nothing written" in err
     (folder,) = (tmp_path / "runs").iterdir()
     assert not (folder / "models" / "filters.json").exists() and not (folder / "models" / "filters").exists()
 
     path.write_text(yaml.safe_dump(experiment(pinned, strict=False)))  # strict changes no result: same folder
-    code, out, err = run(capsys, ["run", path, "--out", tmp_path / "runs", "--no-progress"])
+    code, out, err = run_cli(capsys, ["run", path, "--out", tmp_path / "runs", "--no-progress"])
     assert code == 0, err
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [folder.name]
     record = json.loads((folder / "models" / "filters.json").read_text())
@@ -195,14 +188,14 @@ def test_yaml_runner_records_the_cut_and_strict_stops_before_the_variant(pinned,
     assert f"[cut] variant filters: {record['cut']['shortfall']}" in out.splitlines()
     assert BLOCKER in (folder / "compare.md").read_text() and BLOCKER in (folder / "report.md").read_text()
 
-    code, _, err = run(capsys, ["run", path, "--out", tmp_path / "runs", "--no-progress", "--strict"])
+    code, _, err = run_cli(capsys, ["run", path, "--out", tmp_path / "runs", "--no-progress", "--strict"])
     assert code == 0, err  # the variant is done already: nothing is cut again
 
 
 def test_seed_summary_states_each_models_cut(pinned, tmp_path, capsys):
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(experiment(pinned, strict=False)))
-    code, out, err = run(capsys, ["run", path, "--out", tmp_path / "runs", "--seeds", "1,2", "--no-progress"])
+    code, out, err = run_cli(capsys, ["run", path, "--out", tmp_path / "runs", "--seeds", "1,2", "--no-progress"])
     assert code == 0, err
     line = next(line for line in out.splitlines() if line.startswith("  filters: top-1"))
     assert "; cut shortfall: asked 50.0% of filters" in line and BLOCKER in line

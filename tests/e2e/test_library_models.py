@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.checkpoint import load_checkpoint
-from prunekit.cli import main
+from conftest import run_cli
 
 
 class NormAct(nn.BatchNorm2d):
@@ -67,15 +67,8 @@ def fake_timm(monkeypatch):
     return module
 
 
-def run(capsys, argv):
-    capsys.readouterr()
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_library_model_by_name_prunes_and_reloads(fake_timm, tmp_path, capsys):
-    code, out, err = run(capsys, ["prune-channels", "--model", "timm:librarynet", "--ratio", "0.5",
+    code, out, err = run_cli(capsys, ["prune-channels", "--model", "timm:librarynet", "--ratio", "0.5",
                                   "--out", str(tmp_path / "p.pt"), "--json"])
     assert code == 0, err
     result = json.loads(out)
@@ -90,16 +83,16 @@ def test_library_model_by_name_prunes_and_reloads(fake_timm, tmp_path, capsys):
 
 def test_shortfall_is_printed_and_strict_fails_with_the_blocking_op(fake_timm, tmp_path, capsys):
     argv = ["prune-channels", "--model", "timm:librarynet_blocked", "--ratio", "0.5", "--out", str(tmp_path / "p.pt")]
-    code, out, _ = run(capsys, argv)
+    code, out, _ = run_cli(capsys, argv)
     assert code == 0
     line = next(l for l in out.splitlines() if l.startswith("shortfall"))
     assert "asked 50.0% of filters, achieved 0.0%" in line and "1 × 'cumsum' in layer 'mix'" in line
-    code, _, err = run(capsys, argv[:-1] + [str(tmp_path / "q.pt"), "--strict"])
+    code, _, err = run_cli(capsys, argv[:-1] + [str(tmp_path / "q.pt"), "--strict"])
     assert code == 2 and "shortfall" in err and "'cumsum'" in err and not (tmp_path / "q.pt").exists()
 
 
 def test_unknown_library_model_names_close_ones(fake_timm, tmp_path, capsys):
-    code, _, err = run(capsys, ["prune-channels", "--model", "timm:librarynett", "--ratio", "0.5",
+    code, _, err = run_cli(capsys, ["prune-channels", "--model", "timm:librarynett", "--ratio", "0.5",
                                 "--out", str(tmp_path / "p.pt")])
     assert code == 2 and "timm has no model 'librarynett'" in err and "librarynet" in err
 
@@ -108,7 +101,7 @@ def test_library_model_weights_from_a_local_file(fake_timm, tmp_path, capsys):
     torch.manual_seed(1)
     source = LibraryNet(num_classes=10)
     torch.save({"state_dict": source.state_dict()}, tmp_path / "W.pt")
-    code, _, err = run(capsys, ["convert", "--model", "timm:librarynet", "--weights", str(tmp_path / "W.pt"),
+    code, _, err = run_cli(capsys, ["convert", "--model", "timm:librarynet", "--weights", str(tmp_path / "W.pt"),
                                 "--dataset", "cifar10", "--out", str(tmp_path / "dense.pt")])
     assert code == 0, err
     loaded = load_checkpoint(tmp_path / "dense.pt")
@@ -117,7 +110,7 @@ def test_library_model_weights_from_a_local_file(fake_timm, tmp_path, capsys):
 
 
 def test_pretrained_weights_offline_fail_in_one_line_naming_the_local_way(fake_timm, tmp_path, capsys):
-    code, _, err = run(capsys, ["prune-channels", "--model", "timm:librarynet", "--model-kwargs", '{"pretrained": true}',
+    code, _, err = run_cli(capsys, ["prune-channels", "--model", "timm:librarynet", "--model-kwargs", '{"pretrained": true}',
                                 "--ratio", "0.5", "--out", str(tmp_path / "p.pt")])
     (line,) = err.strip().splitlines()
     assert code == 2 and not (tmp_path / "p.pt").exists()
@@ -138,7 +131,7 @@ def test_real_library_model_end_to_end(ref, tmp_path, capsys):
     reason = importable(ref.partition(":")[0])
     if reason:
         pytest.skip(reason)
-    code, out, err = run(capsys, ["prune-channels", "--model", ref, "--ratio", "0.5", "--out", str(tmp_path / "p.pt"),
+    code, out, err = run_cli(capsys, ["prune-channels", "--model", ref, "--ratio", "0.5", "--out", str(tmp_path / "p.pt"),
                                   "--json"])
     assert code == 0, err
     result = json.loads(out)
@@ -182,24 +175,24 @@ def commands(tmp_path, ref: str) -> dict[str, list[str]]:
 def test_every_model_command_takes_a_library_model_and_names_the_missing_extra(command, fake_timm, tmp_path, capsys,
                                                                                 monkeypatch):
     argv = commands(tmp_path, "timm:librarynet")[command]
-    code, _, err = run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     assert code == 0, err
     monkeypatch.setitem(sys.modules, "timm", None)  # timm not installed: its import fails
-    code, _, err = run(capsys, [a.replace(str(tmp_path / "t"), str(tmp_path / "t2")) for a in argv])
+    code, _, err = run_cli(capsys, [a.replace(str(tmp_path / "t"), str(tmp_path / "t2")) for a in argv])
     (line,) = err.strip().splitlines()
     assert code == 2 and "--model timm:NAME needs timm: pip install 'prunekit[timm]'" in line
 
 
 def test_compare_reads_library_checkpoints_and_names_the_missing_extra(fake_timm, tmp_path, capsys, monkeypatch):
     for name, ratio in (("dense.pt", "0"), ("half.pt", "0.5")):
-        assert run(capsys, ["prune-channels", "--model", "timm:librarynet", "--ratio", ratio,
+        assert run_cli(capsys, ["prune-channels", "--model", "timm:librarynet", "--ratio", ratio,
                             "--out", str(tmp_path / name)])[0] == 0
     argv = ["compare", str(tmp_path / "dense.pt"), str(tmp_path / "half.pt"), "--no-timing", "--dataset", "synthetic",
             "--no-progress"]
-    code, out, err = run(capsys, argv)
+    code, out, err = run_cli(capsys, argv)
     assert code == 0, err
     assert any(line.startswith("half.pt: cut asked 50.0% of filters, achieved 50.0%") for line in out.splitlines())
     monkeypatch.setitem(sys.modules, "timm", None)
-    code, _, err = run(capsys, argv)
+    code, _, err = run_cli(capsys, argv)
     (line,) = err.strip().splitlines()
     assert code == 2 and "pip install 'prunekit[timm]'" in line

@@ -22,21 +22,11 @@ import pytest
 import torch
 
 from prunekit.cli import main
+from conftest import run_cli
 
 TINY = ["--model", "vgg11", "--model-cfg", "8,M,16,M,16,16"]
 DATA = ["--dataset", "synthetic", "--limit-train", "128"]
 FAST = ["--epochs", "1", "--batch-size", "64", "--device", "cpu", "--no-progress"]
-
-
-def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    """``main(argv)`` → (exit status, stdout, stderr); argparse's own exits count as statuses too."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(err: str) -> str:

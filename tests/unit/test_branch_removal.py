@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import randomise_norms
 from prunekit.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.masking import apply_masks, make_permanent, permanent_copy
 from prunekit.models import ZeroWidthLayer
@@ -51,17 +52,9 @@ class TinyResNet(nn.Module):
 
 
 def tiny_resnet() -> TinyResNet:
-    """Random weights and BN statistics, so every BN adds a non-zero constant."""
+    """Seeded conv weights; random BN statistics and affine parameters, so every BN adds a non-zero constant."""
     torch.manual_seed(0)
-    model = TinyResNet()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.normal_()
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.normal_()
-                module.bias.normal_()
-    return model.eval()
+    return randomise_norms(TinyResNet())
 
 
 INPUT = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -18,6 +18,7 @@ from prunekit.prune.channels import blockers_of, channel_masks, plan_channels, p
 from prunekit.prune.graph import Slot, trace_channels
 from prunekit.prune.mask import apply_masks
 from prunekit.prune.surgery import remove_channels
+from conftest import ConvMiddleConv
 
 X = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
 
@@ -29,17 +30,6 @@ class NormAct(nn.BatchNorm2d):
     def forward(self, x):
         return F.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
                                    self.eps))
-
-
-class Net(nn.Module):
-    """conv1 (3 -> 4) -> middle -> conv2 (4 -> 2) -> spatial mean."""
-
-    def __init__(self, middle: nn.Module, width: int = 4):
-        super().__init__()
-        self.conv1, self.middle, self.conv2 = nn.Conv2d(3, width, 1), middle, nn.Conv2d(width, 2, 1)
-
-    def forward(self, x):
-        return self.conv2(self.middle(self.conv1(x))).mean((2, 3))
 
 
 def randomise(module: nn.Module) -> nn.Module:
@@ -62,7 +52,7 @@ def cut(model: nn.Module, slot: tuple) -> tuple[torch.Tensor, torch.Tensor, nn.M
 
 
 def test_norm_layer_calling_batch_norm_is_cut_with_its_channel():
-    model = randomise(Net(NormAct(4)))
+    model = randomise(ConvMiddleConv(NormAct(4)))
     graph = trace_channels(model, X[:1])
     channel = graph.channels[graph.ports[("conv1", "conv_out")][1]]
     assert channel.prunable
@@ -75,7 +65,7 @@ def test_norm_layer_calling_batch_norm_is_cut_with_its_channel():
 
 
 def test_group_norm_removes_whole_groups_and_updates_its_group_count():
-    model = randomise(Net(nn.GroupNorm(2, 4)))
+    model = randomise(ConvMiddleConv(nn.GroupNorm(2, 4)))
     graph = trace_channels(model, X[:1])
     ports = graph.ports[("conv1", "conv_out")]
     assert ports[0] == ports[1] != ports[2] == ports[3]  # a group of 2 channels is one unit of removal
@@ -85,7 +75,7 @@ def test_group_norm_removes_whole_groups_and_updates_its_group_count():
 
 
 def test_group_norm_with_one_group_keeps_every_channel_and_says_why():
-    graph = trace_channels(randomise(Net(nn.GroupNorm(1, 4))), X[:1])
+    graph = trace_channels(randomise(ConvMiddleConv(nn.GroupNorm(1, 4))), X[:1])
     assert not any(graph.channels[c].prunable for c in graph.ports[("conv1", "conv_out")].values())
     assert any("one group" in why for why in graph.blocked.values())
 
@@ -103,7 +93,7 @@ class LayerScale(nn.Module):
 
 
 def test_layer_scale_and_learned_bias_are_cut_and_zeroed_in_the_twin():
-    model = randomise(Net(LayerScale()))
+    model = randomise(ConvMiddleConv(LayerScale()))
     graph = trace_channels(model, X[:1])
     masks = channel_masks(model, graph, {graph.ports[("conv1", "conv_out")][1]})
     assert masks["middle.gamma"].flatten().tolist() == [True, False, True, True]
@@ -127,7 +117,7 @@ class ChannelsLastMlp(nn.Module):
 
 
 def test_linear_on_channels_last_is_a_filter_and_layer_norm_over_channels_runs_at_full_width():
-    model = randomise(Net(ChannelsLastMlp()))
+    model = randomise(ConvMiddleConv(ChannelsLastMlp()))
     graph = trace_channels(model, X[:1])
     hidden = [graph.channels[c] for c in graph.ports[("middle.fc1", "conv_out")].values()]
     assert len(hidden) == 6 and all(c.prunable for c in hidden)
@@ -156,7 +146,7 @@ def test_channel_axis_follows_transpose_and_movedim():
             t = torch.movedim(self.fc(t), 2, 1)  # back to (N, C, HW)
             return t.reshape(n, -1, h, w)
 
-    model = randomise(Net(Tokens()))
+    model = randomise(ConvMiddleConv(Tokens()))
     graph = trace_channels(model, X[:1])
     assert graph.channels[graph.ports[("middle.fc", "conv_out")][0]].prunable
     twin, physical, small, _ = cut(model, ("middle.fc", "conv_out", 0))
@@ -165,12 +155,12 @@ def test_channel_axis_follows_transpose_and_movedim():
 
 
 def test_group_norm_and_layer_scale_round_trip_through_channel_config():
-    model = Net(nn.Sequential(nn.GroupNorm(2, 4), LayerScale()))
+    model = ConvMiddleConv(nn.Sequential(nn.GroupNorm(2, 4), LayerScale()))
     prune_channels(randomise(model), X[:1], ratio=0.5)
     config = channel_config(model)
     assert config["middle.0"] == {"kind": "GroupNorm", "num_groups": 1, "num_channels": 2}
     assert config["middle.1"] == {"kind": "Params", "shapes": {"gamma": [2, 1, 1], "bias": [1, 2, 1, 1]}}
-    rebuilt = apply_channel_config(Net(nn.Sequential(nn.GroupNorm(2, 4), LayerScale())), config)
+    rebuilt = apply_channel_config(ConvMiddleConv(nn.Sequential(nn.GroupNorm(2, 4), LayerScale())), config)
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt.eval()(X), model(X))
 
@@ -179,7 +169,7 @@ def test_group_norm_and_layer_scale_round_trip_through_channel_config():
 
 
 def test_outcome_counts_filters_macs_and_coverage():
-    model = randomise(Net(NormAct(4)))  # 6 filters: conv1's 4 are free, conv2's 2 feed the output
+    model = randomise(ConvMiddleConv(NormAct(4)))  # 6 filters: conv1's 4 are free, conv2's 2 feed the output
     plan = plan_channels(model, X[:1], ratio=0.5)
     outcome = plan.outcome
     assert (outcome.filters, outcome.prunable_filters, outcome.filters_removed) == (6, 4, 2)
@@ -194,7 +184,7 @@ def test_shortfall_names_the_blocking_ops_with_counts():
         def forward(self, x):
             return torch.cumsum(x, 1)
 
-    outcome = plan_channels(randomise(Net(CumSum())), X[:1], ratio=0.5).outcome
+    outcome = plan_channels(randomise(ConvMiddleConv(CumSum())), X[:1], ratio=0.5).outcome
     assert outcome.filters_removed == 0
     line = outcome.shortfall()
     assert line.startswith("shortfall: asked 50.0% of filters, achieved 0.0%")
@@ -211,7 +201,7 @@ def test_blockers_are_counted_by_layer_pattern():
 def test_a_wrong_parameter_shape_in_a_channel_config_names_the_module():
     from prunekit.errors import PrunekitError
 
-    model = Net(LayerScale())
+    model = ConvMiddleConv(LayerScale())
     with pytest.raises(PrunekitError, match="'middle'.*'shapes'"):
         apply_channel_config(model, {"middle": {"kind": "Params", "shapes": {"gamma": [2, 1]}}})
 
@@ -219,7 +209,7 @@ def test_a_wrong_parameter_shape_in_a_channel_config_names_the_module():
 def test_bn_scale_reads_the_gamma_of_a_norm_layer_with_its_own_forward():
     from prunekit.prune.importance import channel_scores
 
-    model = randomise(Net(NormAct(4)))
+    model = randomise(ConvMiddleConv(NormAct(4)))
     with torch.no_grad():
         model.middle.weight.copy_(torch.tensor([0.5, -3.0, 0.25, 2.0]))
     graph = trace_channels(model, X[:1])
@@ -240,13 +230,13 @@ class MixedConv(nn.ModuleDict):
 
 
 def test_split_sizes_held_by_the_layer_follow_pruning_and_round_trip():
-    model = randomise(Net(MixedConv()))
+    model = randomise(ConvMiddleConv(MixedConv()))
     twin, physical, small, _ = cut(model, ("conv1", "conv_out", 2))  # a channel of the second piece
     torch.testing.assert_close(physical, twin)
     assert small.middle.splits == [1, 2] and small.middle["1"].in_channels == 2
     config = channel_config(small)
     assert config["middle"] == {"kind": "SplitSizes", "sizes": {"splits": [1, 2]}}
-    rebuilt = apply_channel_config(Net(MixedConv()), config)
+    rebuilt = apply_channel_config(ConvMiddleConv(MixedConv()), config)
     rebuilt.load_state_dict(small.state_dict())
     torch.testing.assert_close(rebuilt.eval()(X), small(X))
 

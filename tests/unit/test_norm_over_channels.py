@@ -18,6 +18,7 @@ from prunekit.models import FullWidthChannels, apply_channel_config, channel_con
 from prunekit.prune.channels import plan_channels, prune_channels
 from prunekit.prune.graph import trace_channels
 from prunekit.prune.mask import apply_masks
+from conftest import ConvMiddleConv
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -148,20 +149,9 @@ class WrongAxisNorm(nn.LayerNorm):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
-class Net(nn.Module):
-    """conv1 (3 -> 4) -> middle -> conv2 (4 -> 2) -> spatial mean."""
-
-    def __init__(self, middle: nn.Module):
-        super().__init__()
-        self.conv1, self.middle, self.conv2 = nn.Conv2d(3, 4, 1), middle, nn.Conv2d(4, 2, 1)
-
-    def forward(self, x):
-        return self.conv2(self.middle(self.conv1(x))).mean((2, 3))
-
-
 def test_a_subclass_that_does_not_normalise_over_channels_fails_the_self_check_and_is_kept():
     x = X[:, :, :4, :4]  # width 4 = channels
-    model = randomise(Net(WrongAxisNorm(4)))
+    model = randomise(ConvMiddleConv(WrongAxisNorm(4)))
     with torch.no_grad():
         expected = model(x)
     plan = plan_channels(model, x, ratio=0.5)
@@ -174,13 +164,13 @@ def test_a_subclass_that_does_not_normalise_over_channels_fails_the_self_check_a
 
 
 def test_a_stock_layer_norm_over_another_axis_is_not_a_norm_over_channels():
-    graph = trace_channels(randomise(Net(nn.LayerNorm(8))), X[:1])  # over the width of NCHW, per channel
+    graph = trace_channels(randomise(ConvMiddleConv(nn.LayerNorm(8))), X[:1])  # over the width of NCHW, per channel
     assert not any(role.startswith("full_width") for _, role in graph.ports)
     assert not any("channel axis" in why for why in graph.blocked.values())
 
 
 def test_a_norm_over_channels_without_gamma_keeps_its_channels_and_says_why():
-    model = randomise(Net(LayerNorm2d(4, elementwise_affine=False)))
+    model = randomise(ConvMiddleConv(LayerNorm2d(4, elementwise_affine=False)))
     plan = plan_channels(model, X, ratio=0.5)
     assert "conv1" not in plan.removed
     assert any("it has γ" in why for why in plan.blocked.values())
@@ -196,7 +186,7 @@ def test_functional_layer_norm_over_channels_inside_a_larger_module_keeps_its_ch
             y = F.layer_norm(x.permute(0, 2, 3, 1), (4,), self.weight, self.bias)
             return F.relu(y.permute(0, 3, 1, 2))
 
-    plan = plan_channels(randomise(Net(Block())), X, ratio=0.5)
+    plan = plan_channels(randomise(ConvMiddleConv(Block())), X, ratio=0.5)
     assert "conv1" not in plan.removed
     assert any("cannot be cut at full width" in why for why in plan.blocked.values())
 
@@ -269,4 +259,4 @@ def test_a_conv1d_module_whose_output_is_not_a_gate_fails_the_self_check_and_is_
 def test_a_bad_full_width_record_in_a_channel_config_names_the_module():
     config = {"middle": {"kind": "FullWidthChannels", "width": 4, "axis": 1, "kept_index": "0,1"}}
     with pytest.raises(PrunekitError, match="'middle'.*kept_index"):
-        apply_channel_config(Net(LayerNorm2d(4)), config)
+        apply_channel_config(ConvMiddleConv(LayerNorm2d(4)), config)

@@ -19,24 +19,12 @@ from prunekit.prune.graph import Slot, trace_channels
 from prunekit.prune.importance import channel_scores
 from prunekit.prune.mask import apply_masks
 from prunekit.prune.surgery import remove_channels
+from conftest import ConvMiddleConv, randomise_norms
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so a BN on a zeroed input is not zero by accident."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model.eval()
 
 
 def channel_with(graph, module, role, index):
@@ -125,7 +113,7 @@ class OptionA(nn.Module):
 
 def concat_model():
     torch.manual_seed(0)
-    return randomise_bn(Concat())
+    return randomise_norms(Concat())
 
 
 # --------------------------------------------------------------------------- scores
@@ -156,7 +144,7 @@ def test_coupled_channel_score_sums_producers():
 @pytest.mark.parametrize("criterion, kept_row", [("l1", 0), ("l2", 1), ("bn_scale", 1)])
 def test_prune_keeps_best_filter_and_matches_hand_computation(criterion, kept_row):
     torch.manual_seed(0)
-    model = randomise_bn(ConvBnConv())
+    model = randomise_norms(ConvBnConv())
     model.bn1.weight.data = torch.tensor([0.1, 2.0, -0.5])
     original = copy.deepcopy(model)
     x = X[:, :2]
@@ -183,7 +171,7 @@ def test_unknown_criterion_lists_valid_ones():
 
 
 def test_residual_add_couples_both_convs():
-    model = randomise_bn(Residual())
+    model = randomise_norms(Residual())
     graph = trace_channels(model, X[:1])
     group = graph.groups[graph.producer_group()["conv_a"]]
     assert group.producers == ("conv_a", "conv_b") and len(graph.prunable(group)) == 4
@@ -226,7 +214,7 @@ def test_flatten_maps_each_channel_to_its_positions():
 
 
 def test_zero_pad_shortcut_is_a_map_not_a_coupling():
-    model = randomise_bn(OptionA())
+    model = randomise_norms(OptionA())
     graph = trace_channels(model, X[:1])
     groups = graph.producer_group()
     assert groups["conv1"] != groups["conv2"]  # stages are not coupled
@@ -236,14 +224,14 @@ def test_zero_pad_shortcut_is_a_map_not_a_coupling():
 
 
 def test_removing_a_shortcut_input_remaps_to_minus_one():
-    masked, physical, small = masked_and_physical(randomise_bn(OptionA()), [("conv1", "conv_out", 1)])
+    masked, physical, small = masked_and_physical(randomise_norms(OptionA()), [("conv1", "conv_out", 1)])
     torch.testing.assert_close(physical, masked, atol=1e-5, rtol=1e-5)
     assert small.shortcut.in_channels == 3 and small.shortcut.out_channels == 6
     assert small.shortcut.source_index == [-1, 0, -1, 1, 2, -1]
 
 
 def test_removing_shortcut_outputs_drops_entries():
-    model = randomise_bn(OptionA())
+    model = randomise_norms(OptionA())
     slots = [("conv2", "conv_out", 0), ("conv2", "conv_out", 5), ("conv1", "conv_out", 2), ("conv2", "conv_out", 3)]
     masked, physical, small = masked_and_physical(model, slots)
     torch.testing.assert_close(physical, masked, atol=1e-5, rtol=1e-5)
@@ -252,10 +240,10 @@ def test_removing_shortcut_outputs_drops_entries():
 
 
 def test_a_copy_of_a_live_channel_is_never_removed():
-    model = randomise_bn(OptionA())
+    model = randomise_norms(OptionA())
     prune_channels(model, X[:1], ratios={"conv2": 0.9}, criterion="random")
     assert model.shortcut.source_index == [0, 1, 2, 3]  # only the two zero-padded channels could go
-    model = randomise_bn(OptionA())
+    model = randomise_norms(OptionA())
     with torch.no_grad():  # zero output channel 1 (a copy of conv1's channel 0, which stays alive)
         model.conv2.weight[1] = 0
         model.bn2.weight[1] = model.bn2.bias[1] = 0
@@ -266,7 +254,7 @@ def test_a_copy_of_a_live_channel_is_never_removed():
 
 
 def test_shrink_removes_source_and_copy_together():
-    model = randomise_bn(OptionA())
+    model = randomise_norms(OptionA())
     with torch.no_grad():
         for conv, bn, row in ((model.conv1, model.bn1, 0), (model.conv2, model.bn2, 1)):
             conv.weight[row] = 0
@@ -294,15 +282,6 @@ class ShuffleNet(nn.Module):
 
     def forward(self, x):
         return self.conv2(self.shuffle(self.conv1(x))).mean((2, 3))
-
-
-class Wrapped(nn.Module):
-    def __init__(self, middle: nn.Module):
-        super().__init__()
-        self.conv1, self.middle, self.conv2 = nn.Conv2d(3, 4, 1), middle, nn.Conv2d(4, 2, 1)
-
-    def forward(self, x):
-        return self.conv2(self.middle(self.conv1(x))).mean((2, 3))
 
 
 class SqueezeExcite(nn.Module):
@@ -346,7 +325,7 @@ def test_computed_channel_shuffle_prunes_positions_of_every_group_together():
 @pytest.mark.parametrize("middle", [nn.Conv2d(4, 4, 3, padding=1, groups=2), SqueezeExcite()],
                          ids=["grouped", "squeeze-excite"])
 def test_grouped_convs_and_gates_prune_exactly(middle):
-    model = randomise_bn(Wrapped(middle))
+    model = randomise_norms(ConvMiddleConv(middle))
     masked, physical, small = masked_and_physical(model, [("conv1", "conv_out", 1)])
     assert small.conv1.out_channels < 4
     torch.testing.assert_close(physical, masked, atol=1e-6, rtol=1e-5)
@@ -358,7 +337,7 @@ class CumulativeSum(nn.Module):
 
 
 def test_an_op_without_handler_keeps_its_channels_and_says_where():
-    model = Wrapped(CumulativeSum())
+    model = ConvMiddleConv(CumulativeSum())
     graph = trace_channels(model, X[:1])
     conv1_channels = {graph.ports[("conv1", "conv_out")][i] for i in range(4)}
     assert not any(graph.channels[c].prunable for c in conv1_channels)
@@ -368,10 +347,10 @@ def test_an_op_without_handler_keeps_its_channels_and_says_where():
 
 
 def test_depthwise_conv_passes_channels_through():
-    model = Wrapped(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4), nn.ReLU()))
+    model = ConvMiddleConv(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4), nn.ReLU()))
     model.conv2 = nn.Conv2d(4, 6, 1)
     model = nn.Sequential(model)  # model output: mean of conv2 -> conv2 is not prunable
-    randomise_bn(model)
+    randomise_norms(model)
     masked, physical, small = masked_and_physical(model, [("0.conv1", "conv_out", 2)])
     torch.testing.assert_close(physical, masked, atol=1e-5, rtol=1e-5)
     depthwise = small[0].middle[0]
@@ -402,7 +381,7 @@ def test_filter_masks_zero_rows_and_every_bn_then_shrink_is_exact():
 
 def test_iterative_masks_only_shrink():
     torch.manual_seed(1)
-    model = randomise_bn(Residual())
+    model = randomise_norms(Residual())
     first = filter_masks(model, X[:1], filter_config(sparsity=0.75, scope="layer", criterion="l1"), progress=0.5)
     apply_masks(model, first)
     # round_fraction(0.75, 0.5) = 0.5: 2 of the 4 coupled channels = 4 of 10 filters (conv_c is the output)
@@ -431,14 +410,14 @@ def test_ratio_file_names_are_validated():
 
 
 def test_global_scope_never_empties_a_group():
-    model = randomise_bn(OptionA())
+    model = randomise_norms(OptionA())
     prune_channels(model, X[:1], ratio=0.95, scope="global", criterion="l2")
     assert model.conv1.out_channels >= 1 and model.conv2.out_channels >= 1
     assert model(X).shape == (2, 3)
 
 
 def test_macs_target_and_estimate_match_count_macs():
-    model = randomise_bn(concat_model())
+    model = randomise_norms(concat_model())
     graph = trace_channels(model, torch.zeros(1, 3, 8, 8))
     assert estimate_macs(graph, model) == count_macs(model, (1, 3, 8, 8))
     before = count_macs(model, (1, 3, 8, 8))
@@ -461,7 +440,7 @@ def test_vgg_cfg_keeps_top_filters(tiny_vgg):
 def test_select_channels_is_deterministic():
     from prunekit.prune.importance import channel_scores
 
-    model = randomise_bn(Residual())
+    model = randomise_norms(Residual())
     graph = trace_channels(model, X[:1])
     target = channel_target(ratio=0.5, criterion="random", seed=7)
     selected = select_channels(model, graph, target)
@@ -481,7 +460,7 @@ def test_one_target_type_with_one_set_of_defaults():
 
     assert make_prune_config(sparsity=0.5).scope == "global"
     assert make_prune_config(granularity="filter", sparsity=0.5).scope == "layer" == channel_target(ratio=0.5).scope
-    model = randomise_bn(Concat())
+    model = randomise_norms(Concat())
     masks = get_granularity("filter").masks(model, make_prune_config(granularity="filter", sparsity=0.5), 1.0, X[:1])
     plan = plan_channels(model, X[:1], ratio=0.5)
     assert set(masks) == set(plan.masks) and all(torch.equal(masks[k], plan.masks[k]) for k in masks)
@@ -521,7 +500,7 @@ def test_cli_prune_channels_then_shrink_masked_checkpoint(tiny_vgg, tmp_path, ca
 def test_self_check_catches_a_corrupted_surgery_and_leaves_the_model_alone(monkeypatch):
     from prunekit.prune import layer_handlers
 
-    model = randomise_bn(ConvBnConv())
+    model = randomise_norms(ConvBnConv())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     original = layer_handlers._BatchNorm.shrink
 
