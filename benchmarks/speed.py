@@ -24,7 +24,7 @@ folded and the graph traced flat; ONNX Runtime: its default graph optimisations)
 int8 GraphModules (marked "not run").
 Efficiency = speed-up ÷ MACs reduction. A model measured slower than the dense one is flagged SLOWER.
 
-    python benchmarks/speed.py [--quick | --only MODEL[,MODEL]] [--smoke] [--json OUT] [--repeats N]
+    python benchmarks/speed.py [--quick | --only MODEL [MODEL ...]] [--smoke] [--json OUT] [--repeats N]
 
 ``--quick``: ResNet-56 only (what the acceptance needs, about 2.5 min); ``--only``: these models. ``--smoke``: a tiny VGG on synthetic data, eager only, a few seconds (CI).
 Writes ``benchmarks/results/speed.{json,md}`` (``--json OUT``: the JSON there instead, no Markdown; ``--smoke``
@@ -108,7 +108,7 @@ def save_all(models: dict, data, meta: dict, folder: Path) -> tuple[list[Path], 
         records[paths[-1].name] = record
     for label, (model, _) in models.items():
         with warnings.catch_warnings():  # the slow widths are named in the row's flags instead
-            warnings.simplefilter("ignore", UserWarning)
+            warnings.filterwarnings("ignore", message=r".*depthwise conv\(s\) have widths", category=UserWarning)
             quantized = quantize_model(model, calibration)
         paths.append(save_quantized(quantized, folder / f"{label.replace(' ', '_')}_int8.pt", {**meta}))
         slow = slow_int8_widths(model)
@@ -166,23 +166,12 @@ def run_model(name: str, args, data) -> tuple[list[dict], dict]:
                                                    "seconds": seconds}
 
 
-def chosen_models(only: str | None) -> tuple[str, ...]:
-    """The models ``--only`` names (all when None); an unknown name stops with the valid ones."""
-    if only is None:
-        return MODELS
-    names = tuple(n.strip() for n in only.split(",") if n.strip())
-    unknown = [n for n in names if n not in MODELS]
-    if unknown or not names:
-        raise SystemExit(f"--only {only!r}: unknown model(s) {', '.join(unknown) or '(none given)'}; "
-                         f"choose from {', '.join(MODELS)}")
-    return names
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="ResNet-56 only (the acceptance rows, ~2.5 min)")
-    parser.add_argument("--only", metavar="MODEL[,MODEL]", default=None,
-                        help=f"only these models, of {', '.join(MODELS)}")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_true", help="ResNet-56 only (the acceptance rows, ~2.5 min)")
+    which.add_argument("--only", nargs="+", choices=MODELS, metavar="MODEL",
+                       help=f"only these models, of {', '.join(MODELS)}")
     parser.add_argument("--smoke", action="store_true", help="a tiny VGG on synthetic data, eager only (seconds)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds at batch 1 (default 60; smoke 5)")
     parser.add_argument("--json", metavar="OUT", default=None, help="write the JSON here instead of results/")
@@ -193,7 +182,7 @@ def main() -> None:
         raise SystemExit(f"needs the shared CIFAR-10 subset and ResNet-56 weights under {SHARED} (or --smoke)")
     data = (get_data("synthetic", limit_train=256, limit_test=64) if args.smoke
             else get_data("cifar10", root=DATA))
-    names = ("vgg11",) if args.smoke else MODELS[:1] if args.quick else chosen_models(args.only)
+    names = ("vgg11",) if args.smoke else MODELS[:1] if args.quick else tuple(args.only or MODELS)
     load = machine_load().as_dict()
     rows, details = [], {}
     for name in names:

@@ -278,21 +278,39 @@ def library_rows(ratio: float = 0.5, smoke: bool = False) -> list[dict]:
                 break  # the library does not import here: its other models would not either
             example = torch.randn(*LIBRARY_INPUT, generator=torch.Generator().manual_seed(0))
             try:
-                start = time.perf_counter()
-                plan = plan_channels(model, example, ratio=ratio)
-                row["seconds"] = time.perf_counter() - start
-                before = count_macs(model, LIBRARY_INPUT)
-                pruned = prune_channels(model, example, plan=plan)
-                outcome = plan.outcome
-                row.update(status="ok", library=model.arch.get("library"), macs_before=before,
-                           macs_after=count_macs(pruned, LIBRARY_INPUT),
-                           achieved_filters=outcome.achieved_filters, coverage=outcome.coverage,
-                           blockers=[list(b) for b in outcome.blockers if b[1] != "model output"][:2])
+                cut = prune_and_measure(model, example, ratio)
+                row.update(status="ok", library=model.arch.get("library"), seconds=cut["seconds"],
+                           macs_before=cut["macs_before"], macs_after=cut["macs_after"],
+                           achieved_filters=cut["achieved_filters"], coverage=cut["coverage"],
+                           blockers=cut["blockers"][:2])
             except Exception as exc:  # refused or broken: recorded, never hidden
                 row.update(status=f"{type(exc).__name__}: {str(exc)[:160]}")
             print(f"{row['model']}: {row['status']} {row.get('seconds', float('nan')):.1f}s", flush=True)
             rows.append(row)
     return rows
+
+
+def prune_and_measure(model: nn.Module, example: torch.Tensor, ratio: float, self_check: bool = False) -> dict:
+    """Plan ``model`` at ``ratio`` (L1, timed), cut it in place and measure: MACs before and after, achieved
+    filters, coverage, the blocking ops other than the model output, notes, whether it was retraced, and with
+    ``self_check`` the float64 max |physical − masked twin| relative to the output's max."""
+    start = time.perf_counter()
+    plan = plan_channels(model, example, ratio=ratio)
+    seconds = time.perf_counter() - start
+    shape = tuple(example.shape)
+    twin = apply_masks(copy.deepcopy(model), plan.masks).double() if self_check else None
+    before = count_macs(model, shape)
+    pruned = prune_channels(model, example, plan=plan)
+    outcome = plan.outcome
+    measured = {"seconds": seconds, "macs_before": before, "macs_after": count_macs(pruned, shape),
+                "achieved_filters": outcome.achieved_filters, "coverage": outcome.coverage,
+                "blockers": [list(b) for b in outcome.blockers if b[1] != "model output"],
+                "retraced": plan.retraced, "notes": list(outcome.notes)}
+    if self_check:
+        with torch.no_grad():
+            expected, actual = twin(example.double()), copy.deepcopy(pruned).double()(example.double())
+        measured["self_check"] = float((expected - actual).abs().max() / expected.abs().max())
+    return measured
 
 
 # The smallest model of each timm CNN family (pretrained=False), for --library-survey. inception_v3 needs 96x96:
@@ -314,22 +332,32 @@ SURVEY_TARGET_MACS_CUT = 0.4
 def survey_rows(ratio: float = 0.5) -> list[dict]:
     """Every family of :data:`SURVEY_MODELS` at ``ratio`` (L1): MACs cut, achieved / asked filters, the float64
     self-check (max |physical - masked twin| relative to the output's max), plan seconds and the top blocking op.
-    Empty when timm does not import."""
+    Empty when timm does not import; a name this timm does not know is a row saying so."""
+    import importlib.util
+
     from prunekit.errors import PrunekitError
     from prunekit.models import resolve_model
 
+    if importlib.util.find_spec("timm") is None:
+        print("library survey skipped: timm is not installed", flush=True)
+        return []
     rows, load_before = [], os.getloadavg()[0]
     for name in SURVEY_MODELS:
         side = SURVEY_INPUT_SIDE.get(name, LIBRARY_INPUT[-1])
         row = {"model": f"timm:{name}", "ratio": ratio, "input": side}
-        try:
-            model = resolve_model(row["model"]).eval()
-        except PrunekitError as exc:
-            print(f"library survey skipped: {exc}", flush=True)
-            return []
         example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
         try:
-            row.update(survey_measures(model, example, ratio))
+            model = resolve_model(row["model"]).eval()
+        except PrunekitError as exc:  # a family this timm version does not have
+            print(f"{row['model']}: not run ({exc})", flush=True)
+            rows.append({**row, "status": f"not run: {str(exc)[:160]}"})
+            continue
+        try:
+            cut = prune_and_measure(model, example, ratio, self_check=True)
+            row.update(status="ok", seconds=cut["seconds"], macs_cut=1 - cut["macs_after"] / cut["macs_before"],
+                       achieved_filters=cut["achieved_filters"], retraced=cut["retraced"],
+                       self_check=cut["self_check"], blocker=cut["blockers"][0] if cut["blockers"] else None,
+                       notes=cut["notes"])
         except Exception as exc:  # refused or broken: recorded, never hidden
             row["status"] = f"{type(exc).__name__}: {str(exc)[:160]}"
         print(f"{row['model']}: {row['status']} MACs cut {row.get('macs_cut', float('nan')):.1%} "
@@ -338,24 +366,6 @@ def survey_rows(ratio: float = 0.5) -> list[dict]:
     for row in rows:  # the machine's load while the survey ran (plan seconds depend on it)
         row["load_average"] = [load_before, os.getloadavg()[0]]
     return rows
-
-
-def survey_measures(model: nn.Module, example: torch.Tensor, ratio: float) -> dict:
-    """Plan, cut and compare one model with its masked twin in float64 (see :func:`survey_rows`)."""
-    start = time.perf_counter()
-    plan = plan_channels(model, example, ratio=ratio)
-    seconds = time.perf_counter() - start
-    shape = tuple(example.shape)
-    twin = apply_masks(copy.deepcopy(model), plan.masks).double()
-    before = count_macs(model, shape)
-    pruned = prune_channels(model, example, plan=plan)
-    with torch.no_grad():
-        expected, actual = twin(example.double()), copy.deepcopy(pruned).double()(example.double())
-    blockers = [b for b in plan.outcome.blockers if b[1] != "model output"]
-    return {"status": "ok", "seconds": seconds, "macs_cut": 1 - count_macs(pruned, shape) / before,
-            "achieved_filters": plan.outcome.achieved_filters, "retraced": plan.retraced,
-            "self_check": float((expected - actual).abs().max() / expected.abs().max()),
-            "blocker": list(blockers[0]) if blockers else None, "notes": list(plan.outcome.notes)}
 
 
 def survey_table(rows: list[dict]) -> str:
