@@ -14,7 +14,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.models.reference import as_json_kwargs, model_from_reference, parse_reference, reference_of
 from prunekit.models.registry import create_model
-from prunekit.models.layers import FullWidthChannels, ZeroPadShortcut, ZeroWidthLayer
+from prunekit.models.layers import FullWidthChannels, ZeroPadShortcut, ZeroWidthLayer, module_tensor
 
 # kind -> (module class, config fields). ZeroPadShortcut first: order decides the kind.
 _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
@@ -279,9 +279,7 @@ def _wrap_full_width(name: str, module: nn.Module, stored: dict) -> FullWidthCha
     if not (type(width) is int and type(axis) is int and isinstance(kept, list) and all(type(i) is int for i in kept)):
         raise PrunekitError(f"channel config for '{name}' ({FULL_WIDTH_KIND}) needs an int 'width' and 'axis' and a "
                             f"list of ints 'kept_index', got {stored!r:.200}")
-    tensor = next(iter(inner.parameters()), None)
-    wrapper = FullWidthChannels(inner, kept, width, axis)
-    return wrapper if tensor is None else wrapper.to(tensor.device)
+    return FullWidthChannels.wrapping(inner, kept, width, axis, like=module)
 
 
 def _check_shapes(name: str, module: nn.Module, shapes: object) -> dict[str, list[int]]:
@@ -303,9 +301,7 @@ def _rebuild(name: str, old: nn.Module, c: dict) -> nn.Module:
 
 
 def _factory(old: nn.Module) -> dict:
-    tensor = next(iter(old.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(old.buffers()), None)
+    tensor = module_tensor(old)
     return {} if tensor is None else {"device": tensor.device, "dtype": tensor.dtype}
 
 

@@ -393,9 +393,7 @@ def _wrap_at_full_width(module: nn.Module, keep: dict[str, list[int]]) -> FullWi
     """``module`` (untouched) in a :class:`FullWidthChannels` keeping the indices of its one ``full_width`` role."""
     (role, kept), = keep.items()
     _, axis, width = role.split(":")
-    tensor = next(iter((*module.parameters(), *module.buffers())), None)
-    wrapper = FullWidthChannels(module, kept, int(width), int(axis))
-    return wrapper if tensor is None else wrapper.to(tensor.device)
+    return FullWidthChannels.wrapping(module, kept, int(width), int(axis))
 
 
 def zeroed_by_layer(role: str) -> bool:
@@ -520,7 +518,7 @@ class _FullWidth(LayerHandler):
     def shrink(self, wrapper, keep):
         (_, kept), = keep.items()
         indices = [int(wrapper.kept_index[i]) for i in kept]
-        return FullWidthChannels(wrapper.inner, indices, wrapper.width, wrapper.axis).to(wrapper.kept_index.device)
+        return FullWidthChannels.wrapping(wrapper.inner, indices, wrapper.width, wrapper.axis, like=wrapper)
 
 
 OPAQUE = _Opaque()
