@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.models.layers import prunable_layers
+from prunekit.models.layers import ZeroWidthLayer, prunable_layers
 from prunekit.prune.importance import LossProbe, channel_scores, zeroed_channels
+from prunekit.prune.layer_handlers import WHOLE_REMOVABLE_ROLES
 from prunekit.prune.sparsity import find_classifier
 
 if TYPE_CHECKING:
@@ -474,11 +475,6 @@ def repair(graph: ChannelGraph, removed: set[int], scores: dict[int, float], dea
 
 # --- filters: to a latency target ---------------------------------------------------------------------------
 
-#: Roles a channel of a group removed whole may occupy, and the stock layer each must be: the branch's convs
-#: (their outputs or inputs) and BNs.
-WHOLE_REMOVABLE_ROLES = {"conv_out": nn.Conv2d, "conv_in": nn.Conv2d, "bn": nn.BatchNorm2d}
-
-
 def whole_removable_groups(model: nn.Module, graph: ChannelGraph) -> frozenset[int]:
     r"""Ids of the groups that may lose every channel exactly: the inner channels of a residual branch
     (``conv1 → BN → ReLU → conv2``), which only stock Conv2d and BatchNorm2d layers produce, normalise and
@@ -489,8 +485,6 @@ def whole_removable_groups(model: nn.Module, graph: ChannelGraph) -> frozenset[i
     :class:`~prunekit.models.layers.ZeroWidthLayer`\ s and a conv reading nothing else becomes its bias, so
     the branch adds a per-channel constant (its BN's ``β − mean·γ/√(var+ε)``), which the masked twin computes
     too: a block whose branch is gone is (up to that constant) an identity."""
-    from prunekit.models.layers import ZeroWidthLayer
-
     modules = dict(model.named_modules())
     copied = {dep for channel in graph.channels.values() for dep in channel.depends_on}
     sized = {cid for _, _, pieces in graph.sizes for piece in pieces for cid in piece}

@@ -382,6 +382,12 @@ class _ResponseNorm(LayerHandler):
         w.set(output, w.new_op("all", [x, *affine]))
 
 
+#: Ports that may lose every index, and the stock layer each must be for that to be exact: a residual branch's
+#: convs (their outputs or inputs) and BNs, which their shrinks then replace by a ZeroWidthLayer (when a group
+#: may go whole: :func:`prunekit.prune.allocate.whole_removable_groups`; the self-check proves it every time).
+WHOLE_REMOVABLE_ROLES = {"conv_out": nn.Conv2d, "conv_in": nn.Conv2d, "bn": nn.BatchNorm2d}
+
+
 FULL_WIDTH = "full_width"  # the role of a layer cut by running it at full width: ``full_width:<axis>:<width>``
 
 
