@@ -11,7 +11,7 @@ atom and the size assumptions are explained in :mod:`prunekit.prune.graph`'s doc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -226,12 +226,26 @@ class Walker:
     def place(self) -> str:
         """Where the current op runs, as messages name it: ``layer 'stages.0.norm'``, or ``the model's own forward``
         for the root module (whose name is '')."""
-        return f"layer '{self.where}'" if self.where not in ("", "<top level>") else "the model's own forward"
+        return f"layer '{self.layer}'" if self.layer else "the model's own forward"
+
+    @property
+    def layer(self) -> str:
+        """The qualified name of the layer the current op runs in ('' for the model's own forward or outside it)."""
+        return "" if self.where == "<top level>" else self.where
+
+    @property
+    def module(self) -> nn.Module:
+        """The module the current op runs in (the model itself in its own forward or outside it)."""
+        return self.model.get_submodule(self.layer)
+
+    def attribute_names(self, test: Callable[[Any], bool]) -> list[str]:
+        """Names of the plain attributes (``vars``: not parameters, buffers or submodules) of :attr:`module`
+        whose value passes ``test``, in definition order."""
+        return [k for k, v in vars(self.module).items() if test(v)]
 
     def _attribute_of(self, value: torch.Tensor) -> tuple[str, str] | None:
-        module = self.model.get_submodule(self.where) if self.where != "<top level>" else self.model
-        attr = next((k for k, v in vars(module).items() if v is value), None)
-        return None if attr is None else (self.where if self.where != "<top level>" else "", attr)
+        names = self.attribute_names(lambda v: v is value)
+        return (self.layer, names[0]) if names else None
 
     def follow_param(self, value: Any, result: Any) -> bool:
         """When ``value`` is a per-channel parameter and ``result`` a reshaped view of it (one long axis of the
