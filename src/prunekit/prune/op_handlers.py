@@ -326,12 +326,8 @@ def _slice_at_int_attribute(w: Walker, layout: Layout, start: int, stop: int) ->
     length = stop - start
     if bound is None or not 0 < bound < width or (width % length == 0 and start % length == 0):
         return False  # an even fraction (the usual halves) couples its pieces instead
-    holder = _int_attribute(w, bound)
-    if holder is None or not w.assume(f"slice bound {bound} of {width} channels in {w.place} follows "
-                                      f"{holder[0] or '<model>'}.{holder[1]}"):
-        return False
-    w.sizes.append((*holder, [layout.flat[:bound]]))
-    return True
+    return _follow_int_attribute(w, bound, f"slice bound {bound} of {width} channels in {w.place}",
+                                 layout.flat[:bound])
 
 
 @register_op("narrow")
@@ -388,13 +384,20 @@ def _split_by_int_attribute(w: Walker, layout: Layout, size: int) -> bool:
     CSP stages) or the piece width (``self.width``, Res2Net) as an int attribute: assume the size is computed from
     it, and let surgery write the kept count (of all channels, or of the first piece) into it. True when it did."""
     width = len(layout.atoms)
-    for value, part in ((width, layout.flat), (size, layout.flat[:size])):
-        holder = _int_attribute(w, value)
-        if holder is not None and w.assume(f"split size {size} of {width} channels in {w.place} follows "
-                                           f"{holder[0] or '<model>'}.{holder[1]}"):
-            w.sizes.append((*holder, [part]))
-            return True
-    return False
+    what = f"split size {size} of {width} channels in {w.place}"
+    return any(_follow_int_attribute(w, value, what, part)
+               for value, part in ((width, layout.flat), (size, layout.flat[:size])))
+
+
+def _follow_int_attribute(w: Walker, value: int, what: str, part: list[int]) -> bool:
+    """When the layer running the op holds ``value`` as an int attribute (:func:`_int_attribute`) and the trace
+    may assume that ``what`` (a size in the op) follows it: records (in ``w.sizes``) that surgery writes the
+    kept count of the atoms ``part`` into that attribute. True when it did."""
+    holder = _int_attribute(w, value)
+    if holder is None or not w.assume(f"{what} follows {holder[0] or '<model>'}.{holder[1]}"):
+        return False
+    w.sizes.append((*holder, [part]))
+    return True
 
 
 def _int_attribute(w: Walker, value: int) -> tuple[str, str] | None:
