@@ -152,6 +152,7 @@ class Walker:
         self.pinned: set[int] = set()
         self.blocked: dict[str, str] = {}
         self.pinned_at: dict[str, list[int]] = {}  # where -> the atoms pinned there
+        self.pinned_in: dict[str, str] = {}  # where -> the layer (self.where) that first pinned there
         self.sizes: list[tuple[str, str, list[list[int]]]] = []  # (layer, attribute, atoms of each piece)
         self.assumed: list[str] = []
         self.where = "<top level>"  # the layer the current op runs in
@@ -325,11 +326,13 @@ class Walker:
             self.reads.extend(layout.flat)
 
     def pin(self, layout: Layout | None, where: str, why: str) -> None:
-        """These channels are kept: record the reason once per place."""
+        """These channels are kept: record the reason once per place (``where``, as messages name it), and the
+        layer the op runs in."""
         if layout is None or not layout.atoms.size:
             return
         self.pinned.update(layout.flat)
         self.blocked.setdefault(where, why)
+        self.pinned_in.setdefault(where, self.where)
         self.pinned_at.setdefault(where, []).extend(layout.flat)
 
     def unpin_layer(self, layer: str, inputs: Layout | None) -> None:
@@ -337,10 +340,11 @@ class Walker:
         (ops on its parameters, e.g. a weight standardisation): their atoms were new fixed ones, which stay kept,
         so no channel is freed."""
         held = set(inputs.flat) if inputs is not None else set()
-        for where in [k for k in self.blocked if k.endswith(f" in layer '{layer}'")
+        for where in [k for k in self.blocked if self.pinned_in.get(k) == layer
                       and not held & set(self.pinned_at.get(k, ()))]:
             del self.blocked[where]
             self.pinned_at.pop(where, None)
+            del self.pinned_in[where]
 
     def pin_inputs(self, values: Iterable[Any], where: str, why: str) -> None:
         for value in values:
