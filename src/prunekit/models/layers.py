@@ -1,6 +1,6 @@
 """Layers shared by the model families (ZeroPadShortcut) or made by channel surgery (ZeroWidthLayer where
 every channel on one side of a conv or BatchNorm went, FullWidthChannels), and which layers of any nn.Module can
-be pruned, which one is the classifier and on which device a module lives."""
+be pruned, which one is the classifier, on which device a module lives and what size a conv outputs."""
 
 from __future__ import annotations
 
@@ -170,11 +170,7 @@ class ZeroWidthLayer(nn.Module):
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(H', W') of a conv of this geometry on an input of (``height``, ``width``)."""
-        if self.padding == "same":
-            return height, width
-        padding = (0, 0) if self.padding == "valid" else self.padding
-        return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
-                     zip((height, width), padding, self.dilation, self.kernel_size, self.stride))
+        return conv_output_size(height, width, self.kernel_size, self.stride, self.padding, self.dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = self.output_size(x.shape[-2], x.shape[-1])
@@ -186,6 +182,17 @@ class ZeroWidthLayer(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"bias={self.bias is not None}")
+
+
+def conv_output_size(height: int, width: int, kernel_size: tuple[int, int], stride: tuple[int, int],
+                     padding: tuple[int, int] | str, dilation: tuple[int, int]) -> tuple[int, int]:
+    """(H', W') of a 2-d convolution of this geometry (pairs; ``padding`` may also be ``"same"`` or ``"valid"``)
+    on an input of (``height``, ``width``), as ``nn.Conv2d`` computes it."""
+    if padding == "same":
+        return height, width
+    padding = (0, 0) if padding == "valid" else padding
+    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+                 zip((height, width), padding, dilation, kernel_size, stride))
 
 
 def _pair(value) -> tuple[int, int]:
