@@ -25,7 +25,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.models import FullWidthChannels, ZeroPadShortcut, ZeroWidthLayer
-from prunekit.models.shapes import has_shape_record, set_split_sizes
+from prunekit.models.shapes import has_shape_record, record_size
 from prunekit.prune.trace_state import Layout, ModuleCall, ParamView, Walker, parse_param_role, tensors_in
 
 # --------------------------------------------------------------------------- layers
@@ -628,7 +628,8 @@ def _set_norm_sizes(module: nn.Module, before: dict[str, Any]) -> None:
 
 def _rescale_response_norm(module: nn.Module, factor: float) -> None:
     """γ and ε times C/C' (``factor``): the mean over C' channels is C/C' times the masked twin's mean over C
-    (removed ones zero), so ``γ · g / (mean' + ε')`` equals the twin's ``γ · g / (mean + ε)``."""
+    (removed ones zero), so ``γ · g / (mean' + ε')`` equals the twin's ``γ · g / (mean + ε)``. The new ε is
+    recorded (:func:`~prunekit.models.shapes.record_size`) so a checkpoint rebuilds it."""
     with torch.no_grad():
         module.weight.mul_(factor)
-    set_split_sizes(module, "eps", [module.eps * factor])
+    record_size(module, "eps", module.eps * factor)
