@@ -1,6 +1,6 @@
 """Layers shared by the model families (ZeroPadShortcut) or made by channel surgery (ZeroWidthLayer where
 every channel on one side of a conv or BatchNorm went, FullWidthChannels), and which layers of any nn.Module can
-be pruned and which one is the classifier."""
+be pruned, which one is the classifier, on which device a module lives and what size a conv outputs."""
 
 from __future__ import annotations
 
@@ -41,6 +41,19 @@ def classifier_name(model: nn.Module) -> str:
             "the model has no nn.Linear to use as classifier; set model.classifier_name to its output layer's name"
         )
     return linears[-1]
+
+
+def module_tensor(module: nn.Module) -> torch.Tensor | None:
+    """``module``'s first parameter, else its first buffer, else None: the tensor that says on which device (and
+    in which dtype) a module lives."""
+    tensor = next(iter(module.parameters()), None)
+    return next(iter(module.buffers()), None) if tensor is None else tensor
+
+
+def module_device(module: nn.Module) -> torch.device | None:
+    """The device of :func:`module_tensor` (None for a module that holds no tensor)."""
+    tensor = module_tensor(module)
+    return None if tensor is None else tensor.device
 
 
 class ZeroPadShortcut(nn.Module):
@@ -152,18 +165,12 @@ class ZeroWidthLayer(nn.Module):
         new = cls(in_channels, out_channels, bias=bias is not None, **geometry)
         if new.bias is not None:
             new.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
-        tensor = next(iter(layer.parameters()), None)
-        if tensor is None:
-            tensor = next(iter(layer.buffers()), None)
-        return (new if tensor is None else new.to(tensor.device)).train(layer.training)
+        device = module_device(layer)
+        return (new if device is None else new.to(device)).train(layer.training)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(H', W') of a conv of this geometry on an input of (``height``, ``width``)."""
-        if self.padding == "same":
-            return height, width
-        padding = (0, 0) if self.padding == "valid" else self.padding
-        return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
-                     zip((height, width), padding, self.dilation, self.kernel_size, self.stride))
+        return conv_output_size(height, width, self.kernel_size, self.stride, self.padding, self.dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = self.output_size(x.shape[-2], x.shape[-1])
@@ -175,6 +182,17 @@ class ZeroWidthLayer(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"bias={self.bias is not None}")
+
+
+def conv_output_size(height: int, width: int, kernel_size: tuple[int, int], stride: tuple[int, int],
+                     padding: tuple[int, int] | str, dilation: tuple[int, int]) -> tuple[int, int]:
+    """(H', W') of a 2-d convolution of this geometry (pairs; ``padding`` may also be ``"same"`` or ``"valid"``)
+    on an input of (``height``, ``width``), as ``nn.Conv2d`` computes it."""
+    if padding == "same":
+        return height, width
+    padding = (0, 0) if padding == "valid" else padding
+    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+                 zip((height, width), padding, dilation, kernel_size, stride))
 
 
 def _pair(value) -> tuple[int, int]:
@@ -210,6 +228,15 @@ class FullWidthChannels(nn.Module):
         position = {channel: i for i, channel in enumerate(kept_index)}
         scatter = [position.get(j, len(kept_index)) for j in range(width)]
         self.register_buffer("scatter_index", torch.tensor(scatter, dtype=torch.long), persistent=False)
+
+    @classmethod
+    def wrapping(cls, inner: nn.Module, kept_index: list[int], width: int, axis: int,
+                 like: nn.Module | None = None) -> "FullWidthChannels":
+        """``inner`` (untouched) wrapped at these indices, on the device of ``like`` (default ``inner``; see
+        :func:`module_device`), or where it is built when that module holds no tensor."""
+        device = module_device(inner if like is None else like)
+        wrapper = cls(inner, kept_index, width, axis)
+        return wrapper if device is None else wrapper.to(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         full = gather_with_zero(x, self.axis, self.scatter_index)

@@ -14,7 +14,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 from prunekit.models.reference import as_json_kwargs, model_from_reference, parse_reference, reference_of
 from prunekit.models.registry import create_model
-from prunekit.models.layers import FullWidthChannels, ZeroPadShortcut, ZeroWidthLayer
+from prunekit.models.layers import FullWidthChannels, ZeroPadShortcut, ZeroWidthLayer, module_tensor
 
 # kind -> (module class, config fields). ZeroPadShortcut first: order decides the kind.
 _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
@@ -33,7 +33,8 @@ _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
 }
 # Any other module holding parameters of its own (a layer scale, a learned per-channel bias): their shapes.
 PARAMS_KIND = "Params"
-# A module whose split sizes pruning changed (``torch.split(x, self.splits, 1)``): the sizes.
+# A module whose size attributes pruning changed (:func:`record_size`): split sizes (``torch.split(x, self.splits,
+# 1)``), an int width the layer splits by, a global response norm's ε; each attribute's new value.
 SIZES_KIND = "SplitSizes"
 # A module channel surgery wrapped to run at its original width (FullWidthChannels): width, axis, kept indices.
 FULL_WIDTH_KIND = "FullWidthChannels"
@@ -41,15 +42,20 @@ SIZED = "_prunekit_split_sizes"  # module attribute: names of the size attribute
 
 
 def set_split_sizes(module: nn.Module, attr: str, sizes: list[int]) -> None:
-    """Set ``module.<attr>`` to ``sizes`` (same container type) and remember it, so ``channel_config``
-    records it and a checkpoint rebuilds the module with these sizes. An int attribute (a width the layer splits
-    by, ``self.in_channels // k``) or a float one (a global response norm's ε, scaled with its width) gets the
-    total of ``sizes``."""
+    """Set ``module.<attr>`` to ``sizes`` (same container type) and remember it (:func:`record_size`). An int
+    attribute (a width the layer splits by, ``self.in_channels // k``) gets the total of ``sizes``."""
     old = getattr(module, attr)
-    if type(old) in (int, float):
-        setattr(module, attr, type(old)(sum(sizes)))
+    if type(old) is int:
+        record_size(module, attr, sum(sizes))
     else:
-        setattr(module, attr, type(old)(sizes) if isinstance(old, (list, tuple)) else list(sizes))
+        record_size(module, attr, type(old)(sizes) if isinstance(old, (list, tuple)) else list(sizes))
+
+
+def record_size(module: nn.Module, attr: str, value: object) -> None:
+    """Set ``module.<attr>`` to ``value`` (a size pruning changed: split sizes, an int width, a global response
+    norm's ε scaled with its width) and list ``attr`` in ``module.<SIZED>``, so ``channel_config`` records it and
+    a checkpoint rebuilds the module with this value."""
+    setattr(module, attr, value)
     module.__dict__.setdefault(SIZED, [])
     if attr not in module.__dict__[SIZED]:
         module.__dict__[SIZED].append(attr)
@@ -268,7 +274,10 @@ def _apply_sizes(name: str, module: nn.Module, sizes: object) -> None:
                             f"as lists of positive ints of their current length (a positive int for an int width), "
                             f"got {sizes!r:.200}")
     for attr, values in sizes.items():
-        set_split_sizes(module, attr, [values] if type(values) in (int, float) else values)
+        if type(values) in (int, float):
+            record_size(module, attr, type(getattr(module, attr))(values))
+        else:
+            set_split_sizes(module, attr, values)
 
 
 def _wrap_full_width(name: str, module: nn.Module, stored: dict) -> FullWidthChannels:
@@ -279,9 +288,7 @@ def _wrap_full_width(name: str, module: nn.Module, stored: dict) -> FullWidthCha
     if not (type(width) is int and type(axis) is int and isinstance(kept, list) and all(type(i) is int for i in kept)):
         raise PrunekitError(f"channel config for '{name}' ({FULL_WIDTH_KIND}) needs an int 'width' and 'axis' and a "
                             f"list of ints 'kept_index', got {stored!r:.200}")
-    tensor = next(iter(inner.parameters()), None)
-    wrapper = FullWidthChannels(inner, kept, width, axis)
-    return wrapper if tensor is None else wrapper.to(tensor.device)
+    return FullWidthChannels.wrapping(inner, kept, width, axis, like=module)
 
 
 def _check_shapes(name: str, module: nn.Module, shapes: object) -> dict[str, list[int]]:
@@ -303,9 +310,7 @@ def _rebuild(name: str, old: nn.Module, c: dict) -> nn.Module:
 
 
 def _factory(old: nn.Module) -> dict:
-    tensor = next(iter(old.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(old.buffers()), None)
+    tensor = module_tensor(old)
     return {} if tensor is None else {"device": tensor.device, "dtype": tensor.dtype}
 
 

@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.models.layers import prunable_layers
+from prunekit.models.layers import ZeroWidthLayer, prunable_layers
 from prunekit.prune.importance import LossProbe, channel_scores, zeroed_channels
+from prunekit.prune.layer_handlers import WHOLE_REMOVABLE_ROLES
 from prunekit.prune.sparsity import find_classifier
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ def select_channels(model: nn.Module, graph: ChannelGraph, config: PruneConfig,
     whole = whole_removable_groups(model, graph) if config.latency_target is not None else frozenset()
     if config.macs_target is not None or config.latency_target is not None:
         final = (_select_for_macs(model, graph, scores, dead, config) if config.macs_target is not None
-                 else select_for_latency(model, graph, scores, dead, config, latency, batches))
+                 else select_for_latency(model, graph, scores, dead, whole, config, latency, batches))
         counts = {g: _round(progress * n) for g, n in _group_counts(graph, final).items()}
         removed = _select_counts(graph, scores, counts, dead, whole)
     elif config.cfg is not None:
@@ -474,11 +475,6 @@ def repair(graph: ChannelGraph, removed: set[int], scores: dict[int, float], dea
 
 # --- filters: to a latency target ---------------------------------------------------------------------------
 
-#: Roles a channel of a group removed whole may occupy, and the stock layer each must be: the branch's convs
-#: (their outputs or inputs) and BNs.
-WHOLE_REMOVABLE_ROLES = {"conv_out": nn.Conv2d, "conv_in": nn.Conv2d, "bn": nn.BatchNorm2d}
-
-
 def whole_removable_groups(model: nn.Module, graph: ChannelGraph) -> frozenset[int]:
     r"""Ids of the groups that may lose every channel exactly: the inner channels of a residual branch
     (``conv1 → BN → ReLU → conv2``), which only stock Conv2d and BatchNorm2d layers produce, normalise and
@@ -489,8 +485,6 @@ def whole_removable_groups(model: nn.Module, graph: ChannelGraph) -> frozenset[i
     :class:`~prunekit.models.layers.ZeroWidthLayer`\ s and a conv reading nothing else becomes its bias, so
     the branch adds a per-channel constant (its BN's ``β − mean·γ/√(var+ε)``), which the masked twin computes
     too: a block whose branch is gone is (up to that constant) an identity."""
-    from prunekit.models.layers import ZeroWidthLayer
-
     modules = dict(model.named_modules())
     copied = {dep for channel in graph.channels.values() for dep in channel.depends_on}
     sized = {cid for _, _, pieces in graph.sizes for piece in pieces for cid in piece}
@@ -738,16 +732,16 @@ def allocate_latency(graph: ChannelGraph, model: nn.Module, latency: LatencyMode
 
 
 def select_for_latency(model: nn.Module, graph: ChannelGraph, scores: dict[int, float], dead: set[int],
-                       config: PruneConfig, latency: LatencyModel, batches=None) -> set[int]:
+                       whole: frozenset[int], config: PruneConfig, latency: LatencyModel, batches=None) -> set[int]:
     """The channels to remove so ``latency`` predicts ≤ ``config.latency_target`` × the dense latency
-    (:func:`allocate_latency`), the lowest-scoring of each group, then :func:`repair`ed; if the repaired set
+    (:func:`allocate_latency`), the lowest-scoring of each group, then :func:`repair`ed; the groups of ``whole``
+    (:func:`whole_removable_groups` of ``model`` and ``graph``) may also go whole. If the repaired set
     is predicted over budget (a copy rule kept channels), the budget tightens and the allocation reruns.
     With labelled ``batches`` (or a :class:`~prunekit.prune.importance.LossProbe`), each group's widths are
     valued by the measured loss (:func:`measured_values`), else by the criterion's LAMP-normalised scores."""
     if latency is None:
         raise PrunekitError("a latency target needs a latency table (prunekit.measure.latency.build_latency_table)")
     grid = getattr(latency, "grid_for", None) or (lambda full: list(range(1, full + 1)))
-    whole = whole_removable_groups(model, graph)
     choices = group_choices(graph, scores, dead, config.round_to, grid, whole)
     if batches:
         probe = batches if isinstance(batches, LossProbe) else LossProbe(model, batches)

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.models.layers import ZeroWidthLayer
 
 #: Stop once the measured latency ratio is within this fraction of the target (0.05: 0.5 ± 0.025).
 TOLERANCE = 0.05
@@ -148,8 +149,6 @@ def corrected_aim(asked: float, predicted: float, measured: float) -> float:
 def pruned_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
     """{Conv2d / Linear name: (input width, output width)} of a (pruned) model; a conv of a removed residual
     branch (a ZeroWidthLayer) has a width 0."""
-    from prunekit.models.layers import ZeroWidthLayer
-
     widths = {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, ZeroWidthLayer)):

@@ -25,7 +25,7 @@ from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.models import FullWidthChannels, ZeroPadShortcut, ZeroWidthLayer
-from prunekit.models.shapes import has_shape_record, set_split_sizes
+from prunekit.models.shapes import has_shape_record, record_size
 from prunekit.prune.trace_state import Layout, ModuleCall, ParamView, Walker, parse_param_role, tensors_in
 
 # --------------------------------------------------------------------------- layers
@@ -382,6 +382,12 @@ class _ResponseNorm(LayerHandler):
         w.set(output, w.new_op("all", [x, *affine]))
 
 
+#: Ports that may lose every index, and the stock layer each must be for that to be exact: a residual branch's
+#: convs (their outputs or inputs) and BNs, which their shrinks then replace by a ZeroWidthLayer (when a group
+#: may go whole: :func:`prunekit.prune.allocate.whole_removable_groups`; the self-check proves it every time).
+WHOLE_REMOVABLE_ROLES = {"conv_out": nn.Conv2d, "conv_in": nn.Conv2d, "bn": nn.BatchNorm2d}
+
+
 FULL_WIDTH = "full_width"  # the role of a layer cut by running it at full width: ``full_width:<axis>:<width>``
 
 
@@ -393,9 +399,7 @@ def _wrap_at_full_width(module: nn.Module, keep: dict[str, list[int]]) -> FullWi
     """``module`` (untouched) in a :class:`FullWidthChannels` keeping the indices of its one ``full_width`` role."""
     (role, kept), = keep.items()
     _, axis, width = role.split(":")
-    tensor = next(iter((*module.parameters(), *module.buffers())), None)
-    wrapper = FullWidthChannels(module, kept, int(width), int(axis))
-    return wrapper if tensor is None else wrapper.to(tensor.device)
+    return FullWidthChannels.wrapping(module, kept, int(width), int(axis))
 
 
 def zeroed_by_layer(role: str) -> bool:
@@ -520,7 +524,7 @@ class _FullWidth(LayerHandler):
     def shrink(self, wrapper, keep):
         (_, kept), = keep.items()
         indices = [int(wrapper.kept_index[i]) for i in kept]
-        return FullWidthChannels(wrapper.inner, indices, wrapper.width, wrapper.axis).to(wrapper.kept_index.device)
+        return FullWidthChannels.wrapping(wrapper.inner, indices, wrapper.width, wrapper.axis, like=wrapper)
 
 
 OPAQUE = _Opaque()
@@ -624,7 +628,8 @@ def _set_norm_sizes(module: nn.Module, before: dict[str, Any]) -> None:
 
 def _rescale_response_norm(module: nn.Module, factor: float) -> None:
     """γ and ε times C/C' (``factor``): the mean over C' channels is C/C' times the masked twin's mean over C
-    (removed ones zero), so ``γ · g / (mean' + ε')`` equals the twin's ``γ · g / (mean + ε)``."""
+    (removed ones zero), so ``γ · g / (mean' + ε')`` equals the twin's ``γ · g / (mean + ε)``. The new ε is
+    recorded (:func:`~prunekit.models.shapes.record_size`) so a checkpoint rebuilds it."""
     with torch.no_grad():
         module.weight.mul_(factor)
-    set_split_sizes(module, "eps", [module.eps * factor])
+    record_size(module, "eps", module.eps * factor)

@@ -326,12 +326,8 @@ def _slice_at_int_attribute(w: Walker, layout: Layout, start: int, stop: int) ->
     length = stop - start
     if bound is None or not 0 < bound < width or (width % length == 0 and start % length == 0):
         return False  # an even fraction (the usual halves) couples its pieces instead
-    holder = _int_attribute(w, bound)
-    if holder is None or not w.assume(f"slice bound {bound} of {width} channels in {w.place} follows "
-                                      f"{holder[0] or '<model>'}.{holder[1]}"):
-        return False
-    w.sizes.append((*holder, [layout.flat[:bound]]))
-    return True
+    return _follow_int_attribute(w, bound, f"slice bound {bound} of {width} channels in {w.place}",
+                                 layout.flat[:bound])
 
 
 @register_op("narrow")
@@ -379,9 +375,8 @@ def _size_holder(w: Walker, sizes: Any) -> tuple[str, str] | None:
     """(layer, attribute) when ``sizes`` is a list of split sizes the layer holds (``split(x, self.splits, 1)``)."""
     if not isinstance(sizes, (list, tuple)) or w.where == "<top level>":
         return None
-    module = w.model.get_submodule(w.where)
-    attr = next((k for k, v in vars(module).items() if v is sizes), None)
-    return None if attr is None else (w.where, attr)
+    names = w.attribute_names(lambda v: v is sizes)
+    return (w.layer, names[0]) if names else None
 
 
 def _split_by_int_attribute(w: Walker, layout: Layout, size: int) -> bool:
@@ -389,24 +384,29 @@ def _split_by_int_attribute(w: Walker, layout: Layout, size: int) -> bool:
     CSP stages) or the piece width (``self.width``, Res2Net) as an int attribute: assume the size is computed from
     it, and let surgery write the kept count (of all channels, or of the first piece) into it. True when it did."""
     width = len(layout.atoms)
-    for value, part in ((width, layout.flat), (size, layout.flat[:size])):
-        holder = _int_attribute(w, value)
-        if holder is not None and w.assume(f"split size {size} of {width} channels in {w.place} follows "
-                                           f"{holder[0] or '<model>'}.{holder[1]}"):
-            w.sizes.append((*holder, [part]))
-            return True
-    return False
+    what = f"split size {size} of {width} channels in {w.place}"
+    return any(_follow_int_attribute(w, value, what, part)
+               for value, part in ((width, layout.flat), (size, layout.flat[:size])))
+
+
+def _follow_int_attribute(w: Walker, value: int, what: str, part: list[int]) -> bool:
+    """When the layer running the op holds ``value`` as an int attribute (:func:`_int_attribute`) and the trace
+    may assume that ``what`` (a size in the op) follows it: records (in ``w.sizes``) that surgery writes the
+    kept count of the atoms ``part`` into that attribute. True when it did."""
+    holder = _int_attribute(w, value)
+    if holder is None or not w.assume(f"{what} follows {holder[0] or '<model>'}.{holder[1]}"):
+        return False
+    w.sizes.append((*holder, [part]))
+    return True
 
 
 def _int_attribute(w: Walker, value: int) -> tuple[str, str] | None:
     """(layer, attribute) of the int attribute equal to ``value`` that the layer running the op holds: the only
     one, or among several the one whose name starts with ``in_`` (``in_channels``); None otherwise."""
-    layer = "" if w.where == "<top level>" else w.where
-    module = w.model.get_submodule(layer)
-    names = [k for k, v in vars(module).items() if type(v) is int and v == value and not k.startswith("_")]
+    names = [k for k in w.attribute_names(lambda v: type(v) is int and v == value) if not k.startswith("_")]
     if len(names) > 1:
         names = [k for k in names if k.startswith("in_")]
-    return (layer, names[0]) if len(names) == 1 else None
+    return (w.layer, names[0]) if len(names) == 1 else None
 
 
 def _split_by_attribute(w: Walker, layout: Layout, pieces: list, widths: list[int], holder: tuple[str, str]) -> None:
@@ -685,9 +685,8 @@ def _conv2d(w, name, args, kwargs, result):
     (weight standardisation) see :func:`_computed_weight_conv`."""
     layer = _own_layer(w, _arg(args, kwargs, 1, "weight"), nn.Conv2d)
     groups = _arg(args, kwargs, 6, "groups", 1)
-    module = w.model.get_submodule(w.where) if w.where != "<top level>" else w.model
-    if layer is None and isinstance(module, nn.Conv2d):
-        return _computed_weight_conv(w, name, args, kwargs, result, module)
+    if layer is None and isinstance(w.module, nn.Conv2d):
+        return _computed_weight_conv(w, name, args, kwargs, result, w.module)
     if layer is None or groups != layer[1].groups:
         return unknown(w, name, args, kwargs, result, "prunekit does not know how 'conv2d' uses channels")
     CONV.trace(w, layer[0], layer[1], (args[0],), result)
@@ -780,7 +779,7 @@ def _group_norm(w, name, args, kwargs, result):
         return unknown(w, name, args, kwargs, result, "group_norm with one group normalises over every channel "
                                                       "together, so removing one changes all the others")
     if groups != channels:
-        owner = w.model.get_submodule(w.where) if w.where != "<top level>" else w.model
+        owner = w.module
         from_layer = isinstance(owner, nn.GroupNorm) and owner.num_groups == groups
         if not from_layer and not w.assume(f"group_norm in {w.place} has {groups} groups of the width"):
             return unknown(w, name, args, kwargs, result, f"its group count {groups} is a literal that cannot "

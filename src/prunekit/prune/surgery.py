@@ -20,28 +20,23 @@ from prunekit.errors import PrunekitError
 from prunekit.masking import masked_names
 from prunekit.models.shapes import set_split_sizes
 from prunekit.prune.graph import ChannelGraph
-from prunekit.prune.layer_handlers import handler_for, plain_conv, shrink_parameters
+from prunekit.prune.layer_handlers import WHOLE_REMOVABLE_ROLES, handler_for, plain_conv, shrink_parameters
 from prunekit.prune.trace_state import parse_param_role
-
-
-#: Ports that may lose every index: the layer becomes a ZeroWidthLayer (see :mod:`prunekit.prune.allocate`,
-#: ``whole_removable_groups``, for when that is exact; the self-check proves it every time).
-EMPTIABLE_ROLES = ("conv_out", "conv_in", "bn")
 
 
 def kept_indices(graph: ChannelGraph, removed: set[int]) -> dict[tuple[str, str], list[int]]:
     """``{(module, role): sorted indices that stay}`` for every port that loses at least one index.
 
-    A conv's outputs or inputs and a BN may lose every index (:data:`EMPTIABLE_ROLES`: a residual branch
-    removed whole; the handler replaces the layer by a
-    :class:`~prunekit.models.layers.ZeroWidthLayer`); any other port raises PrunekitError.
+    A conv's outputs or inputs and a BN may lose every index (the roles of
+    :data:`~prunekit.prune.layer_handlers.WHOLE_REMOVABLE_ROLES`: a residual branch removed whole; the handler
+    replaces the layer by a :class:`~prunekit.models.layers.ZeroWidthLayer`); any other port raises PrunekitError.
     """
     kept = {}
     for (module, role), port in graph.ports.items():
         keep = [i for i in sorted(port) if port[i] not in removed]
         if len(keep) == len(port):
             continue
-        if not keep and role not in EMPTIABLE_ROLES:
+        if not keep and role not in WHOLE_REMOVABLE_ROLES:
             raise PrunekitError(f"removing these channels would leave '{module}' with no {role} channel; "
                                 "keep at least one channel per group")
         kept[(module, role)] = keep

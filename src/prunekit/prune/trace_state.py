@@ -11,7 +11,7 @@ atom and the size assumptions are explained in :mod:`prunekit.prune.graph`'s doc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -152,6 +152,7 @@ class Walker:
         self.pinned: set[int] = set()
         self.blocked: dict[str, str] = {}
         self.pinned_at: dict[str, list[int]] = {}  # where -> the atoms pinned there
+        self.pinned_in: dict[str, str] = {}  # where -> the layer (self.where) that first pinned there
         self.sizes: list[tuple[str, str, list[list[int]]]] = []  # (layer, attribute, atoms of each piece)
         self.assumed: list[str] = []
         self.where = "<top level>"  # the layer the current op runs in
@@ -226,12 +227,26 @@ class Walker:
     def place(self) -> str:
         """Where the current op runs, as messages name it: ``layer 'stages.0.norm'``, or ``the model's own forward``
         for the root module (whose name is '')."""
-        return f"layer '{self.where}'" if self.where not in ("", "<top level>") else "the model's own forward"
+        return f"layer '{self.layer}'" if self.layer else "the model's own forward"
+
+    @property
+    def layer(self) -> str:
+        """The qualified name of the layer the current op runs in ('' for the model's own forward or outside it)."""
+        return "" if self.where == "<top level>" else self.where
+
+    @property
+    def module(self) -> nn.Module:
+        """The module the current op runs in (the model itself in its own forward or outside it)."""
+        return self.model.get_submodule(self.layer)
+
+    def attribute_names(self, test: Callable[[Any], bool]) -> list[str]:
+        """Names of the plain attributes (``vars``: not parameters, buffers or submodules) of :attr:`module`
+        whose value passes ``test``, in definition order."""
+        return [k for k, v in vars(self.module).items() if test(v)]
 
     def _attribute_of(self, value: torch.Tensor) -> tuple[str, str] | None:
-        module = self.model.get_submodule(self.where) if self.where != "<top level>" else self.model
-        attr = next((k for k, v in vars(module).items() if v is value), None)
-        return None if attr is None else (self.where if self.where != "<top level>" else "", attr)
+        names = self.attribute_names(lambda v: v is value)
+        return (self.layer, names[0]) if names else None
 
     def follow_param(self, value: Any, result: Any) -> bool:
         """When ``value`` is a per-channel parameter and ``result`` a reshaped view of it (one long axis of the
@@ -311,11 +326,13 @@ class Walker:
             self.reads.extend(layout.flat)
 
     def pin(self, layout: Layout | None, where: str, why: str) -> None:
-        """These channels are kept: record the reason once per place."""
+        """These channels are kept: record the reason once per place (``where``, as messages name it), and the
+        layer the op runs in."""
         if layout is None or not layout.atoms.size:
             return
         self.pinned.update(layout.flat)
         self.blocked.setdefault(where, why)
+        self.pinned_in.setdefault(where, self.where)
         self.pinned_at.setdefault(where, []).extend(layout.flat)
 
     def unpin_layer(self, layer: str, inputs: Layout | None) -> None:
@@ -323,10 +340,11 @@ class Walker:
         (ops on its parameters, e.g. a weight standardisation): their atoms were new fixed ones, which stay kept,
         so no channel is freed."""
         held = set(inputs.flat) if inputs is not None else set()
-        for where in [k for k in self.blocked if k.endswith(f" in layer '{layer}'")
+        for where in [k for k in self.blocked if self.pinned_in.get(k) == layer
                       and not held & set(self.pinned_at.get(k, ()))]:
             del self.blocked[where]
             self.pinned_at.pop(where, None)
+            del self.pinned_in[where]
 
     def pin_inputs(self, values: Iterable[Any], where: str, why: str) -> None:
         for value in values:

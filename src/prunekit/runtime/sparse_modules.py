@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.models.layers import conv_output_size
 from prunekit.runtime.native import native_kernel
 
 
@@ -140,8 +141,7 @@ class SparseConv2d(_CsrWeight):
         self.padding, self.dilation = tuple(conv.padding), tuple(conv.dilation)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in zip(
-            (height, width), self.padding, self.dilation, self.kernel_size, self.stride))
+        return conv_output_size(height, width, self.kernel_size, self.stride, self.padding, self.dilation)
 
     def _columns(self, image: torch.Tensor, out_w: int) -> tuple[torch.Tensor, int]:
         """One image ``(C, H, W)`` as the columns the weight multiplies and the width of one output row in
