@@ -189,9 +189,10 @@ ROUND_TO_HELP = ("with --latency-target or --macs-target: every width a multiple
                  "kernels (default: the table's measured widths; any width)")
 
 
-def add_round_to_arg(parser: argparse.ArgumentParser) -> None:
-    """``--round-to N``: channel rounding of a latency or MACs target (``args.round_to``, None: none forced)."""
-    parser.add_argument("--round-to", type=POSITIVE_INT, default=None, metavar="N", help=ROUND_TO_HELP)
+def add_round_to_arg(parser: argparse.ArgumentParser, help: str = ROUND_TO_HELP) -> None:
+    """``--round-to N``: channel rounding of a latency or MACs target (``args.round_to``, None: none forced);
+    ``help`` names the target flags the command has."""
+    parser.add_argument("--round-to", type=POSITIVE_INT, default=None, metavar="N", help=help)
 
 
 def add_model_args(parser: argparse.ArgumentParser, default: str | None = None, required: bool = False,

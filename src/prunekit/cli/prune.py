@@ -56,7 +56,8 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--latency-target", type=SHARE, metavar="F",
                         help="filter: reach this fraction of the dense model's latency predicted by a measured "
                              "latency table (CPU, 1 thread, batch 1; `prunekit latency` shows it)")
-    add_round_to_arg(p)
+    add_round_to_arg(p, help="with --latency-target: every width a multiple of N, e.g. 8 for int8 depthwise kernels "
+                             "(default: the table's measured widths; any width)")
     add_scope_arg(p, help="with --sparsity: one ranking over all layers (global), the same ratio per layer, or one "
                         "ranking of LAMP scores (lamp, unstructured); default: "
                         + ", ".join(f"{s} for {g}" for g, s in DEFAULT_SCOPE.items()))
