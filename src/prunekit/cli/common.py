@@ -92,11 +92,9 @@ def add_strict_arg(parser, help: str = STRICT_HELP) -> None:
 
 
 def print_cut(outcome) -> None:
-    """A structured cut's asked vs achieved line (:meth:`prunekit.prune.channels.PlanOutcome.summary`), and its shortfall line naming
-    the blocking ops when it reached below half of the target."""
-    print(outcome.summary())
-    if outcome.shortfall():
-        print(outcome.shortfall())
+    """Print a structured cut's one line (:meth:`prunekit.prune.channels.PlanOutcome.line`): asked vs achieved,
+    as the shortfall line naming the blocking ops when it reached below half of the target."""
+    print(outcome.line())
 
 
 def add_no_progress_arg(parser: argparse.ArgumentParser) -> None:
