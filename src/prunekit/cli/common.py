@@ -97,6 +97,17 @@ def print_cut(outcome) -> None:
     print(outcome.line())
 
 
+def filter_warning(outcome, asked: float | None, achieved: float | None) -> str | None:
+    """The warning of a filter target missed by a little (:func:`prunekit.prune.sparsity.filter_target_shortfall`);
+    None when ``outcome`` (a :class:`prunekit.prune.channels.PlanOutcome` or None) has a shortfall line, which
+    already says the target was missed and names what kept the channels."""
+    from prunekit.prune.sparsity import filter_target_shortfall
+
+    if outcome is not None and outcome.shortfall():
+        return None
+    return filter_target_shortfall(asked, achieved)
+
+
 def add_no_progress_arg(parser: argparse.ArgumentParser) -> None:
     """``--no-progress``: no progress bars (``args.no_progress``)."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. for log files)")
