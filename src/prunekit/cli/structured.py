@@ -186,16 +186,17 @@ def cmd_prune_channels(args) -> int:
     record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed,
               "source": str(args.checkpoint or args.model), **{k: v for k, v in target.items()},
               "filter_sparsity": sparsity, "seconds": seconds, "bn_recalibration_batches": recalibrated,
-              **(outcome.as_record() if outcome else {}), **({"latency": latency.as_dict()} if latency else {})}
+              **({"latency": latency.as_dict()} if latency else {})}
+    cut = outcome.as_record() if outcome else None
     measured = {} if top1_after is None else top1_after.as_test_meta()
     meta = derived_meta(loaded.meta)
     meta.setdefault("dense_weights", sparsity_report(original)["params"])  # the weight-sparsity denominator
     save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity, **measured,
-                                      **({"cut": outcome.as_record()} if outcome else {})})
+                                      **({"cut": cut} if cut else {})})
     warning = filter_warning(outcome, target.get("ratio"), sparsity)
     accuracy = {} if top1_after is None else {"top1_before": top1_before.top1, "top1_after": top1_after.top1}
     if args.json:
-        print_json({"out": args.out, **record, "before": before, "after": after, **accuracy,
+        print_json({"out": args.out, **record, **(cut or {}), "before": before, "after": after, **accuracy,
                     **({"warning": warning} if warning else {})})
     else:
         print_prune_channels_summary(args, before, after, sparsity, seconds, (warning, outcome, latency),
