@@ -216,7 +216,8 @@ def is_unpruned(loaded: Checkpoint) -> bool:
     from prunekit.export.common import is_quantized
 
     meta = loaded.meta
-    derived = any(meta.get(k) for k in ("method", "granularity", "quantized", "prune_config", "compact_values", "cut"))
+    derived = any(meta.get(k) for k in ("method", "granularity", "quantized", "prune_config", "compact_values", "cut",
+                                        "prune_channels"))  # prune-channels --latency-target writes no "cut"
     return not derived and not is_quantized(loaded.model)
 
 
