@@ -217,14 +217,16 @@ def work_name(config: PruneConfig, name: str | None) -> str:
 
 
 def shrink_filters(model: nn.Module, data: DataBundle, config: PruneConfig,
-                   device: torch.device) -> tuple[nn.Module, float, PlanOutcome]:
-    """Filter granularity: measure the filter sparsity, then remove the masked filters physically; returns the
-    model, its filter sparsity and the run's asked (``config``) vs achieved."""
+                   device: torch.device) -> tuple[float, PlanOutcome]:
+    """Filter granularity: measure the masked ``model``'s filter sparsity, then remove the masked filters
+    physically. Side effect: ``model`` is shrunk in place (its masks made permanent, see
+    :func:`prunekit.prune.channels.shrink_with_outcome`). Returns the filter sparsity and the run's asked
+    (``config``) vs achieved."""
     from prunekit.prune import filter_sparsity
     from prunekit.prune.channels import shrink_with_outcome
 
     achieved = filter_sparsity(model, model)
-    return model, achieved, shrink_with_outcome(model, example_inputs(data, device), config)
+    return achieved, shrink_with_outcome(model, example_inputs(data, device), config)
 
 
 def require_whole_cut(model: nn.Module, data: DataBundle, config: PruneConfig, device: torch.device) -> None:
@@ -283,7 +285,7 @@ def finish(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_
     sparsity = sparsity_report(model)["overall"]
     filters = outcome = None
     if get_granularity(prune_config.granularity).shrinks:
-        model, filters, outcome = shrink_filters(model, data, prune_config, device)
+        filters, outcome = shrink_filters(model, data, prune_config, device)
     test = evaluate_split(model, data, "test", device=device)
     achieved = filters if filters is not None else achieved_weight_sparsity(model, prune_config, sparsity)
     result_meta = {
