@@ -272,20 +272,18 @@ def test_metrics(model, data):
 def prune_latency(model, config, args, data=None):
     """(pruned model, LatencyResult) for ``--latency-target``: the table built (or read from the cache) for
     ``--batch-size`` and ``--threads`` on the CPU, then :func:`prunekit.prune.latency.prune_to_latency`; with
-    ``data`` known, widths are valued by the loss measured on :data:`LATENCY_VALUE_BATCHES` training batches."""
+    ``data`` known, widths are valued by the loss measured on training batches, the ones ``prune
+    --latency-target`` reads (:func:`prunekit.pipeline.pruning.scoring_batches`)."""
+    import torch
+
     from prunekit.measure.latency import build_latency_table
+    from prunekit.pipeline.pruning import scoring_batches
     from prunekit.prune.latency import prune_to_latency
-    from prunekit.train.loop import sample_batches
 
     table = build_latency_table(model, threads=args.threads, batch_size=args.batch_size)
-    batches = None if data is None else sample_batches(data, LATENCY_VALUE_BATCHES, seed=args.seed)
+    batches = None if data is None else scoring_batches(data, config, torch.device("cpu"))
     return prune_to_latency(model, config.latency_target, table, criterion=config.criterion,
                             round_to=config.round_to, seed=config.seed, batches=batches)
-
-
-#: Training batches whose loss values the widths of a latency target (prunekit.prune.importance.PROBE_IMAGES
-#: images of them are used).
-LATENCY_VALUE_BATCHES = 2
 
 
 def latency_line(result) -> str:
