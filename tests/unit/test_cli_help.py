@@ -45,3 +45,11 @@ def test_new_schedule_flags_keep_their_meanings_apart(capsys):
     defaults = build_parser().parse_args(["train"])
     assert defaults.schedule == "cosine" and build_parser().parse_args(["prune", "x.pt", "--sparsity", "0.5", "--out",
                                                                         "o"]).prune_schedule == "oneshot"
+
+
+def test_round_to_help_names_only_the_target_flags_its_command_has():
+    helps = {path: next(a.help for a in parser._actions if "--round-to" in a.option_strings)
+             for path, parser in subparsers(build_parser())
+             if any("--round-to" in a.option_strings for a in parser._actions)}
+    assert "--macs-target" not in helps["prunekit prune"] and "--latency-target" in helps["prunekit prune"]
+    assert "--macs-target" in helps["prunekit prune-channels"] and "--latency-target" in helps["prunekit prune-channels"]

@@ -221,3 +221,18 @@ def test_round_to_rounds_a_macs_target_up_to_multiples_and_still_meets_it(tiny_v
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert all(w % 4 == 0 for w in widths) and widths != [8, 16, 16, 16]  # pruned, in multiples of 4
     assert count_macs(model) <= 0.5 * dense
+
+
+def test_prune_and_prune_channels_value_latency_widths_on_the_same_batches(tiny_data):
+    """One rule (pipeline.pruning.scoring_batches) for both commands: a latency target reads training batches
+    whatever the criterion; a ratio with a score-only criterion reads none."""
+    from prunekit.pipeline.pruning import LATENCY_VALUE_BATCHES, SCORING_BATCHES, scoring_batches
+    from prunekit.prune.channels import channel_target
+    from prunekit.prune.importance import PROBE_IMAGES
+
+    cpu = torch.device("cpu")
+    l1 = scoring_batches(tiny_data, channel_target(latency_target=0.5, criterion="l1", seed=3), cpu)
+    assert len(l1) == LATENCY_VALUE_BATCHES and sum(len(labels) for _, labels in l1) >= PROBE_IMAGES
+    taylor = scoring_batches(tiny_data, channel_target(latency_target=0.5, criterion="taylor", seed=3), cpu)
+    assert len(taylor) == SCORING_BATCHES and torch.equal(taylor[0][1], l1[0][1])  # same seed: same images
+    assert scoring_batches(tiny_data, channel_target(ratio=0.5, criterion="l1"), cpu) is None

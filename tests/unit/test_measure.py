@@ -82,3 +82,25 @@ def test_masked_model_is_profiled_as_deployed():
     a, b = profile(dense, timing=False), profile(masked, timing=False)
     assert b.peak_memory_bytes == a.peak_memory_bytes  # no second weight copy, no mask buffers
     assert b.nonzero_params < a.nonzero_params and hasattr(masked[0], "weight_mask")  # the model itself untouched
+
+
+def test_eager_profile_times_the_model_as_compare_and_latency_targets_do(monkeypatch):
+    """``profile`` (runtime None, and the CLI's ``--runtime eager``) times the eager runtime's prepared copy:
+    BatchNorm folded, as :func:`prunekit.inference.prepare_for_inference` makes it."""
+    import importlib
+
+    profile_module = importlib.import_module("prunekit.measure.profile")  # the attribute is the function
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    timed, real = [], profile_module.time_inference
+
+    def recording(model, *args, **kwargs):
+        timed.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(profile_module, "time_inference", recording)
+    profile(net, repeats=2, batch_size=2)
+    assert len(timed) == 2 and all(m is not net for m in timed)
+    assert not any(isinstance(m, nn.BatchNorm2d) for model in timed for m in model.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())  # the model itself untouched

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.analysis.compare import reference_first, unique_labels
+from prunekit.analysis.compare import is_unpruned, reference_first, unique_labels
 from prunekit.checkpoint import save_checkpoint
 from prunekit.measure.timing import (MachineLoad, Timing, machine_load, noise_note, paired_ratio, quartiles,
                                      time_interleaved)
@@ -106,6 +106,16 @@ def test_reference_is_the_dense_checkpoint_unless_named(tmp_path, tiny_vgg):
 
     with pytest.raises(PrunekitError, match="not one of the checkpoints"):
         reference_first([a, b], reference=tmp_path / "other.pt")
+
+
+def test_a_prune_channels_checkpoint_without_a_cut_record_is_not_a_dense_reference(tmp_path, tiny_vgg):
+    from prunekit.checkpoint import load_checkpoint
+
+    meta = {"dataset": "synthetic", "num_classes": 10}
+    dense = save_checkpoint(tiny_vgg, tmp_path / "dense.pt", meta)
+    # prune-channels --latency-target writes meta["prune_channels"] but no meta["cut"]
+    latency = save_checkpoint(tiny_vgg, tmp_path / "latency.pt", {**meta, "prune_channels": {"latency": {}}})
+    assert is_unpruned(load_checkpoint(dense)) and not is_unpruned(load_checkpoint(latency))
 
 
 # --- acceptance: identical models on a machine with two CPU-burning processes ------------------------------

@@ -144,8 +144,13 @@ class Comparison:
     def cuts(self) -> list[str]:
         """``model: cut asked 50.0% of filters, achieved 48.7% …`` for every row whose checkpoint records a
         structured cut (meta ``cut``, written by ``prune-channels``, ``prune --granularity filter`` and the
-        experiment runner)."""
-        return [f"{row['model']}: cut {row['cut']}" for row in self.rows if row.get("cut")]
+        experiment runner) that reached its target; a shortfall is in :meth:`warnings` instead."""
+        return [f"{row['model']}: cut {row['cut']}" for row in self.rows
+                if row.get("cut") and not row.get("cut_shortfall")]
+
+    def notes(self) -> list[str]:
+        """The lines printed under the table: :meth:`cuts`, then each of :meth:`warnings` as ``WARNING …``."""
+        return self.cuts() + [f"WARNING {line}" for line in self.warnings()]
 
     def flagged(self, keys: Sequence[str] = ("slower",)) -> list[str]:
         """``model (runtime, device): note`` for every row flag of ``keys`` (e.g. "slower": models measured
@@ -211,7 +216,8 @@ def is_unpruned(loaded: Checkpoint) -> bool:
     from prunekit.export.common import is_quantized
 
     meta = loaded.meta
-    derived = any(meta.get(k) for k in ("method", "granularity", "quantized", "prune_config", "compact_values", "cut"))
+    derived = any(meta.get(k) for k in ("method", "granularity", "quantized", "prune_config", "compact_values", "cut",
+                                        "prune_channels"))  # prune-channels --latency-target writes no "cut"
     return not derived and not is_quantized(loaded.model)
 
 
@@ -262,7 +268,7 @@ def measure_row(loaded: Checkpoint, data: DataBundle, settings: CompareSettings)
         "compact_bytes": compact_size(loaded), "peak_memory_bytes": result.peak_memory_bytes,
         "throughput_batch": settings.batch_size if settings.timing else None,
         "device": device, "threads": result.threads, "hardware": result.hardware,
-        "cut": cut.get("summary"), "cut_shortfall": cut.get("shortfall"),
+        "cut": cut.get("shortfall") or cut.get("summary"), "cut_shortfall": cut.get("shortfall"),  # PlanOutcome.line
         **{k: None for k in TIMING_KEYS},
     }
 

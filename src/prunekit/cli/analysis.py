@@ -210,10 +210,8 @@ def cmd_compare(args) -> int:
         print(f"({len(left_out)} more column(s) to fit {TERMINAL_WIDTH} characters: {', '.join(left_out)}; --wide "
               "shows every column, --csv/--json keep every number)")
     print(f"\n{comparison.method}")
-    for line in comparison.cuts():
+    for line in comparison.notes():
         print(line)
-    for line in comparison.warnings():
-        print(f"WARNING {line}")
     if any(row["synthetic"] for row in comparison.rows):
         print("SYNTHETIC data: these numbers demonstrate the tool, they are not CIFAR results.")
     if args.csv:

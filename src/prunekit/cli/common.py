@@ -92,11 +92,20 @@ def add_strict_arg(parser, help: str = STRICT_HELP) -> None:
 
 
 def print_cut(outcome) -> None:
-    """A structured cut's asked vs achieved line (:meth:`prunekit.prune.channels.PlanOutcome.summary`), and its shortfall line naming
-    the blocking ops when it reached below half of the target."""
-    print(outcome.summary())
-    if outcome.shortfall():
-        print(outcome.shortfall())
+    """Print a structured cut's one line (:meth:`prunekit.prune.channels.PlanOutcome.line`): asked vs achieved,
+    as the shortfall line naming the blocking ops when it reached below half of the target."""
+    print(outcome.line())
+
+
+def filter_warning(outcome, asked: float | None, achieved: float | None) -> str | None:
+    """The warning of a filter target missed by a little (:func:`prunekit.prune.sparsity.filter_target_shortfall`);
+    None when ``outcome`` (a :class:`prunekit.prune.channels.PlanOutcome` or None) has a shortfall line, which
+    already says the target was missed and names what kept the channels."""
+    from prunekit.prune.sparsity import filter_target_shortfall
+
+    if outcome is not None and outcome.shortfall():
+        return None
+    return filter_target_shortfall(asked, achieved)
 
 
 def add_no_progress_arg(parser: argparse.ArgumentParser) -> None:
@@ -189,9 +198,10 @@ ROUND_TO_HELP = ("with --latency-target or --macs-target: every width a multiple
                  "kernels (default: the table's measured widths; any width)")
 
 
-def add_round_to_arg(parser: argparse.ArgumentParser) -> None:
-    """``--round-to N``: channel rounding of a latency or MACs target (``args.round_to``, None: none forced)."""
-    parser.add_argument("--round-to", type=POSITIVE_INT, default=None, metavar="N", help=ROUND_TO_HELP)
+def add_round_to_arg(parser: argparse.ArgumentParser, help: str = ROUND_TO_HELP) -> None:
+    """``--round-to N``: channel rounding of a latency or MACs target (``args.round_to``, None: none forced);
+    ``help`` names the target flags the command has."""
+    parser.add_argument("--round-to", type=POSITIVE_INT, default=None, metavar="N", help=help)
 
 
 def add_model_args(parser: argparse.ArgumentParser, default: str | None = None, required: bool = False,

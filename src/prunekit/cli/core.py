@@ -324,7 +324,7 @@ def cmd_profile(args) -> int:
     result = profile(loaded.model, device=args.device, checkpoint_path=args.checkpoint,
                      timing=not args.no_timing, batch_size=args.batch_size, repeats=args.repeats,
                      threads=args.threads or None, count=args.count,
-                     runtime=None if args.runtime == "eager" else runtime)
+                     runtime=runtime)
     if args.json:
         print_json(result.as_dict())
         return 0

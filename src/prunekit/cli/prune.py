@@ -9,9 +9,9 @@ from prunekit.cli.common import (FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, SHARE
                                  add_criterion_arg, add_data_args, add_deprecated_alias, add_granularity_arg,
                                  add_json_arg, add_model_relocation_arg, add_model_source_args, add_no_progress_arg,
                                  add_out_arg, add_round_to_arg, add_scope_arg, add_strict_arg, add_train_args,
-                                 data_for, data_source, epoch_printer, last_train_top1, load_model_source,
-                                 lock_run_folder, markdown_table, number, print_cut, print_json, print_time_estimate,
-                                 train_config_from, warn_if_collapsed)
+                                 data_for, data_source, epoch_printer, filter_warning, last_train_top1,
+                                 load_model_source, lock_run_folder, markdown_table, number, print_cut, print_json,
+                                 print_time_estimate, train_config_from, warn_if_collapsed)
 from prunekit.config import FINETUNE_LR
 
 FINETUNE_EPOCHS = 40  # `prunekit finetune` default (common fine-tuning budget on CIFAR)
@@ -56,7 +56,8 @@ def register_prune(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--latency-target", type=SHARE, metavar="F",
                         help="filter: reach this fraction of the dense model's latency predicted by a measured "
                              "latency table (CPU, 1 thread, batch 1; `prunekit latency` shows it)")
-    add_round_to_arg(p)
+    add_round_to_arg(p, help="with --latency-target: every width a multiple of N, e.g. 8 for int8 depthwise kernels "
+                             "(default: the table's measured widths; any width)")
     add_scope_arg(p, help="with --sparsity: one ranking over all layers (global), the same ratio per layer, or one "
                         "ranking of LAMP scores (lamp, unstructured); default: "
                         + ", ".join(f"{s} for {g}" for g, s in DEFAULT_SCOPE.items()))
@@ -218,11 +219,9 @@ def print_prune_summary(result) -> None:
         print(f"params {percent_change(meta['dense_params'], meta['params'])}; "
               f"MACs {percent_change(meta['dense_macs'], meta['macs'])}")
         print(f"weight sparsity {result.sparsity:.4f} before the filters were removed ({WEIGHT_SPARSITY_MEANING})")
-        from prunekit.prune.sparsity import filter_target_shortfall
-
-        shortfall = filter_target_shortfall(result.target, result.filter_sparsity)  # why a target is missed a little
-        if shortfall and not result.outcome.shortfall():  # the shortfall line names what kept the channels
-            print(shortfall)
+        warning = filter_warning(result.outcome, result.target, result.filter_sparsity)
+        if warning:
+            print(warning)
         print_cut(result.outcome)
     else:
         from prunekit.prune import sparsity_report

@@ -6,8 +6,8 @@ import argparse
 
 from prunekit.cli.common import (ANY_INT, FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, SHARE, add_checkpoint_arg,
                                  add_criterion_arg, add_data_args, add_json_arg, add_model_source_args, add_out_arg,
-                                 add_round_to_arg, add_scope_arg, add_strict_arg, data_for, load_model_source,
-                                 markdown_table, parse_cfg, print_cut, print_json, warn_if_collapsed)
+                                 add_round_to_arg, add_scope_arg, add_strict_arg, data_for, filter_warning,
+                                 load_model_source, markdown_table, parse_cfg, print_cut, print_json, warn_if_collapsed)
 from prunekit.images import IMAGE_SHAPE, example_input
 
 RECALIBRATION_BATCHES = 8  # prune-channels' default when the data is known: 30% of a ResNet-32 gets 14% → 73%
@@ -159,7 +159,7 @@ def cmd_prune_channels(args) -> int:
     from prunekit.checkpoint import derived_meta, save_checkpoint
     from prunekit.masking import make_permanent
     from prunekit.prune.channels import channel_target, filter_sparsity, plan_channels, prune_channels
-    from prunekit.prune.sparsity import filter_target_shortfall, sparsity_report
+    from prunekit.prune.sparsity import sparsity_report
 
     loaded = load_model_source(args)
     model = make_permanent(loaded.model.eval())  # masked modules cannot be deep-copied
@@ -186,19 +186,20 @@ def cmd_prune_channels(args) -> int:
     record = {"criterion": config.criterion, "scope": config.scope, "seed": config.seed,
               "source": str(args.checkpoint or args.model), **{k: v for k, v in target.items()},
               "filter_sparsity": sparsity, "seconds": seconds, "bn_recalibration_batches": recalibrated,
-              **(outcome.as_record() if outcome else {}), **({"latency": latency.as_dict()} if latency else {})}
+              **({"latency": latency.as_dict()} if latency else {})}
+    cut = outcome.as_record() if outcome else None
     measured = {} if top1_after is None else top1_after.as_test_meta()
     meta = derived_meta(loaded.meta)
     meta.setdefault("dense_weights", sparsity_report(original)["params"])  # the weight-sparsity denominator
     save_checkpoint(model, args.out, {**meta, "prune_channels": record, "filter_sparsity": sparsity, **measured,
-                                      **({"cut": outcome.as_record()} if outcome else {})})
-    shortfall = None if outcome and outcome.shortfall() else filter_target_shortfall(target.get("ratio"), sparsity)
+                                      **({"cut": cut} if cut else {})})
+    warning = filter_warning(outcome, target.get("ratio"), sparsity)
     accuracy = {} if top1_after is None else {"top1_before": top1_before.top1, "top1_after": top1_after.top1}
     if args.json:
-        print_json({"out": args.out, **record, "before": before, "after": after, **accuracy,
-                    **({"warning": shortfall} if shortfall else {})})
+        print_json({"out": args.out, **record, **(cut or {}), "before": before, "after": after, **accuracy,
+                    **({"warning": warning} if warning else {})})
     else:
-        print_prune_channels_summary(args, before, after, sparsity, seconds, (shortfall, outcome, latency),
+        print_prune_channels_summary(args, before, after, sparsity, seconds, (warning, outcome, latency),
                                      recalibrated, (top1_before, top1_after) if data is not None else None, data)
     if top1_after is not None:
         warn_if_collapsed(top1_after, ("top-1 before pruning", top1_before.top1), "the pruned model")
@@ -207,8 +208,9 @@ def cmd_prune_channels(args) -> int:
 
 def print_prune_channels_summary(args, before: dict, after: dict, sparsity: float, seconds: float,
                                  shortfall: tuple, recalibrated: int, accuracy, data) -> None:
-    """``shortfall``: (the filter-target shortfall line or None, the plan's :class:`PlanOutcome` or None, the
-    :class:`prunekit.prune.latency.LatencyResult` of a latency target or None)."""
+    """``shortfall``: (the filter-target warning line (:func:`prunekit.cli.common.filter_warning`) or None, the
+    plan's :class:`PlanOutcome` or None, the :class:`prunekit.prune.latency.LatencyResult` of a latency target or
+    None)."""
     line, outcome, latency = shortfall
     if line:
         print(line)
@@ -270,20 +272,18 @@ def test_metrics(model, data):
 def prune_latency(model, config, args, data=None):
     """(pruned model, LatencyResult) for ``--latency-target``: the table built (or read from the cache) for
     ``--batch-size`` and ``--threads`` on the CPU, then :func:`prunekit.prune.latency.prune_to_latency`; with
-    ``data`` known, widths are valued by the loss measured on :data:`LATENCY_VALUE_BATCHES` training batches."""
+    ``data`` known, widths are valued by the loss measured on training batches, the ones ``prune
+    --latency-target`` reads (:func:`prunekit.pipeline.pruning.scoring_batches`)."""
+    import torch
+
     from prunekit.measure.latency import build_latency_table
+    from prunekit.pipeline.pruning import scoring_batches
     from prunekit.prune.latency import prune_to_latency
-    from prunekit.train.loop import sample_batches
 
     table = build_latency_table(model, threads=args.threads, batch_size=args.batch_size)
-    batches = None if data is None else sample_batches(data, LATENCY_VALUE_BATCHES, seed=args.seed)
+    batches = None if data is None else scoring_batches(data, config, torch.device("cpu"))
     return prune_to_latency(model, config.latency_target, table, criterion=config.criterion,
                             round_to=config.round_to, seed=config.seed, batches=batches)
-
-
-#: Training batches whose loss values the widths of a latency target (prunekit.prune.importance.PROBE_IMAGES
-#: images of them are used).
-LATENCY_VALUE_BATCHES = 2
 
 
 def latency_line(result) -> str:

@@ -214,8 +214,7 @@ def prune_variant(run: Run, variant: VariantSpec, model, meta: dict):
     result = run_pruning(model, run.data, config, train, run.work / variant.name, meta=meta,
                          progress=run.progress, callbacks=run.epoch_callbacks(), strict=run.experiment.strict)
     if result.outcome:
-        for line in filter(None, (result.outcome.summary(), result.outcome.shortfall())):
-            run.say(f"variant {variant.name}: {line}")
+        run.say(f"variant {variant.name}: {result.outcome.line()}")
     return result.model, result.meta, into_variant_folder(run, variant, result.path)
 
 
@@ -341,7 +340,7 @@ def ensure_comparison(run: Run, paths: list[Path]) -> None:
     comparison = compare_checkpoints(paths, lambda meta: run.data, settings, progress=run.progress)
     save_comparison(comparison, run.folder / "compare.json")
     save_comparison_csv(comparison, run.folder / "compare.csv")
-    notes = ["", comparison.method, *comparison.cuts(), *(f"WARNING {line}" for line in comparison.warnings())]
+    notes = ["", comparison.method, *comparison.notes()]
     atomic_write_text(run.folder / "compare.md", "\n".join([markdown_table(display_rows(comparison)), *notes]) + "\n")
     narrow, left_out = terminal_rows(comparison)  # the terminal gets what fits; compare.md has every column
     more = [f"({len(left_out)} more column(s) to fit {TERMINAL_WIDTH} characters: every column is in "

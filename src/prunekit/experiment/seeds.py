@@ -75,7 +75,7 @@ def summarise(experiment: Experiment, seeds: list[int], folders: list[Path], sum
 def seeds_cut(rows: list[dict]) -> str | None:
     """One model's structured cut over the seeds' compare rows: its asked vs achieved line (the shortfall
     line when it fell short), each distinct one once, joined by `` | ``; None for a model without a cut."""
-    lines = dict.fromkeys(row.get("cut_shortfall") or row.get("cut") for row in rows)
+    lines = dict.fromkeys(row.get("cut") for row in rows)
     return " | ".join(line for line in lines if line) or None
 
 

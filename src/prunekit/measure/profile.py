@@ -62,10 +62,14 @@ def deployable(model: nn.Module) -> nn.Module:
 def prepared(runtime, model: nn.Module, batch_size: int, input_size, device: torch.device,
              threads: int | None) -> nn.Module:
     """``model`` as ``runtime`` (a :class:`prunekit.runtime.Runtime`, or None for eager) runs it, prepared for
-    batches of ``batch_size``; raises when that runtime does not run a PyTorch module."""
-    if runtime is None:
-        return model
+    batches of ``batch_size``; raises when that runtime does not run a PyTorch module. Eager is the eager
+    runtime's preparation (:func:`prunekit.inference.prepare_for_inference`, a copy), as compare and latency
+    targets time it; the runtime registry is not imported here (it imports measure)."""
     example = torch.randn(batch_size, *input_size[1:], device=device)
+    if runtime is None:
+        from prunekit.inference import prepare_for_inference
+
+        return prepare_for_inference(model, example, device.type)
     runnable = runtime.prepare(model, example, device.type, threads)
     if not isinstance(runnable, nn.Module):
         raise PrunekitError(f"profile measures memory of PyTorch modules only; runtime {runtime.name!r} is not "
@@ -88,7 +92,9 @@ def profile(model: nn.Module, input_size=EXAMPLE_INPUT_SIZE, device: str | torch
 
     ``runtime``: a :class:`prunekit.runtime.Runtime` (e.g. ``get_runtime("sparse")``) whose prepared model
     the weights, peak memory and timing figures measure, prepared once for batch 1 (latency, memory) and
-    once for ``batch_size`` (throughput); counts (params, MACs, file size) stay those of ``model``."""
+    once for ``batch_size`` (throughput); counts (params, MACs, file size) stay those of ``model``. None:
+    eager, the model as :func:`prunekit.inference.prepare_for_inference` prepares it (BatchNorm folded where
+    it traces), like ``get_runtime("eager")``."""
     device = torch.device(device)
     model = model.to(device).eval()
     threads = threads or torch.get_num_threads()

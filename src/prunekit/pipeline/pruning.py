@@ -44,6 +44,7 @@ from prunekit.prune import apply_masks, compute_masks, extract_masks, make_perma
 from prunekit.prune.allocate import round_fraction
 from prunekit.prune.channels import PlanOutcome
 from prunekit.prune.granularity import get_granularity
+from prunekit.prune.importance import PROBE_IMAGES
 from prunekit.train import Callback, fit, resolve_device
 from prunekit.train.bn import recalibrate_bn
 from prunekit.train.loop import sample_batches
@@ -51,6 +52,9 @@ from prunekit.train.loop import sample_batches
 #: Labelled training batches (of SCORING_BATCH_SIZE images, seeded by the prune seed) a data-driven
 #: criterion such as ``taylor`` scores channels on.
 SCORING_BATCHES, SCORING_BATCH_SIZE = 4, 128
+#: Training batches whose loss values the widths of a latency target: the images a
+#: :class:`prunekit.prune.importance.LossProbe` reads (:data:`prunekit.prune.importance.PROBE_IMAGES`).
+LATENCY_VALUE_BATCHES = -(-PROBE_IMAGES // SCORING_BATCH_SIZE)
 
 @dataclass
 class PruneResult:
@@ -143,12 +147,17 @@ def prune_step(model: nn.Module, data: DataBundle, config: PruneConfig, k: int, 
 
 
 def scoring_batches(data: DataBundle, config: PruneConfig, device: torch.device) -> list | None:
-    """The labelled batches a data-driven filter criterion needs (seeded by ``config.seed``), else None."""
+    """The labelled training batches (seeded by ``config.seed``) a filter cut by ``config`` reads, else None:
+    :data:`SCORING_BATCHES` for a data-driven criterion (``taylor``), else :data:`LATENCY_VALUE_BATCHES` for a
+    latency target (its widths are valued by the measured loss, see
+    :func:`prunekit.prune.allocate.measured_values`). ``prune`` and ``prune-channels`` both take them from here."""
     from prunekit.prune.importance import needs_batches
 
-    if config.granularity != "filter" or not needs_batches(config.criterion):
+    if config.granularity != "filter":
         return None
-    return sample_batches(data, SCORING_BATCHES, SCORING_BATCH_SIZE, seed=config.seed, device=device)
+    count = (SCORING_BATCHES if needs_batches(config.criterion) else
+             LATENCY_VALUE_BATCHES if config.latency_target is not None else 0)
+    return sample_batches(data, count, SCORING_BATCH_SIZE, seed=config.seed, device=device) if count else None
 
 
 def run_round(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_config: TrainConfig,
@@ -217,14 +226,16 @@ def work_name(config: PruneConfig, name: str | None) -> str:
 
 
 def shrink_filters(model: nn.Module, data: DataBundle, config: PruneConfig,
-                   device: torch.device) -> tuple[nn.Module, float, PlanOutcome]:
-    """Filter granularity: measure the filter sparsity, then remove the masked filters physically; returns the
-    model, its filter sparsity and the run's asked (``config``) vs achieved."""
+                   device: torch.device) -> tuple[float, PlanOutcome]:
+    """Filter granularity: measure the masked ``model``'s filter sparsity, then remove the masked filters
+    physically. Side effect: ``model`` is shrunk in place (its masks made permanent, see
+    :func:`prunekit.prune.channels.shrink_with_outcome`). Returns the filter sparsity and the run's asked
+    (``config``) vs achieved."""
     from prunekit.prune import filter_sparsity
     from prunekit.prune.channels import shrink_with_outcome
 
     achieved = filter_sparsity(model, model)
-    return model, achieved, shrink_with_outcome(model, example_inputs(data, device), config)
+    return achieved, shrink_with_outcome(model, example_inputs(data, device), config)
 
 
 def require_whole_cut(model: nn.Module, data: DataBundle, config: PruneConfig, device: torch.device) -> None:
@@ -283,7 +294,7 @@ def finish(model: nn.Module, data: DataBundle, prune_config: PruneConfig, train_
     sparsity = sparsity_report(model)["overall"]
     filters = outcome = None
     if get_granularity(prune_config.granularity).shrinks:
-        model, filters, outcome = shrink_filters(model, data, prune_config, device)
+        filters, outcome = shrink_filters(model, data, prune_config, device)
     test = evaluate_split(model, data, "test", device=device)
     achieved = filters if filters is not None else achieved_weight_sparsity(model, prune_config, sparsity)
     result_meta = {

@@ -141,6 +141,11 @@ class PlanOutcome:
             return None
         return f"shortfall: {self.summary()}. Channels kept by: {blockers_text(self.blockers)}"
 
+    def line(self) -> str:
+        """The one line to print for this cut: the :meth:`shortfall` line when there is one (it starts with the
+        :meth:`summary`), else the :meth:`summary`."""
+        return self.shortfall() or self.summary()
+
     def require(self, switch: str = "--strict") -> None:
         """Raise PrunekitError with the :meth:`shortfall` line when there is one (``switch`` names what asked for
         strictness); nothing otherwise. Callers check before writing anything."""
