@@ -357,8 +357,8 @@ def cmd_latency(args) -> int:
     print(markdown_table(rows))
     layers = table.dense_ms - table.overhead_ms
     c = table.context
-    print(f"\nwhole model {table.dense_ms:.3f} ms per batch of {c['batch_size']} (eager runtime: traced, BatchNorm "
-          f"folded) on {c['hardware']} ({c['device']}, "
+    print(f"\nwhole model {table.dense_ms:.3f} ms per batch of {c['batch_size']} (as the eager runtime "
+          f"prepares it: prunekit.inference) on {c['hardware']} ({c['device']}, "
           f"{c['threads']} thread(s), torch {c['torch']}): tabled layers {layers:.3f} ms, everything else "
           f"{table.overhead_ms:.3f} ms. Layer times: median of {LAYER_REPEATS} runs of the layer alone at each "
           f"width; 'faster than the width below': output widths (full input) at least {100 * STEP_GAIN:.0f}% "
